@@ -1,0 +1,31 @@
+"""w2s: align a large language model at generation time with small ones.
+
+>>> import w2s
+>>> strong = w2s.load_model("path/to/large")
+>>> scorer = w2s.LogRatioScorer(tuned=w2s.load_model("small-dpo"), untuned=w2s.load_model("small-sft"))
+>>> search = w2s.ChunkBeamSearch(beam_width=4, successors_per_beam=4, chunk_length=5, max_new_tokens=50)
+>>> for result in search.generate(strong, scorer, ["The movie was"], seed=0):
+...     print(result.response, result.score)
+"""
+
+from .backends import SamplingParams, TransformersModel, load_model
+from .scoring import CallableScorer, LogRatioScorer, RewardModelScorer, Scorer
+from .search import Beam, BestOfN, ChunkBeamSearch, EmulatedFineTuning, Sampling, SearchResult
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Beam",
+    "BestOfN",
+    "CallableScorer",
+    "ChunkBeamSearch",
+    "EmulatedFineTuning",
+    "LogRatioScorer",
+    "RewardModelScorer",
+    "Sampling",
+    "SamplingParams",
+    "Scorer",
+    "SearchResult",
+    "TransformersModel",
+    "load_model",
+]

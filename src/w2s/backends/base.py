@@ -1,0 +1,106 @@
+"""The two protocols that carry the design: a model that samples continuations, and log-probabilities.
+
+A search method only ever talks to a :class:`LanguageModel`.  It opens a :class:`Beams` session over a
+batch of prompts, asks it to *expand* some of the current beams into sampled continuations, and then
+tells it which continuations survive (:meth:`Beams.select`).  Between those calls the backend keeps
+whatever it can reuse (a local model keeps its KV cache rows; a remote engine keeps nothing but text).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence, runtime_checkable
+
+from ..validation import check_range
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How the large model samples tokens.
+
+    Attributes:
+        temperature: softmax temperature; 0 means greedy decoding.
+        top_p: nucleus sampling mass in (0, 1]; 1 disables it.
+        top_k: keep the k most likely tokens; 0 disables it.
+        stop: strings that end a response (OpenAI semantics: the stop string is not part of the text).
+    """
+
+    temperature: float = 0.7
+    top_p: float = 1.0
+    top_k: int = 50
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        check_range("temperature", self.temperature, low=0.0)
+        check_range("top_p", self.top_p, low=0.0, high=1.0, low_open=True)
+        check_range("top_k", self.top_k, low=0, integer=True)
+        if isinstance(self.stop, str) or not all(isinstance(s, str) and s for s in self.stop):
+            raise ValueError(f"stop must be a sequence of non-empty strings, got {self.stop!r}.")
+        object.__setattr__(self, "stop", tuple(self.stop))
+
+
+@dataclass
+class Continuation:
+    """One sampled continuation of a beam.
+
+    ``text`` is the whole response so far (not only the new chunk), decoded from whole characters only:
+    bytes of a character that a chunk boundary split are held back until the character is complete.
+    ``finished`` is true only when the response really ended (end-of-sequence token or a stop string),
+    never when it was cut by a length limit.
+    """
+
+    prompt_index: int
+    parent: int
+    text: str
+    finished: bool
+    num_tokens: int
+    token_ids: list[int] = field(default_factory=list, repr=False)
+
+
+@runtime_checkable
+class Beams(Protocol):
+    """A batch of prompts being generated, with a set of live (unfinished) beams per prompt."""
+
+    def expand(self, parents: Sequence[int], n: int, max_tokens: int) -> list[Continuation]:
+        """Sample ``n`` continuations of at most ``max_tokens`` tokens for each live beam in ``parents``.
+
+        ``parents`` index the live beams (initially one empty beam per prompt, index = prompt index).
+        Returns ``len(parents) * n`` continuations, grouped by parent in the order given.
+        """
+        ...
+
+    def select(self, indices: Sequence[int]) -> None:
+        """Keep these continuations (indices into the last :meth:`expand` result) as the live beams.
+
+        Finished continuations must not be selected: they are never expanded again.
+        """
+        ...
+
+
+@runtime_checkable
+class LanguageModel(Protocol):
+    """A model that samples continuations and scores given texts."""
+
+    name: str
+
+    def render(self, template: str, prompt: str) -> str:
+        """Apply a prompt template: a format string with ``{prompt}``, or ``"chat"`` for the chat template."""
+        ...
+
+    def open(
+        self, prompts: Sequence[str], params: SamplingParams, seeds: Sequence[int], template: str = "{prompt}"
+    ) -> Beams:
+        """Start generating for ``prompts`` (raw prompts, rendered with ``template``)."""
+        ...
+
+    def response_logprobs(self, template: str, incremental: bool = True) -> "ResponseLogProbs":
+        """A scorer of response log-likelihoods under this model with the given prompt template."""
+        ...
+
+
+class ResponseLogProbs(Protocol):
+    def __call__(
+        self, prompts: Sequence[str], responses: Sequence[str], finished: Sequence[bool]
+    ) -> list[float]:
+        """Sum of log p(response token | context) over the response tokens (+ EOS when finished)."""
+        ...

@@ -1,0 +1,305 @@
+"""Local models through ``transformers``: loading, chunked sampling with a kept KV cache, log-probabilities.
+
+The large model's cache is kept across chunks: a beam's prefix is encoded once, its rows are reordered
+(``Cache.reorder_cache``) when beams are selected, and the last token of a chunk is forwarded only for
+the beams that survive.  Small models score responses incrementally: a new response is matched to the
+cached row with the longest common prefix of token ids and only the tokens after it are forwarded.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from ..validation import check_choice
+from .base import Continuation, SamplingParams
+from .kv_rows import KVRows
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Tokens that end a text or a turn in common tokenizers; each counts as end-of-sequence when present.
+END_TOKENS = ("<|endoftext|>", "<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|end|>", "</s>", "<eos>")
+_CONTROL_TOKEN = re.compile(r"^<[^<>\s]+>$|^\[[A-Z_]+\]$")
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {device!r}.")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device is {device!r} but no CUDA device is available; use device='cpu'.")
+    return torch.device(device)
+
+
+def load_model(
+    path: str | os.PathLike,
+    *,
+    dtype: str = "float32",
+    device: str = "cpu",
+    gguf_file: str | None = None,
+) -> "TransformersModel":
+    """Load a causal LM and its tokenizer from a directory, or from a ``.gguf`` file.
+
+    Args:
+        path: a ``transformers`` model directory (or hub id, when online), or a path to a GGUF file.
+        dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"``.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
+        gguf_file: a GGUF file name inside ``path`` (alternative to passing the file's path).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    check_choice("dtype", dtype, DTYPES)
+    torch_device = resolve_device(device)
+    path = Path(path)
+    if path.suffix == ".gguf" and gguf_file is None:
+        path, gguf_file = path.parent, path.name
+    if gguf_file is not None and not (path / gguf_file).is_file():
+        raise ValueError(f"gguf_file {str(path / gguf_file)!r} does not exist.")
+    if gguf_file is None and not path.exists() and os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise ValueError(f"model path {str(path)!r} does not exist (and HF_HUB_OFFLINE=1 forbids the hub).")
+    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], **kwargs).to(torch_device)
+    model.eval()
+    name = str(path / gguf_file) if gguf_file else str(path)
+    return TransformersModel(model, tokenizer, name=name)
+
+
+class TransformersModel:
+    """A local causal LM: samples continuations in chunks and computes log-probabilities of texts."""
+
+    def __init__(self, model, tokenizer, name: str = "model"):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.device = next(model.parameters()).device
+        vocab = tokenizer.get_vocab()
+        self.eos_ids = _end_token_ids(tokenizer, model, vocab)
+        if not self.eos_ids:
+            raise ValueError(f"model {name!r}: its tokenizer has no end-of-sequence token.")
+        self.eos_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else min(self.eos_ids)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
+        self.start_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else self.eos_id
+        self.banned_ids = torch.tensor(sorted(_non_text_token_ids(tokenizer, model, vocab) - self.eos_ids))
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    # -- text <-> ids ---------------------------------------------------------------------------------
+    def render(self, template: str, prompt: str) -> str:
+        """``template.format(prompt=prompt)``, or the chat template with the prompt as the user turn."""
+        if template == "chat":
+            if not getattr(self.tokenizer, "chat_template", None):
+                raise ValueError(
+                    f"template 'chat' needs a chat template, and the tokenizer of {self.name!r} has none; "
+                    "pass a format string such as '{prompt}' instead."
+                )
+            messages = [{"role": "user", "content": prompt}]
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return template.format(prompt=prompt)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text``, without special tokens (the scoring definition)."""
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def encode_prompt(self, text: str, template: str) -> list[int]:
+        """Ids the large model is conditioned on: chat templates carry their own special tokens; plain
+        prompts get the tokenizer's usual ones (e.g. BOS).  Never empty."""
+        ids = self.tokenizer(text, add_special_tokens=template != "chat")["input_ids"]
+        return ids or [self.start_id]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    # -- sampling -------------------------------------------------------------------------------------
+    def open(
+        self, prompts: Sequence[str], params: SamplingParams, seeds: Sequence[int], template: str = "{prompt}"
+    ) -> "LocalBeams":
+        ids = [self.encode_prompt(self.render(template, p), template) for p in prompts]
+        return LocalBeams(self, params, seeds, [(self, ids)])
+
+    def sample_next(self, logits: torch.Tensor, params: SamplingParams, uniforms: torch.Tensor) -> torch.Tensor:
+        """One token per row from ``logits`` [rows, vocab], by inverse-CDF sampling with ``uniforms`` [rows].
+
+        Order as in ``transformers``: temperature, then top-k, then top-p.  Tokens that are not text
+        (special tokens other than end-of-sequence, ids the tokenizer does not know) are never drawn.
+        """
+        logits = logits.float()
+        if len(self.banned_ids):
+            logits = logits.index_fill(1, self.banned_ids.to(logits.device), float("-inf"))
+        if params.temperature == 0:
+            return logits.argmax(dim=-1)
+        logits = logits / params.temperature
+        if params.top_k:
+            logits, order = logits.topk(min(params.top_k, logits.shape[-1]), dim=-1)  # sorted, descending
+        elif params.top_p < 1.0:
+            logits, order = logits.sort(dim=-1, descending=True)
+        else:
+            order = None
+        probs = logits.softmax(dim=-1)
+        if params.top_p < 1.0:  # probs are sorted here: drop a token once the mass before it reaches top_p
+            before = probs.cumsum(dim=-1) - probs
+            probs = probs.masked_fill(before >= params.top_p, 0.0)
+        cdf = probs.cumsum(dim=-1)
+        u = uniforms.to(cdf.device, cdf.dtype).unsqueeze(1) * cdf[:, -1:]
+        picked = torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[-1] - 1)
+        # guard against drawing a zero-probability token at the edge of float rounding
+        picked = torch.where(probs.gather(1, picked) > 0, picked, probs.argmax(dim=-1, keepdim=True))
+        return (order.gather(1, picked) if order is not None else picked).squeeze(1)
+
+    def response_text(self, ids: Sequence[int], finished: bool) -> str:
+        """Decoded response; while unfinished, bytes of an incomplete trailing character are held back."""
+        text = self.decode(ids)
+        return text if finished else text.rstrip("\ufffd")
+
+    # -- log-probabilities ----------------------------------------------------------------------------
+    def response_logprobs(self, template: str, incremental: bool = True, batch_size: int = 32):
+        from .logprobs import IncrementalLogProbs
+
+        return IncrementalLogProbs(self, template, incremental=incremental, batch_size=batch_size)
+
+    def new_rows(self) -> KVRows:
+        return KVRows(self.model, self.pad_id)
+
+
+def _end_token_ids(tokenizer, model, vocab: dict[str, int]) -> set[int]:
+    ids: set[int] = set()
+    for value in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
+        if value is not None:
+            ids.update([value] if isinstance(value, int) else value)
+    ids.update(vocab[t] for t in END_TOKENS if t in vocab)
+    return ids
+
+
+def _non_text_token_ids(tokenizer, model, vocab: dict[str, int]) -> set[int]:
+    """Special and control tokens (``<start_of_image>``, ``<|im_start|>``...) plus ids without a token."""
+    banned = set(tokenizer.all_special_ids)
+    for token_id, token in tokenizer.added_tokens_decoder.items():
+        if token.special or _CONTROL_TOKEN.match(token.content):
+            banned.add(token_id)
+    known = set(vocab.values())
+    n_logits = model.get_output_embeddings().weight.shape[0]
+    banned.update(i for i in range(n_logits) if i not in known)
+    return banned
+
+
+class LocalBeams:
+    """A generation session over a batch of prompts; see :class:`w2s.backends.base.Beams`.
+
+    The rows of the KV cache are the live beams.  ``next_logits[i]`` is the distribution of row ``i``'s
+    next token; when a chunk ends, its last sampled token is *pending*: it is forwarded only if the beam
+    survives selection, so rejected candidates cost no forward pass for it.
+
+    Several models may run in lock step over the same token ids (``streams``), their next-token logits
+    merged by ``combine``: that is how EFT samples from strong + beta * (tuned - untuned).
+    """
+
+    def __init__(
+        self,
+        lm: TransformersModel,
+        params: SamplingParams,
+        seeds: Sequence[int],
+        streams: Sequence[tuple[TransformersModel, list[list[int]]]],
+        combine=None,
+    ):
+        n_prompts = len(streams[0][1])
+        if len(seeds) != n_prompts:
+            raise ValueError(f"seeds must have one entry per prompt ({n_prompts}), got {len(seeds)}.")
+        self.lm, self.params, self.combine = lm, params, combine or (lambda logits: logits[0])
+        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        self.streams = []
+        for model, prompt_ids in streams:
+            rows = model.new_rows()
+            rows.add_empty_rows(n_prompts)
+            self.streams.append(rows)
+        self.next_logits = self._forward([ids for _, ids in streams])
+        self.pending: list[int | None] = [None] * n_prompts
+        self.prompt_index = list(range(n_prompts))
+        self.response: list[list[int]] = [[] for _ in range(n_prompts)]
+        self.candidates: list[Continuation] = []
+        self.max_stop = max((len(s) for s in params.stop), default=0)
+
+    def _forward(self, new_per_stream: Sequence[Sequence[Sequence[int]]]) -> torch.Tensor:
+        logits = [rows.forward(new, last_only=True) for rows, new in zip(self.streams, new_per_stream)]
+        return self.combine(logits)
+
+    def _keep(self, indices: Sequence[int]) -> None:
+        for rows in self.streams:
+            rows.select(indices)
+        self.next_logits = self.next_logits[torch.as_tensor(list(indices), device=self.next_logits.device)]
+        self.pending = [self.pending[i] for i in indices]
+        self.prompt_index = [self.prompt_index[i] for i in indices]
+        self.response = [list(self.response[i]) for i in indices]
+
+    def _flush_pending(self) -> None:
+        if any(t is not None for t in self.pending):
+            new = [[t] if t is not None else [] for t in self.pending]
+            logits = self._forward([new] * len(self.streams))
+            has = torch.tensor([t is not None for t in self.pending], device=logits.device)
+            self.next_logits = torch.where(has.unsqueeze(1), logits, self.next_logits)
+            self.pending = [None] * len(self.pending)
+
+    def _uniforms(self) -> torch.Tensor:
+        """One uniform per row, each prompt drawing from its own generator (batch-independent results)."""
+        u = torch.empty(len(self.prompt_index))
+        rows_of: dict[int, list[int]] = {}
+        for row, p in enumerate(self.prompt_index):
+            rows_of.setdefault(p, []).append(row)
+        for p, rows in rows_of.items():
+            u[rows] = torch.rand(len(rows), generator=self.generators[p])
+        return u
+
+    def expand(self, parents: Sequence[int], n: int, max_tokens: int) -> list[Continuation]:
+        assert max_tokens >= 1 and n >= 1 and parents
+        self._keep(list(parents))
+        self._flush_pending()  # only the surviving beams' last tokens are forwarded
+        self._keep([i for i in range(len(parents)) for _ in range(n)])
+        parent_of = [parents[i // n] for i in range(len(parents) * n)]
+        rows = len(parent_of)
+        finished = [False] * rows
+        stop_texts: dict[int, str] = {}
+        for step in range(max_tokens):
+            tokens = self.lm.sample_next(self.next_logits, self.params, self._uniforms()).tolist()
+            for i, tok in enumerate(tokens):
+                if finished[i]:
+                    continue
+                if tok in self.lm.eos_ids:
+                    finished[i] = True
+                    continue
+                self.response[i].append(tok)
+                if self.max_stop and (cut := self._stop_cut(self.response[i])) is not None:
+                    finished[i], stop_texts[i] = True, cut
+            active = [not f for f in finished]
+            if step == max_tokens - 1 or not any(active):
+                self.pending = [tokens[i] if active[i] else None for i in range(rows)]
+                break
+            new = [[tokens[i]] if active[i] else [] for i in range(rows)]
+            self.next_logits = self._forward([new] * len(self.streams))
+        self.candidates = []
+        for i in range(rows):
+            ids = self.response[i]
+            text = stop_texts[i] if i in stop_texts else self.lm.response_text(ids, finished[i])
+            self.candidates.append(
+                Continuation(self.prompt_index[i], parent_of[i], text, finished[i], len(ids), list(ids))
+            )
+        return self.candidates
+
+    def _stop_cut(self, ids: list[int]) -> str | None:
+        """The response text before the first stop string, or None if no stop string occurs yet."""
+        window = self.lm.decode(ids[-(4 * self.max_stop + 4) :])  # a character is at most 4 tokens
+        if not any(s in window for s in self.params.stop):
+            return None
+        text = self.lm.decode(ids)
+        return text[: min(text.find(s) for s in self.params.stop if s in text)]
+
+    def select(self, indices: Sequence[int]) -> None:
+        for i in indices:
+            if self.candidates[i].finished:
+                raise ValueError(f"continuation {i} is finished and cannot be selected for expansion.")
+        self._keep(list(indices))
+        self.candidates = []

@@ -1,0 +1,242 @@
+"""Chunk-level beam search (CBS) over samples of a frozen large model.
+
+Weak-to-Strong Search: Align Large Language Models via Searching over Small Language Models
+(Zhou et al., 2024, arXiv 2405.19262), Algorithm 1.  The guidance score is any :class:`w2s.Scorer`;
+with :class:`w2s.LogRatioScorer` it is log pi_tuned(y|x) - log pi_untuned(y|x) (Eq. 4).
+
+    beams = W copies of the prompt            # every step samples W*K rows per prompt
+    until every beam has finished or max_new_tokens is reached:
+        sample K continuations of up to L tokens for each unfinished beam
+        candidates = all continuations + finished beams (carried once, unchanged)
+        beams = the W best distinct candidates by score
+    return the best of the final beams
+
+Best-of-N (W=1, K=N, L=inf) and plain sampling (W=K=1, L=inf) are special cases of the same code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from ..backends.base import SamplingParams
+from ..scoring import as_scorer
+from ..validation import check_range
+
+
+@dataclass
+class Beam:
+    """A response (partial or complete) kept by the search."""
+
+    text: str
+    finished: bool
+    num_tokens: int
+    score: float | None = None
+    row: int | None = field(default=None, repr=False)  # index among the session's live rows
+
+
+@dataclass
+class SearchResult:
+    """What a search returns for one prompt.
+
+    ``finished`` is true only when the response ended by itself (EOS or stop string); ``score`` is the
+    scorer's value of ``response`` (with EOS counted when finished).  ``beams`` holds all final beams
+    with their own scores when asked for (``return_beams=True``), best first.
+    """
+
+    prompt: str
+    response: str
+    score: float | None
+    finished: bool
+    num_tokens: int
+    method: str
+    beams: list[Beam] | None = None
+
+
+def prompt_seeds(seed: int, start: int, count: int) -> list[int]:
+    """Independent per-prompt seeds: prompt i's randomness depends only on (seed, i), not on batching."""
+    return [int(np.random.SeedSequence([seed, i]).generate_state(1)[0]) for i in range(start, start + count)]
+
+
+@dataclass(frozen=True)
+class ChunkBeamSearch:
+    """Chunk-level beam search (CBS).
+
+    Attributes:
+        beam_width: W, beams kept per prompt after each chunk.
+        successors_per_beam: K, continuations sampled from each unfinished beam per chunk.
+        chunk_length: L, large-model tokens per chunk; None means unlimited (one chunk).
+        max_new_tokens: length limit of a response, in large-model tokens.
+        temperature, top_p, top_k: the large model's sampling settings (authors: 0.7, 1.0, 50).
+        stop: strings that end a response.
+        return_beams: also return all W final beams with their scores.
+    """
+
+    beam_width: int = 4
+    successors_per_beam: int = 4
+    chunk_length: int | None = 5
+    max_new_tokens: int = 50
+    temperature: float = 0.7
+    top_p: float = 1.0
+    top_k: int = 50
+    stop: tuple[str, ...] = ()
+    return_beams: bool = False
+
+    method = "cbs"
+
+    def __post_init__(self) -> None:
+        check_range("beam_width", self.beam_width, low=1, integer=True)
+        check_range("successors_per_beam", self.successors_per_beam, low=1, integer=True)
+        check_range("chunk_length", self.chunk_length, low=1, integer=True, allow_none=True)
+        check_range("max_new_tokens", self.max_new_tokens, low=1, integer=True)
+        object.__setattr__(self, "stop", tuple(self.stop))
+        self.sampling  # validates temperature, top_p, top_k, stop
+
+    @property
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(self.temperature, self.top_p, self.top_k, self.stop)
+
+    @property
+    def samples_per_step(self) -> int:
+        """W*K: large-model rows per prompt per chunk, the unit of compute compared across methods."""
+        return self.beam_width * self.successors_per_beam
+
+    def generate(
+        self,
+        model,
+        scorer,
+        prompts: Sequence[str],
+        *,
+        seed: int = 0,
+        template: str = "{prompt}",
+        batch_size: int = 8,
+        progress: bool = False,
+        start_index: int = 0,
+    ) -> Iterator[SearchResult]:
+        """Search for each prompt; yields results in input order, ``batch_size`` prompts at a time.
+
+        Args:
+            model: the large model (a :class:`w2s.backends.base.LanguageModel`).
+            scorer: a :class:`w2s.Scorer` or a callable ``fn(prompt, response) -> float``; may be None
+                only when nothing needs ranking (W = K = 1), and then results carry no score.
+            template: the large model's prompt template (``{prompt}`` format string or ``"chat"``).
+            seed: results depend only on (seed, prompt position), not on batching.
+            start_index: position of ``prompts[0]`` in the whole run, so that a resumed run draws the
+                same randomness for each prompt as an uninterrupted one.
+        """
+        if isinstance(prompts, str):
+            raise ValueError("prompts must be a list of strings, got a single string.")
+        check_range("batch_size", batch_size, low=1, integer=True)
+        if scorer is not None:
+            scorer = as_scorer(scorer)
+        elif self.samples_per_step > 1:
+            raise ValueError(f"{type(self).__name__} ranks {self.samples_per_step} samples and needs a scorer.")
+        prompts = list(prompts)
+        bar = _progress_bar(len(prompts), progress, type(self).__name__)
+        for start in range(0, len(prompts), batch_size):
+            batch = prompts[start : start + batch_size]
+            yield from self._search(model, scorer, batch, prompt_seeds(seed, start_index + start, len(batch)), template)
+            bar.update(len(batch))
+        bar.close()
+
+    def _search(self, model, scorer, prompts: list[str], seeds: list[int], template: str) -> list[SearchResult]:
+        width, n_prompts = self.beam_width, len(prompts)
+        session = model.open(prompts, self.sampling, seeds, template)
+        beams = [[Beam("", False, 0, row=p)] for p in range(n_prompts)]  # W copies of the prompt, as one
+        generated, first = 0, True
+        while generated < self.max_new_tokens:
+            live = [b for p in range(n_prompts) for b in beams[p] if not b.finished]
+            if not live:
+                break
+            length = min(self.chunk_length or self.max_new_tokens, self.max_new_tokens - generated)
+            n = self.samples_per_step if first else self.successors_per_beam
+            continuations = session.expand([b.row for b in live], n, length)
+            generated, first = generated + length, False
+
+            # candidates = finished beams carried once + all new continuations, without duplicates
+            pools = [[b for b in beams[p] if b.finished] for p in range(n_prompts)]
+            for i, c in enumerate(continuations):
+                pools[c.prompt_index].append(Beam(c.text, c.finished, c.num_tokens, row=i))
+            pools = [_distinct(pool) for pool in pools]
+            ranked = [p for p in range(n_prompts) if len(pools[p]) > width]
+            self._score(scorer, prompts, [(p, b) for p in ranked for b in pools[p]])
+            for p in ranked:
+                pools[p] = sorted(pools[p], key=lambda b: -b.score)[:width]  # stable: ties keep order
+            beams = pools
+            survivors = [b for p in range(n_prompts) for b in beams[p] if not b.finished]
+            session.select([b.row for b in survivors])
+            for row, b in enumerate(survivors):
+                b.row = row
+
+        if scorer is not None:
+            self._score(scorer, prompts, [(p, b) for p in range(n_prompts) for b in beams[p]])
+        results = []
+        for p, prompt in enumerate(prompts):
+            final = sorted(beams[p], key=lambda b: -b.score) if scorer is not None else beams[p]
+            best = final[0]
+            results.append(
+                SearchResult(
+                    prompt, best.text, best.score, best.finished, best.num_tokens, self.method,
+                    final if self.return_beams else None,
+                )
+            )
+        return results
+
+    @staticmethod
+    def _score(scorer, prompts: list[str], items: list[tuple[int, Beam]]) -> None:
+        """Score the beams that have no score yet, in one batched call across prompts."""
+        todo = [(p, b) for p, b in items if b.score is None]
+        if not todo:
+            return
+        scores = scorer.score([prompts[p] for p, _ in todo], [b.text for _, b in todo], [b.finished for _, b in todo])
+        for (_, b), s in zip(todo, scores):
+            b.score = float(s)
+
+
+def _distinct(pool: list[Beam]) -> list[Beam]:
+    seen, out = set(), []
+    for b in pool:
+        if (b.text, b.finished) not in seen:
+            seen.add((b.text, b.finished))
+            out.append(b)
+    return out
+
+
+def _progress_bar(total: int, enabled: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, disable=not enabled, desc=desc, unit="prompt", file=None)
+
+
+@dataclass(frozen=True)
+class BestOfN(ChunkBeamSearch):
+    """Best-of-N: N samples, the best by the score.  CBS with W=1, K=N, L=inf (equal compute at W*K=N).
+
+    Attributes:
+        n: number of samples per prompt.
+    """
+
+    n: int = 16
+    beam_width: int = field(default=1, init=False)
+    successors_per_beam: int = field(default=16, init=False)
+    chunk_length: int | None = field(default=None, init=False)
+
+    method = "bon"
+
+    def __post_init__(self) -> None:
+        check_range("n", self.n, low=1, integer=True)
+        object.__setattr__(self, "successors_per_beam", self.n)
+        super().__post_init__()
+
+
+@dataclass(frozen=True)
+class Sampling(ChunkBeamSearch):
+    """Plain sampling from the large model: CBS with W=K=1, L=inf."""
+
+    beam_width: int = field(default=1, init=False)
+    successors_per_beam: int = field(default=1, init=False)
+    chunk_length: int | None = field(default=None, init=False)
+
+    method = "base"

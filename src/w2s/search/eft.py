@@ -1,0 +1,107 @@
+"""Emulated fine-tuning (EFT) / proxy-tuning: a token-level baseline for weak-to-strong search.
+
+Mitchell et al. 2023 (arXiv 2310.12962), Liu et al. 2024 (arXiv 2401.08565), as compared in Zhou et al.
+2024 (arXiv 2405.19262): at every step the next-token distribution is
+
+    log p(y_t | x, y_<t) = log pi_strong + beta * (log pi_tuned - log pi_untuned)   (then normalized)
+
+followed by the usual temperature / top-k / top-p sampling.  White-box and token level: all three models
+must share one vocabulary (the vocabularies themselves are compared, not only their sizes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+
+from ..backends.base import SamplingParams
+from ..backends.transformers import LocalBeams, TransformersModel
+from ..validation import check_range
+from .cbs import Sampling, SearchResult
+
+
+def check_same_vocabulary(strong, **guides) -> None:
+    """Raise ``ValueError`` unless every guide's tokenizer has exactly the strong model's vocabulary."""
+    reference = strong.tokenizer.get_vocab()
+    for name, model in guides.items():
+        vocab = model.tokenizer.get_vocab()
+        if vocab != reference:
+            differing = sorted(set(vocab.items()) ^ set(reference.items()), key=lambda kv: kv[1])[:3]
+            raise ValueError(
+                f"EFT needs one shared vocabulary, but the {name} model's vocabulary ({len(vocab)} tokens) "
+                f"differs from the strong model's ({len(reference)} tokens), e.g. {differing}; "
+                "use chunk-level beam search (method 'cbs'), which works across tokenizers."
+            )
+
+
+@dataclass(frozen=True)
+class EmulatedFineTuning:
+    """EFT sampling.
+
+    Attributes:
+        beta: weight of the tuned/untuned log-ratio added to the strong model's log-probabilities.
+        max_new_tokens, temperature, top_p, top_k, stop: as for :class:`w2s.ChunkBeamSearch`.
+    """
+
+    beta: float = 1.0
+    max_new_tokens: int = 50
+    temperature: float = 0.7
+    top_p: float = 1.0
+    top_k: int = 50
+    stop: tuple[str, ...] = ()
+
+    method = "eft"
+
+    def __post_init__(self) -> None:
+        check_range("beta", self.beta, low=0.0)
+        check_range("max_new_tokens", self.max_new_tokens, low=1, integer=True)
+        object.__setattr__(self, "stop", tuple(self.stop))
+        SamplingParams(self.temperature, self.top_p, self.top_k, self.stop)
+
+    def generate(
+        self,
+        strong: TransformersModel,
+        tuned: TransformersModel,
+        untuned: TransformersModel,
+        prompts: Sequence[str],
+        *,
+        seed: int = 0,
+        strong_template: str = "{prompt}",
+        tuned_template: str = "{prompt}",
+        untuned_template: str = "{prompt}",
+        scorer=None,
+        batch_size: int = 8,
+        progress: bool = False,
+        start_index: int = 0,
+    ) -> Iterator[SearchResult]:
+        """Sample one response per prompt; ``scorer`` (optional) gives each result its score."""
+        check_same_vocabulary(strong, tuned=tuned, untuned=untuned)
+        sampler = _EFTModel(self.beta, strong, strong_template, (tuned, tuned_template), (untuned, untuned_template))
+        search = Sampling(max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+                          top_p=self.top_p, top_k=self.top_k, stop=self.stop)
+        for result in search.generate(sampler, scorer, prompts, seed=seed, batch_size=batch_size,
+                                        progress=progress, start_index=start_index):
+            result.method = self.method
+            yield result
+
+
+class _EFTModel:
+    """The three models in lock step, sampled as one model (see :class:`LocalBeams`)."""
+
+    def __init__(self, beta: float, strong: TransformersModel, strong_template: str, *guides):
+        self.beta, self.strong, self.strong_template, self.guides = beta, strong, strong_template, guides
+        self.vocab_size = len(strong.tokenizer.get_vocab())
+
+    def _combine(self, logits: list[torch.Tensor]) -> torch.Tensor:
+        strong, tuned, untuned = (x[:, : self.vocab_size].float().log_softmax(dim=-1) for x in logits)
+        return strong + self.beta * (tuned - untuned)
+
+    def open(self, prompts, params, seeds, template=None) -> LocalBeams:
+        streams = [(self.strong, [self.strong.encode_prompt(self.strong.render(self.strong_template, p),
+                                                            self.strong_template) for p in prompts])]
+        for model, tmpl in self.guides:
+            # guides see their context as the scorer does: no added special tokens, start token if empty
+            streams.append((model, [model.encode(model.render(tmpl, p)) or [model.start_id] for p in prompts]))
+        return LocalBeams(self.strong, params, seeds, streams, combine=self._combine)

@@ -1,0 +1,53 @@
+"""Parameter checks whose errors name the parameter, its value and what is allowed."""
+
+from __future__ import annotations
+
+import difflib
+import math
+from typing import Iterable
+
+
+def check_range(
+    name: str,
+    value,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    integer: bool = False,
+    allow_none: bool = False,
+) -> None:
+    """Raise ``ValueError`` unless ``value`` is a number in the given range.
+
+    >>> check_range("top_p", 1.5, low=0, high=1, low_open=True)
+    Traceback (most recent call last):
+    ValueError: top_p must be in (0, 1], got 1.5.
+    """
+    if value is None and allow_none:
+        return
+    kind = "an integer" if integer else "a number"
+    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+        raise ValueError(f"{name} must be {kind}, got {value!r}.")
+    if isinstance(value, float) and math.isnan(value):
+        raise ValueError(f"{name} must be {kind}, got nan.")
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and value > high
+    if too_low or too_high:
+        left = "(" if low_open else "["
+        lo = _fmt(low) if low is not None else "-inf"
+        hi = f"{_fmt(high)}]" if high is not None else "inf)"
+        raise ValueError(f"{name} must be in {left}{lo}, {hi}, got {value!r}.")
+
+
+def check_choice(name: str, value, choices: Iterable[str]) -> None:
+    """Raise ``ValueError`` unless ``value`` is one of ``choices``, suggesting the closest one."""
+    choices = list(choices)
+    if value in choices:
+        return
+    hint = difflib.get_close_matches(str(value), choices, n=1)
+    suggestion = f" Did you mean {hint[0]!r}?" if hint else ""
+    raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}.{suggestion}")
+
+
+def _fmt(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
