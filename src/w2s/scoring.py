@@ -15,6 +15,8 @@ from typing import Callable, Protocol, Sequence, runtime_checkable
 
 import torch
 
+from .validation import check_template
+
 
 @runtime_checkable
 class Scorer(Protocol):
@@ -62,6 +64,8 @@ class LogRatioScorer:
         incremental: bool = True,
         batch_size: int = 32,
     ):
+        check_template("tuned_template", tuned_template)
+        check_template("untuned_template", untuned_template)
         self.tuned, self.untuned = tuned, untuned
         self.tuned_template, self.untuned_template = tuned_template, untuned_template
         self._tuned = tuned.response_logprobs(tuned_template, incremental=incremental, batch_size=batch_size)
@@ -93,7 +97,9 @@ class RewardModelScorer:
     """
 
     def __init__(self, model, tokenizer, template: str = "{prompt}", label: int = 0, batch_size: int = 16):
-        template.format(prompt="")
+        check_template("template", template)
+        if template == "chat":
+            raise ValueError("template 'chat' is not supported by RewardModelScorer; pass a format string.")
         self.model, self.tokenizer, self.template = model.eval(), tokenizer, template
         self.label, self.batch_size = label, batch_size
         if tokenizer.pad_token is None:

@@ -51,3 +51,24 @@ def check_choice(name: str, value, choices: Iterable[str]) -> None:
 
 def _fmt(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def check_template(name: str, template) -> None:
+    """A prompt template is ``"chat"`` or a format string that uses ``{prompt}``."""
+    if template == "chat":
+        return
+    if not isinstance(template, str) or "{prompt}" not in template:
+        raise ValueError(f"{name} must be 'chat' or a format string containing '{{prompt}}', got {template!r}.")
+    try:
+        template.format(prompt="")
+    except (ValueError, KeyError, IndexError) as err:
+        raise ValueError(
+            f"{name} {template!r} is not a valid format string ({err}); write literal braces as '{{{{' and '}}}}'."
+        ) from None
+
+
+def check_stop(stop) -> tuple[str, ...]:
+    """Stop strings as a tuple; a bare string is refused (it would otherwise be split into characters)."""
+    if isinstance(stop, str) or not all(isinstance(s, str) and s for s in stop):
+        raise ValueError(f"stop must be a sequence of non-empty strings (e.g. ['\\n']), got {stop!r}.")
+    return tuple(stop)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence, runtime_checkable
 
-from ..validation import check_range
+from ..validation import check_range, check_stop
 
 
 @dataclass(frozen=True)
@@ -34,9 +34,7 @@ class SamplingParams:
         check_range("temperature", self.temperature, low=0.0)
         check_range("top_p", self.top_p, low=0.0, high=1.0, low_open=True)
         check_range("top_k", self.top_k, low=0, integer=True)
-        if isinstance(self.stop, str) or not all(isinstance(s, str) and s for s in self.stop):
-            raise ValueError(f"stop must be a sequence of non-empty strings, got {self.stop!r}.")
-        object.__setattr__(self, "stop", tuple(self.stop))
+        object.__setattr__(self, "stop", check_stop(self.stop))
 
 
 @dataclass

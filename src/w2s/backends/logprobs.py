@@ -3,8 +3,9 @@
 Definition (what :class:`w2s.LogRatioScorer` sums): tokenize ``context + response`` without special
 tokens, where ``context = template.format(prompt=prompt)`` (or the chat template); the prompt part is
 the longest common prefix of those ids with the ids of ``context`` alone, and only the tokens after it
-count; a finished response gets the model's EOS token appended and counted.  If the context has no
-tokens at all, the model's BOS (or EOS) token is put in front as an uncounted start token.
+count; a finished response gets the model's EOS token appended and counted.  If that common prefix is
+empty (an empty context, or a response that merges into the context's first token), the model's BOS
+(or EOS) token is put in front as an uncounted start token, so that every counted token has a context.
 
 Incremental: the rows of the previous call stay in a KV cache.  A new sequence is matched to the row
 sharing the longest prefix of token ids with it (re-tokenization may change the last tokens of the old
@@ -39,7 +40,7 @@ class _Group:
 
 class IncrementalLogProbs:
     def __init__(self, lm, template: str, incremental: bool = True, batch_size: int = 32):
-        lm.render(template, "")  # fail early on a bad template
+        lm.render(template, "")  # fail early when 'chat' is asked of a model without a chat template
         self.lm, self.template, self.incremental, self.batch_size = lm, template, incremental, batch_size
         self.groups: list[_Group] = []
         self._context_ids: dict[str, list[int]] = {}
@@ -112,12 +113,13 @@ class IncrementalLogProbs:
             # the logits at new position t predict the token after it: new[i][t + 1]
             targets = torch.zeros(len(new), width, dtype=torch.long)
             for i, toks in enumerate(new):
-                targets[i, : len(toks) - 1] = torch.as_tensor(toks[1:], dtype=torch.long)
+                if len(toks) > 1:
+                    targets[i, : len(toks) - 1] = torch.as_tensor(toks[1:], dtype=torch.long)
             logits = logits.float()
             picked = logits.gather(-1, targets.to(logits.device).unsqueeze(-1)).squeeze(-1)
             token_lp = (picked - logits.logsumexp(dim=-1)).cpu()
             for i, toks in enumerate(new):
-                logprobs[i].extend(token_lp[i, : len(toks) - 1].tolist())
+                logprobs[i].extend(token_lp[i, : max(len(toks) - 1, 0)].tolist())
         for i, (j, _, _) in enumerate(members):
             assert len(logprobs[i]) == len(seqs[j][1])
             out[j] = logprobs[i]

@@ -231,7 +231,7 @@ class LocalBeams:
     def _keep(self, indices: Sequence[int]) -> None:
         for rows in self.streams:
             rows.select(indices)
-        self.next_logits = self.next_logits[torch.as_tensor(list(indices), device=self.next_logits.device)]
+        self.next_logits = self.next_logits[torch.as_tensor(list(indices), dtype=torch.long, device=self.next_logits.device)]
         self.pending = [self.pending[i] for i in indices]
         self.prompt_index = [self.prompt_index[i] for i in indices]
         self.response = [list(self.response[i]) for i in indices]

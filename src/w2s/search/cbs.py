@@ -23,7 +23,7 @@ import numpy as np
 
 from ..backends.base import SamplingParams
 from ..scoring import as_scorer
-from ..validation import check_range
+from ..validation import check_range, check_stop, check_template
 
 
 @dataclass
@@ -91,7 +91,7 @@ class ChunkBeamSearch:
         check_range("successors_per_beam", self.successors_per_beam, low=1, integer=True)
         check_range("chunk_length", self.chunk_length, low=1, integer=True, allow_none=True)
         check_range("max_new_tokens", self.max_new_tokens, low=1, integer=True)
-        object.__setattr__(self, "stop", tuple(self.stop))
+        object.__setattr__(self, "stop", check_stop(self.stop))
         self.sampling  # validates temperature, top_p, top_k, stop
 
     @property
@@ -129,6 +129,7 @@ class ChunkBeamSearch:
         if isinstance(prompts, str):
             raise ValueError("prompts must be a list of strings, got a single string.")
         check_range("batch_size", batch_size, low=1, integer=True)
+        check_template("template", template)
         if scorer is not None:
             scorer = as_scorer(scorer)
         elif self.samples_per_step > 1:

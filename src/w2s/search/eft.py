@@ -18,7 +18,7 @@ import torch
 
 from ..backends.base import SamplingParams
 from ..backends.transformers import LocalBeams, TransformersModel
-from ..validation import check_range
+from ..validation import check_range, check_stop, check_template
 from .cbs import Sampling, SearchResult
 
 
@@ -57,7 +57,7 @@ class EmulatedFineTuning:
     def __post_init__(self) -> None:
         check_range("beta", self.beta, low=0.0)
         check_range("max_new_tokens", self.max_new_tokens, low=1, integer=True)
-        object.__setattr__(self, "stop", tuple(self.stop))
+        object.__setattr__(self, "stop", check_stop(self.stop))
         SamplingParams(self.temperature, self.top_p, self.top_k, self.stop)
 
     def generate(
@@ -77,6 +77,9 @@ class EmulatedFineTuning:
         start_index: int = 0,
     ) -> Iterator[SearchResult]:
         """Sample one response per prompt; ``scorer`` (optional) gives each result its score."""
+        for name, template in [("strong_template", strong_template), ("tuned_template", tuned_template),
+                               ("untuned_template", untuned_template)]:
+            check_template(name, template)
         check_same_vocabulary(strong, tuned=tuned, untuned=untuned)
         sampler = _EFTModel(self.beta, strong, strong_template, (tuned, tuned_template), (untuned, untuned_template))
         search = Sampling(max_new_tokens=self.max_new_tokens, temperature=self.temperature,

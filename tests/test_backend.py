@@ -1,0 +1,145 @@
+"""The transformers backend: sampling with a kept KV cache, stopping, special tokens, loading."""
+
+import pytest
+import torch
+
+import w2s
+from conftest import chain, make_scripted, strong_tokenizer
+from w2s.backends import SamplingParams
+
+PROMPTS = ["The cat", "I did not like the food, it was cold and", "Once upon a time there was a happy"]
+
+
+def test_greedy_matches_transformers_generate(strong):
+    """Left/right padding, position ids and the kept cache give exactly what ``generate`` gives."""
+    greedy = w2s.Sampling(max_new_tokens=12, temperature=0.0)
+    ours = list(greedy.generate(strong, None, PROMPTS, batch_size=3))
+    tok = strong.tokenizer
+    for prompt, result in zip(PROMPTS, ours):
+        ids = tok(prompt, return_tensors="pt")
+        out = strong.model.generate(**ids, max_new_tokens=12, do_sample=False, suppress_tokens=strong.banned_ids.tolist(),
+                                    pad_token_id=strong.pad_id)
+        new = out[0, ids["input_ids"].shape[1]:].tolist()
+        if strong.eos_id in new:
+            new = new[: new.index(strong.eos_id)]
+        assert result.response == strong.response_text(new, strong.eos_id in out[0].tolist())
+
+
+@pytest.mark.parametrize("chunk_length", [1, 3, 5])
+def test_chunked_sampling_equals_unchunked(strong, chunk_length):
+    """W=K=1: chunking only changes when the cache is reordered and pending tokens flushed."""
+    whole = list(w2s.Sampling(max_new_tokens=15).generate(strong, None, PROMPTS, seed=3))
+    chunked = list(w2s.ChunkBeamSearch(beam_width=1, successors_per_beam=1, chunk_length=chunk_length,
+                                       max_new_tokens=15).generate(strong, None, PROMPTS, seed=3))
+    assert [r.response for r in chunked] == [r.response for r in whole]
+    assert all(r.num_tokens == 15 or r.finished for r in whole)
+
+
+def test_results_do_not_depend_on_batching_and_seed_reproduces(strong, scorer):
+    search = w2s.ChunkBeamSearch(beam_width=2, successors_per_beam=2, chunk_length=3, max_new_tokens=9)
+    one = [r.response for r in search.generate(strong, scorer, PROMPTS, seed=7, batch_size=1)]
+    all_ = [r.response for r in search.generate(strong, scorer, PROMPTS, seed=7, batch_size=3)]
+    other = [r.response for r in search.generate(strong, scorer, PROMPTS, seed=8, batch_size=3)]
+    assert one == all_
+    assert other != all_
+
+
+def test_non_text_special_tokens_are_never_sampled():
+    tok = strong_tokenizer()
+    image = tok.convert_tokens_to_ids("<start_of_image>")
+    x = tok.convert_tokens_to_ids("x")
+    # after any token the model most wants <start_of_image>, then "x"
+    model = make_scripted(tok, {}, default_next=image)
+    model.model.lm_head.weight.data[x] = model.model.lm_head.weight.data[image] * 0.5
+    result = next(w2s.Sampling(max_new_tokens=6, temperature=1.0).generate(model, None, ["a"]))
+    assert result.response == "x" * 6
+    assert "<start_of_image>" not in result.response and image in model.banned_ids.tolist()
+
+
+def test_eos_ends_a_response_and_is_not_text():
+    tok = strong_tokenizer()
+    ids, script = chain(tok, " sat on", end=tok.eos_token_id)
+    start = tok("The cat", add_special_tokens=False)["input_ids"][-1]
+    script[start] = [(ids[0], 1.0)]
+    model = make_scripted(tok, script, default_next=tok.convert_tokens_to_ids("x"))
+    result = next(w2s.Sampling(max_new_tokens=20).generate(model, None, ["The cat"]))
+    assert (result.response, result.finished, result.num_tokens) == (" sat on", True, len(ids))
+    cut = next(w2s.Sampling(max_new_tokens=1).generate(model, None, ["The cat"]))
+    assert (cut.response, cut.finished) == (tok.decode(ids[:1]), False)
+
+
+def test_stop_string_ends_the_response_without_the_stop_text():
+    tok = strong_tokenizer()
+    ids, script = chain(tok, " on the mat. The dog")
+    start = tok("The cat sat", add_special_tokens=False)["input_ids"][-1]
+    script[start] = [(ids[0], 1.0)]
+    model = make_scripted(tok, script, default_next=tok.convert_tokens_to_ids("x"))
+    result = next(w2s.Sampling(max_new_tokens=30, stop=(".",)).generate(model, None, ["The cat sat"]))
+    assert (result.response, result.finished) == (" on the mat", True)
+
+
+def test_chunk_boundary_inside_a_multibyte_character_is_held_back():
+    """The scorer only ever sees whole characters, whatever the chunk length."""
+    tok = strong_tokenizer()
+    text = " é中!"
+    ids, script = chain(tok, text, end=tok.eos_token_id)
+    assert len(ids) > len(text), "the fixture must split characters into several tokens"
+    start = tok("a", add_special_tokens=False)["input_ids"][-1]
+    script[start] = [(ids[0], 1.0)]
+    model = make_scripted(tok, script, default_next=tok.eos_token_id)
+    seen = []
+
+    def scorer(prompt, response):
+        seen.append(response)
+        return float(len(response))
+
+    search = w2s.ChunkBeamSearch(beam_width=1, successors_per_beam=2, chunk_length=1, max_new_tokens=20)
+    result = next(search.generate(model, scorer, ["a"]))
+    assert result.response == text and result.finished
+    assert seen and all("\ufffd" not in s for s in seen)
+    assert all(text.startswith(s) for s in seen)
+
+
+def test_sample_next_respects_top_k_and_top_p(strong):
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05] + [1e-9] * (strong.model.config.vocab_size - 4)]))
+    logits = logits.repeat(400, 1)
+    strong_banned = strong.banned_ids
+    strong.banned_ids = torch.tensor([], dtype=torch.long)
+    try:
+        u = torch.rand(400, generator=torch.Generator().manual_seed(0))
+        k2 = strong.sample_next(logits, SamplingParams(temperature=1.0, top_k=2), u)
+        p = strong.sample_next(logits, SamplingParams(temperature=1.0, top_k=0, top_p=0.7), u)
+        greedy = strong.sample_next(logits, SamplingParams(temperature=0.0), u)
+    finally:
+        strong.banned_ids = strong_banned
+    assert set(k2.tolist()) == {0, 1}
+    assert set(p.tolist()) == {0, 1}  # 0.5 < 0.7, 0.5 + 0.3 >= 0.7: token 2 is dropped
+    assert abs((k2 == 0).float().mean().item() - 0.5 / 0.8) < 0.08
+    assert set(greedy.tolist()) == {0}
+
+
+def test_load_model_errors(model_dirs, tmp_path):
+    with pytest.raises(ValueError, match="dtype"):
+        w2s.load_model(model_dirs["strong"], dtype="float64")
+    with pytest.raises(ValueError, match="device"):
+        w2s.load_model(model_dirs["strong"], device="tpu")
+    with pytest.raises(ValueError, match="does not exist"):
+        w2s.load_model(tmp_path / "missing")
+    with pytest.raises(ValueError, match="gguf_file"):
+        w2s.load_model(tmp_path / "missing.gguf")
+
+
+def test_load_model_bfloat16(model_dirs):
+    model = w2s.load_model(model_dirs["strong"], dtype="bfloat16")
+    assert next(model.model.parameters()).dtype == torch.bfloat16
+    result = next(w2s.Sampling(max_new_tokens=4).generate(model, None, ["The cat"]))
+    assert result.num_tokens == 4 or result.finished
+
+
+def test_chat_template_needs_one(tuned):
+    tuned.tokenizer.chat_template, saved = None, tuned.tokenizer.chat_template
+    try:
+        with pytest.raises(ValueError, match="chat template"):
+            tuned.render("chat", "hi")
+    finally:
+        tuned.tokenizer.chat_template = saved

@@ -1,0 +1,85 @@
+"""``w2s search`` end to end, as a user runs it: a real process, files in and out."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import w2s
+
+
+def run_cli(*args, stdin=None):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "w2s.cli", *args], input=stdin, capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def model_flags(dirs, shared=False):
+    prefix = "shared_" if shared else ""
+    return ["--strong", dirs["strong"], "--tuned", dirs[prefix + "tuned"], "--untuned", dirs[prefix + "untuned"]]
+
+
+PROMPTS = [{"prompt": "The cat", "id": 1}, {"prompt": "What a", "id": 2}, {"prompt": "I did not like", "id": 3}]
+
+
+@pytest.mark.parametrize("method,extra", [
+    ("cbs", ["--beam-width", "2", "--successors", "2", "--chunk-length", "3"]),
+    ("bon", ["--n", "3"]),
+    ("base", []),
+])
+def test_search_writes_one_scored_line_per_prompt_in_order(model_dirs, tmp_path, method, extra):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(p) + "\n" for p in PROMPTS))
+    out = tmp_path / "out.jsonl"
+    proc = run_cli("search", *model_flags(model_dirs), "--method", method, *extra, "--max-new-tokens", "6",
+                   "--tuned-template", "chat", "--seed", "3", "--prompts", str(prompts), "--output", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "prompt" in proc.stderr  # the progress bar
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["id"], r["prompt"]) for r in rows] == [(p["id"], p["prompt"]) for p in PROMPTS]
+    scorer = w2s.LogRatioScorer(w2s.load_model(model_dirs["tuned"]), w2s.load_model(model_dirs["untuned"]),
+                                tuned_template="chat", incremental=False)
+    for r in rows:
+        assert r["method"] == method and isinstance(r["finished"], bool) and 0 < r["num_tokens"] <= 6
+        assert r["score"] == pytest.approx(scorer.score(r["prompt"], [r["response"]], [r["finished"]])[0], abs=1e-4)
+
+
+def test_search_eft_plain_text_prompts_stdin_to_stdout(model_dirs):
+    proc = run_cli("search", *model_flags(model_dirs, shared=True), "--method", "eft", "--beta", "0.5",
+                   "--max-new-tokens", "4", "--prompts", "-", "--output", "-", stdin="The cat\n\nWhat a\n")
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["prompt"] for r in rows] == ["The cat", "What a"] and {r["method"] for r in rows} == {"eft"}
+
+
+def test_eft_with_different_vocabularies_is_a_clear_error(model_dirs):
+    proc = run_cli("search", *model_flags(model_dirs), "--method", "eft", "--max-new-tokens", "4",
+                   "--prompts", "-", "--output", "-", stdin="The cat\n")
+    assert proc.returncode == 2 and "vocabulary" in proc.stderr
+
+
+def test_bad_parameter_is_named_before_models_load(model_dirs):
+    proc = run_cli("search", *model_flags(model_dirs), "--method", "cbs", "--beam-width", "0",
+                   "--max-new-tokens", "4", "--prompts", "-", "--output", "-", stdin="x\n")
+    assert proc.returncode == 2 and "beam_width must be in [1, inf), got 0" in proc.stderr
+
+
+def test_ignored_flags_are_warned_about(model_dirs):
+    proc = run_cli("search", *model_flags(model_dirs), "--method", "bon", "--n", "2", "--beam-width", "3",
+                   "--max-new-tokens", "3", "--prompts", "-", "--output", "-", stdin="x\n")
+    assert proc.returncode == 0 and "--beam-width is ignored by --method bon" in proc.stderr
+
+
+def test_resume_keeps_finished_lines_and_matches_an_uninterrupted_run(model_dirs, tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("The cat\nWhat a\nI did not like\nOnce upon\n")
+    common = ["search", *model_flags(model_dirs), "--method", "cbs", "--beam-width", "2", "--successors", "2",
+              "--max-new-tokens", "5", "--batch-size", "1", "--prompts", str(prompts)]
+    full, part = tmp_path / "full.jsonl", tmp_path / "part.jsonl"
+    assert run_cli(*common, "--output", str(full)).returncode == 0
+    lines = full.read_text().splitlines(keepends=True)
+    part.write_text("".join(lines[:2]) + lines[2][:10])  # interrupted while writing line 3
+    assert run_cli(*common, "--output", str(part), "--resume").returncode == 0
+    assert part.read_text() == full.read_text()

@@ -1,0 +1,144 @@
+"""Scorers: the exact log-ratio definition, incremental = from scratch, reward models, callables."""
+
+import random
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2ForSequenceClassification
+
+import w2s
+from w2s.backends.logprobs import common_prefix_length
+from conftest import guide_tokenizer
+
+
+def reference_logprob(lm, template, prompt, response, finished):
+    """The issue's definition, computed the slow, obvious way: one forward over the whole sequence."""
+    context = lm.render(template, prompt)
+    tok = lm.tokenizer
+    ids = tok(context + response, add_special_tokens=False)["input_ids"] + ([tok.eos_token_id] if finished else [])
+    start = common_prefix_length(ids, tok(context, add_special_tokens=False)["input_ids"])
+    if start == 0:  # nothing of the context is left: the first token is scored after a start token
+        ids, start = [lm.start_id] + ids, 1
+    with torch.no_grad():
+        logp = lm.model(torch.tensor([ids])).logits[0].float().log_softmax(-1)
+    return sum(logp[i - 1, ids[i]].item() for i in range(start, len(ids)))
+
+
+CASES = [
+    ("The cat", " sat on the mat.", False),
+    ("The cat", " sat on the mat.", True),
+    ("I did not like", "", True),
+    ("What a", " wonderful day", False),
+    ("Say", " 日本 é", False),
+]
+
+
+@pytest.mark.parametrize("prompt,response,finished", CASES)
+@pytest.mark.parametrize("templates", [("{prompt}", "{prompt}"), ("chat", "Q: {prompt}\nA:")])
+def test_log_ratio_matches_definition(tuned, untuned, prompt, response, finished, templates):
+    scorer = w2s.LogRatioScorer(tuned, untuned, *templates)
+    got = scorer.score(prompt, [response], [finished])[0]
+    want = reference_logprob(tuned, templates[0], prompt, response, finished) - reference_logprob(
+        untuned, templates[1], prompt, response, finished
+    )
+    assert got == pytest.approx(want, abs=1e-4)
+
+
+def test_finished_adds_exactly_the_eos_term(tuned, untuned):
+    scorer = w2s.LogRatioScorer(tuned, untuned)
+    open_, done = scorer.score("The cat", [" sat", " sat"], [False, True])
+    assert open_ != pytest.approx(done)
+    eos = tuned.tokenizer.eos_token_id
+    ids = tuned.encode("The cat sat")
+    with torch.no_grad():
+        t = tuned.model(torch.tensor([ids])).logits[0, -1].float().log_softmax(-1)[eos].item()
+        u = untuned.model(torch.tensor([ids])).logits[0, -1].float().log_softmax(-1)[eos].item()
+    assert done - open_ == pytest.approx(t - u, abs=1e-4)
+
+
+def test_prompt_boundary_merge_counts_only_tokens_after_the_common_prefix(tuned, untuned):
+    """'Th' + 'e cat': the response merges with the prompt's last token; only later tokens count."""
+    scorer = w2s.LogRatioScorer(tuned, untuned)
+    got = scorer.score("Th", ["e cat"], [False])[0]
+    want = reference_logprob(tuned, "{prompt}", "Th", "e cat", False) - reference_logprob(
+        untuned, "{prompt}", "Th", "e cat", False
+    )
+    assert got == pytest.approx(want, abs=1e-4)
+
+
+def test_empty_context_uses_a_start_token(tuned, untuned):
+    scorer = w2s.LogRatioScorer(tuned, untuned)
+    assert len(scorer.score("", ["hello there"], [False])) == 1
+
+
+def test_incremental_equals_from_scratch_over_growing_responses(tuned, untuned):
+    """Responses grow chunk by chunk (with re-tokenization merges at the boundaries, e.g. ' s' + 'at')."""
+    inc = w2s.LogRatioScorer(tuned, untuned)
+    scratch = w2s.LogRatioScorer(tuned, untuned, incremental=False)
+    rng = random.Random(0)
+    words = [" The", " cat", " s", "at", " on", " mat", ".", " é", "中", " happy", "!"]
+    prompts = ["The cat", "What a", "Once upon"]
+    beams = {p: [""] * 3 for p in prompts}
+    for step in range(6):
+        batch_p, batch_r, batch_f = [], [], []
+        for p in prompts:
+            for b in beams[p]:
+                for _ in range(2):
+                    batch_p.append(p)
+                    batch_r.append(b + "".join(rng.choice(words) for _ in range(rng.randint(0, 3))))
+                    batch_f.append(step == 5 and rng.random() < 0.5)
+        got, want = inc.score(batch_p, batch_r, batch_f), scratch.score(batch_p, batch_r, batch_f)
+        assert got == pytest.approx(want, abs=1e-4)
+        for p in prompts:  # keep three random children as the next beams
+            children = [r for q, r in zip(batch_p, batch_r) if q == p]
+            beams[p] = rng.sample(children, 3)
+    assert len(inc._tuned.groups) >= 1  # rows were kept for the next call
+
+
+def test_incremental_forwards_only_new_tokens(tuned, untuned):
+    scorer = w2s.LogRatioScorer(tuned, untuned)
+    calls = []
+    forward = tuned.model.forward
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs["input_ids"].shape)
+        return forward(*args, **kwargs)
+
+    text = " sat on the mat and the dog sat on the log"
+    tuned.model.forward = counting
+    try:
+        scorer.score("The cat", [text], [False])
+        scorer.score("The cat", [text + " today"], [False])
+    finally:
+        tuned.model.forward = forward
+    full, step = calls
+    added = len(tuned.encode("The cat" + text + " today")) - len(tuned.encode("The cat" + text))
+    assert step[1] == 1 + added < full[1]  # one re-fed token + the new ones, not the whole sequence
+
+
+def test_score_argument_errors(scorer):
+    with pytest.raises(ValueError, match="finished"):
+        scorer.score("p", ["a", "b"], [False])
+    with pytest.raises(ValueError, match="prompt"):
+        scorer.score(["p"], ["a", "b"], [False, False])
+    assert scorer.score("p", [], []) == []
+
+
+def test_reward_model_scorer_matches_a_manual_forward():
+    tok = guide_tokenizer()
+    tok.pad_token = tok.eos_token
+    torch.manual_seed(0)
+    model = GPT2ForSequenceClassification(
+        GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=2, num_labels=1, pad_token_id=tok.pad_token_id)
+    ).eval()
+    scorer = w2s.RewardModelScorer(model, tok, template="Q: {prompt} A:")
+    got = scorer.score("The cat", [" sat.", " is a happy little cat"], [True, False])
+    with torch.no_grad():
+        want = [model(**tok("Q: The cat A:" + r, return_tensors="pt")).logits[0, 0].item() for r in [" sat.", " is a happy little cat"]]
+    assert got == pytest.approx(want, abs=1e-4)
+
+
+def test_callable_scorer():
+    scorer = w2s.CallableScorer(lambda prompt, response: len(prompt) + len(response))
+    assert scorer.score("ab", ["", "xyz"], [False, True]) == [2.0, 5.0]
+    assert scorer.score(["a", "abc"], ["x", "x"], [False, False]) == [2.0, 4.0]

@@ -1,0 +1,234 @@
+"""Search methods: CBS semantics, its special cases (Best-of-N, sampling), EFT, parameter validation."""
+
+import pytest
+import torch
+
+import w2s
+from conftest import gpt2, llama, strong_tokenizer
+from w2s.backends import Continuation, SamplingParams
+
+PROMPTS = ["The cat", "I did not like the food, it was cold and", "What a"]
+
+
+def fresh_scores(tuned, untuned, prompt, beams, finished=None):
+    scratch = w2s.LogRatioScorer(tuned, untuned, incremental=False)
+    return scratch.score(prompt, [b.text for b in beams], finished or [b.finished for b in beams])
+
+
+def test_w1_k1_unlimited_chunk_is_plain_sampling(strong, scorer):
+    cbs = w2s.ChunkBeamSearch(beam_width=1, successors_per_beam=1, chunk_length=None, max_new_tokens=12)
+    a = list(cbs.generate(strong, scorer, PROMPTS, seed=5))
+    b = list(w2s.Sampling(max_new_tokens=12).generate(strong, scorer, PROMPTS, seed=5))
+    assert [(r.response, r.score) for r in a] == [(r.response, r.score) for r in b]
+    assert {r.method for r in b} == {"base"}
+
+
+def test_best_of_n_returns_the_argmax_of_its_candidates(strong, tuned, untuned, scorer):
+    seen = []
+
+    class Recording:
+        def score(self, prompt, responses, finished):
+            scores = scorer.score(prompt, responses, finished)
+            seen.extend(zip(prompt, responses, finished, scores))
+            return scores
+
+    results = list(w2s.BestOfN(n=6, max_new_tokens=8).generate(strong, Recording(), PROMPTS, seed=1))
+    for prompt, r in zip(PROMPTS, results):
+        candidates = [(text, fin, s) for p, text, fin, s in seen if p == prompt]
+        assert 2 <= len(candidates) <= 6 and len({c[0] for c in candidates}) == len(candidates)
+        truth = fresh_scores(tuned, untuned, prompt, [w2s.Beam(t, f, 0) for t, f, _ in candidates])
+        assert [c[2] for c in candidates] == pytest.approx(truth, abs=1e-4)
+        best = max(candidates, key=lambda c: c[2])
+        assert (r.response, r.finished, r.score) == best
+
+
+def test_best_of_n_and_cbs_spend_equal_compute_at_equal_wk(strong, scorer):
+    """Both sample W*K = N large-model rows per prompt per step."""
+    rows_per_step = {}
+
+    class Counting:
+        def __init__(self, key):
+            self.key = key
+
+        def open(self, *args, **kwargs):
+            session = strong.open(*args, **kwargs)
+            expand = session.expand
+
+            def counted(parents, n, max_tokens):
+                rows_per_step.setdefault(self.key, []).append(len(parents) * n)
+                return expand(parents, n, max_tokens)
+
+            session.expand = counted
+            return session
+
+    list(w2s.BestOfN(n=4, max_new_tokens=9).generate(Counting("bon"), scorer, ["The cat"]))
+    list(w2s.ChunkBeamSearch(2, 2, 3, max_new_tokens=9).generate(Counting("cbs"), scorer, ["The cat"]))
+    assert rows_per_step["bon"] == [4]
+    # W*K rows per step; fewer (K per live beam) only once a beam has finished
+    assert rows_per_step["cbs"][0] == 4 and all(n in (2, 4) for n in rows_per_step["cbs"])
+
+
+def test_cbs_beams_are_distinct_and_truncated_responses_are_scored_without_eos(strong, tuned, untuned, scorer):
+    search = w2s.ChunkBeamSearch(beam_width=3, successors_per_beam=2, chunk_length=2, max_new_tokens=6,
+                                 return_beams=True)
+    for prompt, r in zip(PROMPTS, search.generate(strong, scorer, PROMPTS, seed=2)):
+        assert len({(b.text, b.finished) for b in r.beams}) == len(r.beams) == 3
+        assert [b.score for b in r.beams] == pytest.approx(fresh_scores(tuned, untuned, prompt, r.beams), abs=1e-4)
+        for b in r.beams:
+            if not b.finished:
+                with_eos = fresh_scores(tuned, untuned, prompt, [b], [True])[0]
+                assert b.score != pytest.approx(with_eos, abs=1e-6)
+        assert r.score == max(b.score for b in r.beams)
+
+
+def test_incremental_scores_equal_from_scratch_during_search(strong, tuned, untuned):
+    incremental = w2s.LogRatioScorer(tuned, untuned)
+    scratch = w2s.LogRatioScorer(tuned, untuned, incremental=False)
+    calls = []
+
+    class Checked:
+        def score(self, prompt, responses, finished):
+            got = incremental.score(prompt, responses, finished)
+            assert got == pytest.approx(scratch.score(prompt, responses, finished), abs=1e-4)
+            calls.append(len(responses))
+            return got
+
+    list(w2s.ChunkBeamSearch(2, 2, 2, max_new_tokens=12).generate(strong, Checked(), PROMPTS, seed=0))
+    assert len(calls) >= 6
+
+
+class ScriptedBeams:
+    """A fake large model for search logic: continuations come from ``script[parent_text]``."""
+
+    def __init__(self, script):
+        self.script, self.live, self.candidates = script, [""], []
+
+    def expand(self, parents, n, max_tokens):
+        self.candidates = []
+        for parent in parents:
+            options = self.script[self.live[parent]]
+            for k in range(n):
+                text, finished = options[k % len(options)]
+                self.candidates.append(Continuation(0, parent, text, finished, len(text)))
+        return self.candidates
+
+    def select(self, indices):
+        assert not any(self.candidates[i].finished for i in indices)
+        self.live = [self.candidates[i].text for i in indices]
+
+
+class ScriptedModel:
+    def __init__(self, script):
+        self.script = script
+
+    def open(self, prompts, params, seeds, template):
+        return ScriptedBeams(self.script)
+
+
+def test_finished_candidates_are_carried_once_and_not_rescored():
+    script = {
+        "": [("A.", True), ("b", False), ("c", False), ("d", False)],
+        "b": [("b1", False), ("b2.", True)],
+        "c": [("c1", False), ("c2", False)],
+        "b1": [("b1!", True)],
+        "b2.": [],
+        "c1": [("c1x", False)],
+        "c2": [("c2x", False)],
+    }
+    values = {"A.": 10, "b": 5, "c": 4, "d": 1, "b1": 3, "b2.": 2, "c1": 1, "c2": 0, "b1!": 20, "c1x": 0, "c2x": 0}
+    scored = []
+
+    def scorer(prompt, response):
+        scored.append(response)
+        return values[response]
+
+    search = w2s.ChunkBeamSearch(beam_width=2, successors_per_beam=2, chunk_length=1, max_new_tokens=3,
+                                 return_beams=True)
+    r = next(search.generate(ScriptedModel(script), scorer, ["p"]))
+    assert [(b.text, b.score) for b in r.beams] == [("b1!", 20), ("A.", 10)]
+    assert (r.response, r.finished) == ("b1!", True)
+    assert scored.count("A.") == 1  # carried with its score, never duplicated or re-scored
+
+
+def test_identical_continuations_collapse_to_one_beam():
+    script = {"": [("same", False)], "same": [("same.", True)]}
+    r = next(w2s.ChunkBeamSearch(4, 4, 1, max_new_tokens=5, return_beams=True).generate(
+        ScriptedModel(script), lambda p, x: 0.0, ["p"]))
+    assert [b.text for b in r.beams] == ["same."]
+
+
+def test_eft_refuses_different_vocabularies(strong, tuned, untuned):
+    with pytest.raises(ValueError, match="vocabulary"):
+        next(w2s.EmulatedFineTuning().generate(strong, tuned, untuned, ["x"]))
+
+
+def test_eft_compares_vocabularies_not_sizes(strong):
+    tok = strong_tokenizer()
+    from tokenizers import Tokenizer, models
+
+    permuted = tok.get_vocab()
+    permuted["a"], permuted["b"] = permuted["b"], permuted["a"]  # same tokens and size, two ids swapped
+    other = type(tok)(tokenizer_object=Tokenizer(models.WordLevel(permuted, unk_token="<pad>")))
+    fake = w2s.TransformersModel(llama(tok, 9), other)
+    assert len(other.get_vocab()) == len(tok.get_vocab())
+    with pytest.raises(ValueError, match="vocabulary"):
+        next(w2s.EmulatedFineTuning().generate(strong, fake, fake, ["x"]))
+
+
+def test_eft_next_token_is_strong_plus_beta_log_ratio(model_dirs, strong):
+    t, u = w2s.load_model(model_dirs["shared_tuned"]), w2s.load_model(model_dirs["shared_untuned"])
+    prompt = "The cat"
+    ids = torch.tensor([strong.tokenizer(prompt)["input_ids"]])
+    guide_ids = torch.tensor([strong.encode(prompt)])
+    with torch.no_grad():
+        s = strong.model(ids).logits[0, -1].log_softmax(-1)
+        lt = t.model(guide_ids).logits[0, -1].log_softmax(-1)
+        lu = u.model(guide_ids).logits[0, -1].log_softmax(-1)
+    for beta in (0.0, 2.0):
+        mixed = (s + beta * (lt - lu)).index_fill(0, strong.banned_ids, float("-inf"))
+        r = next(w2s.EmulatedFineTuning(beta=beta, max_new_tokens=1, temperature=0.0).generate(strong, t, u, [prompt]))
+        token = mixed.argmax().item()
+        assert r.response == strong.response_text([token], token in strong.eos_ids) and r.method == "eft"
+    greedy = next(w2s.Sampling(max_new_tokens=10, temperature=0.0).generate(strong, None, [prompt]))
+    eft0 = next(w2s.EmulatedFineTuning(beta=0.0, max_new_tokens=10, temperature=0.0).generate(strong, t, u, [prompt]))
+    assert eft0.response == greedy.response
+
+
+INVALID = [
+    (w2s.ChunkBeamSearch, {"beam_width": 0}, "beam_width"),
+    (w2s.ChunkBeamSearch, {"beam_width": 2.5}, "beam_width"),
+    (w2s.ChunkBeamSearch, {"successors_per_beam": 0}, "successors_per_beam"),
+    (w2s.ChunkBeamSearch, {"chunk_length": 0}, "chunk_length"),
+    (w2s.ChunkBeamSearch, {"max_new_tokens": 0}, "max_new_tokens"),
+    (w2s.ChunkBeamSearch, {"temperature": -0.1}, "temperature"),
+    (w2s.ChunkBeamSearch, {"top_p": 0.0}, "top_p"),
+    (w2s.ChunkBeamSearch, {"top_p": 1.5}, "top_p"),
+    (w2s.ChunkBeamSearch, {"top_k": -1}, "top_k"),
+    (w2s.ChunkBeamSearch, {"stop": "."}, "stop"),
+    (w2s.BestOfN, {"n": 0}, "n"),
+    (w2s.BestOfN, {"max_new_tokens": -3}, "max_new_tokens"),
+    (w2s.Sampling, {"temperature": float("nan")}, "temperature"),
+    (w2s.EmulatedFineTuning, {"beta": -1.0}, "beta"),
+    (w2s.EmulatedFineTuning, {"top_k": 1.5}, "top_k"),
+    (SamplingParams, {"top_p": 2}, "top_p"),
+]
+
+
+@pytest.mark.parametrize("cls,kwargs,name", INVALID)
+def test_invalid_parameters_name_themselves(cls, kwargs, name):
+    with pytest.raises(ValueError, match=rf"^{name} must .*got"):
+        cls(**kwargs)
+
+
+def test_invalid_generate_arguments(strong, tuned, untuned, scorer):
+    cbs = w2s.ChunkBeamSearch()
+    with pytest.raises(ValueError, match="batch_size"):
+        next(cbs.generate(strong, scorer, ["x"], batch_size=0))
+    with pytest.raises(ValueError, match="template"):
+        next(cbs.generate(strong, scorer, ["x"], template="no placeholder"))
+    with pytest.raises(ValueError, match="needs a scorer"):
+        next(cbs.generate(strong, None, ["x"]))
+    with pytest.raises(ValueError, match="prompts"):
+        next(cbs.generate(strong, scorer, "a single string"))
+    with pytest.raises(ValueError, match="tuned_template"):
+        w2s.LogRatioScorer(tuned, untuned, tuned_template="{prompt")
