@@ -97,23 +97,33 @@ def test_incremental_equals_from_scratch_over_growing_responses(tuned, untuned):
 
 def test_incremental_forwards_only_new_tokens(tuned, untuned):
     scorer = w2s.LogRatioScorer(tuned, untuned)
+    scratch = w2s.LogRatioScorer(tuned, untuned, incremental=False)
     calls = []
     forward = tuned.model.forward
 
     def counting(*args, **kwargs):
-        calls.append(kwargs["input_ids"].shape)
+        calls.append(kwargs["input_ids"].shape[1])
         return forward(*args, **kwargs)
+
+    def run(response):
+        score = scorer.score("The cat", [response], [False])
+        forwarded = calls[-1]
+        assert score == pytest.approx(scratch.score("The cat", [response], [False]), abs=1e-4)
+        return forwarded
 
     text = " sat on the mat and the dog sat on the log"
     tuned.model.forward = counting
     try:
-        scorer.score("The cat", [text], [False])
-        scorer.score("The cat", [text + " today"], [False])
+        full = run(text)
+        # the old last token is unchanged: its kept next-token distribution scores the first new token
+        added = len(tuned.encode("The cat" + text + " today")) - len(tuned.encode("The cat" + text))
+        assert run(text + " today") == added < full
+        # ' s' + 'at' re-tokenizes into ' sat': the last shared token is re-run, then the new one
+        assert tuned.encode("The cat s")[:-1] == tuned.encode("The cat sat")[:-1]
+        run(" s")
+        assert run(" sat") == 2
     finally:
         tuned.model.forward = forward
-    full, step = calls
-    added = len(tuned.encode("The cat" + text + " today")) - len(tuned.encode("The cat" + text))
-    assert step[1] == 1 + added < full[1]  # one re-fed token + the new ones, not the whole sequence
 
 
 def test_score_argument_errors(scorer):

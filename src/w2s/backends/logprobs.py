@@ -36,6 +36,8 @@ class _Group:
     rows: KVRows
     contexts: list[str]
     token_logprobs: list[list[float]]  # [row][i] = log p(ids[i] | ids[:i]); entry 0 is 0.0
+    next_logprobs: torch.Tensor  # [rows, vocab] = log p(next token | ids), valid where has_next
+    has_next: list[bool]
 
 
 class IncrementalLogProbs:
@@ -94,33 +96,55 @@ class IncrementalLogProbs:
                     rows = self.lm.new_rows()
                     rows.add_empty_rows(len(chunk))
                     self._extend(rows, seqs, chunk, [[0.0]] * len(chunk), [0] * len(chunk), token_logprobs)
-            else:  # children of one old group: its cache rows are selected, rolled back and extended
-                group = old[g]
-                group.rows.select([r for _, r, _ in members])
-                keep = [n if n == len(seqs[j][1]) else n - 1 for j, _, n in members]
-                group.rows.truncate(keep)
-                reused = [group.token_logprobs[r][:n] for _, r, n in members]  # tokens 0..n-1 are shared
-                self._extend(group.rows, seqs, members, reused, keep, token_logprobs)
+                continue
+            # children of one old group: its cache rows are selected, rolled back and extended
+            group, keep, reused, inherit = old[g], [], [], []
+            for j, r, n in members:
+                ids, parent_ids, lp = seqs[j][1], group.rows.ids[r], group.token_logprobs[r]
+                if n == len(ids):  # a prefix of the parent: nothing to run
+                    keep.append(n)
+                    reused.append(lp[:n])
+                    inherit.append(n == len(parent_ids) and group.has_next[r])
+                elif n == len(parent_ids) and group.has_next[r]:  # the parent's next-token distribution scores ids[n]
+                    keep.append(n)
+                    reused.append(lp[:n] + [group.next_logprobs[r, ids[n]].item()])
+                    inherit.append(False)
+                else:  # re-tokenization changed the parent's last tokens: re-run the last shared one
+                    keep.append(n - 1)
+                    reused.append(lp[:n])
+                    inherit.append(False)
+            parents = [r for _, r, _ in members]
+            inherited = group.next_logprobs[torch.as_tensor(parents, device=group.next_logprobs.device)]
+            group.rows.select(parents)
+            group.rows.truncate(keep)
+            self._extend(group.rows, seqs, members, reused, keep, token_logprobs, inherited, inherit)
         return [float(sum(lp[start:])) for lp, (_, _, start) in zip(token_logprobs, seqs)]
 
-    def _extend(self, rows: KVRows, seqs, members, reused, keep, out) -> None:
-        """Forward each member's tokens after ``keep`` and record the new group of rows."""
+    def _extend(self, rows: KVRows, seqs, members, reused, keep, out, inherited=None, inherit=None) -> None:
+        """Run each member's tokens after ``keep`` and record the new group of rows.
+
+        ``reused[i]`` holds the log-probs of tokens ``0..keep[i]`` (all of them if nothing is new): the
+        logits at new position t then score new token t + 1, and the last one is the next-token
+        distribution kept for the following call.
+        """
         new = [seqs[j][1][k:] for (j, _, _), k in zip(members, keep)]
         logprobs = [list(lp) for lp in reused]
+        vocab = self.lm.model.get_output_embeddings().weight.shape[0]
+        device = self.lm.device
+        next_lp = inherited if inherited is not None else torch.zeros(len(new), vocab, device=device)
+        has_next = list(inherit) if inherit is not None else [False] * len(new)
         if any(new):
             logits = rows.forward(new, last_only=False)  # [rows, width, vocab]
-            width = logits.shape[1]
-            # the logits at new position t predict the token after it: new[i][t + 1]
-            targets = torch.zeros(len(new), width, dtype=torch.long)
-            for i, toks in enumerate(new):
-                if len(toks) > 1:
-                    targets[i, : len(toks) - 1] = torch.as_tensor(toks[1:], dtype=torch.long)
-            logits = logits.float()
-            picked = logits.gather(-1, targets.to(logits.device).unsqueeze(-1)).squeeze(-1)
-            token_lp = (picked - logits.logsumexp(dim=-1)).cpu()
-            for i, toks in enumerate(new):
-                logprobs[i].extend(token_lp[i, : max(len(toks) - 1, 0)].tolist())
+            for a in range(0, len(new), 16):  # bounded memory for the float32 log-softmax
+                lsm = logits[a : a + 16].float().log_softmax(dim=-1)
+                for i in range(a, min(a + 16, len(new))):
+                    n = len(new[i])
+                    if n:
+                        targets = torch.as_tensor(new[i][1:], dtype=torch.long, device=device)
+                        logprobs[i].extend(lsm[i - a, torch.arange(n - 1, device=device), targets].tolist())
+                        next_lp[i] = lsm[i - a, n - 1]
+                        has_next[i] = True
         for i, (j, _, _) in enumerate(members):
             assert len(logprobs[i]) == len(seqs[j][1])
             out[j] = logprobs[i]
-        self.groups.append(_Group(rows, [seqs[j][0] for j, _, _ in members], logprobs))
+        self.groups.append(_Group(rows, [seqs[j][0] for j, _, _ in members], logprobs, next_lp, has_next))
