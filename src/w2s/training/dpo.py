@@ -1,0 +1,145 @@
+"""The *tuned* guide: a DPO-tuned copy of the untuned LM, on preference pairs of its own continuations.
+
+As in the paper's controlled-sentiment setup (Zhou et al. 2024, Sec. 5.1, after Rafailov et al. 2023):
+the untuned model samples two continuations per prompt, a gold reward scores both, and the preferred
+one is drawn from a Bradley–Terry model, P(a > b) = sigmoid(scale * (r(a) - r(b))).  DPO (TRL's
+``DPOTrainer``) then tunes a copy, with the untuned model as its reference; the log-ratio of the pair
+is the implicit reward that weak-to-strong search maximizes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from ..jsonl import dumps, read_complete
+from ..validation import check_range
+
+
+@dataclass(frozen=True)
+class DPOTrainingConfig:
+    """DPO settings.
+
+    Attributes:
+        beta: DPO's KL strength (the paper's sentiment guides: 0.1).
+        The defaults are those of the shipped sentiment guide.
+        epochs, learning_rate, batch_size, warmup_ratio: AdamW with a cosine schedule.
+        max_length: prompt + response tokens kept per example.
+        save_steps: checkpoint interval (a rerun resumes from the last checkpoint).
+    """
+
+    beta: float = 0.1
+    epochs: float = 2.0
+    # DPO's gradient is scaled by beta: a small model trained from scratch at lr 2e-3 learned nothing
+    # in an epoch at 1e-4 or 5e-4 (held-out ranking agreement 0.50), and did at 3e-3
+    learning_rate: float = 3e-3
+    batch_size: int = 16
+    warmup_ratio: float = 0.03
+    max_length: int = 96
+    save_steps: int = 50
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_range("beta", self.beta, low=0, low_open=True)
+        check_range("epochs", self.epochs, low=0, low_open=True)
+        check_range("learning_rate", self.learning_rate, low=0, low_open=True)
+        check_range("warmup_ratio", self.warmup_ratio, low=0, high=1)
+        for name in ("batch_size", "max_length", "save_steps"):
+            check_range(name, getattr(self, name), low=1, integer=True)
+
+
+def build_preference_pairs(
+    model,
+    prompts: Sequence[str],
+    reward: Callable[[str], float],
+    out_path: str | Path,
+    *,
+    samples: int = 2,
+    max_new_tokens: int = 48,
+    temperature: float = 1.0,
+    bt_scale: float = 5.0,
+    seed: int = 0,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> list[dict]:
+    """Sample continuations per prompt from ``model`` and make one preference pair of them.
+
+    With ``samples=2`` the two are labelled by Bradley–Terry on ``reward``.  With more, the pair is the
+    highest- and the lowest-reward sample (then labelled by Bradley–Terry): more contrast per pair, which a
+    small model trained on few pairs needs, since a sentiment reward hangs on a few words of each text.
+
+    Writes ``{prompt, chosen, rejected, chosen_reward, rejected_reward}`` JSON lines to ``out_path`` as
+    it goes; a rerun keeps the lines already there and continues (prompts with two identical samples
+    give no pair and are recorded as ``{"prompt": ..., "skipped": true}``).
+    """
+    from tqdm.auto import tqdm
+
+    from ..backends.base import SamplingParams
+    from ..search.cbs import prompt_seeds
+
+    check_range("bt_scale", bt_scale, low=0, low_open=True)
+    check_range("samples", samples, low=2, integer=True)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    done = read_complete(out_path)
+    params = SamplingParams(temperature=temperature, top_k=0)
+    with open(out_path, "a", encoding="utf-8") as out, tqdm(total=len(prompts), initial=len(done), disable=not progress,
+                                                             desc="preference pairs", unit="prompt") as bar:
+        for start in range(len(done), len(prompts), batch_size):
+            batch = list(prompts[start : start + batch_size])
+            seeds = prompt_seeds(seed, start, len(batch))
+            drawn = model.open(batch, params, seeds).expand(list(range(len(batch))), samples, max_new_tokens)
+            for i, prompt in enumerate(batch):
+                scored = sorted({c.text: reward(c.text) for c in drawn[i * samples : (i + 1) * samples]}.items(),
+                                key=lambda item: item[1])
+                if len(scored) < 2:
+                    record = {"prompt": prompt, "skipped": True}
+                else:
+                    (a, ra), (b, rb) = scored[-1], scored[0]
+                    # Bradley–Terry label, drawn with a per-prompt generator (reproducible, batch-independent)
+                    a_wins = random.Random(seeds[i]).random() < 1 / (1 + math.exp(-bt_scale * (ra - rb)))
+                    (c, rc), (r, rr) = ((a, ra), (b, rb)) if a_wins else ((b, rb), (a, ra))
+                    record = {"prompt": prompt, "chosen": c, "rejected": r, "chosen_reward": rc, "rejected_reward": rr}
+                out.write(dumps(record))
+                done.append(record)
+            out.flush()
+            bar.update(len(batch))
+    return [r for r in done if not r.get("skipped")]
+
+
+def train_dpo(base_dir: str | Path, pairs: Sequence[dict], out_dir: str | Path,
+              config: DPOTrainingConfig = DPOTrainingConfig(), *, progress: bool = True) -> Path:
+    """DPO-tune a copy of the model in ``base_dir`` on ``{prompt, chosen, rejected}`` pairs."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.trainer_utils import get_last_checkpoint
+    from trl import DPOConfig, DPOTrainer
+
+    pairs = [{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs]
+    if not pairs:
+        raise ValueError("pairs is empty: DPO needs at least one {prompt, chosen, rejected} pair.")
+    out = Path(out_dir)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    checkpoints = out / "checkpoints"
+    args = DPOConfig(
+        output_dir=str(checkpoints), beta=config.beta, num_train_epochs=config.epochs,
+        per_device_train_batch_size=config.batch_size, learning_rate=config.learning_rate,
+        lr_scheduler_type="cosine", warmup_steps=config.warmup_ratio,  # a float below 1 is a fraction
+        weight_decay=0.0, max_length=config.max_length, save_steps=config.save_steps, save_total_limit=1,
+        logging_steps=10, report_to="none", seed=config.seed, disable_tqdm=not progress,
+        use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0,
+    )
+    trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(pairs), processing_class=tokenizer)
+    last = get_last_checkpoint(str(checkpoints)) if checkpoints.exists() else None
+    trainer.train(resume_from_checkpoint=last)
+    trainer.save_model(str(out))
+    tokenizer.save_pretrained(out)
+    (out / "w2s_training.json").write_text(json.dumps({"recipe": "dpo", "base": str(base_dir), **asdict(config),
+                                                       "pairs": len(pairs)}, indent=2) + "\n")
+    return out

