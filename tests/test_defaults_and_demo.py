@@ -56,6 +56,6 @@ def test_demo_prints_both_continuations_with_gold_rewards(strong, tuned, untuned
     out = io.StringIO()
     means = run_demo(models, num_prompts=2, max_new_tokens=6, out=out)
     text = out.getvalue()
-    assert text.count("plain sampling") == 2 and text.count("weak-to-strong") == 2
+    assert text.count("\n    plain sampling ") == 2 and text.count("\n    weak-to-strong ") == 2
     assert "Mean gold reward" in text and set(means) == {"plain", "w2s"}
     assert all(-1 <= v <= 1 for v in means.values())

@@ -8,6 +8,7 @@
 ...     print(result.response, result.score)
 """
 
+from .aligner import Aligner, StreamAligner, split_sentences
 from .backends import SamplingParams, TransformersModel, load_model
 from .scoring import CallableScorer, LogRatioScorer, RewardModelScorer, Scorer
 from .search import Beam, BestOfN, ChunkBeamSearch, EmulatedFineTuning, Sampling, SearchResult
@@ -15,6 +16,7 @@ from .search import Beam, BestOfN, ChunkBeamSearch, EmulatedFineTuning, Sampling
 __version__ = "0.1.0"
 
 __all__ = [
+    "Aligner",
     "Beam",
     "BestOfN",
     "CallableScorer",
@@ -26,6 +28,8 @@ __all__ = [
     "SamplingParams",
     "Scorer",
     "SearchResult",
+    "StreamAligner",
     "TransformersModel",
     "load_model",
+    "split_sentences",
 ]

@@ -51,6 +51,7 @@ class KVRows:
         self.ids = [list(self.ids[i]) for i in indices]
         self.cols = [list(self.cols[i]) for i in indices]
 
+    @torch.inference_mode()  # the mask is an inference tensor (made in forward): edit it in that mode
     def truncate(self, keep: Sequence[int]) -> None:
         """Roll row ``i`` back to its first ``keep[i]`` tokens (the dropped columns become holes)."""
         for row, k in enumerate(keep):

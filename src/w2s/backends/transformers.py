@@ -303,3 +303,67 @@ class LocalBeams:
                 raise ValueError(f"continuation {i} is finished and cannot be selected for expansion.")
         self._keep(list(indices))
         self.candidates = []
+
+
+class IncrementalGenerator:
+    """Continues one text per row, keeping each row's KV cache between calls.
+
+    At every call, row ``i``'s new context is matched to the ids its cache holds: the longest common
+    prefix stays, the rest is rolled back, and only the new tokens are run.  That is how the Stream
+    Aligner's upstream continues ``question + corrected prefix`` round after round without re-encoding
+    the unchanged part.  ``stop(text)`` sees the text generated so far and returns where to cut it (a
+    sentence end, say) or None to go on; the tokens sampled past the cut are rolled back next time.
+    """
+
+    def __init__(self, lm: TransformersModel, n_rows: int, params: SamplingParams, seeds: Sequence[int]):
+        self.lm, self.params = lm, params
+        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        self.rows = lm.new_rows()
+        self.rows.add_empty_rows(n_rows)
+        self.tokens_run = 0  # tokens forwarded over all calls: what the cache saves shows here
+
+    def generate(self, contexts: dict[int, list[int]], max_new_tokens: int, stop=None) -> dict[int, tuple[str, bool]]:
+        """Continue ``contexts`` (row -> token ids); returns row -> (text, ended) where ``ended`` is true
+        at end-of-sequence (a cut by ``stop`` or by ``max_new_tokens`` is not an end)."""
+        from .logprobs import common_prefix_length
+
+        if not contexts:
+            return {}
+        order = sorted(contexts)
+        new = [[] for _ in range(len(self.rows))]
+        keep = [len(ids) for ids in self.rows.ids]
+        for i in order:
+            ids = contexts[i]
+            # keep the shared prefix, but always re-run at least the last token: its logits start sampling
+            keep[i] = min(common_prefix_length(ids, self.rows.ids[i]), len(ids) - 1)
+            new[i] = ids[keep[i]:]
+        self.rows.truncate(keep)
+        logits = self.rows.forward(new, last_only=True)
+        self.tokens_run += sum(map(len, new))
+        generated = {i: [] for i in order}
+        texts, ended, active = {}, {}, set(order)
+        for _ in range(max_new_tokens):
+            u = torch.zeros(len(self.rows))
+            for i in active:  # each row draws from its own generator: results independent of batching
+                u[i] = torch.rand(1, generator=self.generators[i])[0]
+            tokens = self.lm.sample_next(logits, self.params, u).tolist()
+            for i in list(active):
+                if tokens[i] in self.lm.eos_ids:
+                    texts[i], ended[i] = self.lm.decode(generated[i]), True
+                    active.discard(i)
+                    continue
+                generated[i].append(tokens[i])
+                if stop is not None:
+                    text = self.lm.response_text(generated[i], finished=False)
+                    cut = stop(text)
+                    if cut is not None:
+                        texts[i], ended[i] = text[:cut], False
+                        active.discard(i)
+            if not active:
+                break
+            step = [[tokens[i]] if i in active else [] for i in range(len(self.rows))]
+            logits = self.rows.forward(step, last_only=True)
+            self.tokens_run += len(active)
+        for i in active:  # cut by the length limit
+            texts[i], ended[i] = self.lm.response_text(generated[i], finished=False), False
+        return {i: (texts[i], ended[i]) for i in order}

@@ -1,0 +1,194 @@
+"""Stream Aligner: a small aligner corrects the upstream model's answer sentence by sentence, while it streams.
+
+Stream Aligner: Efficient Sentence-Level Alignment via Distribution Induction (Lou et al. 2025,
+arXiv 2501.05336), with Aligner (Ji et al. 2024, arXiv 2402.02416) as the whole-answer baseline.
+
+    prefix = ""
+    repeat until the upstream ends or max_sentences:
+        sentence  = upstream continues (question, prefix), stopping at the end of its next sentence
+        corrected = aligner(question, prefix, sentence)
+        emit corrected                       # the user sees it now
+        prefix    = prefix + corrected       # the upstream continues from it
+
+Unlike the research code, the upstream stops at the sentence boundary (a stopping criterion on the
+decoded text) instead of generating the rest of the answer every round, and its KV cache of the
+unchanged prefix is reused between rounds.  Many questions run as one batch.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+from ..backends.base import SamplingParams
+from ..backends.transformers import IncrementalGenerator, TransformersModel
+from ..search.cbs import prompt_seeds
+from ..validation import check_range, check_template
+from .segment import first_sentence_end
+
+# The authors' input formats: one constant each, shared by data building, training and inference.
+STREAM_ALIGNER_TEMPLATE = (
+    "##Question: {question} | ##Answer_Prefix: {prefix} | ##Answer_Last_Sentence: {sentence} | ##Your_Revision: "
+)
+ALIGNER_TEMPLATE = "##Question: {question}\n##Answer: {answer}\n##Correction: "
+
+
+def stream_aligner_input(question: str, prefix: str, sentence: str) -> str:
+    return STREAM_ALIGNER_TEMPLATE.format(question=question, prefix=prefix, sentence=sentence)
+
+
+def aligner_input(question: str, answer: str) -> str:
+    return ALIGNER_TEMPLATE.format(question=question, answer=answer)
+
+
+@dataclass
+class StreamStep:
+    """One corrected sentence, as it is emitted.
+
+    ``corrected`` keeps the original's leading whitespace, so ``"".join`` of the steps is the answer.
+    ``elapsed`` is the time from the start of the question to this emission.
+    """
+
+    question_index: int
+    index: int
+    original: str
+    corrected: str
+    upstream_seconds: float
+    aligner_seconds: float
+    elapsed: float
+
+
+@dataclass
+class AlignedAnswer:
+    question: str
+    original: str
+    corrected: str
+    steps: list[StreamStep] = field(default_factory=list)
+    first_seconds: float = 0.0  # time to the first corrected text
+    total_seconds: float = 0.0
+
+
+class StreamAligner:
+    """Sentence-level correction of a streaming upstream model by a small aligner.
+
+    Args:
+        upstream: the large model whose answers are corrected.
+        aligner: the small aligner model (input: :data:`STREAM_ALIGNER_TEMPLATE` in its template), or a
+            function ``fn(question, prefix, sentence) -> corrected sentence`` (a teacher, a rule).
+        max_sentences: rounds per answer.
+        max_sentence_tokens: upstream tokens per sentence before it is cut anyway.
+        max_correction_tokens: aligner tokens per corrected sentence.
+        upstream_template, aligner_template: ``"chat"`` or a format string with ``{prompt}``.
+        temperature, top_p, top_k: the upstream's sampling (the aligner decodes greedily).
+    """
+
+    def __init__(self, upstream: TransformersModel, aligner: TransformersModel, *, max_sentences: int = 16,
+                 max_sentence_tokens: int = 96, max_correction_tokens: int = 128, upstream_template: str = "chat",
+                 aligner_template: str = "chat", temperature: float = 0.7, top_p: float = 1.0, top_k: int = 50):
+        check_range("max_sentences", max_sentences, low=1, integer=True)
+        check_range("max_sentence_tokens", max_sentence_tokens, low=1, integer=True)
+        check_range("max_correction_tokens", max_correction_tokens, low=1, integer=True)
+        check_template("upstream_template", upstream_template)
+        check_template("aligner_template", aligner_template)
+        self.upstream, self.aligner = upstream, aligner
+        self.max_sentences, self.max_sentence_tokens = max_sentences, max_sentence_tokens
+        self.max_correction_tokens = max_correction_tokens
+        self.upstream_template, self.aligner_template = upstream_template, aligner_template
+        self.sampling = SamplingParams(temperature, top_p, top_k)
+
+    def stream(self, question: str, *, seed: int = 0) -> Iterator[StreamStep]:
+        """Yield each corrected sentence of the answer to ``question`` as soon as it is ready."""
+        yield from self._run([question], seed=seed)
+
+    def run(self, questions: Sequence[str], *, seed: int = 0) -> list[AlignedAnswer]:
+        """Answer and correct many questions as one batch (offline evaluation)."""
+        answers = [AlignedAnswer(q, "", "") for q in questions]
+        for step in self._run(list(questions), seed=seed):
+            a = answers[step.question_index]
+            a.steps.append(step)
+            a.original += step.original
+            a.corrected += step.corrected
+            a.total_seconds = step.elapsed
+            if step.index == 0:
+                a.first_seconds = step.elapsed
+        return answers
+
+    def _run(self, questions: list[str], seed: int) -> Iterator[StreamStep]:
+        n = len(questions)
+        upstream = IncrementalGenerator(self.upstream, n, self.sampling, prompt_seeds(seed, 0, n))
+        aligner = None
+        if isinstance(self.aligner, TransformersModel):
+            aligner = IncrementalGenerator(self.aligner, n, SamplingParams(temperature=0.0), [0] * n)
+        contexts = [self.upstream.render(self.upstream_template, q) for q in questions]
+        prefixes = [""] * n
+        live = set(range(n))
+        start = time.perf_counter()
+        for index in range(self.max_sentences):
+            if not live:
+                break
+            t0 = time.perf_counter()
+            ids = {i: self.upstream.encode_prompt(contexts[i] + prefixes[i], self.upstream_template) for i in live}
+            sentences = upstream.generate(ids, self.max_sentence_tokens, stop=first_sentence_end)
+            t1 = time.perf_counter()
+            originals = {i: text.rstrip() for i, (text, _) in sentences.items()}  # whitespace opens the next one
+            todo = [i for i in sorted(live) if originals[i].strip()]
+            if aligner is None:
+                revisions = {i: self.aligner(questions[i], prefixes[i], originals[i].strip()) for i in todo}
+            else:
+                asks = {i: self._aligner_ids(questions[i], prefixes[i], originals[i]) for i in todo}
+                revisions = {i: text for i, (text, _) in aligner.generate(asks, self.max_correction_tokens).items()}
+            t2 = time.perf_counter()
+            for i in sorted(live):
+                original = originals[i]
+                lead = original[: len(original) - len(original.lstrip())]
+                corrected = lead + revisions[i].strip() if i in revisions else original
+                prefixes[i] += corrected
+                if sentences[i][1] or not original.strip():  # the upstream ended (or had nothing more to say)
+                    live.discard(i)
+                if original:
+                    yield StreamStep(i, index, original, corrected, t1 - t0, t2 - t1, time.perf_counter() - start)
+
+    def _aligner_ids(self, question: str, prefix: str, sentence: str) -> list[int]:
+        text = self.aligner.render(self.aligner_template, stream_aligner_input(question, prefix, sentence.strip()))
+        return self.aligner.encode_prompt(text, self.aligner_template)
+
+
+class Aligner:
+    """The Aligner baseline: the upstream writes the whole answer, then the aligner corrects it in one pass.
+
+    Same backend and arguments as :class:`StreamAligner`; the input is :data:`ALIGNER_TEMPLATE`, and a
+    function aligner is called as ``fn(question, answer) -> corrected answer``.
+    """
+
+    def __init__(self, upstream: TransformersModel, aligner: TransformersModel, *, max_new_tokens: int = 512,
+                 max_correction_tokens: int = 768, upstream_template: str = "chat", aligner_template: str = "chat",
+                 temperature: float = 0.7, top_p: float = 1.0, top_k: int = 50):
+        check_range("max_new_tokens", max_new_tokens, low=1, integer=True)
+        check_range("max_correction_tokens", max_correction_tokens, low=1, integer=True)
+        check_template("upstream_template", upstream_template)
+        check_template("aligner_template", aligner_template)
+        self.upstream, self.aligner = upstream, aligner
+        self.max_new_tokens, self.max_correction_tokens = max_new_tokens, max_correction_tokens
+        self.upstream_template, self.aligner_template = upstream_template, aligner_template
+        self.sampling = SamplingParams(temperature, top_p, top_k)
+
+    def run(self, questions: Sequence[str], *, seed: int = 0) -> list[AlignedAnswer]:
+        n = len(questions)
+        start = time.perf_counter()
+        upstream = IncrementalGenerator(self.upstream, n, self.sampling, prompt_seeds(seed, 0, n))
+        ids = {i: self.upstream.encode_prompt(self.upstream.render(self.upstream_template, q), self.upstream_template)
+               for i, q in enumerate(questions)}
+        answers = {i: text for i, (text, _) in upstream.generate(ids, self.max_new_tokens).items()}
+        if isinstance(self.aligner, TransformersModel):
+            asks = {}
+            for i, q in enumerate(questions):
+                text = self.aligner.render(self.aligner_template, aligner_input(q, answers[i].strip()))
+                asks[i] = self.aligner.encode_prompt(text, self.aligner_template)
+            aligner = IncrementalGenerator(self.aligner, n, SamplingParams(temperature=0.0), [0] * n)
+            corrections = {i: text for i, (text, _) in aligner.generate(asks, self.max_correction_tokens).items()}
+        else:
+            corrections = {i: self.aligner(q, answers[i].strip()) for i, q in enumerate(questions)}
+        total = time.perf_counter() - start
+        return [AlignedAnswer(q, answers[i], corrections[i].strip(), first_seconds=total, total_seconds=total)
+                for i, q in enumerate(questions)]

@@ -1,0 +1,105 @@
+"""The Stream Aligner loop: sentence stops, cache reuse, batching, and the Aligner baseline."""
+
+import pytest
+
+import w2s
+from conftest import chain, make_scripted, strong_tokenizer
+from w2s.aligner import STREAM_ALIGNER_TEMPLATE, stream_aligner_input
+
+ANSWER = " The movie was wonderful! I did not like it? Great."  # distinct tokens: a bigram can say it
+
+
+@pytest.fixture
+def scripted_upstream():
+    """Answers ``ANSWER`` then EOS after any question ending in 'Q'; counts the tokens it runs."""
+    tok = strong_tokenizer()
+    ids, script = chain(tok, ANSWER, end=tok.eos_token_id)
+    question_end = tok("Q", add_special_tokens=False)["input_ids"][-1]
+    script[question_end] = [(ids[0], 1.0)]
+    model = make_scripted(tok, script, default_next=tok.eos_token_id)
+    model.tokens_seen = []
+    forward = model.model.forward
+
+    def counting(*args, **kwargs):
+        model.tokens_seen.append(int(kwargs["attention_mask"][:, -kwargs["input_ids"].shape[1]:].sum()))
+        return forward(*args, **kwargs)
+
+    model.model.forward = counting
+    return model
+
+
+def upper(question, prefix, sentence):
+    return sentence.upper()
+
+
+def test_each_sentence_is_corrected_and_emitted_in_order(scripted_upstream):
+    seen = []
+
+    def aligner(question, prefix, sentence):
+        seen.append((prefix, sentence))
+        return sentence.upper()
+
+    sa = w2s.StreamAligner(scripted_upstream, aligner, upstream_template="{prompt}")
+    steps = list(sa.stream("Q"))
+    assert [s.original for s in steps] == [" The movie was wonderful!", " I did not like it?", " Great."]
+    assert "".join(s.corrected for s in steps) == ANSWER.upper()
+    # the aligner sees the corrected prefix and the bare sentence
+    assert seen == [("", "The movie was wonderful!"), (" THE MOVIE WAS WONDERFUL!", "I did not like it?"),
+                    (" THE MOVIE WAS WONDERFUL! I DID NOT LIKE IT?", "Great.")]
+    assert all(s.elapsed >= s.upstream_seconds for s in steps)
+
+
+def test_upstream_stops_at_sentence_ends_and_reuses_its_cache(scripted_upstream):
+    """Fails if the upstream regenerates the rest of the answer, or re-encodes the prefix, every round."""
+    tok = scripted_upstream.tokenizer
+    prompt = len(tok("Q")["input_ids"])
+    answer = len(tok(ANSWER, add_special_tokens=False)["input_ids"])
+    list(w2s.StreamAligner(scripted_upstream, lambda q, p, s: s, upstream_template="{prompt}").stream("Q"))
+    rounds = 3
+    # prompt once, each answer token about once, plus per round: the re-run last token and the token
+    # or two sampled past the sentence end to confirm it
+    assert sum(scripted_upstream.tokens_seen) <= prompt + answer + 3 * rounds
+    # regenerating the whole rest each round (the research code) would run about 2x the answer here
+    assert sum(scripted_upstream.tokens_seen) < prompt + 2 * answer
+
+
+def test_max_sentences_bounds_the_rounds(scripted_upstream):
+    steps = list(w2s.StreamAligner(scripted_upstream, upper, upstream_template="{prompt}", max_sentences=2).stream("Q"))
+    assert [s.original for s in steps] == [" The movie was wonderful!", " I did not like it?"]
+
+
+def test_batched_run_equals_streaming_each_question(strong):
+    sa = w2s.StreamAligner(strong, upper, upstream_template="{prompt}", max_sentences=3, max_sentence_tokens=8)
+    questions = ["The cat", "What a day", "I did not like"]
+    batch = sa.run(questions, seed=4)
+    for i, (q, a) in enumerate(zip(questions, batch)):
+        steps = [s for s in sa._run(questions, seed=4) if s.question_index == i]
+        assert a.corrected == "".join(s.corrected for s in steps) and a.corrected == a.original.upper()
+        assert a.question == q and 0 < a.first_seconds <= a.total_seconds
+
+
+def test_a_model_aligner_gets_the_authors_format_in_its_chat_template(scripted_upstream):
+    tok = strong_tokenizer()
+    ids, script = chain(tok, " Yes", end=tok.eos_token_id)
+    script[tok.convert_tokens_to_ids("<|assistant|>")] = [(ids[0], 1.0)]
+    aligner = make_scripted(tok, script, default_next=tok.eos_token_id)
+    prompts = []
+    encode = aligner.encode_prompt
+    aligner.encode_prompt = lambda text, template: prompts.append(text) or encode(text, template)
+    steps = list(w2s.StreamAligner(scripted_upstream, aligner, upstream_template="{prompt}").stream("Q"))
+    assert [s.corrected for s in steps][0] == " Yes"
+    assert prompts[0] == aligner.render("chat", stream_aligner_input("Q", "", "The movie was wonderful!"))
+    assert STREAM_ALIGNER_TEMPLATE.startswith("##Question: {question} | ##Answer_Prefix: {prefix}")
+
+
+def test_aligner_baseline_corrects_the_whole_answer(scripted_upstream):
+    answers = w2s.Aligner(scripted_upstream, lambda q, a: a.upper(), upstream_template="{prompt}").run(["Q"])
+    assert answers[0].original == ANSWER and answers[0].corrected == ANSWER.strip().upper()
+    assert answers[0].first_seconds == answers[0].total_seconds
+
+
+def test_invalid_arguments_are_named(scripted_upstream):
+    with pytest.raises(ValueError, match="max_sentences"):
+        w2s.StreamAligner(scripted_upstream, upper, max_sentences=0)
+    with pytest.raises(ValueError, match="upstream_template"):
+        w2s.StreamAligner(scripted_upstream, upper, upstream_template="no placeholder")
