@@ -69,7 +69,20 @@ class AlignedAnswer:
     total_seconds: float = 0.0
 
 
-class StreamAligner:
+class _Corrector:
+    """What the Stream Aligner and the Aligner share: the two models, their templates, the sampling."""
+
+    def __init__(self, upstream: TransformersModel, aligner, max_correction_tokens: int, upstream_template: str,
+                 aligner_template: str, temperature: float, top_p: float, top_k: int):
+        check_range("max_correction_tokens", max_correction_tokens, low=1, integer=True)
+        check_template("upstream_template", upstream_template)
+        check_template("aligner_template", aligner_template)
+        self.upstream, self.aligner, self.max_correction_tokens = upstream, aligner, max_correction_tokens
+        self.upstream_template, self.aligner_template = upstream_template, aligner_template
+        self.sampling = SamplingParams(temperature, top_p, top_k)
+
+
+class StreamAligner(_Corrector):
     """Sentence-level correction of a streaming upstream model by a small aligner.
 
     Args:
@@ -86,16 +99,11 @@ class StreamAligner:
     def __init__(self, upstream: TransformersModel, aligner: TransformersModel, *, max_sentences: int = 16,
                  max_sentence_tokens: int = 96, max_correction_tokens: int = 128, upstream_template: str = "chat",
                  aligner_template: str = "chat", temperature: float = 0.7, top_p: float = 1.0, top_k: int = 50):
+        super().__init__(upstream, aligner, max_correction_tokens, upstream_template, aligner_template,
+                         temperature, top_p, top_k)
         check_range("max_sentences", max_sentences, low=1, integer=True)
         check_range("max_sentence_tokens", max_sentence_tokens, low=1, integer=True)
-        check_range("max_correction_tokens", max_correction_tokens, low=1, integer=True)
-        check_template("upstream_template", upstream_template)
-        check_template("aligner_template", aligner_template)
-        self.upstream, self.aligner = upstream, aligner
         self.max_sentences, self.max_sentence_tokens = max_sentences, max_sentence_tokens
-        self.max_correction_tokens = max_correction_tokens
-        self.upstream_template, self.aligner_template = upstream_template, aligner_template
-        self.sampling = SamplingParams(temperature, top_p, top_k)
 
     def stream(self, question: str, *, seed: int = 0) -> Iterator[StreamStep]:
         """Yield each corrected sentence of the answer to ``question`` as soon as it is ready."""
@@ -154,7 +162,7 @@ class StreamAligner:
         return self.aligner.encode_prompt(text, self.aligner_template)
 
 
-class Aligner:
+class Aligner(_Corrector):
     """The Aligner baseline: the upstream writes the whole answer, then the aligner corrects it in one pass.
 
     Same backend and arguments as :class:`StreamAligner`; the input is :data:`ALIGNER_TEMPLATE`, and a
@@ -164,14 +172,10 @@ class Aligner:
     def __init__(self, upstream: TransformersModel, aligner: TransformersModel, *, max_new_tokens: int = 512,
                  max_correction_tokens: int = 768, upstream_template: str = "chat", aligner_template: str = "chat",
                  temperature: float = 0.7, top_p: float = 1.0, top_k: int = 50):
+        super().__init__(upstream, aligner, max_correction_tokens, upstream_template, aligner_template,
+                         temperature, top_p, top_k)
         check_range("max_new_tokens", max_new_tokens, low=1, integer=True)
-        check_range("max_correction_tokens", max_correction_tokens, low=1, integer=True)
-        check_template("upstream_template", upstream_template)
-        check_template("aligner_template", aligner_template)
-        self.upstream, self.aligner = upstream, aligner
-        self.max_new_tokens, self.max_correction_tokens = max_new_tokens, max_correction_tokens
-        self.upstream_template, self.aligner_template = upstream_template, aligner_template
-        self.sampling = SamplingParams(temperature, top_p, top_k)
+        self.max_new_tokens = max_new_tokens
 
     def run(self, questions: Sequence[str], *, seed: int = 0) -> list[AlignedAnswer]:
         n = len(questions)
