@@ -83,3 +83,38 @@ def test_resume_keeps_finished_lines_and_matches_an_uninterrupted_run(model_dirs
     part.write_text("".join(lines[:2]) + lines[2][:10])  # interrupted while writing line 3
     assert run_cli(*common, "--output", str(part), "--resume").returncode == 0
     assert part.read_text() == full.read_text()
+
+
+def aligner_flags(dirs):
+    # the shared guide has the strong model's tokenizer and its chat template: a stand-in aligner
+    return ["--upstream", dirs["strong"], "--upstream-template", "{prompt}", "--max-sentences", "2"]
+
+
+def test_stream_prints_one_question_and_writes_a_file_of_them(model_dirs, tmp_path):
+    proc = run_cli("stream", *aligner_flags(model_dirs), "--aligner", model_dirs["shared_tuned"], "--question", "The cat")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip()
+    questions = tmp_path / "q.jsonl"
+    questions.write_text('{"question": "The cat"}\n{"question": "What a"}\n')
+    out = tmp_path / "out.jsonl"
+    for command in ("stream", "align"):
+        out.unlink(missing_ok=True)
+        proc = run_cli(command, *aligner_flags(model_dirs), "--aligner", model_dirs["shared_tuned"],
+                       "--questions", str(questions), "--output", str(out))
+        assert proc.returncode == 0, proc.stderr
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+        assert [r["question"] for r in rows] == ["The cat", "What a"]
+        assert all(r["total_seconds"] >= r["first_seconds"] > 0 for r in rows)
+
+
+def test_data_corrections_then_train_aligner(model_dirs, tmp_path):
+    records = tmp_path / "records.jsonl"
+    proc = run_cli("data", "corrections", *aligner_flags(model_dirs), "--teacher", model_dirs["shared_tuned"],
+                   "--questions", "-", "--out", str(records), stdin="The cat\nWhat a\n")
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in records.read_text().splitlines()]
+    assert rows and set(rows[0]) >= {"question", "prefix", "sentence", "correction"}
+    proc = run_cli("train", "aligner", "--base", model_dirs["shared_untuned"], "--records", str(records),
+                   "--out", str(tmp_path / "aligner"), "--epochs", "1", "--batch-size", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "aligner" / "w2s_training.json").read_text())["records"] == len(rows)

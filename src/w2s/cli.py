@@ -144,6 +144,36 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_flags(dpo, DPOTrainingConfig)
     dpo.set_defaults(func=cmd_train_dpo)
 
+    from .training.aligner import AlignerTrainingConfig
+
+    al = train.add_parser("aligner", help="supervised fine-tuning of an aligner, loss on the correction only")
+    al.add_argument("--base", required=True, help="any causal LM directory")
+    al.add_argument("--records", required=True, help="JSONL from `w2s data corrections` (or --whole-out)")
+    al.add_argument("--out", required=True, help="output directory (a rerun resumes)")
+    add_dataclass_flags(al, AlignerTrainingConfig)
+    al.set_defaults(func=cmd_train_aligner)
+
+    for name, help_ in (("stream", "Stream Aligner: correct the upstream's answer sentence by sentence, streaming"),
+                        ("align", "Aligner baseline: correct the upstream's whole answer in one pass")):
+        c = sub.add_parser(name, help=help_)
+        add_aligner_flags(c)
+        c.add_argument("--question", help="one question: corrected text is printed as it arrives")
+        c.add_argument("--questions", help="JSONL with a 'question' field (or one per line); needs --output")
+        c.add_argument("--output", help="JSONL, one record per question (a rerun resumes)")
+        c.add_argument("--seed", type=int, default=0)
+        c.add_argument("--batch-size", type=int, default=8, help="questions answered together")
+        c.set_defaults(func=cmd_stream if name == "stream" else cmd_align)
+
+    data = sub.add_parser("data", help="data builders").add_subparsers(dest="builder", required=True)
+    dc = data.add_parser("corrections", help="run the Stream Aligner loop with a teacher: training records")
+    add_aligner_flags(dc, role="teacher")
+    dc.add_argument("--questions", required=True, help="JSONL with a 'question' field, or one per line")
+    dc.add_argument("--out", required=True, help="sentence records {question, prefix, sentence, correction}")
+    dc.add_argument("--whole-out", help="also whole-answer records {question, answer, correction} (Aligner)")
+    dc.add_argument("--seed", type=int, default=0)
+    dc.add_argument("--batch-size", type=int, default=8)
+    dc.set_defaults(func=cmd_data_corrections)
+
     from .evaluation import sentiment as eval_sentiment
 
     ev = sub.add_parser("eval", help="evaluations with tables and plots").add_subparsers(dest="task", required=True)
@@ -151,8 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def read_prompts(source: str) -> list[dict]:
-    """Records with a 'prompt' field from JSONL, or ``{"prompt": line}`` for each non-empty plain line."""
+def read_prompts(source: str, field: str = "prompt") -> list[dict]:
+    """Records with a ``field`` field from JSONL, or ``{field: line}`` for each non-empty plain line."""
     text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
     records = []
     for number, line in enumerate(text.splitlines(), 1):
@@ -163,11 +193,11 @@ def read_prompts(source: str) -> list[dict]:
         except json.JSONDecodeError:
             record = None
         if not isinstance(record, dict):
-            records.append({"prompt": line})
-        elif isinstance(record.get("prompt"), str):
+            records.append({field: line})
+        elif isinstance(record.get(field), str):
             records.append(record)
         else:
-            raise ValueError(f"--prompts {source}: line {number} is a JSON object without a string 'prompt' field.")
+            raise ValueError(f"--{field}s {source}: line {number} is a JSON object without a string '{field}' field.")
     return records
 
 
@@ -206,6 +236,88 @@ def cmd_search(args) -> None:
     else:
         results = config.generate(m["strong"], scorer, prompts, template=m["strong_template"], **kw)
     _write_jsonl(args.output, records[done:], results, append=done > 0)
+
+
+def add_aligner_flags(p: argparse.ArgumentParser, role: str = "aligner") -> None:
+    p.add_argument("--upstream", required=True, help="the large model whose answers are corrected")
+    p.add_argument(f"--{role}", required=True, help=f"the {role} model (a causal LM directory)")
+    p.add_argument("--upstream-template", default="chat", help="'chat' or a format string with {prompt}")
+    p.add_argument(f"--{role}-template", default="chat", help="'chat' or a format string with {prompt}")
+    p.add_argument("--max-sentences", type=int, default=16)
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+
+
+def read_questions(source: str) -> list[str]:
+    return [r["question"] for r in read_prompts(source, field="question")]
+
+
+def _correctors(args, role: str = "aligner"):
+    from .aligner import Aligner, StreamAligner
+    from .backends.transformers import load_model
+
+    load = dict(dtype=args.dtype, device=args.device)
+    upstream, corrector = load_model(args.upstream, **load), load_model(getattr(args, role), **load)
+    common = dict(upstream_template=args.upstream_template, aligner_template=getattr(args, f"{role}_template"),
+                  temperature=args.temperature)
+    return (StreamAligner(upstream, corrector, max_sentences=args.max_sentences, **common),
+            Aligner(upstream, corrector, **common))
+
+
+def _run_questions(args, method) -> None:
+    if args.question is not None:
+        if args.func is cmd_stream:
+            for step in method.stream(args.question, seed=args.seed):
+                print(step.corrected, end="", flush=True)
+            print()
+        else:
+            print(method.run([args.question], seed=args.seed)[0].corrected)
+        return
+    if not (args.questions and args.output):
+        raise ValueError("give --question TEXT, or --questions FILE with --output FILE.")
+    from tqdm.auto import tqdm
+
+    questions = read_questions(args.questions)
+    done = len(read_complete(args.output))
+    with open(args.output, "a", encoding="utf-8") as out:
+        for start in tqdm(range(done, len(questions), args.batch_size), desc=args.command, unit="batch"):
+            batch = questions[start : start + args.batch_size]
+            for answer in method.run(batch, seed=args.seed, start_index=start):
+                out.write(dumps({
+                    "question": answer.question, "original": answer.original, "corrected": answer.corrected,
+                    "first_seconds": answer.first_seconds, "total_seconds": answer.total_seconds,
+                    "sentences": [{"original": s.original, "corrected": s.corrected, "elapsed": s.elapsed}
+                                  for s in answer.steps]}))
+            out.flush()
+
+
+def cmd_stream(args) -> None:
+    _run_questions(args, _correctors(args)[0])
+
+
+def cmd_align(args) -> None:
+    _run_questions(args, _correctors(args)[1])
+
+
+def cmd_data_corrections(args) -> None:
+    from .aligner.data import build_corrections
+    from .backends.transformers import load_model
+
+    load = dict(dtype=args.dtype, device=args.device)
+    n = build_corrections(load_model(args.upstream, **load), load_model(args.teacher, **load),
+                          read_questions(args.questions), args.out, whole_out_path=args.whole_out,
+                          max_sentences=args.max_sentences, upstream_template=args.upstream_template,
+                          teacher_template=args.teacher_template, temperature=args.temperature, seed=args.seed,
+                          batch_size=args.batch_size)
+    print(f"{n} sentence records in {args.out}")
+
+
+def cmd_train_aligner(args) -> None:
+    from .training.aligner import AlignerTrainingConfig, train_aligner
+
+    config = dataclass_from_args(AlignerTrainingConfig, args)
+    print(f"aligner in {train_aligner(args.base, read_complete(args.records), args.out, config)}")
 
 
 def cmd_demo(args) -> None:

@@ -109,10 +109,11 @@ class StreamAligner(_Corrector):
         """Yield each corrected sentence of the answer to ``question`` as soon as it is ready."""
         yield from self._run([question], seed=seed)
 
-    def run(self, questions: Sequence[str], *, seed: int = 0) -> list[AlignedAnswer]:
-        """Answer and correct many questions as one batch (offline evaluation)."""
+    def run(self, questions: Sequence[str], *, seed: int = 0, start_index: int = 0) -> list[AlignedAnswer]:
+        """Answer and correct many questions as one batch (offline evaluation).  Question i's randomness
+        depends on (seed, start_index + i) only, so batches and resumed runs agree."""
         answers = [AlignedAnswer(q, "", "") for q in questions]
-        for step in self._run(list(questions), seed=seed):
+        for step in self._run(list(questions), seed=seed, start_index=start_index):
             a = answers[step.question_index]
             a.steps.append(step)
             a.original += step.original
@@ -122,9 +123,9 @@ class StreamAligner(_Corrector):
                 a.first_seconds = step.elapsed
         return answers
 
-    def _run(self, questions: list[str], seed: int) -> Iterator[StreamStep]:
+    def _run(self, questions: list[str], seed: int, start_index: int = 0) -> Iterator[StreamStep]:
         n = len(questions)
-        upstream = IncrementalGenerator(self.upstream, n, self.sampling, prompt_seeds(seed, 0, n))
+        upstream = IncrementalGenerator(self.upstream, n, self.sampling, prompt_seeds(seed, start_index, n))
         aligner = None
         if isinstance(self.aligner, TransformersModel):
             aligner = IncrementalGenerator(self.aligner, n, SamplingParams(temperature=0.0), [0] * n)
@@ -157,6 +158,14 @@ class StreamAligner(_Corrector):
                 if original:
                     yield StreamStep(i, index, original, corrected, t1 - t0, t2 - t1, time.perf_counter() - start)
 
+    def correct_sentence(self, question: str, prefix: str, sentence: str) -> str:
+        """One correction outside the loop (e.g. to correct a finished answer sentence by sentence)."""
+        if not isinstance(self.aligner, TransformersModel):
+            return self.aligner(question, prefix, sentence).strip()
+        generator = IncrementalGenerator(self.aligner, 1, SamplingParams(temperature=0.0), [0])
+        ids = {0: self._aligner_ids(question, prefix, sentence)}
+        return generator.generate(ids, self.max_correction_tokens)[0][0].strip()
+
     def _aligner_ids(self, question: str, prefix: str, sentence: str) -> list[int]:
         text = self.aligner.render(self.aligner_template, stream_aligner_input(question, prefix, sentence.strip()))
         return self.aligner.encode_prompt(text, self.aligner_template)
@@ -177,10 +186,10 @@ class Aligner(_Corrector):
         check_range("max_new_tokens", max_new_tokens, low=1, integer=True)
         self.max_new_tokens = max_new_tokens
 
-    def run(self, questions: Sequence[str], *, seed: int = 0) -> list[AlignedAnswer]:
+    def run(self, questions: Sequence[str], *, seed: int = 0, start_index: int = 0) -> list[AlignedAnswer]:
         n = len(questions)
         start = time.perf_counter()
-        upstream = IncrementalGenerator(self.upstream, n, self.sampling, prompt_seeds(seed, 0, n))
+        upstream = IncrementalGenerator(self.upstream, n, self.sampling, prompt_seeds(seed, start_index, n))
         ids = {i: self.upstream.encode_prompt(self.upstream.render(self.upstream_template, q), self.upstream_template)
                for i, q in enumerate(questions)}
         answers = {i: text for i, (text, _) in upstream.generate(ids, self.max_new_tokens).items()}

@@ -1,0 +1,105 @@
+"""Supervised fine-tuning of an aligner: the loss on the correction only (prompt tokens masked).
+
+Lou et al. 2025 (Stream Aligner) and Ji et al. 2024 (Aligner) train with the authors' schedule: 3 epochs,
+lr 2e-5, cosine, 3% warm-up, no weight decay.  The input is the same template constant that
+inference uses (``w2s.aligner.STREAM_ALIGNER_TEMPLATE`` or ``ALIGNER_TEMPLATE``), in the model's chat
+template when it has one; TRL's ``SFTTrainer`` masks the prompt of prompt-completion examples.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+from ..aligner.stream import aligner_input, stream_aligner_input
+from ..validation import check_choice, check_range
+
+
+@dataclass(frozen=True)
+class AlignerTrainingConfig:
+    """SFT settings (defaults: the authors' schedule).
+
+    Attributes:
+        kind: ``"stream"`` (records {question, prefix, sentence, correction}) or ``"whole"`` (records
+            {question, answer, correction}, the Aligner baseline).
+        epochs, learning_rate, warmup_ratio, weight_decay, batch_size: the schedule.
+        max_length: prompt + correction tokens kept per example.
+    """
+
+    kind: str = "stream"
+    epochs: float = 3.0
+    learning_rate: float = 2e-5
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    batch_size: int = 8
+    max_length: int = 512
+    save_steps: int = 100
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_choice("kind", self.kind, ("stream", "whole"))
+        check_range("epochs", self.epochs, low=0, low_open=True)
+        check_range("learning_rate", self.learning_rate, low=0, low_open=True)
+        check_range("warmup_ratio", self.warmup_ratio, low=0, high=1)
+        check_range("weight_decay", self.weight_decay, low=0)
+        for name in ("batch_size", "max_length", "save_steps"):
+            check_range(name, getattr(self, name), low=1, integer=True)
+
+
+def examples(records: Sequence[dict], kind: str, chat: bool) -> list[dict]:
+    """Prompt-completion examples; conversational when the model has a chat template."""
+    out = []
+    for r in records:
+        prompt = (stream_aligner_input(r["question"], r["prefix"], r["sentence"]) if kind == "stream"
+                  else aligner_input(r["question"], r["answer"]))
+        if chat:
+            out.append({"prompt": [{"role": "user", "content": prompt}],
+                        "completion": [{"role": "assistant", "content": r["correction"]}]})
+        else:
+            out.append({"prompt": prompt, "completion": r["correction"]})
+    return out
+
+
+def build_trainer(base_dir: str | Path, records: Sequence[dict], out_dir: str | Path,
+                  config: AlignerTrainingConfig = AlignerTrainingConfig(), *, progress: bool = True):
+    """TRL's ``SFTTrainer`` on prompt-completion examples, the prompt masked out of the loss."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    if not records:
+        raise ValueError("records is empty: training an aligner needs correction records.")
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    chat = bool(getattr(tokenizer, "chat_template", None))
+    args = SFTConfig(
+        output_dir=str(Path(out_dir) / "checkpoints"), num_train_epochs=config.epochs,
+        per_device_train_batch_size=config.batch_size, learning_rate=config.learning_rate,
+        lr_scheduler_type="cosine", warmup_steps=config.warmup_ratio,  # a float below 1 is a fraction
+        weight_decay=config.weight_decay, max_length=config.max_length, completion_only_loss=True,
+        save_steps=config.save_steps, save_total_limit=1, logging_steps=10, report_to="none", seed=config.seed,
+        disable_tqdm=not progress, use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0,
+    )
+    return SFTTrainer(model=AutoModelForCausalLM.from_pretrained(base_dir), args=args,
+                      train_dataset=Dataset.from_list(examples(records, config.kind, chat)), processing_class=tokenizer)
+
+
+def train_aligner(base_dir: str | Path, records: Sequence[dict], out_dir: str | Path,
+                  config: AlignerTrainingConfig = AlignerTrainingConfig(), *, progress: bool = True) -> Path:
+    """Fine-tune the causal LM in ``base_dir`` into an aligner; a rerun resumes from the last checkpoint."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    out = Path(out_dir)
+    trainer = build_trainer(base_dir, records, out, config, progress=progress)
+    checkpoints = out / "checkpoints"
+    last = get_last_checkpoint(str(checkpoints)) if checkpoints.exists() else None
+    trainer.train(resume_from_checkpoint=last)
+    trainer.save_model(str(out))
+    trainer.processing_class.save_pretrained(out)
+    (out / "w2s_training.json").write_text(json.dumps({"recipe": "aligner", "base": str(base_dir), **asdict(config),
+                                                       "records": len(records)}, indent=2) + "\n")
+    return out
