@@ -15,6 +15,7 @@ from typing import Sequence
 
 from ..aligner.stream import aligner_input, stream_aligner_input
 from ..validation import check_choice, check_range
+from . import check_schedule
 
 
 @dataclass(frozen=True)
@@ -40,12 +41,8 @@ class AlignerTrainingConfig:
 
     def __post_init__(self) -> None:
         check_choice("kind", self.kind, ("stream", "whole"))
-        check_range("epochs", self.epochs, low=0, low_open=True)
-        check_range("learning_rate", self.learning_rate, low=0, low_open=True)
-        check_range("warmup_ratio", self.warmup_ratio, low=0, high=1)
         check_range("weight_decay", self.weight_decay, low=0)
-        for name in ("batch_size", "max_length", "save_steps"):
-            check_range(name, getattr(self, name), low=1, integer=True)
+        check_schedule(self, ("max_length",))
 
 
 def examples(records: Sequence[dict], kind: str, chat: bool) -> list[dict]:

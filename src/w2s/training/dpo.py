@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 
 from ..jsonl import dumps, read_complete
 from ..validation import check_range
+from . import check_schedule
 
 
 @dataclass(frozen=True)
@@ -45,11 +46,7 @@ class DPOTrainingConfig:
 
     def __post_init__(self) -> None:
         check_range("beta", self.beta, low=0, low_open=True)
-        check_range("epochs", self.epochs, low=0, low_open=True)
-        check_range("learning_rate", self.learning_rate, low=0, low_open=True)
-        check_range("warmup_ratio", self.warmup_ratio, low=0, high=1)
-        for name in ("batch_size", "max_length", "save_steps"):
-            check_range(name, getattr(self, name), low=1, integer=True)
+        check_schedule(self, ("max_length",))
 
 
 def build_preference_pairs(

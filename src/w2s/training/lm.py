@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
-from ..validation import check_range
+from . import check_schedule
 
 SPECIAL = {"eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>", "pad_token": "<pad>"}
 
@@ -45,12 +45,8 @@ class LMTrainingConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
-                     "context_length", "batch_size", "save_steps"):
-            check_range(name, getattr(self, name), low=1, integer=True)
-        check_range("epochs", self.epochs, low=0, low_open=True)
-        check_range("learning_rate", self.learning_rate, low=0, low_open=True)
-        check_range("warmup_ratio", self.warmup_ratio, low=0, high=1)
+        check_schedule(self, ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
+                              "context_length"))
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size must be a multiple of num_heads ({self.num_heads}), got {self.hidden_size}.")
 
