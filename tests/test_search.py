@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import w2s
-from conftest import gpt2, llama, strong_tokenizer
+from conftest import llama, strong_tokenizer
 from w2s.backends import Continuation, SamplingParams
 
 PROMPTS = ["The cat", "I did not like the food, it was cold and", "What a"]

@@ -8,14 +8,13 @@ template when it has one; TRL's ``SFTTrainer`` masks the prompt of prompt-comple
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
 from ..aligner.stream import aligner_input, stream_aligner_input
 from ..validation import check_choice, check_range
-from . import check_schedule
+from . import check_schedule, schedule_args, train_and_save
 
 
 @dataclass(frozen=True)
@@ -62,7 +61,6 @@ def examples(records: Sequence[dict], kind: str, chat: bool) -> list[dict]:
 def build_trainer(base_dir: str | Path, records: Sequence[dict], out_dir: str | Path,
                   config: AlignerTrainingConfig = AlignerTrainingConfig(), *, progress: bool = True):
     """TRL's ``SFTTrainer`` on prompt-completion examples, the prompt masked out of the loss."""
-    import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
@@ -73,14 +71,8 @@ def build_trainer(base_dir: str | Path, records: Sequence[dict], out_dir: str | 
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     chat = bool(getattr(tokenizer, "chat_template", None))
-    args = SFTConfig(
-        output_dir=str(Path(out_dir) / "checkpoints"), num_train_epochs=config.epochs,
-        per_device_train_batch_size=config.batch_size, learning_rate=config.learning_rate,
-        lr_scheduler_type="cosine", warmup_steps=config.warmup_ratio,  # a float below 1 is a fraction
-        weight_decay=config.weight_decay, max_length=config.max_length, completion_only_loss=True,
-        save_steps=config.save_steps, save_total_limit=1, logging_steps=10, report_to="none", seed=config.seed,
-        disable_tqdm=not progress, use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0,
-    )
+    args = SFTConfig(max_length=config.max_length, completion_only_loss=True,
+                     **schedule_args(config, out_dir, progress))
     return SFTTrainer(model=AutoModelForCausalLM.from_pretrained(base_dir), args=args,
                       train_dataset=Dataset.from_list(examples(records, config.kind, chat)), processing_class=tokenizer)
 
@@ -88,15 +80,6 @@ def build_trainer(base_dir: str | Path, records: Sequence[dict], out_dir: str | 
 def train_aligner(base_dir: str | Path, records: Sequence[dict], out_dir: str | Path,
                   config: AlignerTrainingConfig = AlignerTrainingConfig(), *, progress: bool = True) -> Path:
     """Fine-tune the causal LM in ``base_dir`` into an aligner; a rerun resumes from the last checkpoint."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    out = Path(out_dir)
-    trainer = build_trainer(base_dir, records, out, config, progress=progress)
-    checkpoints = out / "checkpoints"
-    last = get_last_checkpoint(str(checkpoints)) if checkpoints.exists() else None
-    trainer.train(resume_from_checkpoint=last)
-    trainer.save_model(str(out))
-    trainer.processing_class.save_pretrained(out)
-    (out / "w2s_training.json").write_text(json.dumps({"recipe": "aligner", "base": str(base_dir), **asdict(config),
-                                                       "records": len(records)}, indent=2) + "\n")
-    return out
+    trainer = build_trainer(base_dir, records, out_dir, config, progress=progress)
+    return train_and_save(trainer, out_dir, {"recipe": "aligner", "base": str(base_dir), **asdict(config),
+                                             "records": len(records)})

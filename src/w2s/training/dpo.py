@@ -9,7 +9,6 @@ is the implicit reward that weak-to-strong search maximizes.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from dataclasses import asdict, dataclass
@@ -18,7 +17,7 @@ from typing import Callable, Sequence
 
 from ..jsonl import dumps, read_complete
 from ..validation import check_range
-from . import check_schedule
+from . import check_schedule, schedule_args, train_and_save
 
 
 @dataclass(frozen=True)
@@ -111,32 +110,15 @@ def build_preference_pairs(
 def train_dpo(base_dir: str | Path, pairs: Sequence[dict], out_dir: str | Path,
               config: DPOTrainingConfig = DPOTrainingConfig(), *, progress: bool = True) -> Path:
     """DPO-tune a copy of the model in ``base_dir`` on ``{prompt, chosen, rejected}`` pairs."""
-    import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import DPOConfig, DPOTrainer
 
     pairs = [{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs]
     if not pairs:
         raise ValueError("pairs is empty: DPO needs at least one {prompt, chosen, rejected} pair.")
-    out = Path(out_dir)
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    model = AutoModelForCausalLM.from_pretrained(base_dir)
-    checkpoints = out / "checkpoints"
-    args = DPOConfig(
-        output_dir=str(checkpoints), beta=config.beta, num_train_epochs=config.epochs,
-        per_device_train_batch_size=config.batch_size, learning_rate=config.learning_rate,
-        lr_scheduler_type="cosine", warmup_steps=config.warmup_ratio,  # a float below 1 is a fraction
-        weight_decay=0.0, max_length=config.max_length, save_steps=config.save_steps, save_total_limit=1,
-        logging_steps=10, report_to="none", seed=config.seed, disable_tqdm=not progress,
-        use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0,
-    )
-    trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(pairs), processing_class=tokenizer)
-    last = get_last_checkpoint(str(checkpoints)) if checkpoints.exists() else None
-    trainer.train(resume_from_checkpoint=last)
-    trainer.save_model(str(out))
-    tokenizer.save_pretrained(out)
-    (out / "w2s_training.json").write_text(json.dumps({"recipe": "dpo", "base": str(base_dir), **asdict(config),
-                                                       "pairs": len(pairs)}, indent=2) + "\n")
-    return out
+    args = DPOConfig(beta=config.beta, max_length=config.max_length, **schedule_args(config, out_dir, progress))
+    trainer = DPOTrainer(model=AutoModelForCausalLM.from_pretrained(base_dir), args=args,
+                         train_dataset=Dataset.from_list(pairs), processing_class=AutoTokenizer.from_pretrained(base_dir))
+    return train_and_save(trainer, out_dir, {"recipe": "dpo", "base": str(base_dir), **asdict(config),
+                                             "pairs": len(pairs)})

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
-from . import check_schedule
+from . import check_schedule, schedule_args, train_and_save
 
 SPECIAL = {"eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>", "pad_token": "<pad>"}
 
@@ -84,7 +84,6 @@ def train_lm(texts: Sequence[str], out_dir: str | Path, config: LMTrainingConfig
     """Train (or resume training) a small LM on ``texts``; the model and tokenizer end up in ``out_dir``."""
     from datasets import Dataset
     from transformers import AutoTokenizer, Trainer, TrainingArguments
-    from transformers.trainer_utils import get_last_checkpoint
 
     texts = [t for t in texts if t.strip()]
     if not texts:
@@ -96,23 +95,11 @@ def train_lm(texts: Sequence[str], out_dir: str | Path, config: LMTrainingConfig
     else:
         tokenizer = train_tokenizer(texts, config.vocab_size)
         tokenizer.save_pretrained(tok_dir)
-    model = build_model(tokenizer, config)
-    checkpoints = out / "checkpoints"
-    args = TrainingArguments(
-        output_dir=str(checkpoints), num_train_epochs=config.epochs, per_device_train_batch_size=config.batch_size,
-        learning_rate=config.learning_rate, lr_scheduler_type="cosine",
-        warmup_steps=config.warmup_ratio,  # a float below 1 is a fraction of the steps
-        weight_decay=0.0, save_steps=config.save_steps, save_total_limit=1, logging_steps=10, report_to="none",
-        seed=config.seed, disable_tqdm=not progress, use_cpu=not _cuda(), dataloader_num_workers=0,
-    )
     blocks = pack(tokenizer, texts, config.context_length)
-    trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_dict({"input_ids": blocks, "labels": blocks}))
-    last = get_last_checkpoint(str(checkpoints)) if checkpoints.exists() else None
-    trainer.train(resume_from_checkpoint=last)
-    trainer.save_model(str(out))
-    tokenizer.save_pretrained(out)
-    (out / "w2s_training.json").write_text(_json({"recipe": "lm", **asdict(config), "texts": len(texts)}))
-    return out
+    trainer = Trainer(model=build_model(tokenizer, config), args=TrainingArguments(**schedule_args(config, out, progress)),
+                      train_dataset=Dataset.from_dict({"input_ids": blocks, "labels": blocks}),
+                      processing_class=tokenizer)
+    return train_and_save(trainer, out, {"recipe": "lm", **asdict(config), "texts": len(texts)})
 
 
 def pack(tokenizer, texts: Sequence[str], length: int) -> list[list[int]]:
@@ -121,15 +108,3 @@ def pack(tokenizer, texts: Sequence[str], length: int) -> list[list[int]]:
     for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]:
         stream += ids + [tokenizer.eos_token_id]
     return [stream[i : i + length] for i in range(0, len(stream) - length + 1, length)]
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def _json(obj) -> str:
-    import json
-
-    return json.dumps(obj, indent=2) + "\n"
