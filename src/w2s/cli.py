@@ -42,6 +42,10 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument(f"--{who}-template", metavar="T",
                        help=f"prompt template of the {who} model: a format string with {{prompt}}, or 'chat' "
                             "(default: the default model's, else '{prompt}')")
+    add_device_flags(p)
+
+
+def add_device_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
 
@@ -245,8 +249,7 @@ def add_aligner_flags(p: argparse.ArgumentParser, role: str = "aligner") -> None
     p.add_argument(f"--{role}-template", default="chat", help="'chat' or a format string with {prompt}")
     p.add_argument("--max-sentences", type=int, default=16)
     p.add_argument("--temperature", type=float, default=0.7)
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    add_device_flags(p)
 
 
 def read_questions(source: str) -> list[str]:

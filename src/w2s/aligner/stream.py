@@ -81,6 +81,20 @@ class _Corrector:
         self.upstream_template, self.aligner_template = upstream_template, aligner_template
         self.sampling = SamplingParams(temperature, top_p, top_k)
 
+    @staticmethod
+    def _prompt_ids(model: TransformersModel, template: str, text: str) -> list[int]:
+        return model.encode_prompt(model.render(template, text), template)
+
+    def _aligner_ids(self, text: str) -> list[int]:
+        return self._prompt_ids(self.aligner, self.aligner_template, text)
+
+    def _aligner_generator(self, n: int) -> IncrementalGenerator:
+        """The aligner decodes greedily; its rows keep their caches between calls."""
+        return IncrementalGenerator(self.aligner, n, SamplingParams(temperature=0.0), [0] * n)
+
+    def _revise(self, generator: IncrementalGenerator, asks: dict[int, list[int]]) -> dict[int, str]:
+        return {i: text for i, (text, _) in generator.generate(asks, self.max_correction_tokens).items()}
+
 
 class StreamAligner(_Corrector):
     """Sentence-level correction of a streaming upstream model by a small aligner.
@@ -126,9 +140,7 @@ class StreamAligner(_Corrector):
     def _run(self, questions: list[str], seed: int, start_index: int = 0) -> Iterator[StreamStep]:
         n = len(questions)
         upstream = IncrementalGenerator(self.upstream, n, self.sampling, prompt_seeds(seed, start_index, n))
-        aligner = None
-        if isinstance(self.aligner, TransformersModel):
-            aligner = IncrementalGenerator(self.aligner, n, SamplingParams(temperature=0.0), [0] * n)
+        aligner = self._aligner_generator(n) if isinstance(self.aligner, TransformersModel) else None
         contexts = [self.upstream.render(self.upstream_template, q) for q in questions]
         prefixes = [""] * n
         live = set(range(n))
@@ -145,8 +157,9 @@ class StreamAligner(_Corrector):
             if aligner is None:
                 revisions = {i: self.aligner(questions[i], prefixes[i], originals[i].strip()) for i in todo}
             else:
-                asks = {i: self._aligner_ids(questions[i], prefixes[i], originals[i]) for i in todo}
-                revisions = {i: text for i, (text, _) in aligner.generate(asks, self.max_correction_tokens).items()}
+                asks = {i: self._aligner_ids(stream_aligner_input(questions[i], prefixes[i], originals[i].strip()))
+                        for i in todo}
+                revisions = self._revise(aligner, asks)
             t2 = time.perf_counter()
             for i in sorted(live):
                 original = originals[i]
@@ -162,13 +175,8 @@ class StreamAligner(_Corrector):
         """One correction outside the loop (e.g. to correct a finished answer sentence by sentence)."""
         if not isinstance(self.aligner, TransformersModel):
             return self.aligner(question, prefix, sentence).strip()
-        generator = IncrementalGenerator(self.aligner, 1, SamplingParams(temperature=0.0), [0])
-        ids = {0: self._aligner_ids(question, prefix, sentence)}
-        return generator.generate(ids, self.max_correction_tokens)[0][0].strip()
-
-    def _aligner_ids(self, question: str, prefix: str, sentence: str) -> list[int]:
-        text = self.aligner.render(self.aligner_template, stream_aligner_input(question, prefix, sentence.strip()))
-        return self.aligner.encode_prompt(text, self.aligner_template)
+        asks = {0: self._aligner_ids(stream_aligner_input(question, prefix, sentence.strip()))}
+        return self._revise(self._aligner_generator(1), asks)[0].strip()
 
 
 class Aligner(_Corrector):
@@ -190,16 +198,11 @@ class Aligner(_Corrector):
         n = len(questions)
         start = time.perf_counter()
         upstream = IncrementalGenerator(self.upstream, n, self.sampling, prompt_seeds(seed, start_index, n))
-        ids = {i: self.upstream.encode_prompt(self.upstream.render(self.upstream_template, q), self.upstream_template)
-               for i, q in enumerate(questions)}
+        ids = {i: self._prompt_ids(self.upstream, self.upstream_template, q) for i, q in enumerate(questions)}
         answers = {i: text for i, (text, _) in upstream.generate(ids, self.max_new_tokens).items()}
         if isinstance(self.aligner, TransformersModel):
-            asks = {}
-            for i, q in enumerate(questions):
-                text = self.aligner.render(self.aligner_template, aligner_input(q, answers[i].strip()))
-                asks[i] = self.aligner.encode_prompt(text, self.aligner_template)
-            aligner = IncrementalGenerator(self.aligner, n, SamplingParams(temperature=0.0), [0] * n)
-            corrections = {i: text for i, (text, _) in aligner.generate(asks, self.max_correction_tokens).items()}
+            asks = {i: self._aligner_ids(aligner_input(q, answers[i].strip())) for i, q in enumerate(questions)}
+            corrections = self._revise(self._aligner_generator(n), asks)
         else:
             corrections = {i: self.aligner(q, answers[i].strip()) for i, q in enumerate(questions)}
         total = time.perf_counter() - start
