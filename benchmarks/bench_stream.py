@@ -29,7 +29,6 @@ import w2s
 from w2s import defaults
 from w2s.aligner import first_sentence_end, split_sentences, stream_aligner_input
 from w2s.backends import SamplingParams
-from w2s.backends.transformers import IncrementalGenerator
 
 QUESTIONS = ["Why is the sky blue?", "How do plants make their food?", "What should I pack for a beach holiday?"]
 GREEDY = SamplingParams(temperature=0.0)
@@ -56,13 +55,12 @@ def main() -> None:
     aligner_model = small_aligner(upstream)
 
     def aligner(question, prefix, sentence):  # one real aligner call; keeps the upstream's sentence
-        ids = aligner_model.encode_prompt(aligner_model.render("chat", stream_aligner_input(question, prefix, sentence)),
-                                          "chat")
-        IncrementalGenerator(aligner_model, 1, GREEDY, [0]).generate({0: ids}, args.correction_tokens)
+        text = aligner_model.render("chat", stream_aligner_input(question, prefix, sentence))
+        aligner_model.generator(1, GREEDY, [0], "chat").generate({0: text}, args.correction_tokens)
         return sentence
 
     def context(question, prefix):
-        return upstream.encode_prompt(upstream.render("chat", question) + prefix, "chat")
+        return upstream.render("chat", question) + prefix
 
     def ours(question):
         loop = w2s.StreamAligner(upstream, aligner, max_sentences=args.sentences, temperature=0.0)
@@ -75,7 +73,7 @@ def main() -> None:
     def authors(question):
         start, first, prefix = time.perf_counter(), None, ""
         for _ in range(args.sentences):
-            rest, ended = IncrementalGenerator(upstream, 1, GREEDY, [0]).generate({0: context(question, prefix)},
+            rest, ended = upstream.generator(1, GREEDY, [0], "chat").generate({0: context(question, prefix)},
                                                                                  args.rest_tokens)[0]
             pieces = split_sentences(rest)
             if not pieces or not pieces[0].strip():
@@ -90,7 +88,7 @@ def main() -> None:
 
     def sentence_plus_call(question):
         t = time.perf_counter()
-        text, _ = IncrementalGenerator(upstream, 1, GREEDY, [0]).generate(
+        text, _ = upstream.generator(1, GREEDY, [0], "chat").generate(
             {0: context(question, "")}, 128, stop=first_sentence_end)[0]
         t_sentence = time.perf_counter() - t
         t = time.perf_counter()

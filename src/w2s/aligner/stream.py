@@ -21,8 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
-from ..backends.base import SamplingParams
-from ..backends.transformers import IncrementalGenerator, TransformersModel
+from ..backends.base import LanguageModel, SamplingParams, TextGenerator
 from ..search.cbs import prompt_seeds
 from ..validation import check_range, check_template
 from .segment import first_sentence_end
@@ -72,7 +71,7 @@ class AlignedAnswer:
 class _Corrector:
     """What the Stream Aligner and the Aligner share: the two models, their templates, the sampling."""
 
-    def __init__(self, upstream: TransformersModel, aligner, max_correction_tokens: int, upstream_template: str,
+    def __init__(self, upstream: LanguageModel, aligner, max_correction_tokens: int, upstream_template: str,
                  aligner_template: str, temperature: float, top_p: float, top_k: int):
         check_range("max_correction_tokens", max_correction_tokens, low=1, integer=True)
         check_template("upstream_template", upstream_template)
@@ -81,19 +80,21 @@ class _Corrector:
         self.upstream_template, self.aligner_template = upstream_template, aligner_template
         self.sampling = SamplingParams(temperature, top_p, top_k)
 
-    @staticmethod
-    def _prompt_ids(model: TransformersModel, template: str, text: str) -> list[int]:
-        return model.encode_prompt(model.render(template, text), template)
+    @property
+    def _aligner_is_model(self) -> bool:
+        return hasattr(self.aligner, "generator")
 
-    def _aligner_ids(self, text: str) -> list[int]:
-        return self._prompt_ids(self.aligner, self.aligner_template, text)
+    def _upstream_generator(self, n: int, seed: int, start_index: int) -> TextGenerator:
+        return self.upstream.generator(n, self.sampling, prompt_seeds(seed, start_index, n), self.upstream_template)
 
-    def _aligner_generator(self, n: int) -> IncrementalGenerator:
+    def _aligner_generator(self, n: int) -> TextGenerator:
         """The aligner decodes greedily; its rows keep their caches between calls."""
-        return IncrementalGenerator(self.aligner, n, SamplingParams(temperature=0.0), [0] * n)
+        return self.aligner.generator(n, SamplingParams(temperature=0.0), [0] * n, self.aligner_template)
 
-    def _revise(self, generator: IncrementalGenerator, asks: dict[int, list[int]]) -> dict[int, str]:
-        return {i: text for i, (text, _) in generator.generate(asks, self.max_correction_tokens).items()}
+    def _revise(self, generator: TextGenerator, asks: dict[int, str]) -> dict[int, str]:
+        """Aligner outputs for ``asks`` (row -> aligner input, before its template)."""
+        contexts = {i: self.aligner.render(self.aligner_template, text) for i, text in asks.items()}
+        return {i: text for i, (text, _) in generator.generate(contexts, self.max_correction_tokens).items()}
 
 
 class StreamAligner(_Corrector):
@@ -110,7 +111,7 @@ class StreamAligner(_Corrector):
         temperature, top_p, top_k: the upstream's sampling (the aligner decodes greedily).
     """
 
-    def __init__(self, upstream: TransformersModel, aligner: TransformersModel, *, max_sentences: int = 16,
+    def __init__(self, upstream: LanguageModel, aligner: LanguageModel, *, max_sentences: int = 16,
                  max_sentence_tokens: int = 96, max_correction_tokens: int = 128, upstream_template: str = "chat",
                  aligner_template: str = "chat", temperature: float = 0.7, top_p: float = 1.0, top_k: int = 50):
         super().__init__(upstream, aligner, max_correction_tokens, upstream_template, aligner_template,
@@ -139,8 +140,8 @@ class StreamAligner(_Corrector):
 
     def _run(self, questions: list[str], seed: int, start_index: int = 0) -> Iterator[StreamStep]:
         n = len(questions)
-        upstream = IncrementalGenerator(self.upstream, n, self.sampling, prompt_seeds(seed, start_index, n))
-        aligner = self._aligner_generator(n) if isinstance(self.aligner, TransformersModel) else None
+        upstream = self._upstream_generator(n, seed, start_index)
+        aligner = self._aligner_generator(n) if self._aligner_is_model else None
         contexts = [self.upstream.render(self.upstream_template, q) for q in questions]
         prefixes = [""] * n
         live = set(range(n))
@@ -149,16 +150,15 @@ class StreamAligner(_Corrector):
             if not live:
                 break
             t0 = time.perf_counter()
-            ids = {i: self.upstream.encode_prompt(contexts[i] + prefixes[i], self.upstream_template) for i in live}
-            sentences = upstream.generate(ids, self.max_sentence_tokens, stop=first_sentence_end)
+            sentences = upstream.generate({i: contexts[i] + prefixes[i] for i in live}, self.max_sentence_tokens,
+                                          stop=first_sentence_end)
             t1 = time.perf_counter()
             originals = {i: text.rstrip() for i, (text, _) in sentences.items()}  # whitespace opens the next one
             todo = [i for i in sorted(live) if originals[i].strip()]
             if aligner is None:
                 revisions = {i: self.aligner(questions[i], prefixes[i], originals[i].strip()) for i in todo}
             else:
-                asks = {i: self._aligner_ids(stream_aligner_input(questions[i], prefixes[i], originals[i].strip()))
-                        for i in todo}
+                asks = {i: stream_aligner_input(questions[i], prefixes[i], originals[i].strip()) for i in todo}
                 revisions = self._revise(aligner, asks)
             t2 = time.perf_counter()
             for i in sorted(live):
@@ -173,9 +173,9 @@ class StreamAligner(_Corrector):
 
     def correct_sentence(self, question: str, prefix: str, sentence: str) -> str:
         """One correction outside the loop (e.g. to correct a finished answer sentence by sentence)."""
-        if not isinstance(self.aligner, TransformersModel):
+        if not self._aligner_is_model:
             return self.aligner(question, prefix, sentence).strip()
-        asks = {0: self._aligner_ids(stream_aligner_input(question, prefix, sentence.strip()))}
+        asks = {0: stream_aligner_input(question, prefix, sentence.strip())}
         return self._revise(self._aligner_generator(1), asks)[0].strip()
 
 
@@ -186,7 +186,7 @@ class Aligner(_Corrector):
     function aligner is called as ``fn(question, answer) -> corrected answer``.
     """
 
-    def __init__(self, upstream: TransformersModel, aligner: TransformersModel, *, max_new_tokens: int = 512,
+    def __init__(self, upstream: LanguageModel, aligner: LanguageModel, *, max_new_tokens: int = 512,
                  max_correction_tokens: int = 768, upstream_template: str = "chat", aligner_template: str = "chat",
                  temperature: float = 0.7, top_p: float = 1.0, top_k: int = 50):
         super().__init__(upstream, aligner, max_correction_tokens, upstream_template, aligner_template,
@@ -197,11 +197,11 @@ class Aligner(_Corrector):
     def run(self, questions: Sequence[str], *, seed: int = 0, start_index: int = 0) -> list[AlignedAnswer]:
         n = len(questions)
         start = time.perf_counter()
-        upstream = IncrementalGenerator(self.upstream, n, self.sampling, prompt_seeds(seed, start_index, n))
-        ids = {i: self._prompt_ids(self.upstream, self.upstream_template, q) for i, q in enumerate(questions)}
-        answers = {i: text for i, (text, _) in upstream.generate(ids, self.max_new_tokens).items()}
-        if isinstance(self.aligner, TransformersModel):
-            asks = {i: self._aligner_ids(aligner_input(q, answers[i].strip())) for i, q in enumerate(questions)}
+        upstream = self._upstream_generator(n, seed, start_index)
+        contexts = {i: self.upstream.render(self.upstream_template, q) for i, q in enumerate(questions)}
+        answers = {i: text for i, (text, _) in upstream.generate(contexts, self.max_new_tokens).items()}
+        if self._aligner_is_model:
+            asks = {i: aligner_input(q, answers[i].strip()) for i, q in enumerate(questions)}
             corrections = self._revise(self._aligner_generator(n), asks)
         else:
             corrections = {i: self.aligner(q, answers[i].strip()) for i, q in enumerate(questions)}

@@ -95,6 +95,20 @@ class LanguageModel(Protocol):
         """A scorer of response log-likelihoods under this model with the given prompt template."""
         ...
 
+    def generator(self, n_rows: int, params: SamplingParams, seeds: Sequence[int], template: str = "{prompt}"
+                  ) -> "TextGenerator":
+        """Rows of text continued call after call (the Stream Aligner's upstream and aligner)."""
+        ...
+
+
+class TextGenerator(Protocol):
+    def generate(self, contexts: dict[int, str], max_new_tokens: int, stop=None) -> dict[int, tuple[str, bool]]:
+        """Continue each row's ``contexts[row]`` (prompt rendered in the generator's template, then the
+        partial response).  ``stop(text)`` sees the new text so far and returns where to cut it, or None
+        to go on.  Returns row -> (new text, ended), ``ended`` true only at the end of the response (a
+        cut by ``stop`` or ``max_new_tokens`` is not an end).  Row ``i`` samples from its own seed."""
+        ...
+
 
 class ResponseLogProbs(Protocol):
     def __call__(

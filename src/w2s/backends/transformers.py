@@ -166,6 +166,10 @@ class TransformersModel:
     def new_rows(self) -> KVRows:
         return KVRows(self.model, self.pad_id)
 
+    def generator(self, n_rows: int, params: SamplingParams, seeds: Sequence[int], template: str = "{prompt}"
+                  ) -> "IncrementalGenerator":
+        return IncrementalGenerator(self, n_rows, params, seeds, template)
+
 
 def _end_token_ids(tokenizer, model, vocab: dict[str, int]) -> set[int]:
     ids: set[int] = set()
@@ -315,16 +319,18 @@ class IncrementalGenerator:
     sentence end, say) or None to go on; the tokens sampled past the cut are rolled back next time.
     """
 
-    def __init__(self, lm: TransformersModel, n_rows: int, params: SamplingParams, seeds: Sequence[int]):
-        self.lm, self.params = lm, params
+    def __init__(self, lm: TransformersModel, n_rows: int, params: SamplingParams, seeds: Sequence[int],
+                 template: str = "{prompt}"):
+        self.lm, self.params, self.template = lm, params, template
         self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
         self.rows = lm.new_rows()
         self.rows.add_empty_rows(n_rows)
         self.tokens_run = 0  # tokens forwarded over all calls: what the cache saves shows here
 
-    def generate(self, contexts: dict[int, list[int]], max_new_tokens: int, stop=None) -> dict[int, tuple[str, bool]]:
-        """Continue ``contexts`` (row -> token ids); returns row -> (text, ended) where ``ended`` is true
-        at end-of-sequence (a cut by ``stop`` or by ``max_new_tokens`` is not an end)."""
+    def generate(self, contexts: dict[int, str], max_new_tokens: int, stop=None) -> dict[int, tuple[str, bool]]:
+        """Continue ``contexts`` (row -> rendered text: prompt in its template, then the partial response);
+        returns row -> (new text, ended) where ``ended`` is true at end-of-sequence (a cut by ``stop`` or
+        by ``max_new_tokens`` is not an end)."""
         from .logprobs import common_prefix_length
 
         if not contexts:
@@ -333,7 +339,7 @@ class IncrementalGenerator:
         new = [[] for _ in range(len(self.rows))]
         keep = [len(ids) for ids in self.rows.ids]
         for i in order:
-            ids = contexts[i]
+            ids = self.lm.encode_prompt(contexts[i], self.template)
             # keep the shared prefix, but always re-run at least the last token: its logits start sampling
             keep[i] = min(common_prefix_length(ids, self.rows.ids[i]), len(ids) - 1)
             new[i] = ids[keep[i]:]
