@@ -232,3 +232,28 @@ def test_invalid_generate_arguments(strong, tuned, untuned, scorer):
         next(cbs.generate(strong, scorer, "a single string"))
     with pytest.raises(ValueError, match="tuned_template"):
         w2s.LogRatioScorer(tuned, untuned, tuned_template="{prompt")
+
+
+def test_on_step_reports_each_prompts_kept_beams_and_can_stop_the_search(strong, scorer):
+    """The hook ``w2s serve`` streams from: every later beam extends a reported one; raising stops."""
+    cbs = w2s.ChunkBeamSearch(beam_width=2, successors_per_beam=2, chunk_length=3, max_new_tokens=9)
+    steps = []
+    results = list(cbs.generate(strong, scorer, PROMPTS, seed=3, batch_size=2,
+                                on_step=lambda p, texts: steps.append((p, list(texts)))))
+    plain = list(cbs.generate(strong, scorer, PROMPTS, seed=3, batch_size=2))
+    assert [r.response for r in results] == [r.response for r in plain]  # the hook changes nothing
+    assert {p for p, _ in steps} == {0, 1, 2}  # indices into the whole prompt list, across batches
+    for p, r in enumerate(results):
+        reported = [texts for q, texts in steps if q == p]
+        assert 1 <= len(reported) <= 3 and all(1 <= len(t) <= 2 for t in reported)
+        for earlier, later in zip(reported, reported[1:] + [[r.response]]):
+            assert all(any(b.startswith(a) for a in earlier) for b in later)
+
+    class Stop(Exception):
+        pass
+
+    def stop(p, texts):
+        raise Stop
+
+    with pytest.raises(Stop):
+        list(cbs.generate(strong, scorer, PROMPTS, seed=3, on_step=stop))

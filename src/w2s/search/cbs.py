@@ -114,6 +114,7 @@ class ChunkBeamSearch:
         batch_size: int = 8,
         progress: bool = False,
         start_index: int = 0,
+        on_step=None,
     ) -> Iterator[SearchResult]:
         """Search for each prompt; yields results in input order, ``batch_size`` prompts at a time.
 
@@ -125,6 +126,10 @@ class ChunkBeamSearch:
             seed: results depend only on (seed, prompt position), not on batching.
             start_index: position of ``prompts[0]`` in the whole run, so that a resumed run draws the
                 same randomness for each prompt as an uninterrupted one.
+            on_step: optional ``fn(prompt_index, beam_texts)``, called after each chunk with the texts of
+                that prompt's kept beams (``prompt_index`` into ``prompts``); every later beam extends
+                one of them, so their common prefix is final (``w2s serve`` streams it).  An exception
+                it raises stops the search (e.g. to cancel).
         """
         if isinstance(prompts, str):
             raise ValueError("prompts must be a list of strings, got a single string.")
@@ -138,11 +143,14 @@ class ChunkBeamSearch:
         bar = _progress_bar(len(prompts), progress, type(self).__name__)
         for start in range(0, len(prompts), batch_size):
             batch = prompts[start : start + batch_size]
-            yield from self._search(model, scorer, batch, prompt_seeds(seed, start_index + start, len(batch)), template)
+            step = None if on_step is None else (lambda p, texts, start=start: on_step(start + p, texts))
+            yield from self._search(model, scorer, batch, prompt_seeds(seed, start_index + start, len(batch)), template,
+                                    step)
             bar.update(len(batch))
         bar.close()
 
-    def _search(self, model, scorer, prompts: list[str], seeds: list[int], template: str) -> list[SearchResult]:
+    def _search(self, model, scorer, prompts: list[str], seeds: list[int], template: str,
+                on_step=None) -> list[SearchResult]:
         width, n_prompts = self.beam_width, len(prompts)
         session = model.open(prompts, self.sampling, seeds, template)
         beams = [[Beam("", False, 0, row=p)] for p in range(n_prompts)]  # W copies of the prompt, as one
@@ -170,6 +178,9 @@ class ChunkBeamSearch:
             session.select([b.row for b in survivors])
             for row, b in enumerate(survivors):
                 b.row = row
+            if on_step is not None:
+                for p in range(n_prompts):
+                    on_step(p, [b.text for b in beams[p]])
 
         if scorer is not None:
             self._score(scorer, prompts, [(p, b) for p in range(n_prompts) for b in beams[p]])
