@@ -1,4 +1,4 @@
-"""Command-line interface: ``w2s search | demo | setup | train | eval``."""
+"""Command-line interface: ``w2s search | demo | setup | train | eval | serve``."""
 
 from __future__ import annotations
 
@@ -182,6 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="evaluations with tables and plots").add_subparsers(dest="task", required=True)
     eval_sentiment.add_parser(ev)
+
+    from .serve import add_parser as add_serve_parser
+
+    add_serve_parser(sub)
     return parser
 
 
