@@ -1,0 +1,338 @@
+"""``w2s serve`` through the official ``openai`` client against a live server on loopback (tiny models).
+
+Two servers: ``main`` (guides that share the strong tokenizer, so EFT runs; an aligner; a chat
+template) and ``gated`` (guides on another tokenizer, no aligner, no chat template, a queue of 2, and a
+strong model whose sessions wait on a gate, so that queueing, batching and cancelling are deterministic).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+import uvicorn
+
+import w2s
+from w2s.serve import ServeConfig, parse_config
+from w2s.serve.app import ChatMessage, CompletionRequest, chat_prompt, chat_template, create_app, resolve_method
+from w2s.serve.batching import common_prefix
+
+CBS = {"chunk_length": 4, "max_new_tokens": 12}
+STREAM = {"max_sentences": 3, "max_sentence_tokens": 8, "max_correction_tokens": 8}
+
+
+class Gated:
+    """The strong model, but each session waits for ``gate`` and each chunk takes ``delay`` seconds."""
+
+    def __init__(self, model):
+        self.model, self.gate, self.delay, self.opened = model, threading.Event(), 0.0, 0
+        self.gate.set()
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def open(self, prompts, params, seeds, template="{prompt}"):
+        self.opened += 1
+        self.gate.wait(10)
+        session, owner = self.model.open(prompts, params, seeds, template), self
+
+        class Slow:
+            def expand(self, parents, n, max_tokens):
+                time.sleep(owner.delay)
+                return session.expand(parents, n, max_tokens)
+
+            def select(self, indices):
+                session.select(indices)
+
+        return Slow()
+
+
+def serve(config: ServeConfig, models: dict):
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    server = uvicorn.Server(uvicorn.Config(create_app(config, models), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    return server, thread, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def main(model_dirs):
+    m = {"strong": w2s.load_model(model_dirs["strong"]), "tuned": w2s.load_model(model_dirs["shared_tuned"]),
+         "untuned": w2s.load_model(model_dirs["shared_untuned"]), "aligner": w2s.load_model(model_dirs["shared_tuned"]),
+         "strong_template": "{prompt}", "tuned_template": "{prompt}", "untuned_template": "{prompt}",
+         "aligner_template": "chat"}
+    config = ServeConfig(name="tiny", methods={"cbs": CBS, "stream_aligner": STREAM, "aligner": {
+        "max_new_tokens": 12, "max_correction_tokens": 12}}, batch_window_ms=20)
+    server, thread, url = serve(config, m)
+    yield url
+    server.should_exit = True
+    thread.join(5)
+
+
+@pytest.fixture(scope="module")
+def gated(model_dirs):
+    strong = w2s.load_model(model_dirs["strong"])
+    strong.tokenizer.chat_template = None  # chat requests use the plain fallback format
+    m = {"strong": Gated(strong), "tuned": w2s.load_model(model_dirs["tuned"]),
+         "untuned": w2s.load_model(model_dirs["untuned"]), "aligner": None,
+         "strong_template": "{prompt}", "tuned_template": "{prompt}", "untuned_template": "{prompt}",
+         "aligner_template": "chat"}
+    config = ServeConfig(name="tiny", methods={"cbs": CBS}, queue_size=2, batch_window_ms=50)
+    server, thread, url = serve(config, m)
+    yield url, m["strong"]
+    m["strong"].gate.set()
+    server.should_exit = True
+    thread.join(5)
+
+
+def client(url: str, **kw) -> openai.OpenAI:
+    return openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, **kw)
+
+
+def metric(url: str, name: str, **labels) -> float:
+    """The value of one Prometheus sample (0 when absent)."""
+    text = httpx.get(url + "/metrics").text
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    pattern = rf"^{name}{{{re.escape(want)}}} (\S+)$" if labels else rf"^{name} (\S+)$"
+    found = re.search(pattern, text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def complete(c, prompt="The cat", **w2s_block):
+    extra = {"w2s": w2s_block} if w2s_block else {}
+    seed = extra.get("w2s", {}).pop("seed", 7)
+    return c.completions.create(model="tiny", prompt=prompt, seed=seed, extra_body=extra)
+
+
+# -- handler-level tests (no model) ----------------------------------------------------------------
+
+def test_parameters_take_request_then_server_config_then_method_default():
+    config = ServeConfig(methods={"cbs": {"beam_width": 3, "max_new_tokens": 20}})
+    body = CompletionRequest(model="w2s", prompt="x", max_tokens=9, temperature=0.5, stop="\n",
+                             w2s={"beam_width": 2})
+    method, params = resolve_method(body, config)
+    assert method == "cbs"
+    assert params == {"beam_width": 2, "max_new_tokens": 9, "temperature": 0.5, "stop": ("\n",)}
+    _, params = resolve_method(CompletionRequest(model="w2s", prompt="x"), config)
+    assert params == {"beam_width": 3, "max_new_tokens": 20}  # the rest: ChunkBeamSearch's defaults
+    _, params = resolve_method(CompletionRequest(model="w2s", prompt="x", w2s={"method": "bon"}), config)
+    assert params == {}
+
+
+def test_config_file_rejects_unknown_keys_by_name():
+    config = parse_config({"method": "bon", "models": {"strong": {"path": "p", "template": "chat"}},
+                           "methods": {"bon": {"n": 4}}, "server": {"port": 9000, "queue_size": 3}})
+    assert (config.method, config.models["strong"].template, config.methods, config.queue_size) == (
+        "bon", "chat", {"bon": {"n": 4}}, 3)
+    with pytest.raises(ValueError, match=r"unknown keys \['beam_widht'\]"):
+        parse_config({"methods": {"cbs": {"beam_widht": 2}}})
+    with pytest.raises(ValueError, match="Did you mean 'cbs'"):
+        parse_config({"method": "cbd"})
+    with pytest.raises(ValueError, match=r"unknown keys \['prot'\]"):
+        parse_config({"server": {"prot": 1}})
+
+
+def test_chat_fallback_format_and_common_prefix():
+    user = [ChatMessage(role="user", content="Hi")]
+    talk = [ChatMessage(role="system", content="Be brief."), ChatMessage(role="user", content="Hi")]
+    assert (chat_prompt(user), chat_prompt(talk)) == ("Hi", "System: Be brief.\nUser: Hi")
+
+    class NoTemplate:
+        tokenizer = None
+
+    assert chat_template(NoTemplate(), user).format(prompt="Hi") == "User: Hi\nAssistant:"
+    assert chat_template(NoTemplate(), talk).format(prompt=chat_prompt(talk)) == \
+        "System: Be brief.\nUser: Hi\nAssistant:"
+    assert common_prefix(["abcd", "abx", "abcz"]) == "ab" and common_prefix(["same"]) == "same"
+
+
+# -- live server -----------------------------------------------------------------------------------
+
+def test_models_health_and_each_method(main, model_dirs):
+    c = client(main)
+    [model] = c.models.list().data
+    assert model.id == "tiny" and set(model.model_extra["w2s"]["methods"]) == {
+        "cbs", "bon", "sampling", "eft", "stream_aligner", "aligner"}
+    assert httpx.get(main + "/health").json()["status"] == "ok"
+    for method in ("cbs", "bon", "sampling", "eft", "stream_aligner", "aligner"):
+        block = {"method": method, **({"n": 3} if method == "bon" else {})}
+        r = complete(c, **block)
+        assert r.object == "text_completion" and r.model_extra["w2s"]["method"] == method
+        assert r.choices[0].text and r.choices[0].finish_reason in ("stop", "length")
+        assert complete(c, **block).choices[0].text == r.choices[0].text  # the seed makes it reproducible
+        chat = c.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "The cat"}], seed=7,
+                                         extra_body={"w2s": block})
+        assert chat.object == "chat.completion" and chat.choices[0].message.role == "assistant"
+        assert chat.choices[0].message.content
+    # the library gives the same answer: the server adds nothing to the method
+    strong, tuned, untuned = (w2s.load_model(model_dirs[k]) for k in ("strong", "shared_tuned", "shared_untuned"))
+    ref = next(w2s.ChunkBeamSearch(**CBS).generate(strong, w2s.LogRatioScorer(tuned, untuned), ["The cat"], seed=7))
+    assert complete(c).choices[0].text == ref.response
+
+
+def test_precedence_on_the_live_server(main):
+    c = client(main)
+    assert complete(c).usage.completion_tokens <= 12  # server config: max_new_tokens 12
+    r = c.completions.create(model="tiny", prompt="The cat", seed=7, max_tokens=5)
+    assert r.usage.completion_tokens <= 5 and r.choices[0].finish_reason in ("stop", "length")
+    bon = complete(c, method="bon", n=2)  # no server config for bon: its own default, 50
+    assert 12 < bon.usage.completion_tokens <= 50 or bon.choices[0].finish_reason == "stop"
+
+
+def test_streamed_cbs_is_the_final_prefix_then_the_rest(main):
+    c = client(main)
+    for block in ({"beam_width": 2, "successors_per_beam": 2}, {"beam_width": 1, "chunk_length": 3}):
+        whole = c.completions.create(model="tiny", prompt="The cat", seed=3, extra_body={"w2s": block})
+        chunks = list(c.completions.create(model="tiny", prompt="The cat", seed=3, stream=True,
+                                           extra_body={"w2s": block}))
+        texts = [ch.choices[0].text for ch in chunks]
+        assert "".join(texts) == whole.choices[0].text
+        assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+    assert len([t for t in texts[:-1] if t]) >= 3  # one beam: every chunk is final at once, 12 tokens / 3
+    chat = list(c.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "The cat"}], seed=3,
+                                          stream=True))
+    assert chat[0].choices[0].delta.role == "assistant"
+    assert "".join(ch.choices[0].delta.content or "" for ch in chat) == c.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "The cat"}], seed=3).choices[0].message.content
+
+
+def test_stream_aligner_streams_one_chunk_per_corrected_sentence(main, model_dirs):
+    c = client(main)
+    chunks = list(c.completions.create(model="tiny", prompt="The cat", seed=5, stream=True,
+                                       extra_body={"w2s": {"method": "stream_aligner"}}))
+    texts = [ch.choices[0].text for ch in chunks[:-1]]
+    sa = w2s.StreamAligner(w2s.load_model(model_dirs["strong"]), w2s.load_model(model_dirs["shared_tuned"]),
+                           upstream_template="{prompt}", aligner_template="chat", **STREAM)
+    steps = [s.corrected for s in sa.stream("The cat", seed=5)]
+    assert texts == [s for s in steps if s] and len(texts) >= 2
+    whole = complete(c, method="stream_aligner", seed=5)
+    assert whole.choices[0].text == "".join(steps)
+
+
+def test_errors_follow_openai_schema(main, gated):
+    c = client(main)
+    cases = [
+        (openai.NotFoundError, dict(model="gpt-4"), "model", "model_not_found"),
+        (openai.BadRequestError, dict(top_p=1.5), "top_p", None),
+        (openai.BadRequestError, dict(extra_body={"w2s": {"beam_widht": 2}}), "w2s.beam_widht", None),
+        (openai.BadRequestError, dict(extra_body={"w2s": {"beam_width": 0}}), "beam_width", None),
+        (openai.BadRequestError, dict(extra_body={"w2s": {"method": "cbd"}}), "w2s.method", None),
+        (openai.BadRequestError, dict(extra_body={"w2s": {"method": "stream_aligner", "max_sentences": -1}}),
+         "max_sentences", None),
+        (openai.BadRequestError, dict(n=2), "n", None),
+        (openai.BadRequestError, dict(logprobs=1), "logprobs", None),
+        (openai.BadRequestError, dict(prompt="word " * 600), "prompt", "context_length_exceeded"),
+    ]
+    for error, kw, param, code in cases:
+        with pytest.raises(error) as caught:
+            c.completions.create(**{"model": "tiny", "prompt": "The cat", **kw})
+        body = caught.value.body
+        assert (body["param"], body["code"], body["type"]) == (param, code, "invalid_request_error"), body
+        assert body["message"]
+    assert "got 1.5" in _message(c, top_p=1.5) and "beam_widht" in _message(c, extra_body={"w2s": {"beam_widht": 2}})
+    g = client(gated[0])
+    assert "needs an aligner" in _message(g, extra_body={"w2s": {"method": "stream_aligner"}})
+    assert "shared vocabulary" in _message(g, extra_body={"w2s": {"method": "eft"}})
+
+
+def _message(c, **kw) -> str:
+    with pytest.raises(openai.APIStatusError) as caught:
+        c.completions.create(**{"model": "tiny", "prompt": "The cat", **kw})
+    return caught.value.body["message"]
+
+
+def test_queue_full_is_503_and_queued_requests_batch_together(gated):
+    url, strong = gated
+    c = client(url, timeout=30)
+    alone = {p: complete(c, p, seed=s).choices[0].text for p, s in (("The cat", 1), ("What a", 2))}
+    batches, prompts = metric(url, "w2s_batches_total", method="cbs"), metric(url, "w2s_batch_prompts_sum", method="cbs")
+    strong.gate.clear()
+    results = {}
+
+    def send(name, prompt, seed):
+        results[name] = complete(c, prompt, seed=seed).choices[0].text
+
+    blocker = threading.Thread(target=send, args=("blocker", "Once", 0))
+    opened = strong.opened
+    blocker.start()
+    _wait(lambda: strong.opened > opened)  # the blocker's batch is running
+    queued = [threading.Thread(target=send, args=(p, p, s)) for p, s in (("The cat", 1), ("What a", 2))]
+    for t in queued:
+        t.start()
+    _wait(lambda: metric(url, "w2s_queue_depth") == 2)
+    with pytest.raises(openai.APIStatusError) as caught:
+        complete(c)
+    assert caught.value.status_code == 503 and caught.value.body["code"] == "queue_full"
+    strong.gate.set()
+    for t in [blocker, *queued]:
+        t.join(30)
+    assert metric(url, "w2s_batches_total", method="cbs") == batches + 2  # the blocker, then both together
+    assert metric(url, "w2s_batch_prompts_sum", method="cbs") == prompts + 3  # 1 + 2
+    assert {p: results[p] for p in alone} == alone  # batching changes no answer
+    text = httpx.get(url + "/metrics").text
+    assert 'w2s_requests_total{endpoint="/v1/completions",method="cbs",status="503"} 1.0' in text
+    assert 'w2s_request_latency_seconds_bucket{endpoint="/v1/completions",le="+Inf"}' in text
+    assert metric(url, "w2s_generated_tokens_total", method="cbs") > 0
+
+
+def _wait(condition, timeout=10.0):
+    end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.02)
+
+
+def test_disconnected_clients_cancel_their_work(gated):
+    url, strong = gated
+    # a queued request whose client goes away is dropped
+    strong.gate.clear()
+    blocker = threading.Thread(target=lambda: complete(client(url, timeout=30), "Once", seed=0))
+    opened = strong.opened
+    blocker.start()
+    _wait(lambda: strong.opened > opened)
+    with pytest.raises(openai.APITimeoutError):
+        complete(client(url, timeout=0.5), "What a", seed=4)
+    _wait(lambda: metric(url, "w2s_cancelled_requests_total", stage="queued") == 1)
+    assert metric(url, "w2s_queue_depth") == 0
+    strong.gate.set()
+    blocker.join(30)
+
+    # a running streaming request stops at the next chunk once its client has gone
+    strong.delay = 0.2  # 30 chunks: 6 s if it ran to the end
+
+    async def read_one_chunk():
+        c = openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+        stream = await c.completions.create(model="tiny", prompt="The cat", seed=1, stream=True, max_tokens=30,
+                                            extra_body={"w2s": {"beam_width": 1, "chunk_length": 1}})
+        async for chunk in stream:
+            if chunk.choices[0].text:
+                break
+        await stream.close()
+        await c.close()
+
+    start = time.monotonic()
+    asyncio.run(read_one_chunk())
+    _wait(lambda: metric(url, "w2s_cancelled_requests_total", stage="running") == 1)
+    strong.delay = 0.0
+    assert time.monotonic() - start < 4
+    assert httpx.get(url + "/health").json()["status"] == "ok"
+
+
+def test_chat_without_a_chat_template_uses_the_plain_format(gated):
+    c, sampling = client(gated[0]), {"w2s": {"method": "sampling"}}  # no guides: the strong model's text only
+    chat = c.chat.completions.create(model="tiny", seed=2, messages=[{"role": "user", "content": "Hi"}],
+                                     extra_body=sampling)
+    plain = c.completions.create(model="tiny", prompt="User: Hi\nAssistant:", seed=2, extra_body=sampling)
+    assert chat.choices[0].message.content == plain.choices[0].text
