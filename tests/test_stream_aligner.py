@@ -103,3 +103,30 @@ def test_invalid_arguments_are_named(scripted_upstream):
         w2s.StreamAligner(scripted_upstream, upper, max_sentences=0)
     with pytest.raises(ValueError, match="upstream_template"):
         w2s.StreamAligner(scripted_upstream, upper, upstream_template="no placeholder")
+
+
+def _some_upper(question, prefix, sentence):  # changes some sentences and leaves the others alone
+    return sentence.upper() if len(sentence) % 3 == 0 else sentence
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_speculative_run_gives_the_plain_runs_answers(strong, seed):
+    """Drafts of changed sentences are thrown away with their random draws: same answers as a plain run."""
+    questions = ["The cat", "What a day", "I did not like", "Yes"]
+    kw = dict(upstream_template="{prompt}", max_sentences=5, max_sentence_tokens=6, temperature=1.0)
+    plain = w2s.StreamAligner(strong, _some_upper, **kw).run(questions, seed=seed)
+    fast = w2s.StreamAligner(strong, _some_upper, speculative=True, **kw).run(questions, seed=seed)
+    assert [(a.original, a.corrected) for a in fast] == [(a.original, a.corrected) for a in plain]
+    steps = [s for a in fast for s in a.steps]
+    # a step is a kept draft exactly when the step before it (same question) was left unchanged
+    for a in fast:
+        for before, step in zip(a.steps, a.steps[1:]):
+            assert step.drafted == (before.corrected == before.original)
+    assert not any(s.drafted for s in steps if s.index == 0)
+
+
+def test_speculation_keeps_every_draft_when_the_aligner_changes_nothing(scripted_upstream):
+    steps = list(w2s.StreamAligner(scripted_upstream, lambda q, p, s: s, upstream_template="{prompt}",
+                                   speculative=True).stream("Q"))
+    assert "".join(s.corrected for s in steps) == ANSWER
+    assert [s.drafted for s in steps] == [False, True, True]

@@ -34,15 +34,51 @@ def _chunk_length(text: str) -> int | None:
 
 def add_model_flags(p: argparse.ArgumentParser) -> None:
     """Model flags shared by the commands; any left out is the demo's default model (see w2s.defaults)."""
-    p.add_argument("--strong", help="large model: a transformers model directory or a .gguf file "
-                   "(default: SmolLM2-135M-Instruct)")
+    p.add_argument("--strong", help="large model: a transformers model directory, a .gguf file, or the URL of "
+                   "an OpenAI-compatible engine, http(s)://host:port/v1 (default: SmolLM2-135M-Instruct)")
     p.add_argument("--tuned", help="small tuned guide model, e.g. DPO or chat (default: the shipped sentiment guide)")
     p.add_argument("--untuned", help="small untuned reference of the tuned model (default: the shipped one)")
     for who in ("strong", "tuned", "untuned"):
         p.add_argument(f"--{who}-template", metavar="T",
                        help=f"prompt template of the {who} model: a format string with {{prompt}}, or 'chat' "
                             "(default: the default model's, else '{prompt}')")
+    add_remote_flags(p, "strong")
     add_device_flags(p)
+
+
+def add_remote_flags(p: argparse.ArgumentParser, role: str) -> None:
+    """Flags of a large model served by an OpenAI-compatible engine (``--ROLE http://host:port/v1``)."""
+    g = p.add_argument_group(f"remote {role} model (when --{role} is an http(s):// URL)")
+    g.add_argument(f"--{role}-model", metavar="NAME", help="the engine's model name (required for a URL)")
+    g.add_argument(f"--{role}-tokenizer", metavar="PATH",
+                   help="a local copy of the served model's tokenizer: its chat template (template 'chat')")
+    g.add_argument("--concurrency", type=int, default=16, help="requests in flight at once (default 16)")
+    g.add_argument("--request-timeout", type=float, default=60.0, help="seconds per request (default 60)")
+    g.add_argument("--max-retries", type=int, default=5,
+                   help="retries after a timeout, connection error, 429 or 5xx, with backoff (default 5)")
+    g.add_argument("--api-key-env", default="OPENAI_API_KEY", metavar="VAR",
+                   help="environment variable holding the API key (default OPENAI_API_KEY; never a flag)")
+
+
+def is_remote(spec) -> bool:
+    return isinstance(spec, str) and spec.startswith(("http://", "https://"))
+
+
+def load_lm(args, role: str, path=None):
+    """The ``role`` model: a :class:`w2s.RemoteModel` for an http(s) URL, else a local model."""
+    path = getattr(args, role) if path is None else path
+    if not is_remote(path):
+        from .backends.transformers import load_model
+
+        return load_model(path, dtype=args.dtype, device=args.device)
+    from .backends.remote import RemoteModel
+
+    name = getattr(args, f"{role}_model", None)
+    if not name:
+        raise ValueError(f"--{role} {path} is a URL: give the engine's model name with --{role}-model NAME.")
+    return RemoteModel(path, name, api_key_env=args.api_key_env, concurrency=args.concurrency,
+                       timeout=args.request_timeout, max_retries=args.max_retries,
+                       tokenizer=getattr(args, f"{role}_tokenizer", None))
 
 
 def add_device_flags(p: argparse.ArgumentParser) -> None:
@@ -65,7 +101,7 @@ def load_models(args) -> dict:
                         "untuned": defaults.GUIDE_TEMPLATE}
     models = {}
     for who, path in paths.items():
-        models[who] = w2s.load_model(path, **load)
+        models[who] = load_lm(args, who, path) if who == "strong" else w2s.load_model(path, **load)
         given = getattr(args, f"{who}_template")
         models[f"{who}_template"] = given or (default_template[who] if getattr(args, who) is None else "{prompt}")
     return models
@@ -161,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
                         ("align", "Aligner baseline: correct the upstream's whole answer in one pass")):
         c = sub.add_parser(name, help=help_)
         add_aligner_flags(c)
+        add_remote_flags(c, "upstream")
         c.add_argument("--question", help="one question: corrected text is printed as it arrives")
         c.add_argument("--questions", help="JSONL with a 'question' field (or one per line); needs --output")
         c.add_argument("--output", help="JSONL, one record per question (a rerun resumes)")
@@ -230,7 +267,7 @@ def cmd_search(args) -> None:
 
     config = search_config(args)  # validate before loading models
     records = read_prompts(args.prompts)
-    done = _completed_lines(args.output) if args.resume else 0
+    done = _resume_point(args.output) if args.resume else 0
     if done > len(records):
         raise ValueError(f"--output {args.output} has {done} lines but --prompts has only {len(records)} prompts.")
     m = load_models(args)
@@ -238,20 +275,28 @@ def cmd_search(args) -> None:
     prompts = [r["prompt"] for r in records[done:]]
     kw = dict(seed=args.seed, batch_size=args.batch_size, progress=True, start_index=done)
     if args.method == "eft":
+        if is_remote(args.strong):
+            raise ValueError("--method eft mixes the strong model's next-token logits with the guides' and needs a "
+                             "local --strong model; use cbs, bon or base with a remote one.")
         results = config.generate(m["strong"], m["tuned"], m["untuned"], prompts, scorer=scorer,
                                   strong_template=m["strong_template"], tuned_template=m["tuned_template"],
                                   untuned_template=m["untuned_template"], **kw)
     else:
         results = config.generate(m["strong"], scorer, prompts, template=m["strong_template"], **kw)
-    _write_jsonl(args.output, records[done:], results, append=done > 0)
+    _write_jsonl(args.output, records[done:], results, append=done > 0, first_index=done)
 
 
 def add_aligner_flags(p: argparse.ArgumentParser, role: str = "aligner") -> None:
-    p.add_argument("--upstream", required=True, help="the large model whose answers are corrected")
-    p.add_argument(f"--{role}", required=True, help=f"the {role} model (a causal LM directory)")
+    p.add_argument("--upstream", required=True, help="the large model whose answers are corrected (w2s stream and "
+                   "align also take the URL of an OpenAI-compatible engine, http(s)://host:port/v1)")
+    help_ = f"the {role} model (a causal LM directory)"
+    if role == "teacher":
+        help_ += ", or a Python function 'package.module:function' (question, prefix, sentence) -> correction"
+    p.add_argument(f"--{role}", required=True, help=help_)
     p.add_argument("--upstream-template", default="chat", help="'chat' or a format string with {prompt}")
     p.add_argument(f"--{role}-template", default="chat", help="'chat' or a format string with {prompt}")
     p.add_argument("--max-sentences", type=int, default=16)
+    p.add_argument("--max-sentence-tokens", type=int, default=96, help="upstream tokens per sentence at most")
     p.add_argument("--temperature", type=float, default=0.7)
     add_device_flags(p)
 
@@ -265,7 +310,7 @@ def _correctors(args, role: str = "aligner"):
     from .backends.transformers import load_model
 
     load = dict(dtype=args.dtype, device=args.device)
-    upstream, corrector = load_model(args.upstream, **load), load_model(getattr(args, role), **load)
+    upstream, corrector = load_lm(args, "upstream"), load_model(getattr(args, role), **load)
     common = dict(upstream_template=args.upstream_template, aligner_template=getattr(args, f"{role}_template"),
                   temperature=args.temperature)
     return (StreamAligner(upstream, corrector, max_sentences=args.max_sentences, **common),
@@ -286,17 +331,38 @@ def _run_questions(args, method) -> None:
     from tqdm.auto import tqdm
 
     questions = read_questions(args.questions)
-    done = len(read_complete(args.output))
+    done = _resume_point(args.output)
     with open(args.output, "a", encoding="utf-8") as out:
         for start in tqdm(range(done, len(questions), args.batch_size), desc=args.command, unit="batch"):
             batch = questions[start : start + args.batch_size]
-            for answer in method.run(batch, seed=args.seed, start_index=start):
+            for index, answer in enumerate(_answer_batch(method, batch, args.seed, start), start):
+                if isinstance(answer, Exception):
+                    out.write(dumps({"index": index, "question": questions[index], "error": str(answer)}))
+                    continue
                 out.write(dumps({
                     "question": answer.question, "original": answer.original, "corrected": answer.corrected,
                     "first_seconds": answer.first_seconds, "total_seconds": answer.total_seconds,
                     "sentences": [{"original": s.original, "corrected": s.corrected, "elapsed": s.elapsed}
                                   for s in answer.steps]}))
             out.flush()
+
+
+def _answer_batch(method, batch: list[str], seed: int, start: int) -> list:
+    """Answers of a batch; when a remote upstream fails, the questions are redone one by one (same
+    randomness) so that only the failing ones become errors (returned as the exception)."""
+    from .backends.remote import RemoteError
+
+    try:
+        return method.run(batch, seed=seed, start_index=start)
+    except RemoteError:
+        pass
+    answers = []
+    for j, question in enumerate(batch):
+        try:
+            answers.append(method.run([question], seed=seed, start_index=start + j)[0])
+        except RemoteError as err:
+            answers.append(err)
+    return answers
 
 
 def cmd_stream(args) -> None:
@@ -307,14 +373,34 @@ def cmd_align(args) -> None:
     _run_questions(args, _correctors(args)[1])
 
 
+def _is_callable_spec(spec: str) -> bool:
+    return ":" in spec and not Path(spec).exists()
+
+
+def load_callable(spec: str):
+    """``package.module:function`` -> the function (a teacher or a rule given on the command line)."""
+    import importlib
+
+    module, _, name = spec.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"{spec!r} is neither a model path nor an importable 'module:function' ({e}).") from e
+    if not callable(fn):
+        raise ValueError(f"{spec!r} is not callable.")
+    return fn
+
+
 def cmd_data_corrections(args) -> None:
     from .aligner.data import build_corrections
     from .backends.transformers import load_model
 
     load = dict(dtype=args.dtype, device=args.device)
-    n = build_corrections(load_model(args.upstream, **load), load_model(args.teacher, **load),
+    teacher = load_callable(args.teacher) if _is_callable_spec(args.teacher) else load_model(args.teacher, **load)
+    n = build_corrections(load_model(args.upstream, **load), teacher,
                           read_questions(args.questions), args.out, whole_out_path=args.whole_out,
-                          max_sentences=args.max_sentences, upstream_template=args.upstream_template,
+                          max_sentences=args.max_sentences, max_sentence_tokens=args.max_sentence_tokens,
+                          upstream_template=args.upstream_template,
                           teacher_template=args.teacher_template, temperature=args.temperature, seed=args.seed,
                           batch_size=args.batch_size)
     print(f"{n} sentence records in {args.out}")
@@ -376,15 +462,31 @@ def cmd_train_dpo(args) -> None:
     print(f"tuned model in {train_dpo(args.base, pairs, args.out, config)}")
 
 
-def _completed_lines(path: str) -> int:
-    """Number of complete JSON lines already in ``path`` (a torn last line is dropped)."""
-    return 0 if path == "-" else len(read_complete(path))
+def _is_error_record(record: dict) -> bool:
+    return "error" in record and "index" in record and not ({"response", "corrected"} & record.keys())
 
 
-def _write_jsonl(path: str, records: list[dict], results: Iterator, append: bool) -> None:
+def _resume_point(path: str) -> int:
+    """Lines of ``path`` that ``--resume`` keeps: the complete ones before the first error record.  That
+    prompt and all after it are run again (their old lines are cut), so a resumed run retries what failed
+    and still gives what an uninterrupted one would: each prompt's randomness depends on (seed, index)."""
+    if path == "-":
+        return 0
+    records = read_complete(path)
+    keep = next((i for i, r in enumerate(records) if _is_error_record(r)), len(records))
+    if keep < len(records):
+        Path(path).write_text("".join(dumps(r) for r in records[:keep]), encoding="utf-8")
+    return keep
+
+
+def _write_jsonl(path: str, records: list[dict], results: Iterator, append: bool, first_index: int = 0) -> None:
     out = sys.stdout if path == "-" else open(path, "a" if append else "w", encoding="utf-8")
     try:
-        for record, result in zip(records, results):
+        for index, (record, result) in enumerate(zip(records, results), first_index):
+            if getattr(result, "error", None) is not None:  # a remote model failed for this prompt only
+                out.write(dumps({"index": index, "prompt": result.prompt, "error": result.error}))
+                out.flush()
+                continue
             row = {**record, "prompt": result.prompt, "response": result.response, "score": _finite(result.score),
                    "finished": result.finished, "num_tokens": result.num_tokens, "method": result.method}
             out.write(dumps(row))

@@ -18,6 +18,7 @@ unchanged prefix is reused between rounds.  Many questions run as one batch.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
@@ -46,7 +47,8 @@ class StreamStep:
     """One corrected sentence, as it is emitted.
 
     ``corrected`` keeps the original's leading whitespace, so ``"".join`` of the steps is the answer.
-    ``elapsed`` is the time from the start of the question to this emission.
+    ``elapsed`` is the time from the start of the question to this emission; ``upstream_seconds`` and
+    ``aligner_seconds`` are the round's waits (in a batch, the round of all questions).
     """
 
     question_index: int
@@ -56,6 +58,7 @@ class StreamStep:
     upstream_seconds: float
     aligner_seconds: float
     elapsed: float
+    drafted: bool = False  # the upstream sampled it speculatively while the previous sentence was corrected
 
 
 @dataclass
@@ -109,16 +112,21 @@ class StreamAligner(_Corrector):
         max_correction_tokens: aligner tokens per corrected sentence.
         upstream_template, aligner_template: ``"chat"`` or a format string with ``{prompt}``.
         temperature, top_p, top_k: the upstream's sampling (the aligner decodes greedily).
+        speculative: while the aligner corrects a sentence, the upstream already samples the next one from
+            the uncorrected sentence; the draft is kept when the aligner leaves the sentence unchanged and
+            discarded otherwise (its random draws too, so the answers are exactly those of a plain run).
     """
 
     def __init__(self, upstream: LanguageModel, aligner: LanguageModel, *, max_sentences: int = 16,
                  max_sentence_tokens: int = 96, max_correction_tokens: int = 128, upstream_template: str = "chat",
-                 aligner_template: str = "chat", temperature: float = 0.7, top_p: float = 1.0, top_k: int = 50):
+                 aligner_template: str = "chat", temperature: float = 0.7, top_p: float = 1.0, top_k: int = 50,
+                 speculative: bool = False):
         super().__init__(upstream, aligner, max_correction_tokens, upstream_template, aligner_template,
                          temperature, top_p, top_k)
         check_range("max_sentences", max_sentences, low=1, integer=True)
         check_range("max_sentence_tokens", max_sentence_tokens, low=1, integer=True)
         self.max_sentences, self.max_sentence_tokens = max_sentences, max_sentence_tokens
+        self.speculative = bool(speculative)
 
     def stream(self, question: str, *, seed: int = 0) -> Iterator[StreamStep]:
         """Yield each corrected sentence of the answer to ``question`` as soon as it is ready."""
@@ -145,31 +153,49 @@ class StreamAligner(_Corrector):
         contexts = [self.upstream.render(self.upstream_template, q) for q in questions]
         prefixes = [""] * n
         live = set(range(n))
+        drafts: dict[int, tuple[str, bool]] = {}  # next sentences sampled while the aligner worked, kept
         start = time.perf_counter()
-        for index in range(self.max_sentences):
-            if not live:
-                break
-            t0 = time.perf_counter()
-            sentences = upstream.generate({i: contexts[i] + prefixes[i] for i in live}, self.max_sentence_tokens,
-                                          stop=first_sentence_end)
-            t1 = time.perf_counter()
-            originals = {i: text.rstrip() for i, (text, _) in sentences.items()}  # whitespace opens the next one
-            todo = [i for i in sorted(live) if originals[i].strip()]
-            if aligner is None:
-                revisions = {i: self.aligner(questions[i], prefixes[i], originals[i].strip()) for i in todo}
-            else:
-                asks = {i: stream_aligner_input(questions[i], prefixes[i], originals[i].strip()) for i in todo}
-                revisions = self._revise(aligner, asks)
-            t2 = time.perf_counter()
-            for i in sorted(live):
-                original = originals[i]
-                lead = original[: len(original) - len(original.lstrip())]
-                corrected = lead + revisions[i].strip() if i in revisions else original
-                prefixes[i] += corrected
-                if sentences[i][1] or not original.strip():  # the upstream ended (or had nothing more to say)
-                    live.discard(i)
-                if original:
-                    yield StreamStep(i, index, original, corrected, t1 - t0, t2 - t1, time.perf_counter() - start)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            for index in range(self.max_sentences):
+                if not live:
+                    break
+                t0 = time.perf_counter()
+                sentences = upstream.generate({i: contexts[i] + prefixes[i] for i in live if i not in drafts},
+                                              self.max_sentence_tokens, stop=first_sentence_end)
+                sentences.update((i, drafts[i]) for i in live if i in drafts)
+                drafted, drafts, saved = set(drafts), {}, None
+                t1 = time.perf_counter()
+                originals = {i: text.rstrip() for i, (text, _) in sentences.items()}  # whitespace opens the next
+                todo = [i for i in sorted(live) if originals[i].strip()]
+                revising = pool.submit(self._revisions, aligner, questions, prefixes, originals, todo)
+                spec = [i for i in todo if not sentences[i][1]] if self.speculative and index + 1 < self.max_sentences \
+                    else []
+                if spec:  # meanwhile the upstream goes on from the uncorrected sentence
+                    saved = upstream.rng_states(spec) if hasattr(upstream, "rng_states") else None
+                    drafts = upstream.generate({i: contexts[i] + prefixes[i] + originals[i] for i in spec},
+                                               self.max_sentence_tokens, stop=first_sentence_end)
+                revisions = revising.result()
+                t2 = time.perf_counter()
+                for i in sorted(live):
+                    original = originals[i]
+                    lead = original[: len(original) - len(original.lstrip())]
+                    corrected = lead + revisions[i].strip() if i in revisions else original
+                    if i in drafts and corrected != original:  # the draft continued a sentence that changed
+                        del drafts[i]
+                        if saved is not None:  # sample as if it had never been drawn
+                            upstream.restore_rng_states({i: saved[i]})
+                    prefixes[i] += corrected
+                    if sentences[i][1] or not original.strip():  # the upstream ended (or had nothing more to say)
+                        live.discard(i)
+                    if original:
+                        yield StreamStep(i, index, original, corrected, t1 - t0, t2 - t1, time.perf_counter() - start,
+                                         drafted=i in drafted)
+
+    def _revisions(self, aligner: TextGenerator | None, questions, prefixes, originals, todo) -> dict[int, str]:
+        if aligner is None:
+            return {i: self.aligner(questions[i], prefixes[i], originals[i].strip()) for i in todo}
+        return self._revise(aligner, {i: stream_aligner_input(questions[i], prefixes[i], originals[i].strip())
+                                      for i in todo})
 
     def correct_sentence(self, question: str, prefix: str, sentence: str) -> str:
         """One correction outside the loop (e.g. to correct a finished answer sentence by sentence)."""

@@ -327,6 +327,14 @@ class IncrementalGenerator:
         self.rows.add_empty_rows(n_rows)
         self.tokens_run = 0  # tokens forwarded over all calls: what the cache saves shows here
 
+    def rng_states(self, rows: Sequence[int]) -> dict[int, torch.Tensor]:
+        """The rows' random-generator states, to draw the same numbers again after :meth:`restore_rng_states`."""
+        return {i: self.generators[i].get_state() for i in rows}
+
+    def restore_rng_states(self, states: dict[int, torch.Tensor]) -> None:
+        for i, state in states.items():
+            self.generators[i].set_state(state)
+
     def generate(self, contexts: dict[int, str], max_new_tokens: int, stop=None) -> dict[int, tuple[str, bool]]:
         """Continue ``contexts`` (row -> rendered text: prompt in its template, then the partial response);
         returns row -> (new text, ended) where ``ended`` is true at end-of-sequence (a cut by ``stop`` or

@@ -1,0 +1,134 @@
+"""The Stream Aligner demo task: make a model's answers positive without changing what they say.
+
+The upstream (SmolLM2-135M-Instruct) answers questions that invite negative answers ("What are the
+dangers of airports?").  The *teacher* that builds the aligner's training data rewrites a sentence
+word by word: a word VADER's lexicon rates negative becomes its WordNet antonym when VADER rates that
+one positive ("dangerous" -> "safe", "hate" -> "love"); nothing else changes.  The aligner learns
+this from (question, corrected prefix, sentence) -> correction records of the upstream's own answers.
+
+Gold metrics, computed on the whole answer:
+- ``vader``: VADER's compound sentiment in [-1, 1] (higher is more positive);
+- ``overlap``: word-level F1 between the answer and the upstream's original answer (1 = same words;
+  an aligner that writes something else entirely, or nothing, scores low).
+Neither is optimized directly: the aligner only imitates the teacher's word substitutions, and the
+teacher never looks at the compound score of a sentence.
+
+Questions are templates x topics; the held-out topics never appear in training questions.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from functools import lru_cache
+from importlib import resources
+
+TEMPLATES = (
+    "What are the worst things about {topic}?",
+    "Why do some people hate {topic}?",
+    "What are the dangers of {topic}?",
+    "What problems can {topic} cause?",
+    "Why is {topic} so annoying?",
+    "Describe a bad experience with {topic}.",
+    "What makes {topic} difficult?",
+    "Why might someone be afraid of {topic}?",
+)
+TRAIN_TOPICS = (
+    "winter", "traffic", "homework", "rainy weather", "public transport", "social media", "fast food",
+    "online shopping", "city life", "camping", "exams", "airports", "smartphones", "video games",
+    "working from home", "loud neighbours", "long meetings", "spiders", "the dentist", "hospitals", "taxes",
+    "Mondays", "crowded beaches", "noise", "pollution", "the internet", "school", "cooking", "gardening",
+    "running", "dogs", "snow", "heat waves", "flying", "trains", "waiting in line", "television",
+    "advertising", "email", "passwords", "printers", "shopping malls", "the news", "politics", "moving house",
+)
+HELDOUT_TOPICS = (
+    "cats", "hiking", "job interviews", "public speaking", "online dating", "mosquitoes", "the gym",
+    "family holidays", "tax forms", "self-driving cars", "night shifts", "group projects", "road trips",
+    "hotel rooms", "customer service",
+)
+WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)?")
+
+
+def questions(split: str) -> list[str]:
+    """``"train"`` (360 questions) or ``"heldout"`` (120, on topics no training question mentions)."""
+    topics = {"train": TRAIN_TOPICS, "heldout": HELDOUT_TOPICS}.get(split)
+    if topics is None:
+        raise ValueError(f"split must be 'train' or 'heldout', got {split!r}.")
+    return [t.format(topic=topic) for topic in topics for t in TEMPLATES]
+
+
+@lru_cache(maxsize=1)
+def antonyms() -> dict[str, str]:
+    """Negative word -> positive antonym (WordNet 3.0 pointers filtered by VADER; scripts/build_antonyms.py)."""
+    path = resources.files("w2s.tasks") / "data" / "antonyms.json"
+    return json.loads(path.read_text(encoding="utf-8"))["antonyms"]
+
+
+def _positive(word: str) -> str | None:
+    table = antonyms()
+    lower = word.lower()
+    if lower in table:
+        return table[lower]
+    for suffix in ("s", "es", "d", "ed", "ing", "ly"):  # simple inflections of a listed word
+        base = lower[: -len(suffix)]
+        if lower.endswith(suffix) and base in table:
+            antonym = table[base]
+            if suffix in ("ed", "ing") and antonym.endswith("e"):
+                antonym = antonym[:-1]
+            return antonym + suffix
+    return None
+
+
+def _same_case(word: str, replacement: str) -> str:
+    if word.isupper() and len(word) > 1:
+        return replacement.upper()
+    if word[0].isupper():
+        return replacement[0].upper() + replacement[1:]
+    return replacement
+
+
+def rewrite(text: str) -> str:
+    """The teacher's rewrite: negative words -> positive antonyms, everything else unchanged."""
+
+    def swap(match: re.Match) -> str:
+        word = match.group(0)
+        replacement = _positive(word)
+        return word if replacement is None else _same_case(word, replacement)
+
+    return WORD.sub(swap, text)
+
+
+def teacher(question: str, prefix: str, sentence: str) -> str:
+    """The Stream Aligner teacher (``w2s data corrections --teacher w2s.tasks.positive:teacher``)."""
+    return rewrite(sentence)
+
+
+def whole_teacher(question: str, answer: str) -> str:
+    """The same rewrite for a whole answer (the Aligner baseline's function form)."""
+    return rewrite(answer)
+
+
+@lru_cache(maxsize=1)
+def _vader():
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    return SentimentIntensityAnalyzer()
+
+
+def vader(text: str) -> float:
+    """VADER compound sentiment of ``text`` in [-1, 1]; 0 for an empty text."""
+    return _vader().polarity_scores(text)["compound"] if text.strip() else 0.0
+
+
+def overlap(original: str, corrected: str) -> float:
+    """Word-level F1 (bag of lower-cased words) between ``corrected`` and ``original``; 1 when both are empty."""
+    a = Counter(w.lower() for w in WORD.findall(original))
+    b = Counter(w.lower() for w in WORD.findall(corrected))
+    if not a and not b:
+        return 1.0
+    common = sum((a & b).values())
+    if not common:
+        return 0.0
+    precision, recall = common / sum(b.values()), common / sum(a.values())
+    return 2 * precision * recall / (precision + recall)
