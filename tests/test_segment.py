@@ -216,3 +216,12 @@ def test_final_ends_last_sentence():
     assert first_sentence_end("no terminator", final=True) == 13
     assert first_sentence_end("   ", final=True) == 3
     assert first_sentence_end("", final=True) is None
+
+
+def test_sentences_end_counts_complete_sentences_of_a_stream():
+    from w2s.aligner.segment import sentences_end
+
+    text = "One is here. Two is e.g. there! Three"
+    assert sentences_end(text, 1) == len("One is here. ")
+    assert sentences_end(text, 2) == len("One is here. Two is e.g. there! ")
+    assert sentences_end(text, 3) is None  # the third may still go on

@@ -130,3 +130,10 @@ def test_speculation_keeps_every_draft_when_the_aligner_changes_nothing(scripted
                                    speculative=True).stream("Q"))
     assert "".join(s.corrected for s in steps) == ANSWER
     assert [s.drafted for s in steps] == [False, True, True]
+
+
+def test_aligner_baseline_answer_can_end_after_n_sentences(scripted_upstream):
+    aligner = w2s.Aligner(scripted_upstream, lambda q, a: a, upstream_template="{prompt}", max_sentences=2)
+    assert aligner.run(["Q"])[0].original.strip() == "The movie was wonderful! I did not like it?"
+    with pytest.raises(ValueError, match="max_sentences"):
+        w2s.Aligner(scripted_upstream, lambda q, a: a, max_sentences=0)

@@ -78,6 +78,17 @@ def split_sentences(text: str) -> list[str]:
     return out
 
 
+def sentences_end(text: str, n: int) -> int | None:
+    """Index just after the ``n``-th complete sentence of a streamed ``text``, or None before it is complete."""
+    end = 0
+    for _ in range(n):
+        step = first_sentence_end(text[end:])
+        if step is None:
+            return None
+        end += step
+    return end
+
+
 def first_sentence_end(text: str, final: bool = False) -> int | None:
     """Index just after the first complete sentence of ``text`` (its trailing whitespace included).
 

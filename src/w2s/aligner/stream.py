@@ -25,7 +25,7 @@ from typing import Iterator, Sequence
 from ..backends.base import LanguageModel, SamplingParams, TextGenerator
 from ..search.cbs import prompt_seeds
 from ..validation import check_range, check_template
-from .segment import first_sentence_end
+from .segment import first_sentence_end, sentences_end
 
 # The authors' input formats: one constant each, shared by data building, training and inference.
 STREAM_ALIGNER_TEMPLATE = (
@@ -209,23 +209,27 @@ class Aligner(_Corrector):
     """The Aligner baseline: the upstream writes the whole answer, then the aligner corrects it in one pass.
 
     Same backend and arguments as :class:`StreamAligner`; the input is :data:`ALIGNER_TEMPLATE`, and a
-    function aligner is called as ``fn(question, answer) -> corrected answer``.
+    function aligner is called as ``fn(question, answer) -> corrected answer``.  ``max_sentences`` (None:
+    no limit) ends the upstream's answer after that many sentences, as the Stream Aligner's rounds do.
     """
 
     def __init__(self, upstream: LanguageModel, aligner: LanguageModel, *, max_new_tokens: int = 512,
                  max_correction_tokens: int = 768, upstream_template: str = "chat", aligner_template: str = "chat",
-                 temperature: float = 0.7, top_p: float = 1.0, top_k: int = 50):
+                 temperature: float = 0.7, top_p: float = 1.0, top_k: int = 50, max_sentences: int | None = None):
         super().__init__(upstream, aligner, max_correction_tokens, upstream_template, aligner_template,
                          temperature, top_p, top_k)
         check_range("max_new_tokens", max_new_tokens, low=1, integer=True)
-        self.max_new_tokens = max_new_tokens
+        if max_sentences is not None:
+            check_range("max_sentences", max_sentences, low=1, integer=True)
+        self.max_new_tokens, self.max_sentences = max_new_tokens, max_sentences
 
     def run(self, questions: Sequence[str], *, seed: int = 0, start_index: int = 0) -> list[AlignedAnswer]:
         n = len(questions)
         start = time.perf_counter()
         upstream = self._upstream_generator(n, seed, start_index)
         contexts = {i: self.upstream.render(self.upstream_template, q) for i, q in enumerate(questions)}
-        answers = {i: text for i, (text, _) in upstream.generate(contexts, self.max_new_tokens).items()}
+        stop = None if self.max_sentences is None else lambda text: sentences_end(text, self.max_sentences)
+        answers = {i: text for i, (text, _) in upstream.generate(contexts, self.max_new_tokens, stop=stop).items()}
         if self._aligner_is_model:
             asks = {i: aligner_input(q, answers[i].strip()) for i, q in enumerate(questions)}
             corrections = self._revise(self._aligner_generator(n), asks)
