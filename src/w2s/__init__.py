@@ -9,7 +9,7 @@
 """
 
 from .aligner import Aligner, StreamAligner, split_sentences
-from .backends import SamplingParams, TransformersModel, load_model
+from .backends import RemoteModel, SamplingParams, TransformersModel, load_model
 from .scoring import CallableScorer, LogRatioScorer, RewardModelScorer, Scorer
 from .search import Beam, BestOfN, ChunkBeamSearch, EmulatedFineTuning, Sampling, SearchResult
 
@@ -23,6 +23,7 @@ __all__ = [
     "ChunkBeamSearch",
     "EmulatedFineTuning",
     "LogRatioScorer",
+    "RemoteModel",
     "RewardModelScorer",
     "Sampling",
     "SamplingParams",

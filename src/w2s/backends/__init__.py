@@ -1,6 +1,8 @@
-"""Model backends: local ``transformers`` models (and, later, remote OpenAI-compatible engines)."""
+"""Model backends: local ``transformers`` models and remote OpenAI-compatible engines."""
 
 from .base import Beams, Continuation, LanguageModel, SamplingParams
+from .remote import RemoteError, RemoteModel
 from .transformers import TransformersModel, load_model
 
-__all__ = ["Beams", "Continuation", "LanguageModel", "SamplingParams", "TransformersModel", "load_model"]
+__all__ = ["Beams", "Continuation", "LanguageModel", "RemoteError", "RemoteModel", "SamplingParams", "TransformersModel",
+           "load_model"]

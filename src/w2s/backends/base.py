@@ -44,7 +44,9 @@ class Continuation:
     ``text`` is the whole response so far (not only the new chunk), decoded from whole characters only:
     bytes of a character that a chunk boundary split are held back until the character is complete.
     ``finished`` is true only when the response really ended (end-of-sequence token or a stop string),
-    never when it was cut by a length limit.
+    never when it was cut by a length limit.  ``error`` is set when a remote backend could not sample for
+    this prompt (after retries): every continuation of that prompt then carries it, and the search ends
+    the prompt with that error instead of a response.
     """
 
     prompt_index: int
@@ -53,6 +55,7 @@ class Continuation:
     finished: bool
     num_tokens: int
     token_ids: list[int] = field(default_factory=list, repr=False)
+    error: str | None = None
 
 
 @runtime_checkable

@@ -43,7 +43,8 @@ class SearchResult:
 
     ``finished`` is true only when the response ended by itself (EOS or stop string); ``score`` is the
     scorer's value of ``response`` (with EOS counted when finished).  ``beams`` holds all final beams
-    with their own scores when asked for (``return_beams=True``), best first.
+    with their own scores when asked for (``return_beams=True``), best first.  ``error`` is set (and the
+    response is empty) when a remote large model failed for this prompt; the other prompts are unaffected.
     """
 
     prompt: str
@@ -53,6 +54,7 @@ class SearchResult:
     num_tokens: int
     method: str
     beams: list[Beam] | None = None
+    error: str | None = None
 
 
 def prompt_seeds(seed: int, start: int, count: int) -> list[int]:
@@ -155,6 +157,7 @@ class ChunkBeamSearch:
         session = model.open(prompts, self.sampling, seeds, template)
         beams = [[Beam("", False, 0, row=p)] for p in range(n_prompts)]  # W copies of the prompt, as one
         generated, first = 0, True
+        errors: dict[int, str] = {}  # prompt -> why a remote model could not sample for it: it ends there
         while generated < self.max_new_tokens:
             live = [b for p in range(n_prompts) for b in beams[p] if not b.finished]
             if not live:
@@ -167,8 +170,10 @@ class ChunkBeamSearch:
             # candidates = finished beams carried once + all new continuations, without duplicates
             pools = [[b for b in beams[p] if b.finished] for p in range(n_prompts)]
             for i, c in enumerate(continuations):
+                if c.error is not None:
+                    errors.setdefault(c.prompt_index, c.error)
                 pools[c.prompt_index].append(Beam(c.text, c.finished, c.num_tokens, row=i))
-            pools = [_distinct(pool) for pool in pools]
+            pools = [[] if p in errors else _distinct(pool) for p, pool in enumerate(pools)]
             ranked = [p for p in range(n_prompts) if len(pools[p]) > width]
             self._score(scorer, prompts, [(p, b) for p in ranked for b in pools[p]])
             for p in ranked:
@@ -186,6 +191,9 @@ class ChunkBeamSearch:
             self._score(scorer, prompts, [(p, b) for p in range(n_prompts) for b in beams[p]])
         results = []
         for p, prompt in enumerate(prompts):
+            if p in errors:
+                results.append(SearchResult(prompt, "", None, False, 0, self.method, error=errors[p]))
+                continue
             final = sorted(beams[p], key=lambda b: -b.score) if scorer is not None else beams[p]
             best = final[0]
             results.append(

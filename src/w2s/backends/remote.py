@@ -1,0 +1,552 @@
+"""The large model behind an OpenAI-compatible completions endpoint (vLLM, llama.cpp's server, a hosted API).
+
+:class:`RemoteModel` implements :class:`w2s.backends.base.LanguageModel` over HTTP, so chunk-level beam
+search, Best-of-N, plain sampling and the Stream Aligner run unchanged with the large model remote:
+
+- ``Beams.expand`` sends one ``POST /v1/completions`` per live beam: prompt = rendered prompt + the
+  beam's response so far, ``max_tokens`` = the chunk length, ``n`` = the successors.  Engines that ignore
+  ``n`` (llama.cpp's server) return fewer choices; the missing ones are sampled by separate requests.
+  A remote engine keeps nothing for us between chunks but text (vLLM's prefix cache does the rest).
+- ``generator()`` streams (``stream: true``) and closes the stream as soon as ``stop(text)`` cuts it, so
+  the Stream Aligner's upstream really stops at the sentence end.
+- ``response_logprobs()`` scores texts with ``echo`` + ``logprobs`` where the engine gets them right, so
+  a remote model can be a guide too.  A self-check refuses engines whose echoed log-probabilities are
+  not those of the tokens they are listed at (llama.cpp's server, see the README).
+
+All requests of a step are in flight at once, at most ``concurrency`` at a time, on a private event loop
+in a background thread (so the model works from sync code and from any thread).  Timeouts, connection
+errors, 429 and 5xx are retried with exponential backoff and full jitter, honouring ``Retry-After``; a
+request that still fails ends *its prompt* with a :class:`RemoteError` carried on the continuations,
+while the other prompts go on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import hashlib
+import json
+import math
+import os
+import random
+import threading
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import httpx
+
+from ..validation import check_range
+from .base import Continuation, SamplingParams
+
+RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})  # and any other 5xx
+MAX_RETRY_AFTER = 600.0  # seconds: a longer Retry-After is capped (and said so in the error if it fails)
+
+
+class RemoteError(RuntimeError):
+    """A request to the remote engine failed for good (after retries, or with a non-retryable status)."""
+
+
+def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
+    """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2**attempt)].
+
+    >>> backoff_delay(3, 0.5, 30.0, random.Random(0)) <= 4.0
+    True
+    """
+    return rng.uniform(0.0, min(cap, base * 2.0**attempt))
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP date; None when absent or
+    unreadable.  Dates in the past give 0."""
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None:
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if math.isnan(seconds):
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+def derive_seed(*keys: int) -> int:
+    """A request seed in [0, 2**31) that depends only on ``keys`` (prompt seed, step, row, sample)."""
+    digest = hashlib.blake2b(repr(tuple(int(k) for k in keys)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & 0x7FFFFFFF
+
+
+@dataclass
+class _Choice:
+    text: str
+    finish_reason: str | None
+    num_tokens: int
+
+
+class RemoteModel:
+    """A large model served by an OpenAI-compatible engine (``/v1/completions``).
+
+    Args:
+        base_url: the API root, e.g. ``http://host:8000/v1``.
+        model: the engine's model name (the ``model`` field of each request).
+        api_key_env: environment variable holding the API key, sent as ``Authorization: Bearer``; unset
+            or empty means no key.  The key is never taken as an argument.
+        concurrency: requests in flight at once, at most.
+        timeout: seconds per request (connect, and each read of a streamed response).
+        max_retries: retries of a request after a timeout, a connection error, 429 or 5xx.
+        backoff_base, backoff_max: the retry delay before retry ``a`` is uniform in
+            ``[0, min(backoff_max, backoff_base * 2**a)]``, or ``Retry-After`` when the engine sends one.
+        tokenizer: a local tokenizer of the served model (a directory, a hub id, or a ``.gguf`` file);
+            needed for the ``"chat"`` template and for scoring finished responses (its EOS token).
+        extra_body: more request fields sent with every completion (engine-specific sampling settings,
+            e.g. ``{"min_p": 0, "repeat_penalty": 1.0}`` for llama.cpp).
+        send_top_k: send ``top_k`` (vLLM and llama.cpp accept it; hosted OpenAI does not).
+    """
+
+    def __init__(self, base_url: str, model: str, *, api_key_env: str = "OPENAI_API_KEY", concurrency: int = 16,
+                 timeout: float = 60.0, max_retries: int = 5, backoff_base: float = 0.5, backoff_max: float = 30.0,
+                 tokenizer: str | None = None, extra_body: dict | None = None, send_top_k: bool = True):
+        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must start with http:// or https://, got {base_url!r}.")
+        if not isinstance(model, str) or not model:
+            raise ValueError(f"model must be the engine's model name (a non-empty string), got {model!r}.")
+        check_range("concurrency", concurrency, low=1, integer=True)
+        check_range("timeout", timeout, low=0, low_open=True)
+        check_range("max_retries", max_retries, low=0, integer=True)
+        check_range("backoff_base", backoff_base, low=0)
+        check_range("backoff_max", backoff_max, low=0)
+        if not isinstance(api_key_env, str) or not api_key_env:
+            raise ValueError(f"api_key_env must name an environment variable, got {api_key_env!r}.")
+        self.base_url, self.model, self.name = base_url.rstrip("/"), model, f"{model} @ {base_url}"
+        self.api_key_env, self.concurrency, self.timeout = api_key_env, concurrency, timeout
+        self.max_retries, self.backoff_base, self.backoff_max = max_retries, backoff_base, backoff_max
+        self.extra_body, self.send_top_k = dict(extra_body or {}), send_top_k
+        self.tokenizer = None
+        if tokenizer is not None:
+            from pathlib import Path
+
+            from transformers import AutoTokenizer
+
+            path = Path(tokenizer)
+            if path.suffix == ".gguf":  # the tokenizer inside a GGUF file of the served model
+                self.tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+            else:
+                self.tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+        self.n_supported: bool | None = None  # learnt from the first response with n > 1
+        self.echo_checked: str | None = None  # None: not yet; "" ok; otherwise why echo logprobs are refused
+        self.stats = {"requests": 0, "retries": 0}
+        self._rng = random.Random()
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._client: httpx.AsyncClient | None = None
+        self._slots: asyncio.Semaphore | None = None
+
+    # -- the private event loop -----------------------------------------------------------------------
+    def run(self, coro):
+        """Run a coroutine on this model's event loop (started on first use) and wait for its result."""
+        with self._lock:
+            if self._loop is None:
+                self._loop = asyncio.new_event_loop()
+                self._thread = threading.Thread(target=self._loop.run_forever, name="w2s-remote", daemon=True)
+                self._thread.start()
+        if threading.current_thread() is self._thread:
+            raise RuntimeError("RemoteModel.run was called from its own event loop thread.")
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def close(self) -> None:
+        """Close the HTTP connections and stop the background loop (a later call starts them again)."""
+        with self._lock:
+            loop, thread, self._loop, self._thread = self._loop, self._thread, None, None
+        if loop is None:
+            return
+        if self._client is not None:
+            asyncio.run_coroutine_threadsafe(self._client.aclose(), loop).result()
+        self._client, self._slots = None, None
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()
+
+    def __enter__(self) -> "RemoteModel":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _headers(self) -> dict[str, str]:
+        key = os.environ.get(self.api_key_env, "")
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    def _http(self) -> tuple[httpx.AsyncClient, asyncio.Semaphore]:
+        if self._client is None:  # created on the loop's thread, bound to its loop
+            limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
+            self._client = httpx.AsyncClient(timeout=httpx.Timeout(self.timeout), limits=limits)
+            self._slots = asyncio.Semaphore(self.concurrency)
+        return self._client, self._slots
+
+    # -- requests with retries ------------------------------------------------------------------------
+    async def _with_retries(self, what: str, attempt_once):
+        """Run ``attempt_once()`` (a coroutine function holding one slot while it runs) until it succeeds;
+        it raises ``_Retryable`` for failures worth retrying, :class:`RemoteError` for the others."""
+        client, slots = self._http()
+        failures = []
+        for attempt in range(self.max_retries + 1):
+            try:
+                async with slots:
+                    self.stats["requests"] += 1
+                    return await attempt_once(client)
+            except _Retryable as err:
+                failures.append(str(err))
+                if attempt == self.max_retries:
+                    break
+                delay = backoff_delay(attempt, self.backoff_base, self.backoff_max, self._rng)
+                if err.retry_after is not None:
+                    delay = max(delay, err.retry_after)
+                self.stats["retries"] += 1
+                await asyncio.sleep(delay)
+        raise RemoteError(f"{what} failed after {len(failures)} attempt(s) to {self.base_url}: "
+                          f"{'; '.join(_dedupe(failures))}")
+
+    async def _post(self, path: str, body: dict) -> dict:
+        url = f"{self.base_url}{path}"
+
+        async def once(client: httpx.AsyncClient) -> dict:
+            try:
+                response = await client.post(url, json=body, headers=self._headers())
+            except (httpx.TimeoutException, httpx.TransportError) as err:
+                raise _Retryable(f"{type(err).__name__}: {err}".rstrip(": ")) from None
+            _raise_for_status(response, response.text)
+            try:
+                return response.json()
+            except ValueError:
+                raise _Retryable(f"HTTP {response.status_code} with a body that is not JSON") from None
+
+        return await self._with_retries(f"POST {path}", once)
+
+    async def _stream(self, body: dict, stop) -> tuple[str, bool]:
+        """One streamed completion: (text, ended).  ``stop(text)`` is asked after each delta; a cut closes
+        the stream at once.  A stream that breaks off (no finish_reason) is retried from the start."""
+        url = f"{self.base_url}/completions"
+
+        async def once(client: httpx.AsyncClient) -> tuple[str, bool]:
+            text, finish = "", None
+            try:
+                async with client.stream("POST", url, json={**body, "stream": True},
+                                         headers=self._headers()) as response:
+                    if response.status_code != 200:
+                        _raise_for_status(response, (await response.aread()).decode("utf-8", "replace"))
+                    async for line in response.aiter_lines():
+                        if not line.startswith("data:"):
+                            continue
+                        data = line[5:].strip()
+                        if data == "[DONE]":
+                            break
+                        try:
+                            chunk = json.loads(data)
+                        except ValueError:
+                            raise _Retryable("a stream event that is not JSON") from None
+                        if "error" in chunk and not chunk.get("choices"):
+                            raise _Retryable(f"error event in the stream: {chunk['error']}")
+                        choice = chunk["choices"][0]
+                        text += choice.get("text") or ""
+                        finish = choice.get("finish_reason") or finish
+                        if stop is not None and (cut := stop(text)) is not None:
+                            return text[:cut], False  # leaving the block closes the stream
+                        if finish is not None:
+                            break
+            except (httpx.TimeoutException, httpx.TransportError) as err:
+                raise _Retryable(f"stream broke off: {type(err).__name__}: {err}".rstrip(": ")) from None
+            if finish is None:
+                raise _Retryable("stream ended without a finish_reason (cut mid-way)")
+            return text, finish == "stop"
+
+        return await self._with_retries("streamed POST /completions", once)
+
+    def _body(self, prompt: str, params: SamplingParams, max_tokens: int, n: int, seed: int) -> dict:
+        body = {"model": self.model, "prompt": prompt, "max_tokens": max_tokens, "temperature": params.temperature,
+                "top_p": params.top_p, "n": n, "seed": seed}
+        if params.stop:
+            body["stop"] = list(params.stop)
+        if self.send_top_k and params.top_k:
+            body["top_k"] = params.top_k
+        return {**body, **self.extra_body}
+
+    async def _sample(self, prompt: str, params: SamplingParams, max_tokens: int, n: int,
+                      seed_keys: tuple[int, ...]) -> list[_Choice]:
+        """``n`` continuations of ``prompt``; sample k is seeded with ``derive_seed(*seed_keys, k)``."""
+        if self.n_supported is False or n == 1:
+            singles = [self._post("/completions", self._body(prompt, params, max_tokens, 1, derive_seed(*seed_keys, k)))
+                       for k in range(n)]
+            return [_choices(r, max_tokens)[0] for r in await asyncio.gather(*singles)]
+        first = _choices(await self._post("/completions", self._body(prompt, params, max_tokens, n,
+                                                                     derive_seed(*seed_keys, 0))), max_tokens)
+        if len(first) >= n:
+            self.n_supported = True
+            return first[:n]
+        self.n_supported = False  # the engine ignores n: fan the rest out as separate requests
+        rest = [self._post("/completions", self._body(prompt, params, max_tokens, 1, derive_seed(*seed_keys, k)))
+                for k in range(len(first), n)]
+        return first + [_choices(r, max_tokens)[0] for r in await asyncio.gather(*rest)]
+
+    # -- the LanguageModel protocol -------------------------------------------------------------------
+    def render(self, template: str, prompt: str) -> str:
+        """``template.format(prompt=prompt)``, or the local tokenizer's chat template for ``"chat"``."""
+        if template == "chat":
+            if self.tokenizer is None or not getattr(self.tokenizer, "chat_template", None):
+                raise ValueError(
+                    f"template 'chat' needs the served model's chat template: pass tokenizer=PATH (a local copy "
+                    f"of {self.model!r}'s tokenizer with a chat template; --strong-tokenizer / "
+                    "--upstream-tokenizer on the command line), or use a format string such as '{prompt}'."
+                )
+            messages = [{"role": "user", "content": prompt}]
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return template.format(prompt=prompt)
+
+    def open(self, prompts: Sequence[str], params: SamplingParams, seeds: Sequence[int],
+             template: str = "{prompt}") -> "RemoteBeams":
+        if len(seeds) != len(prompts):
+            raise ValueError(f"seeds must have one entry per prompt ({len(prompts)}), got {len(seeds)}.")
+        return RemoteBeams(self, [self.render(template, p) for p in prompts], params, seeds)
+
+    def generator(self, n_rows: int, params: SamplingParams, seeds: Sequence[int], template: str = "{prompt}"
+                  ) -> "RemoteGenerator":
+        if len(seeds) != n_rows:
+            raise ValueError(f"seeds must have one entry per row ({n_rows}), got {len(seeds)}.")
+        return RemoteGenerator(self, params, seeds)
+
+    def response_logprobs(self, template: str, incremental: bool = True, batch_size: int = 32
+                          ) -> "RemoteLogProbs":
+        """Log-likelihoods of responses by ``echo`` + ``logprobs`` (``incremental`` and ``batch_size`` do
+        not apply: every text is one request)."""
+        return RemoteLogProbs(self, template)
+
+
+def _dedupe(items: list[str]) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
+class _Retryable(Exception):
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def _raise_for_status(response: httpx.Response, body: str) -> None:
+    code = response.status_code
+    if code == 200:
+        return
+    detail = " ".join(body.split())[:300]
+    if code in RETRY_STATUS or code >= 500:
+        raise _Retryable(f"HTTP {code}: {detail}", parse_retry_after(response.headers.get("retry-after")))
+    raise RemoteError(f"HTTP {code} from {response.request.url}: {detail}")
+
+
+def _choices(response: dict, max_tokens: int) -> list[_Choice]:
+    """The choices of a completion response, in index order, with a token count each.
+
+    ``usage.completion_tokens`` covers all choices; a choice cut by the length limit has ``max_tokens``,
+    and the finished ones share the rest (exact when one choice, an even split otherwise)."""
+    raw = sorted(response.get("choices") or [], key=lambda c: c.get("index", 0))
+    if not raw:
+        raise RemoteError(f"the engine returned no choices: {json.dumps(response)[:300]}")
+    total = (response.get("usage") or {}).get("completion_tokens")
+    choices = [_Choice(c.get("text") or "", c.get("finish_reason"), max_tokens) for c in raw]
+    ended = [c for c in choices if c.finish_reason != "length"]
+    if ended and total is not None:
+        share = max(0, total - max_tokens * (len(choices) - len(ended)))
+        for i, c in enumerate(ended):
+            c.num_tokens = share // len(ended) + (1 if i < share % len(ended) else 0)
+    return choices
+
+
+class RemoteBeams:
+    """Beams of a remote model: each live beam is its prompt index and its response text so far."""
+
+    def __init__(self, lm: RemoteModel, contexts: list[str], params: SamplingParams, seeds: Sequence[int]):
+        self.lm, self.contexts, self.params = lm, contexts, params
+        self.seeds = [int(s) for s in seeds]
+        self.steps = [0] * len(contexts)  # expansions so far, per prompt: part of each request's seed
+        self.live = [Continuation(p, p, "", False, 0) for p in range(len(contexts))]
+        self.candidates: list[Continuation] = []
+
+    def expand(self, parents: Sequence[int], n: int, max_tokens: int) -> list[Continuation]:
+        assert max_tokens >= 1 and n >= 1 and parents
+        rows = [self.live[i] for i in parents]
+        slot: dict[int, int] = {}  # parent's position among its prompt's parents: part of the seed
+        keys = []
+        for row in rows:
+            p = row.prompt_index
+            keys.append((self.seeds[p], self.steps[p], slot.get(p, 0)))
+            slot[p] = slot.get(p, 0) + 1
+        for p in slot:
+            self.steps[p] += 1
+
+        async def one(row: Continuation, key: tuple[int, ...]):
+            try:
+                return await self.lm._sample(self.contexts[row.prompt_index] + row.text, self.params, max_tokens,
+                                             n, key)
+            except RemoteError as err:
+                return err
+
+        results = self.lm.run(_gather([one(row, key) for row, key in zip(rows, keys)]))
+        failed = {row.prompt_index: str(r) for row, r in zip(rows, results) if isinstance(r, RemoteError)}
+        self.candidates = []
+        for parent, row, result in zip(parents, rows, results):
+            p = row.prompt_index
+            for k in range(n):
+                if p in failed:  # the whole prompt ends with the error, its other rows included
+                    c = Continuation(p, parent, row.text, True, row.num_tokens, error=failed[p])
+                else:
+                    choice = result[k]
+                    c = Continuation(p, parent, row.text + choice.text, choice.finish_reason == "stop",
+                                     row.num_tokens + choice.num_tokens)
+                self.candidates.append(c)
+        return self.candidates
+
+    def select(self, indices: Sequence[int]) -> None:
+        for i in indices:
+            if self.candidates[i].finished:
+                raise ValueError(f"continuation {i} is finished and cannot be selected for expansion.")
+        self.live = [self.candidates[i] for i in indices]
+        self.candidates = []
+
+
+async def _gather(coros):
+    return await asyncio.gather(*coros)
+
+
+class RemoteGenerator:
+    """Rows of text continued by streamed completions (the Stream Aligner's upstream on a remote engine).
+
+    Each call sends every row's context as one streamed request, all in flight at once; ``stop(text)``
+    is asked after each delta and a cut closes that stream.  Row i's request seed is derived from its
+    seed and the number of calls it has had, so a rerun draws the same text on engines that honour
+    ``seed``.  A row whose request fails for good raises :class:`RemoteError` once the others are done.
+    """
+
+    def __init__(self, lm: RemoteModel, params: SamplingParams, seeds: Sequence[int]):
+        self.lm, self.params = lm, params
+        self.seeds = [int(s) for s in seeds]
+        self.calls = [0] * len(seeds)
+
+    def generate(self, contexts: dict[int, str], max_new_tokens: int, stop=None) -> dict[int, tuple[str, bool]]:
+        if not contexts:
+            return {}
+        order = sorted(contexts)
+        bodies = []
+        for i in order:
+            bodies.append(self.lm._body(contexts[i], self.params, max_new_tokens, 1,
+                                        derive_seed(self.seeds[i], self.calls[i])))
+            self.calls[i] += 1
+
+        async def one(body):
+            try:
+                return await self.lm._stream(body, stop)
+            except RemoteError as err:
+                return err
+
+        results = self.lm.run(_gather([one(b) for b in bodies]))
+        failed = [f"row {i}: {r}" for i, r in zip(order, results) if isinstance(r, RemoteError)]
+        if failed:
+            raise RemoteError("; ".join(failed))
+        return dict(zip(order, results))
+
+
+class RemoteLogProbs:
+    """Sum of log p(response token | context) by ``echo: true`` + ``logprobs``, one request per text.
+
+    Counted tokens are those that end after the rendered prompt (``text_offset`` + token length), the
+    remote analogue of the local definition's longest common prefix; a finished response gets the
+    model's EOS token text appended (needs ``tokenizer=``).  Before the first use the engine's echo is
+    checked against its own sampling log-probabilities (:func:`check_echo_logprobs`).
+    """
+
+    def __init__(self, lm: RemoteModel, template: str):
+        lm.render(template, "")  # fail early when 'chat' is asked without a chat template
+        self.lm, self.template = lm, template
+
+    def reset(self) -> None:
+        pass
+
+    def __call__(self, prompts: Sequence[str], responses: Sequence[str], finished: Sequence[bool]) -> list[float]:
+        if not (len(prompts) == len(responses) == len(finished)):
+            raise ValueError("prompts, responses and finished must have the same length.")
+        if any(finished):
+            eos = getattr(self.lm.tokenizer, "eos_token", None)
+            if not eos:
+                raise ValueError("scoring a finished response counts the model's end-of-sequence token, whose text "
+                                 "a remote model only knows from a local tokenizer: pass tokenizer=PATH.")
+        return self.lm.run(self._score(list(prompts), list(responses), list(finished)))
+
+    async def _score(self, prompts, responses, finished) -> list[float]:
+        await check_echo_logprobs(self.lm)
+        eos = getattr(self.lm.tokenizer, "eos_token", None) or ""
+        jobs = []
+        for p, r, f in zip(prompts, responses, finished):
+            context = self.lm.render(self.template, p)
+            jobs.append(_echo_logprobs(self.lm, context + r + (eos if f else ""), len(context)))
+        return [sum(lps) for lps in await asyncio.gather(*jobs)]
+
+
+async def _echo(lm: RemoteModel, text: str) -> tuple[list[str], list[float | None], list[int]]:
+    body = {"model": lm.model, "prompt": text, "max_tokens": 1, "echo": True, "logprobs": 1, "temperature": 0.0}
+    response = await lm._post("/completions", body)
+    lp = (response.get("choices") or [{}])[0].get("logprobs") or {}
+    tokens, values, offsets = lp.get("tokens"), lp.get("token_logprobs"), lp.get("text_offset")
+    if not tokens or values is None or offsets is None:
+        raise RemoteError(f"{lm.name} returned no echo logprobs (llama.cpp needs --logits_all true).")
+    return tokens, values, offsets
+
+
+async def _echo_logprobs(lm: RemoteModel, text: str, context_chars: int) -> list[float]:
+    """Log-probabilities of the echoed prompt tokens of ``text`` that end after ``context_chars``."""
+    tokens, values, offsets = await _echo(lm, text)
+    # the response has max_tokens=1 generated token after the echoed prompt: the prompt is what fits in text
+    out = []
+    for tok, value, offset in zip(tokens, values, offsets):
+        if offset >= len(text):
+            break  # the generated token
+        if offset + len(tok) > context_chars:
+            if value is None:
+                raise RemoteError(f"{lm.name} gave no logprob for the response token {tok!r} at offset {offset}.")
+            out.append(float(value))
+    return out
+
+
+async def check_echo_logprobs(lm: RemoteModel, tolerance: float = 0.05) -> None:
+    """Refuse engines whose echoed prompt log-probabilities are not those of the tokens they are listed at.
+
+    The check greedily samples a few tokens with ``logprobs`` (log p of each *generated* token, which
+    engines get right), then echoes prompt + those tokens and compares the echoed values of the same
+    tokens.  Done once per model; an engine that fails it gets a :class:`RemoteError` on every scoring
+    call instead of wrong numbers.
+    """
+    if lm.echo_checked is None:
+        probe = "The capital of France is Paris. The capital of Italy is"
+        body = {"model": lm.model, "prompt": probe, "max_tokens": 4, "temperature": 0.0, "logprobs": 1}
+        sampled = (await lm._post("/completions", body))["choices"][0]
+        lp = sampled.get("logprobs") or {}
+        gen_tokens, gen_values = lp.get("tokens") or [], lp.get("token_logprobs") or []
+        if not gen_tokens:
+            raise RemoteError(f"{lm.name} returned no logprobs for generated tokens; cannot score texts remotely.")
+        tokens, values, offsets = await _echo(lm, probe + "".join(gen_tokens))
+        echoed = [(t, v) for t, v, o in zip(tokens, values, offsets) if len(probe) <= o < len(probe) + len(
+            "".join(gen_tokens))]
+        if [t for t, _ in echoed] != gen_tokens:
+            lm.echo_checked = (f"its echoed tokens {[t for t, _ in echoed]} do not re-tokenize like its sampled "
+                               f"tokens {gen_tokens}")
+        else:
+            worst = max(abs(float(v) - float(g)) for (_, v), g in zip(echoed, gen_values) if v is not None)
+            lm.echo_checked = "" if worst <= tolerance else (
+                f"its echoed log-probabilities differ from its sampled ones by up to {worst:.3f} nats "
+                f"(sampled {[round(g, 3) for g in gen_values]}, echoed {[round(float(v), 3) for _, v in echoed]})")
+    if lm.echo_checked:
+        raise RemoteError(f"{lm.name} cannot score texts: {lm.echo_checked}. Its echo logprobs are not trusted "
+                          "(llama.cpp's server is known to shift them); use a local model or vLLM as the guide.")
