@@ -88,6 +88,20 @@ def test_retry_after_parsing():
     assert parse_retry_after("99999") == 600.0  # capped
 
 
+def test_token_counts_of_choices():
+    from w2s.backends.remote import _choices
+
+    one = _choices({"choices": [{"text": " a b", "finish_reason": "stop"}], "usage": {"completion_tokens": 2}}, 8)
+    assert [(c.text, c.finish_reason, c.num_tokens) for c in one] == [(" a b", "stop", 2)]
+    # n > 1 (vLLM): usage covers all choices; cut ones have max_tokens, the finished ones share the rest
+    many = _choices({"choices": [{"index": 1, "text": "x", "finish_reason": "length"},
+                                 {"index": 0, "text": "y", "finish_reason": "stop"}],
+                     "usage": {"completion_tokens": 11}}, 8)
+    assert [(c.text, c.num_tokens) for c in many] == [("y", 3), ("x", 8)]
+    with pytest.raises(RemoteError, match="no choices"):
+        _choices({"choices": []}, 8)
+
+
 def test_derived_seeds_are_deterministic_and_distinct():
     assert derive_seed(7, 0, 0, 1) == derive_seed(7, 0, 0, 1)
     seeds = {derive_seed(7, step, row, k) for step in range(4) for row in range(4) for k in range(4)}
@@ -187,10 +201,11 @@ def test_stream_aligner_with_a_remote_upstream_stops_at_sentence_ends(proxy, ggu
     answers = aligner.run(["Tell me about the sea.", "Describe a cat."], seed=1)
     for a in answers:
         assert a.steps
-        for step in a.steps[:-1] if not a.steps[-1].original.strip() else a.steps:
+        assert len(a.steps) >= 2
+        for step in a.steps[:-1]:
+            # each upstream round before the last was exactly one whole sentence: cut at its end
             text = step.original.rstrip()
-            # each upstream round ended at the end of its first sentence (or the answer's end)
-            assert first_sentence_end(text) in (None, len(text)) or text == text[: first_sentence_end(text)]
+            assert first_sentence_end(text + " Next one.") == len(text) + 1, text
         assert a.corrected == "".join(s.corrected for s in a.steps)
         assert a.corrected.strip() and a.corrected == a.corrected.upper()
     streams = [e for e in completions(proxy) if e["body"].get("stream")]
