@@ -416,6 +416,8 @@ def cmd_train_aligner(args) -> None:
 def cmd_demo(args) -> None:
     from .demo import run_demo
 
+    if is_remote(args.strong):
+        raise ValueError("w2s demo needs a local --strong model (it reports its size); use w2s search with a URL.")
     run_demo(load_models(args), num_prompts=args.prompts, max_new_tokens=args.max_new_tokens, seed=args.seed)
 
 
