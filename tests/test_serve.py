@@ -19,7 +19,8 @@ import pytest
 import uvicorn
 
 import w2s
-from w2s.serve import ServeConfig, parse_config
+from w2s.cli import build_parser
+from w2s.serve import ServeConfig, config_from_args, load_served_models, parse_config
 from w2s.serve.app import ChatMessage, CompletionRequest, chat_prompt, chat_template, create_app, resolve_method
 from w2s.serve.batching import common_prefix
 
@@ -73,6 +74,7 @@ def main(model_dirs):
          "untuned": w2s.load_model(model_dirs["shared_untuned"]), "aligner": w2s.load_model(model_dirs["shared_tuned"]),
          "strong_template": "{prompt}", "tuned_template": "{prompt}", "untuned_template": "{prompt}",
          "aligner_template": "chat"}
+    m.update(whole_aligner=m["aligner"], whole_aligner_template="chat")
     config = ServeConfig(name="tiny", methods={"cbs": CBS, "stream_aligner": STREAM, "aligner": {
         "max_new_tokens": 12, "max_correction_tokens": 12}}, batch_window_ms=20)
     server, thread, url = serve(config, m)
@@ -86,9 +88,9 @@ def gated(model_dirs):
     strong = w2s.load_model(model_dirs["strong"])
     strong.tokenizer.chat_template = None  # chat requests use the plain fallback format
     m = {"strong": Gated(strong), "tuned": w2s.load_model(model_dirs["tuned"]),
-         "untuned": w2s.load_model(model_dirs["untuned"]), "aligner": None,
+         "untuned": w2s.load_model(model_dirs["untuned"]), "aligner": None, "whole_aligner": None,
          "strong_template": "{prompt}", "tuned_template": "{prompt}", "untuned_template": "{prompt}",
-         "aligner_template": "chat"}
+         "aligner_template": "chat", "whole_aligner_template": "chat"}
     config = ServeConfig(name="tiny", methods={"cbs": CBS}, queue_size=2, batch_window_ms=50)
     server, thread, url = serve(config, m)
     yield url, m["strong"]
@@ -156,6 +158,29 @@ def test_chat_fallback_format_and_common_prefix():
     assert chat_template(NoTemplate(), talk).format(prompt=chat_prompt(talk)) == \
         "System: Be brief.\nUser: Hi\nAssistant:"
     assert common_prefix(["abcd", "abx", "abcz"]) == "ab" and common_prefix(["same"]) == "same"
+
+
+def test_flags_override_the_config_file_and_load_the_named_models(model_dirs, tmp_path):
+    path = tmp_path / "serve.toml"
+    path.write_text(f'''method = "bon"
+[models.strong]
+path = "{model_dirs["strong"]}"
+template = "Q: {{prompt}}"
+[models.aligner]
+path = "{model_dirs["shared_tuned"]}"
+[methods.bon]
+n = 3
+[server]
+port = 9001
+''')
+    args = build_parser().parse_args(["serve", "--config", str(path), "--tuned", model_dirs["tuned"],
+                                      "--untuned", model_dirs["untuned"], "--port", "9002"])
+    config = config_from_args(args)
+    assert (config.method, config.port, config.methods) == ("bon", 9002, {"bon": {"n": 3}})
+    models = load_served_models(config)
+    assert models["strong"].name == model_dirs["strong"] and models["strong_template"] == "Q: {prompt}"
+    assert models["tuned"].name == model_dirs["tuned"] and models["tuned_template"] == "{prompt}"
+    assert models["whole_aligner"] is models["aligner"] and models["aligner_template"] == "chat"
 
 
 # -- live server -----------------------------------------------------------------------------------

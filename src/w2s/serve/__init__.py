@@ -13,9 +13,9 @@ from __future__ import annotations
 import argparse
 import os
 
-from .config import METHODS, ModelSpec, ServeConfig, load_config, method_fields, parse_config
+from .config import METHODS, ROLES, ModelSpec, ServeConfig, load_config, method_fields, parse_config
 
-__all__ = ["METHODS", "ModelSpec", "ServeConfig", "add_parser", "load_config", "load_served_models",
+__all__ = ["METHODS", "ModelSpec", "ServeConfig", "add_parser", "config_from_args", "load_config", "load_served_models",
            "method_fields", "parse_config"]
 
 
@@ -32,31 +32,47 @@ def load_model_spec(spec: ModelSpec):
     return load_model(os.path.expanduser(spec.path), dtype=spec.dtype, device=spec.device)
 
 
-def load_served_models(config: ServeConfig) -> dict:
-    """``strong``, ``tuned``, ``untuned``, ``aligner`` (None when there is none) and their templates.
+def _shipped_aligner(kind: str):
+    """The shipped demo aligner (``"stream"`` or ``"whole"``) when :mod:`w2s.defaults` has one, else None."""
+    from .. import defaults
 
-    A model the config leaves out is the demo's default one, with its template; the aligner defaults to
-    the shipped Stream Aligner demo aligner when :mod:`w2s.defaults` has one.
+    find = getattr(defaults, "aligner_dir", None)
+    try:
+        return find(kind) if find is not None else None
+    except ValueError:  # not shipped in this installation
+        return None
+
+
+def load_served_models(config: ServeConfig) -> dict:
+    """``strong``, ``tuned``, ``untuned``, ``aligner``, ``whole_aligner`` (None when there is none) and
+    their ``*_template``s.
+
+    A model the config leaves out is the demo's default one, with its template.  The Stream Aligner's
+    ``aligner`` defaults to the shipped demo aligner when :mod:`w2s.defaults` has one; the Aligner
+    baseline's ``whole_aligner`` to the configured ``aligner``, else the shipped whole-answer aligner.
     """
     from .. import defaults
 
+    shipped_template = getattr(defaults, "ALIGNER_TEMPLATE", "chat")
     default_paths = {"strong": defaults.strong_model_dir, "tuned": lambda: defaults.guide_dir("tuned"),
-                     "untuned": lambda: defaults.guide_dir("untuned"),
-                     "aligner": getattr(defaults, "aligner_dir", None)}
+                     "untuned": lambda: defaults.guide_dir("untuned"), "aligner": lambda: _shipped_aligner("stream"),
+                     "whole_aligner": lambda: _shipped_aligner("whole")}
     default_templates = {"strong": defaults.STRONG_TEMPLATE, "tuned": defaults.GUIDE_TEMPLATE,
-                         "untuned": defaults.GUIDE_TEMPLATE,
-                         "aligner": getattr(defaults, "ALIGNER_TEMPLATE", "chat")}
+                         "untuned": defaults.GUIDE_TEMPLATE, "aligner": shipped_template,
+                         "whole_aligner": shipped_template}
     models = {}
     for role, default_path in default_paths.items():
         spec = config.models.get(role) or ModelSpec(None)
-        if spec.path is None:  # the default model, with its template unless one is given
-            path = default_path() if default_path is not None else None
+        if role == "whole_aligner" and spec.path is None and config.models.get("aligner", ModelSpec()).path:
+            models[role], models[f"{role}_template"] = models["aligner"], spec.template or models["aligner_template"]
+        elif spec.path is None:  # the default model, with its template unless one is given
+            path = default_path()
             models[role] = None if path is None else load_model_spec(
                 ModelSpec(str(path), dtype=spec.dtype, device=spec.device))
             models[f"{role}_template"] = spec.template or default_templates[role]
         else:
             models[role] = load_model_spec(spec)
-            models[f"{role}_template"] = spec.template or ("chat" if role == "aligner" else "{prompt}")
+            models[f"{role}_template"] = spec.template or ("chat" if "aligner" in role else "{prompt}")
     return models
 
 
@@ -70,8 +86,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="FILE", help="TOML file naming the models, the default method and its "
                                                     "parameters (see the README's Serving section)")
     add_model_flags(p)
-    p.add_argument("--aligner", help="Stream Aligner / Aligner model directory (for methods stream_aligner, aligner)")
+    p.add_argument("--aligner", help="the Stream Aligner's aligner model (method stream_aligner; default: the "
+                   "shipped demo aligner, if any)")
     p.add_argument("--aligner-template", metavar="T", help="the aligner's template (default 'chat')")
+    p.add_argument("--whole-aligner", help="the Aligner baseline's model (method aligner; default: --aligner, "
+                   "else the shipped whole-answer aligner, if any)")
+    p.add_argument("--whole-aligner-template", metavar="T", help="its template (default 'chat')")
     p.add_argument("--method", choices=list(METHODS), help="default method of requests that name none (default cbs)")
     p.add_argument("--name", help="the model id clients send (default 'w2s')")
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
@@ -86,7 +106,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def config_from_args(args) -> ServeConfig:
     """The config file (if any) with the flags given on top of it."""
     config = load_config(args.config) if args.config else ServeConfig()
-    for role in ("strong", "tuned", "untuned", "aligner"):
+    for role in ROLES:
         path, template = getattr(args, role, None), getattr(args, f"{role}_template", None)
         if path is not None:
             remote = {key: getattr(args, flag) for key, flag in (("concurrency", "concurrency"),

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict
 from ..search.eft import check_same_vocabulary
 from ..validation import check_choice
 from .batching import Batcher, Job, Output, QueueFull
-from .config import ALIGNER_METHODS, METHODS, ServeConfig, method_fields
+from .config import ALIGNER_METHODS, ALIGNER_ROLE, METHODS, ServeConfig, method_fields
 from .metrics import Metrics, MetricsMiddleware
 
 # OpenAI request field -> the method parameter it sets
@@ -195,9 +195,10 @@ class Server:
     def unavailable(self, method: str) -> str | None:
         """Why a method cannot run with these models, or None."""
         m = self.models
-        if method in ALIGNER_METHODS and m.get("aligner") is None:
-            return (f"method {method!r} needs an aligner model; start the server with --aligner PATH or "
-                    "[models.aligner] in the config file.")
+        if method in ALIGNER_METHODS and m.get(ALIGNER_ROLE[method]) is None:
+            role = ALIGNER_ROLE[method]
+            return (f"method {method!r} needs an aligner model and this server has none; start it with "
+                    f"--{role.replace('_', '-')} PATH or [models.{role}] in the config file.")
         if method == "eft":
             if self._eft_error is False:
                 try:
@@ -221,8 +222,9 @@ class Server:
         m = self.models
         if method in ALIGNER_METHODS:
             try:
-                built = METHODS[method](m["strong"], m["aligner"], upstream_template=template,
-                                        aligner_template=m["aligner_template"], **params)
+                role = ALIGNER_ROLE[method]
+                built = METHODS[method](m["strong"], m[role], upstream_template=template,
+                                        aligner_template=m[f"{role}_template"], **params)
             except (ValueError, TypeError) as err:
                 raise APIError(400, str(err), param=_param_of(str(err), method_fields(method))) from None
             budget = getattr(built, "max_new_tokens", None) or built.max_sentence_tokens
@@ -245,7 +247,8 @@ class Server:
 
 
 def create_app(config: ServeConfig, models: dict) -> FastAPI:
-    """The app over loaded models (``strong``, ``tuned``, ``untuned``, ``aligner`` and ``*_template``)."""
+    """The app over loaded models (``strong``, ``tuned``, ``untuned``, ``aligner``, ``whole_aligner`` and
+    their ``*_template``s; see :func:`w2s.serve.load_served_models`)."""
     server = Server(config, models)
 
     @contextlib.asynccontextmanager

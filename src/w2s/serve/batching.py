@@ -20,7 +20,7 @@ from typing import Callable
 
 from ..scoring import LogRatioScorer
 from ..search.cbs import prompt_seeds
-from .config import ALIGNER_METHODS, METHODS
+from .config import ALIGNER_METHODS, ALIGNER_ROLE, METHODS
 
 log = logging.getLogger("w2s.serve")
 
@@ -105,7 +105,8 @@ class Batcher:
     """The worker thread and its bounded queue.
 
     Args:
-        models: ``strong``, ``tuned``, ``untuned``, ``aligner`` (or None) and their ``*_template``s.
+        models: ``strong``, ``tuned``, ``untuned``, ``aligner``, ``whole_aligner`` (or None) and their
+            ``*_template``s.
         queue_size: waiting requests beyond this are refused with :class:`QueueFull`.
         batch_window: seconds the worker waits for more requests of the same kind after the first.
         max_batch_size: prompts per batch.
@@ -234,8 +235,9 @@ class Batcher:
         params = dict(jobs[0].params)
         template = jobs[0].strong_template
         if method in ALIGNER_METHODS:
-            corrector = METHODS[method](_Seeded(m["strong"], seeds), m["aligner"], upstream_template=template,
-                                        aligner_template=m["aligner_template"], **params)
+            role = ALIGNER_ROLE[method]
+            corrector = METHODS[method](_Seeded(m["strong"], seeds), m[role], upstream_template=template,
+                                        aligner_template=m[f"{role}_template"], **params)
             if method == "aligner":
                 for row, answer in enumerate(corrector.run(prompts)):
                     finish(row, Output(answer.corrected, True, _count_tokens(m["strong"], answer.corrected)))

@@ -5,7 +5,7 @@ A TOML file (every key optional; a model left out is the demo's default one)::
     name = "w2s"                         # the model id clients send as "model"
     method = "cbs"                       # default method of requests that name none
 
-    [models.strong]                      # also: tuned, untuned, aligner
+    [models.strong]                      # also: tuned, untuned, aligner, whole_aligner
     path = "path/to/large"               # a model directory or a .gguf file
     template = "{prompt}"                # a format string with {prompt}, or "chat"
     dtype = "float32"
@@ -49,6 +49,9 @@ METHODS = {
     "aligner": Aligner,
 }
 ALIGNER_METHODS = ("stream_aligner", "aligner")
+ROLES = ("strong", "tuned", "untuned", "aligner", "whole_aligner")
+# the model each aligner method corrects with
+ALIGNER_ROLE = {"stream_aligner": "aligner", "aligner": "whole_aligner"}
 # fields the server owns: templates come from the model config, all beams are never returned
 SERVER_OWNED = {"return_beams", "upstream_template", "aligner_template"}
 
@@ -84,7 +87,7 @@ class ServeConfig:
 
     name: str = "w2s"
     method: str = "cbs"
-    models: dict[str, ModelSpec] = field(default_factory=dict)  # strong, tuned, untuned, aligner
+    models: dict[str, ModelSpec] = field(default_factory=dict)  # strong, tuned, untuned, aligner, whole_aligner
     methods: dict[str, dict] = field(default_factory=dict)  # method -> parameter defaults
     host: str = "127.0.0.1"
     port: int = 8000
@@ -95,7 +98,7 @@ class ServeConfig:
     def __post_init__(self) -> None:
         check_choice("method", self.method, METHODS)
         for role in self.models:
-            check_choice("models", role, ("strong", "tuned", "untuned", "aligner"))
+            check_choice("models", role, ROLES)
         for method, params in self.methods.items():
             check_choice("methods", method, METHODS)
             unknown = sorted(set(params) - set(method_fields(method)))
@@ -122,8 +125,7 @@ def parse_config(data: dict, source: str = "config") -> ServeConfig:
     _table(source, data, {"name", "method", "models", "methods", "server"})
     spec_keys = {f.name for f in fields(ModelSpec)}
     models = {}
-    for role, spec in _table(f"{source} [models]", data.get("models", {}), {"strong", "tuned", "untuned",
-                                                                            "aligner"}).items():
+    for role, spec in _table(f"{source} [models]", data.get("models", {}), set(ROLES)).items():
         spec = _table(f"{source} [models.{role}]", spec, spec_keys)
         models[role] = ModelSpec(**spec)
     server = _table(f"{source} [server]", data.get("server", {}),
