@@ -361,3 +361,12 @@ def test_chat_without_a_chat_template_uses_the_plain_format(gated):
                                      extra_body=sampling)
     plain = c.completions.create(model="tiny", prompt="User: Hi\nAssistant:", seed=2, extra_body=sampling)
     assert chat.choices[0].message.content == plain.choices[0].text
+
+
+def test_a_remote_strong_model_needs_its_engine_name():
+    from w2s.serve import ModelSpec, load_model_spec
+
+    with pytest.raises(ValueError, match='model = "NAME"'):
+        load_model_spec(ModelSpec("http://127.0.0.1:9/v1"))
+    remote = load_model_spec(ModelSpec("http://127.0.0.1:9/v1", model="big", remote={"concurrency": 2}))
+    assert isinstance(remote, w2s.RemoteModel) and remote.concurrency == 2

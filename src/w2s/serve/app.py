@@ -232,10 +232,12 @@ class Server:
             budget = METHODS[method](**params).max_new_tokens
         if not prompts:
             raise APIError(400, f"{prompt_param} must not be empty.", param=prompt_param)
-        prompt_tokens = []
+        prompt_tokens, strong = [], m["strong"]
         for prompt in prompts:
             try:
-                ids = m["strong"].encode_prompt(m["strong"].render(template, prompt), template)
+                text = strong.render(template, prompt)
+                # a remote model without a local tokenizer cannot count: the engine checks the context
+                ids = strong.encode_prompt(text, template) if hasattr(strong, "encode_prompt") else []
             except ValueError as err:
                 raise APIError(400, str(err), param=prompt_param) from None
             if self.context_length is not None and len(ids) + budget > self.context_length:
