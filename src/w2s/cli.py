@@ -11,6 +11,7 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Iterator
 
+from . import defaults
 from .jsonl import dumps, read_complete
 
 METHODS = ("cbs", "bon", "base", "eft")
@@ -196,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_ in (("stream", "Stream Aligner: correct the upstream's answer sentence by sentence, streaming"),
                         ("align", "Aligner baseline: correct the upstream's whole answer in one pass")):
         c = sub.add_parser(name, help=help_)
-        add_aligner_flags(c)
+        add_aligner_flags(c, role="aligner" if name == "stream" else "whole_aligner")
         add_remote_flags(c, "upstream")
         c.add_argument("--question", help="one question: corrected text is printed as it arrives")
         c.add_argument("--questions", help="JSONL with a 'question' field (or one per line); needs --output")
@@ -216,9 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
     dc.set_defaults(func=cmd_data_corrections)
 
     from .evaluation import sentiment as eval_sentiment
+    from .evaluation import stream as eval_stream
 
     ev = sub.add_parser("eval", help="evaluations with tables and plots").add_subparsers(dest="task", required=True)
     eval_sentiment.add_parser(ev)
+    eval_stream.add_parser(ev)
 
     from .serve import add_parser as add_serve_parser
 
@@ -286,35 +289,73 @@ def cmd_search(args) -> None:
     _write_jsonl(args.output, records[done:], results, append=done > 0, first_index=done)
 
 
-def add_aligner_flags(p: argparse.ArgumentParser, role: str = "aligner") -> None:
-    p.add_argument("--upstream", required=True, help="the large model whose answers are corrected (w2s stream and "
-                   "align also take the URL of an OpenAI-compatible engine, http(s)://host:port/v1)")
-    help_ = f"the {role} model (a causal LM directory)"
+ALIGNER_ROLES = {"aligner": "the sentence-level aligner (default: the shipped positive-rewrite one)",
+                 "whole_aligner": "the whole-answer aligner (default: the shipped positive-rewrite one)"}
+
+
+def add_aligner_flags(p: argparse.ArgumentParser, role: str = "aligner", *, whole: bool = False) -> None:
+    """Flags of the Stream Aligner commands; with no model flags they use the demo task's models.
+
+    ``role``: ``"aligner"`` (w2s stream), ``"whole_aligner"`` (w2s align: its ``--aligner`` is the
+    whole-answer one) or ``"teacher"``; ``whole`` also adds ``--whole-aligner`` (w2s eval stream)."""
+    p.add_argument("--upstream", help="the large model whose answers are corrected (w2s stream and "
+                   "align also take the URL of an OpenAI-compatible engine, http(s)://host:port/v1; "
+                   "default: SmolLM2-135M-Instruct)")
     if role == "teacher":
-        help_ += ", or a Python function 'package.module:function' (question, prefix, sentence) -> correction"
-    p.add_argument(f"--{role}", required=True, help=help_)
-    p.add_argument("--upstream-template", default="chat", help="'chat' or a format string with {prompt}")
-    p.add_argument(f"--{role}-template", default="chat", help="'chat' or a format string with {prompt}")
-    p.add_argument("--max-sentences", type=int, default=16)
-    p.add_argument("--max-sentence-tokens", type=int, default=96, help="upstream tokens per sentence at most")
+        p.add_argument("--teacher", required=True, help="the teacher model (a causal LM directory), or a Python "
+                       "function 'package.module:function' (question, prefix, sentence) -> correction")
+    else:
+        p.add_argument("--aligner", dest=role, help=ALIGNER_ROLES[role])
+        if whole:
+            p.add_argument("--whole-aligner", help=ALIGNER_ROLES["whole_aligner"])
+    p.add_argument("--upstream-template", help="'chat' or a format string with {prompt} (default: 'chat')")
+    p.add_argument("--teacher-template" if role == "teacher" else "--aligner-template", dest="corrector_template",
+                   help="'chat' or a format string with {prompt} (default: the shipped aligner's, else 'chat')")
+    p.add_argument("--max-sentences", type=int, default=defaults.STREAM_MAX_SENTENCES)
+    p.add_argument("--max-sentence-tokens", type=int, default=defaults.STREAM_SENTENCE_TOKENS,
+                   help="upstream tokens per sentence at most")
     p.add_argument("--temperature", type=float, default=0.7)
     add_device_flags(p)
+
+
+def load_stream_models(args) -> dict:
+    """``upstream``, the teacher or aligner(s) the command has flags for, and their templates: the given
+    ones, or the demo task's."""
+    from .backends.transformers import load_model
+
+    load = dict(dtype=args.dtype, device=args.device)
+    if args.upstream is None:
+        args.upstream = str(defaults.strong_model_dir())
+    m = {"upstream": load_lm(args, "upstream"), "upstream_template": args.upstream_template or "chat"}
+    given = args.corrector_template
+    if hasattr(args, "teacher"):
+        m["teacher"] = load_callable(args.teacher) if _is_callable_spec(args.teacher) \
+            else load_model(args.teacher, **load)
+        m["teacher_template"] = given or "chat"
+        return m
+    paths = {who: getattr(args, who, None) for who in ALIGNER_ROLES if hasattr(args, who)}
+    for who, path in paths.items():
+        m[who] = load_model(path or defaults.aligner_dir("stream" if who == "aligner" else "whole"), **load)
+    m["aligner_template"] = given or (defaults.ALIGNER_TEMPLATE if not any(paths.values()) else "chat")
+    return m
 
 
 def read_questions(source: str) -> list[str]:
     return [r["question"] for r in read_prompts(source, field="question")]
 
 
-def _correctors(args, role: str = "aligner"):
+def _corrector(args):
+    """The command's corrector: a Stream Aligner (w2s stream) or an Aligner (w2s align)."""
     from .aligner import Aligner, StreamAligner
-    from .backends.transformers import load_model
 
-    load = dict(dtype=args.dtype, device=args.device)
-    upstream, corrector = load_lm(args, "upstream"), load_model(getattr(args, role), **load)
-    common = dict(upstream_template=args.upstream_template, aligner_template=getattr(args, f"{role}_template"),
+    m = load_stream_models(args)
+    common = dict(upstream_template=m["upstream_template"], aligner_template=m["aligner_template"],
                   temperature=args.temperature)
-    return (StreamAligner(upstream, corrector, max_sentences=args.max_sentences, **common),
-            Aligner(upstream, corrector, **common))
+    if args.func is cmd_stream:
+        return StreamAligner(m["upstream"], m["aligner"], max_sentences=args.max_sentences,
+                             max_sentence_tokens=args.max_sentence_tokens, **common)
+    return Aligner(m["upstream"], m["whole_aligner"], max_sentences=args.max_sentences,
+                   max_new_tokens=args.max_sentences * args.max_sentence_tokens, **common)
 
 
 def _run_questions(args, method) -> None:
@@ -366,11 +407,11 @@ def _answer_batch(method, batch: list[str], seed: int, start: int) -> list:
 
 
 def cmd_stream(args) -> None:
-    _run_questions(args, _correctors(args)[0])
+    _run_questions(args, _corrector(args))
 
 
 def cmd_align(args) -> None:
-    _run_questions(args, _correctors(args)[1])
+    _run_questions(args, _corrector(args))
 
 
 def _is_callable_spec(spec: str) -> bool:
@@ -393,15 +434,12 @@ def load_callable(spec: str):
 
 def cmd_data_corrections(args) -> None:
     from .aligner.data import build_corrections
-    from .backends.transformers import load_model
 
-    load = dict(dtype=args.dtype, device=args.device)
-    teacher = load_callable(args.teacher) if _is_callable_spec(args.teacher) else load_model(args.teacher, **load)
-    n = build_corrections(load_model(args.upstream, **load), teacher,
-                          read_questions(args.questions), args.out, whole_out_path=args.whole_out,
-                          max_sentences=args.max_sentences, max_sentence_tokens=args.max_sentence_tokens,
-                          upstream_template=args.upstream_template,
-                          teacher_template=args.teacher_template, temperature=args.temperature, seed=args.seed,
+    m = load_stream_models(args)
+    n = build_corrections(m["upstream"], m["teacher"], read_questions(args.questions), args.out,
+                          whole_out_path=args.whole_out, max_sentences=args.max_sentences,
+                          max_sentence_tokens=args.max_sentence_tokens, upstream_template=m["upstream_template"],
+                          teacher_template=m["teacher_template"], temperature=args.temperature, seed=args.seed,
                           batch_size=args.batch_size)
     print(f"{n} sentence records in {args.out}")
 

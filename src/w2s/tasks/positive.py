@@ -76,6 +76,8 @@ def _positive(word: str) -> str | None:
             antonym = table[base]
             if suffix in ("ed", "ing") and antonym.endswith("e"):
                 antonym = antonym[:-1]
+            if suffix == "s" and antonym.endswith("y") and antonym[-2:-1] not in "aeiou":
+                return antonym[:-1] + "ies"
             return antonym + suffix
     return None
 
@@ -132,3 +134,83 @@ def overlap(original: str, corrected: str) -> float:
         return 0.0
     precision, recall = common / sum(b.values()), common / sum(a.values())
     return 2 * precision * recall / (precision + recall)
+
+
+def whole_answer_records(sentence_records: list[dict]) -> list[dict]:
+    """Aligner (whole-answer) records from the sentence records of the same answers: the answer is the
+    upstream's sentences, the correction the teacher's corrections, joined."""
+    answers: dict[int, dict] = {}
+    for r in sentence_records:
+        a = answers.setdefault(r["question_index"], {"question": r["question"], "answer": [], "correction": []})
+        a["answer"].append(r["sentence"])
+        a["correction"].append(r["correction"])
+    return [{"question_index": i, "question": a["question"], "answer": " ".join(a["answer"]),
+             "correction": " ".join(a["correction"])} for i, a in sorted(answers.items())]
+
+
+def austen_records(n: int, seed: int = 0, max_prefix_sentences: int = 3) -> list[dict]:
+    """Extra sentence records on Austen's training novels, half of them with a word for the teacher to
+    change: more examples of copying a sentence with a few words swapped than the upstream's answers give.
+    The question is a random training question, the prefix the teacher's rewrite of the sentences before."""
+    import random
+
+    from .sentiment import training_texts
+
+    rng = random.Random(seed)
+    train_questions = questions("train")
+    changing, unchanged = [], []
+    for paragraph in training_texts():
+        sentences = [s for s in re.split(r"(?<=[.!?])\s+", paragraph.strip()) if 3 <= len(s.split()) <= 40]
+        for k, sentence in enumerate(sentences):
+            prefix = " ".join(rewrite(s) for s in sentences[max(0, k - rng.randint(0, max_prefix_sentences)):k])
+            record = {"question": rng.choice(train_questions), "prefix": prefix, "sentence": sentence,
+                      "correction": rewrite(sentence)}
+            (changing if record["correction"] != sentence else unchanged).append(record)
+    rng.shuffle(changing)
+    rng.shuffle(unchanged)
+    out = changing[: n // 2] + unchanged[: n - min(n // 2, len(changing))]
+    rng.shuffle(out)
+    return out
+
+
+def _main(argv: list[str] | None = None) -> None:
+    """``python -m w2s.tasks.positive questions SPLIT OUT`` | ``records CORRECTIONS OUT_DIR [--austen N]``:
+    the data steps of ``make aligners``."""
+    import argparse
+
+    from ..jsonl import dumps, read_complete
+
+    p = argparse.ArgumentParser(prog="python -m w2s.tasks.positive")
+    sub = p.add_subparsers(dest="step", required=True)
+    q = sub.add_parser("questions", help="write a split's questions as JSONL")
+    q.add_argument("split", choices=["train", "heldout"])
+    q.add_argument("out")
+    r = sub.add_parser("records", help="aligner training records from `w2s data corrections` output")
+    r.add_argument("corrections", nargs="+", help="sentence records (JSONL)")
+    r.add_argument("out_dir")
+    r.add_argument("--austen", type=int, default=3000, help="extra sentence records from Austen's novels")
+    args = p.parse_args(argv)
+    if args.step == "questions":
+        with open(args.out, "w", encoding="utf-8") as f:
+            f.writelines(dumps({"question": x}) for x in questions(args.split))
+        return
+    from pathlib import Path
+
+    upstream = []
+    for path in args.corrections:  # files of several runs: question indices are made distinct
+        offset = 1 + max((x["question_index"] for x in upstream), default=-1)
+        # the teacher is applied again: records stay those of the shipped teacher if its table changed
+        upstream += [{**x, "question_index": x["question_index"] + offset, "prefix": rewrite(x["prefix"]),
+                      "correction": rewrite(x["sentence"])} for x in read_complete(Path(path))]
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stream = upstream + austen_records(args.austen)
+    (out / "stream.jsonl").write_text("".join(map(dumps, stream)), encoding="utf-8")
+    (out / "whole.jsonl").write_text("".join(map(dumps, whole_answer_records(upstream))), encoding="utf-8")
+    changed = sum(x["correction"] != x["sentence"] for x in stream)
+    print(f"{len(stream)} sentence records ({len(upstream)} from the upstream, {changed} changed), "
+          f"{len(upstream and whole_answer_records(upstream))} whole-answer records in {out}")
+
+
+if __name__ == "__main__":
+    _main()

@@ -1,0 +1,209 @@
+"""The Stream Aligner demo task, evaluated: gold metrics and latency of the upstream alone, with the
+Aligner (whole-answer correction), and with the Stream Aligner (plain and speculative).
+
+Task: :mod:`w2s.tasks.positive` (make answers positive without changing what they say).  Gold metrics
+per answer: VADER compound of the final answer, word-level F1 with the upstream's own original answer
+(content kept), and F1 with the teacher's rewrite of that original (how well the aligner imitates).
+Latency per answer: time to the first corrected text and total time.  With ``batch_size`` 1 (the
+default) they are a single user's latencies.
+
+    out_dir/config.json                settings; a rerun into the same directory must match them
+    out_dir/raw/{method}/seed{s}.jsonl  one line per question, appended batch by batch (resumable)
+    out_dir/summary.csv, summary.md    one row per method
+    out_dir/quality_latency.png        gold metrics and latency per method
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from tqdm.auto import tqdm
+
+from ..aligner import Aligner, StreamAligner
+from ..jsonl import dumps, read_complete
+from ..tasks import positive
+from ..validation import check_range
+from .common import figure, read_raw, start_run, write_summary
+
+METHODS = ("upstream", "aligner", "stream-aligner", "stream-aligner-speculative", "teacher")
+LABELS = {"upstream": "upstream alone", "aligner": "Aligner (whole answer)", "stream-aligner": "Stream Aligner",
+          "stream-aligner-speculative": "Stream Aligner, speculative", "teacher": "teacher (reference)"}
+CHECKED = ("questions", "max_sentences", "max_sentence_tokens", "temperature", "upstream", "stream_aligner",
+           "whole_aligner", "upstream_template", "aligner_template")
+COLUMNS = ("method", "vader_mean", "vader_std", "content_f1", "teacher_f1", "changed_sentences", "first_seconds",
+           "total_seconds", "drafts_kept", "sentences", "questions", "seeds")
+
+
+def _keep(question, prefix, sentence):  # the upstream alone: every sentence stays as it is
+    return sentence
+
+
+def build_methods(upstream, stream_aligner, whole_aligner, *, upstream_template="chat", aligner_template="{prompt}",
+                  max_sentences=4, max_sentence_tokens=48, temperature=0.7) -> dict:
+    """The compared systems, all over the same upstream, sampling and sentence limits."""
+    kw = dict(upstream_template=upstream_template, temperature=temperature)
+    sentence_kw = dict(max_sentences=max_sentences, max_sentence_tokens=max_sentence_tokens, **kw)
+    stream_kw = dict(aligner_template=aligner_template, **sentence_kw)
+    return {
+        "upstream": StreamAligner(upstream, _keep, **sentence_kw),
+        "aligner": Aligner(upstream, whole_aligner, max_sentences=max_sentences, aligner_template=aligner_template,
+                           max_new_tokens=max_sentences * max_sentence_tokens,
+                           max_correction_tokens=max_sentences * max_sentence_tokens * 2, **kw),
+        "stream-aligner": StreamAligner(upstream, stream_aligner, **stream_kw),
+        "stream-aligner-speculative": StreamAligner(upstream, stream_aligner, speculative=True, **stream_kw),
+        "teacher": StreamAligner(upstream, positive.teacher, **sentence_kw),
+    }
+
+
+def evaluate_stream(out_dir, upstream, stream_aligner, whole_aligner, questions: Sequence[str], *,
+                    upstream_template="chat", aligner_template="{prompt}", max_sentences=4, max_sentence_tokens=48,
+                    temperature=0.7, seeds=(0,), methods=None, batch_size=1, progress=True) -> list[dict]:
+    """Run each method for each seed over ``questions`` (resuming what ``out_dir`` holds), then write the
+    summary table and the plot; returns the summary rows."""
+    questions, seeds = list(questions), list(dict.fromkeys(seeds))
+    unknown = sorted(set(methods or ()) - set(METHODS))
+    if unknown:
+        raise ValueError(f"methods must be among {list(METHODS)}, got {unknown}.")
+    names = [m for m in METHODS if methods is None or m in methods]
+    if not questions or not seeds or not names:
+        raise ValueError("questions, seeds and methods must not be empty.")
+    check_range("batch_size", batch_size, low=1, integer=True)
+    config = {"questions": questions, "max_sentences": max_sentences, "max_sentence_tokens": max_sentence_tokens,
+              "temperature": temperature, "upstream_template": upstream_template,
+              "aligner_template": aligner_template, "seeds": seeds, "methods": names, "batch_size": batch_size,
+              **{who: getattr(m, "name", type(m).__name__) for who, m in
+                 (("upstream", upstream), ("stream_aligner", stream_aligner), ("whole_aligner", whole_aligner))}}
+    out = Path(out_dir)
+    systems = build_methods(upstream, stream_aligner, whole_aligner, upstream_template=upstream_template,
+                            aligner_template=aligner_template, max_sentences=max_sentences,
+                            max_sentence_tokens=max_sentence_tokens, temperature=temperature)
+    start_run(out, config, CHECKED)
+    for name in names:
+        for seed in seeds:
+            _run(out / "raw" / name / f"seed{seed}.jsonl", name, systems[name], questions, seed, batch_size, progress)
+    rows = [_summary_row(out, name, seeds, len(questions)) for name in names]
+    write_summary(out, rows, COLUMNS, markdown_table(rows))
+    _plot(rows, out / "quality_latency.png")
+    return rows
+
+
+def answer_record(answer) -> dict:
+    """Gold metrics and latency of one :class:`~w2s.aligner.AlignedAnswer`."""
+    original, corrected = answer.original.strip(), answer.corrected.strip()
+    return {"question": answer.question, "original": original, "corrected": corrected,
+            "vader_original": positive.vader(original), "vader": positive.vader(corrected),
+            "content_f1": positive.overlap(original, corrected),
+            "teacher_f1": positive.overlap(positive.rewrite(original), corrected),
+            "first_seconds": answer.first_seconds, "total_seconds": answer.total_seconds,
+            "sentences": len(answer.steps),
+            "changed": sum(s.corrected.strip() != s.original.strip() for s in answer.steps),
+            "drafted": sum(s.drafted for s in answer.steps)}
+
+
+def _run(path: Path, name: str, system, questions, seed: int, batch_size: int, progress: bool) -> None:
+    done = len(read_complete(path))
+    if done >= len(questions):
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=len(questions), initial=done, desc=f"{name} seed {seed}", unit="question", file=sys.stderr,
+               disable=not progress)
+    with open(path, "a", encoding="utf-8") as f, bar:
+        for start in range(done, len(questions), batch_size):
+            for answer in system.run(questions[start : start + batch_size], seed=seed, start_index=start):
+                f.write(dumps(answer_record(answer)))
+            f.flush()
+            bar.update(min(batch_size, len(questions) - start))
+
+
+def _summary_row(out: Path, name: str, seeds, n_questions: int) -> dict:
+    per_seed = [read_raw(out / "raw" / name / f"seed{s}.jsonl") for s in seeds]
+    flat = [r for records in per_seed for r in records]
+    vader = [statistics.fmean(r["vader"] for r in records) for records in per_seed]
+    sentences = sum(r["sentences"] for r in flat)
+    # a draft can only be kept for a sentence after the first one
+    followers = sum(max(r["sentences"] - 1, 0) for r in flat)
+    return {"method": name, "vader_mean": statistics.fmean(vader),
+            "vader_std": statistics.stdev(vader) if len(vader) > 1 else 0.0,
+            "content_f1": statistics.fmean(r["content_f1"] for r in flat),
+            "teacher_f1": statistics.fmean(r["teacher_f1"] for r in flat),
+            "changed_sentences": sum(r["changed"] for r in flat) / max(sentences, 1),
+            "first_seconds": statistics.fmean(r["first_seconds"] for r in flat),
+            "total_seconds": statistics.fmean(r["total_seconds"] for r in flat),
+            "drafts_kept": sum(r["drafted"] for r in flat) / max(followers, 1) if "speculative" in name else None,
+            "sentences": sentences / len(flat), "questions": n_questions, "seeds": len(seeds)}
+
+
+def markdown_table(rows: list[dict]) -> str:
+    lines = ["| method | VADER | content F1 | teacher F1 | sentences changed | first (s) | total (s) | drafts kept |",
+             "|:--|--:|--:|--:|--:|--:|--:|--:|"]
+    for r in rows:
+        kept = "" if r["drafts_kept"] is None else f"{r['drafts_kept']:.0%}"
+        lines.append(f"| {LABELS[r['method']]} | {r['vader_mean']:.3f} ± {r['vader_std']:.3f} | {r['content_f1']:.3f} "
+                     f"| {r['teacher_f1']:.3f} | {r['changed_sentences']:.0%} | {r['first_seconds']:.2f} "
+                     f"| {r['total_seconds']:.2f} | {kept} |")
+    q, s = rows[0]["questions"], rows[0]["seeds"]
+    lines += ["", f"{q} held-out questions × {s} seed(s). VADER: compound sentiment of the final answer in [-1, 1] "
+              "(± std across seeds of the per-seed mean). Content F1: words shared with the upstream's own "
+              "answer. Teacher F1: words shared with the teacher's rewrite of that answer. First / total: "
+              "seconds to the first corrected text and to the whole answer. Drafts kept: sentences the "
+              "upstream had already sampled while the aligner worked, among all sentences after the first."]
+    return "\n".join(lines) + "\n"
+
+
+def _plot(rows: list[dict], path: Path) -> None:
+    fig = figure(9.6, 4.0)
+    quality, latency = fig.subplots(1, 2)
+    labels = [LABELS[r["method"]] for r in rows]
+    for r, label in zip(rows, labels):
+        quality.errorbar(r["content_f1"], r["vader_mean"], yerr=r["vader_std"], fmt="o", capsize=3, label=label)
+    quality.set_xlabel("content F1 with the upstream's answer")
+    quality.set_ylabel("VADER compound (gold)")
+    quality.set_title("Quality")
+    quality.grid(alpha=0.3)
+    quality.legend(fontsize=7)
+    y = range(len(rows))
+    latency.barh([i + 0.2 for i in y], [r["total_seconds"] for r in rows], height=0.4, label="whole answer")
+    latency.barh([i - 0.2 for i in y], [r["first_seconds"] for r in rows], height=0.4, label="first text")
+    latency.set_yticks(list(y), labels=labels, fontsize=7)
+    latency.invert_yaxis()
+    latency.set_xlabel("seconds per answer")
+    latency.set_title("Latency")
+    latency.legend(fontsize=7)
+    fig.savefig(path, dpi=120)
+
+
+def add_parser(subparsers):
+    """Add ``stream`` to the ``w2s eval`` subcommands."""
+    p = subparsers.add_parser("stream", help="the Stream Aligner demo task: gold metrics and latency",
+                              description="Upstream alone, Aligner, Stream Aligner (plain and speculative) and the "
+                                          "teacher on held-out questions of the positive-rewrite task (resumable).")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory (rerun to resume)")
+    p.add_argument("--questions", type=int, default=40, metavar="N", help="number of held-out questions")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--methods", nargs="+", choices=list(METHODS), help="default: all")
+    p.add_argument("--batch-size", type=int, default=1, help="questions answered together (1: per-user latency)")
+    from ..cli import add_aligner_flags
+
+    add_aligner_flags(p, whole=True)
+    p.set_defaults(func=cmd_eval_stream)
+    return p
+
+
+def cmd_eval_stream(args) -> None:
+    from ..cli import load_stream_models
+
+    check_range("questions", args.questions, low=1, integer=True)
+    held_out = positive.questions("heldout")
+    if args.questions > len(held_out):
+        raise ValueError(f"questions must be at most {len(held_out)} (held-out questions), got {args.questions}.")
+    m = load_stream_models(args)
+    step = len(held_out) / args.questions  # spread over topics and templates
+    questions = [held_out[int(i * step)] for i in range(args.questions)]
+    evaluate_stream(args.out, m["upstream"], m["aligner"], m["whole_aligner"], questions,
+                    upstream_template=m["upstream_template"], aligner_template=m["aligner_template"],
+                    max_sentences=args.max_sentences, max_sentence_tokens=args.max_sentence_tokens,
+                    temperature=args.temperature, seeds=args.seeds, methods=args.methods, batch_size=args.batch_size)
+    print((Path(args.out) / "summary.md").read_text(encoding="utf-8"), end="")
