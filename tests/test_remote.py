@@ -137,12 +137,25 @@ def test_cbs_and_best_of_n_with_a_remote_strong_model(proxy, tuned, untuned):
     assert all(b["max_tokens"] == 4 and b["model"] == "smollm2" and b["top_k"] == 50 for b in bodies)
     assert all(any(b["prompt"].startswith(p) for p in PROMPTS) for b in bodies)
     assert any(len(b["prompt"]) > max(map(len, PROMPTS)) for b in bodies)  # later chunks carry a prefix
-    # llama.cpp honours seed: the same seed reproduces the run exactly
-    again = list(cbs.generate(strong, scorer, PROMPTS, seed=3))
-    assert [r.response for r in again] == [r.response for r in results]
+    # seeds are derived per (prompt seed, step, row, sample): a rerun sends the same seeds
+    again_proxy_start = len(proxy.log)
+    list(cbs.generate(strong, scorer, PROMPTS, seed=3))
+    first_step = lambda entries: sorted(e["body"]["seed"] for e in entries  # noqa: E731
+                                        if e["path"] == "/v1/completions" and e["body"]["prompt"] in PROMPTS)
+    assert first_step(proxy.log[again_proxy_start:]) == first_step(proxy.log[:again_proxy_start])
+    assert len(set(first_step(proxy.log[:again_proxy_start]))) == 2 * 4  # W*K distinct seeds per prompt
 
     bon = list(w2s.BestOfN(n=3, max_new_tokens=10).generate(strong, scorer, PROMPTS, seed=0))
     assert all(r.error is None and r.response and math.isfinite(r.score) and r.num_tokens <= 10 for r in bon)
+    strong.close()
+
+
+def test_llama_cpp_honours_seed(proxy):
+    strong = remote(proxy)
+    body = lambda seed: {"model": "smollm2", "prompt": "Once upon a time", "max_tokens": 8,  # noqa: E731
+                         "temperature": 1.0, "seed": seed}
+    texts = [strong.run(strong._post("/completions", body(s)))["choices"][0]["text"] for s in (1, 2, 1, 2)]
+    assert texts[0] == texts[2] and texts[1] == texts[3] and texts[0] != texts[1]
     strong.close()
 
 
