@@ -324,13 +324,17 @@ def test_cli_search_with_a_remote_strong_model_error_records_and_resume(proxy, m
     # the key came from the named variable, as a bearer token, on every request
     assert {e["headers"].get("authorization") for e in completions(proxy)} == {"Bearer sk-test-123"}
 
-    # --resume retries from the first error record: the engine works now, and the rows are what an
-    # uninterrupted run gives (the same per-prompt seeds)
+    # --resume retries from the first error record (the engine works now): the line before it is kept,
+    # that prompt and the ones after it run again (llama.cpp's KV-cache reuse may change their text)
     proxy.rules.clear()
+    proxy.log.clear()
     resumed = run_cli(args + ["--resume"], {"MY_ENGINE_KEY": "sk-test-123"})
     assert resumed.returncode == 0, resumed.stderr
     rows2 = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(rows2) == 3 and rows2[0] == rows[0] and rows2[2] == rows[2] and rows2[1]["response"]
+    assert len(rows2) == 3 and rows2[0] == rows[0] and rows2[1]["response"] and rows2[2]["response"]
+    assert [r["prompt"] for r in rows2] == [r["prompt"] for r in rows] and "error" not in rows2[1]
+    asked = {e["body"]["prompt"] for e in completions(proxy)}
+    assert "POISON here" in asked and "My day started" in asked and "The movie was" not in asked
 
 
 def test_cli_stream_with_a_remote_upstream_writes_error_records(proxy, model_dirs, gguf, tmp_path):
