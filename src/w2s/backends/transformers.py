@@ -62,11 +62,39 @@ def load_model(
     if gguf_file is None and not path.exists() and os.environ.get("HF_HUB_OFFLINE") == "1":
         raise ValueError(f"model path {str(path)!r} does not exist (and HF_HUB_OFFLINE=1 forbids the hub).")
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
-    tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], **kwargs).to(torch_device)
+    if (path / "adapter_config.json").is_file():  # a LoRA adapter: merged into its base model
+        model, tokenizer = _load_adapter(path, DTYPES[dtype])
+        model = model.to(torch_device)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], **kwargs).to(torch_device)
     model.eval()
     name = str(path / gguf_file) if gguf_file else str(path)
     return TransformersModel(model, tokenizer, name=name)
+
+
+DEFAULT_STRONG_BASE = "w2s:default-strong"  # an adapter's base meaning the default strong model (w2s.defaults)
+
+
+def _load_adapter(path: Path, dtype):
+    """A PEFT LoRA adapter directory, merged into its base (``base_model_name_or_path``: a model
+    directory, or ``w2s:default-strong``).  The tokenizer is the adapter's if saved with it, else the base's."""
+    import json
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))["base_model_name_or_path"]
+    if base == DEFAULT_STRONG_BASE:
+        from ..defaults import strong_model_dir
+
+        base = strong_model_dir()
+    if not Path(base).exists() and os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise ValueError(f"the base model {str(base)!r} of the adapter in {str(path)!r} does not exist.")
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
+    model = PeftModel.from_pretrained(model, path).merge_and_unload()
+    has_tokenizer = (path / "tokenizer_config.json").is_file()
+    return model, AutoTokenizer.from_pretrained(path if has_tokenizer else base)
 
 
 class TransformersModel:

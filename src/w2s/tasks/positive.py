@@ -148,10 +148,12 @@ def whole_answer_records(sentence_records: list[dict]) -> list[dict]:
              "correction": " ".join(a["correction"])} for i, a in sorted(answers.items())]
 
 
-def austen_records(n: int, seed: int = 0, max_prefix_sentences: int = 3) -> list[dict]:
-    """Extra sentence records on Austen's training novels, half of them with a word for the teacher to
-    change: more examples of copying a sentence with a few words swapped than the upstream's answers give.
-    The question is a random training question, the prefix the teacher's rewrite of the sentences before."""
+def austen_records(n: int, seed: int = 0, max_prefix_sentences: int = 1, whole: bool = False) -> list[dict]:
+    """Extra records on Austen's training novels, half of them with a word for the teacher to change: more
+    examples of copying text with a few words swapped than the upstream's answers give.  The question is a
+    random training question.  Sentence records: the prefix is the teacher's rewrite of up to
+    ``max_prefix_sentences`` sentences before.  With ``whole``, Aligner records whose answer is 2-4
+    consecutive sentences."""
     import random
 
     from .sentiment import training_texts
@@ -160,12 +162,18 @@ def austen_records(n: int, seed: int = 0, max_prefix_sentences: int = 3) -> list
     train_questions = questions("train")
     changing, unchanged = [], []
     for paragraph in training_texts():
-        sentences = [s for s in re.split(r"(?<=[.!?])\s+", paragraph.strip()) if 3 <= len(s.split()) <= 40]
+        sentences = [s for s in re.split(r"(?<=[.!?])\s+", paragraph.strip()) if 4 <= len(s.split()) <= 20]
         for k, sentence in enumerate(sentences):
-            prefix = " ".join(rewrite(s) for s in sentences[max(0, k - rng.randint(0, max_prefix_sentences)):k])
-            record = {"question": rng.choice(train_questions), "prefix": prefix, "sentence": sentence,
-                      "correction": rewrite(sentence)}
-            (changing if record["correction"] != sentence else unchanged).append(record)
+            question = rng.choice(train_questions)
+            if whole:
+                answer = " ".join(sentences[k : k + rng.randint(2, 4)])
+                record = {"question": question, "answer": answer, "correction": rewrite(answer)}
+                changed = record["correction"] != answer
+            else:
+                prefix = " ".join(rewrite(s) for s in sentences[max(0, k - rng.randint(0, max_prefix_sentences)):k])
+                record = {"question": question, "prefix": prefix, "sentence": sentence, "correction": rewrite(sentence)}
+                changed = record["correction"] != sentence
+            (changing if changed else unchanged).append(record)
     rng.shuffle(changing)
     rng.shuffle(unchanged)
     out = changing[: n // 2] + unchanged[: n - min(n // 2, len(changing))]
@@ -188,7 +196,8 @@ def _main(argv: list[str] | None = None) -> None:
     r = sub.add_parser("records", help="aligner training records from `w2s data corrections` output")
     r.add_argument("corrections", nargs="+", help="sentence records (JSONL)")
     r.add_argument("out_dir")
-    r.add_argument("--austen", type=int, default=3000, help="extra sentence records from Austen's novels")
+    r.add_argument("--austen", type=int, default=12000, help="extra records from Austen's novels (each file)")
+    r.add_argument("--repeat", type=int, default=2, help="times each upstream record is repeated")
     args = p.parse_args(argv)
     if args.step == "questions":
         with open(args.out, "w", encoding="utf-8") as f:
@@ -204,12 +213,12 @@ def _main(argv: list[str] | None = None) -> None:
                       "correction": rewrite(x["sentence"])} for x in read_complete(Path(path))]
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stream = upstream + austen_records(args.austen)
+    stream = upstream * args.repeat + austen_records(args.austen)
+    whole = whole_answer_records(upstream) * args.repeat
+    whole += austen_records(args.austen, whole=True)
     (out / "stream.jsonl").write_text("".join(map(dumps, stream)), encoding="utf-8")
-    (out / "whole.jsonl").write_text("".join(map(dumps, whole_answer_records(upstream))), encoding="utf-8")
-    changed = sum(x["correction"] != x["sentence"] for x in stream)
-    print(f"{len(stream)} sentence records ({len(upstream)} from the upstream, {changed} changed), "
-          f"{len(upstream and whole_answer_records(upstream))} whole-answer records in {out}")
+    (out / "whole.jsonl").write_text("".join(map(dumps, whole)), encoding="utf-8")
+    print(f"{len(stream)} sentence records, {len(whole)} whole-answer records in {out}")
 
 
 if __name__ == "__main__":

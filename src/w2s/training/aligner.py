@@ -26,6 +26,10 @@ class AlignerTrainingConfig:
             {question, answer, correction}, the Aligner baseline).
         epochs, learning_rate, warmup_ratio, weight_decay, batch_size: the schedule.
         max_length: prompt + correction tokens kept per example.
+        lora_rank: 0 fine-tunes every weight; above 0, a LoRA adapter of that rank on the attention and MLP
+            projections is trained instead (the output directory then holds only the adapter, which
+            :func:`w2s.load_model` merges into its base).
+        lora_alpha: the adapter's scale numerator (scale = lora_alpha / lora_rank).
     """
 
     kind: str = "stream"
@@ -37,9 +41,13 @@ class AlignerTrainingConfig:
     max_length: int = 512
     save_steps: int = 100
     seed: int = 0
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
 
     def __post_init__(self) -> None:
         check_choice("kind", self.kind, ("stream", "whole"))
+        check_range("lora_rank", self.lora_rank, low=0, integer=True)
+        check_range("lora_alpha", self.lora_alpha, low=0, low_open=True)
         check_range("weight_decay", self.weight_decay, low=0)
         check_schedule(self, ("max_length",))
 
@@ -71,9 +79,17 @@ def build_trainer(base_dir: str | Path, records: Sequence[dict], out_dir: str | 
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     chat = bool(getattr(tokenizer, "chat_template", None))
-    args = SFTConfig(max_length=config.max_length, completion_only_loss=True,
+    args = SFTConfig(max_length=config.max_length, completion_only_loss=True, gradient_checkpointing=False,
+                     train_sampling_strategy="group_by_length",
                      **schedule_args(config, out_dir, progress))
-    return SFTTrainer(model=AutoModelForCausalLM.from_pretrained(base_dir), args=args,
+    peft_config = None
+    if config.lora_rank:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, task_type="CAUSAL_LM",
+                                 target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                 "down_proj"])
+    return SFTTrainer(model=AutoModelForCausalLM.from_pretrained(base_dir), args=args, peft_config=peft_config,
                       train_dataset=Dataset.from_list(examples(records, config.kind, chat)), processing_class=tokenizer)
 
 
