@@ -56,19 +56,21 @@ guides: $(STAMP)
 # the training questions corrected by the teacher (w2s data corrections), plus Austen sentences, then SFT
 # of the untuned sentiment guide, sentence level and whole answer (see README: The Stream Aligner demo)
 ALIGNERS := src/w2s/weights/positive
-ALIGNER_SFT := --base $(GUIDES)/untuned --epochs 2 --learning-rate 1e-3 --batch-size 16
+ALIGNER_SFT := --base $(HOME)/.cache/w2s/smollm2-135m-instruct --lora-rank 8 --epochs 1 --learning-rate 1e-3 \
+  --batch-size 16 --save-steps 20
 aligners: $(STAMP)
 	mkdir -p build/positive
+	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s setup
 	$(PY) -m w2s.tasks.positive questions train build/positive/train_questions.jsonl
 	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s data corrections --teacher w2s.tasks.positive:teacher \
 	  --questions build/positive/train_questions.jsonl --out build/positive/corrections.jsonl --batch-size 16
-	$(PY) -m w2s.tasks.positive records build/positive/corrections.jsonl build/positive
+	$(PY) -m w2s.tasks.positive records build/positive/corrections.jsonl build/positive --austen 800
 	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s train aligner --kind stream --records build/positive/stream.jsonl \
-	  --out build/positive-stream --max-length 320 $(ALIGNER_SFT)
+	  --out build/positive-stream --max-length 384 $(ALIGNER_SFT)
+	$(PY) -m w2s.tasks.positive records build/positive/corrections.jsonl build/positive --austen 264
 	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s train aligner --kind whole --records build/positive/whole.jsonl \
-	  --out build/positive-whole --max-length 640 $(ALIGNER_SFT)
-	for m in stream whole; do rm -rf $(ALIGNERS)/$$m && mkdir -p $(ALIGNERS)/$$m && \
-	  cp build/positive-$$m/*.json build/positive-$$m/model.safetensors $(ALIGNERS)/$$m/; done
+	  --out build/positive-whole --max-length 768 $(ALIGNER_SFT)
+	for m in stream whole; do $(PY) -m w2s.tasks.positive ship build/positive-$$m $(ALIGNERS)/$$m; done
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

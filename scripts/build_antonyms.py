@@ -20,36 +20,25 @@ POS = {"adj": "a", "adv": "r", "verb": "v", "noun": "n"}
 EXCLUDED = {"no", "prosecution", "offence", "offense", "offensive", "tragedy", "liability", "dead", "destructible"}
 
 
-def read_synsets(root: Path) -> dict[tuple[str, str], list[str]]:
-    words = {}
+def synsets(root: Path):
+    """(fields of the data line, its lower-cased words) for every synset of the four data files."""
     for name in POS:
         for line in (root / f"data.{name}").read_text(encoding="latin-1").splitlines():
-            if line.startswith("  "):
-                continue
-            f = line.split(" ")
-            count = int(f[3], 16)
-            words[(f[0], f[2].replace("s", "a"))] = [f[4 + 2 * i].split("(")[0].lower() for i in range(count)]
-    return words
+            if not line.startswith("  "):  # the licence header lines start with two spaces
+                f = line.split(" ")
+                yield f, [f[4 + 2 * i].split("(")[0].lower() for i in range(int(f[3], 16))]
 
 
 def antonym_pairs(root: Path):
-    synsets = read_synsets(root)
-    for name in POS:
-        for line in (root / f"data.{name}").read_text(encoding="latin-1").splitlines():
-            if line.startswith("  "):
-                continue
-            f = line.split(" ")
-            count = int(f[3], 16)
-            source_words = [f[4 + 2 * i].split("(")[0].lower() for i in range(count)]
-            at = 4 + 2 * count
-            for p in range(int(f[at])):
-                symbol, offset, pos, st = f[at + 1 + 4 * p : at + 5 + 4 * p]
-                if symbol != "!":
-                    continue
-                src, dst = int(st[:2], 16), int(st[2:], 16)
-                target = synsets.get((offset, pos.replace("s", "a")))
-                if target and src and dst:
-                    yield source_words[src - 1], target[dst - 1]
+    words = {(f[0], f[2].replace("s", "a")): w for f, w in synsets(root)}
+    for f, source_words in synsets(root):
+        at = 4 + 2 * len(source_words)
+        for p in range(int(f[at])):
+            symbol, offset, pos, st = f[at + 1 + 4 * p : at + 5 + 4 * p]
+            src, dst = int(st[:2], 16), int(st[2:], 16)  # lexical pointer: source and target word numbers
+            target = words.get((offset, pos.replace("s", "a")))
+            if symbol == "!" and target and src and dst:
+                yield source_words[src - 1], target[dst - 1]
 
 
 def main(root: str) -> None:

@@ -59,3 +59,28 @@ def test_demo_prints_both_continuations_with_gold_rewards(strong, tuned, untuned
     assert text.count("\n    plain sampling ") == 2 and text.count("\n    weak-to-strong ") == 2
     assert "Mean gold reward" in text and set(means) == {"plain", "w2s"}
     assert all(-1 <= v <= 1 for v in means.values())
+
+
+def test_shipped_aligners_are_small_adapters_of_the_default_model_and_rewrite_like_the_teacher(cache):
+    from safetensors.torch import load_file
+
+    from w2s.tasks import positive
+
+    for kind in ("stream", "whole"):
+        weights = load_file(defaults.aligner_dir(kind) / "adapter_model.safetensors")
+        assert sum(w.numel() for w in weights.values()) <= 134_515_008 * 0.05  # what ships: < 5% of the strong model
+    aligner = w2s.load_model(defaults.aligner_dir("stream"))
+    loop = w2s.StreamAligner(aligner, aligner, aligner_template=defaults.ALIGNER_TEMPLATE)
+    sentence = "Cats can be dangerous when they feel threatened."
+    assert loop.correct_sentence("What are the dangers of cats?", "", sentence) == positive.rewrite(sentence)
+
+
+def test_stream_command_with_no_model_flags_uses_the_demo_models(cache):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "w2s.cli", "stream", "--question", "What are the dangers of hiking?",
+                           "--max-sentences", "2", "--temperature", "0"], capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout.strip()) > 20

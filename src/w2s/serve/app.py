@@ -54,12 +54,10 @@ class APIError(Exception):
 # -- 1. request schemas ---------------------------------------------------------------------------
 
 class _Request(BaseModel):
+    """The fields both endpoints take."""
+
     model_config = ConfigDict(extra="forbid")  # an unsupported OpenAI field is a 400 that names it
-
-
-class CompletionRequest(_Request):
     model: str
-    prompt: str | list[str]
     max_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
@@ -70,6 +68,10 @@ class CompletionRequest(_Request):
     seed: int | None = None
     user: str | None = None
     w2s: dict[str, Any] | None = None  # extension block: {"method": ..., <the method's parameters>}
+
+
+class CompletionRequest(_Request):
+    prompt: str | list[str]
 
 
 class TextPart(BaseModel):
@@ -88,19 +90,8 @@ class ChatMessage(BaseModel):
 
 
 class ChatCompletionRequest(_Request):
-    model: str
     messages: list[ChatMessage]
-    max_tokens: int | None = None
     max_completion_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    n: int = 1
-    stream: bool = False
-    stream_options: dict | None = None
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    user: str | None = None
-    w2s: dict[str, Any] | None = None  # extension block: {"method": ..., <the method's parameters>}
 
 
 # -- 2. conversion to method parameters -------------------------------------------------------------

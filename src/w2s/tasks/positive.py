@@ -181,6 +181,25 @@ def austen_records(n: int, seed: int = 0, max_prefix_sentences: int = 1, whole: 
     return out
 
 
+def ship_adapter(trained, target) -> None:
+    """Copy a LoRA adapter trained on the default strong model (``w2s train aligner --lora-rank``) into
+    ``target``, its base recorded as ``w2s:default-strong`` so that it loads on any machine."""
+    import shutil
+    from pathlib import Path
+
+    from ..backends.transformers import DEFAULT_STRONG_BASE
+
+    trained, target = Path(trained), Path(target)
+    config = json.loads((trained / "adapter_config.json").read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = DEFAULT_STRONG_BASE
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    (target / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    for name in ("adapter_model.safetensors", "w2s_training.json"):
+        shutil.copy(trained / name, target / name)
+
+
 def _main(argv: list[str] | None = None) -> None:
     """``python -m w2s.tasks.positive questions SPLIT OUT`` | ``records CORRECTIONS OUT_DIR [--austen N]``:
     the data steps of ``make aligners``."""
@@ -196,9 +215,15 @@ def _main(argv: list[str] | None = None) -> None:
     r = sub.add_parser("records", help="aligner training records from `w2s data corrections` output")
     r.add_argument("corrections", nargs="+", help="sentence records (JSONL)")
     r.add_argument("out_dir")
-    r.add_argument("--austen", type=int, default=12000, help="extra records from Austen's novels (each file)")
-    r.add_argument("--repeat", type=int, default=2, help="times each upstream record is repeated")
+    r.add_argument("--austen", type=int, default=800, help="extra records from Austen's novels (each file)")
+    r.add_argument("--repeat", type=int, default=1, help="times each upstream record is repeated")
+    c = sub.add_parser("ship", help="copy a trained adapter into the package, its base the default strong model")
+    c.add_argument("trained")
+    c.add_argument("target")
     args = p.parse_args(argv)
+    if args.step == "ship":
+        ship_adapter(args.trained, args.target)
+        return
     if args.step == "questions":
         with open(args.out, "w", encoding="utf-8") as f:
             f.writelines(dumps({"question": x}) for x in questions(args.split))
