@@ -31,6 +31,8 @@ install: $(STAMP)
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s setup
 	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s demo
+	@echo; echo "Stream Aligner (shipped positive-rewrite aligner), corrected sentences as they arrive:"
+	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s stream --question "What are the dangers of hiking?"
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow" -q
@@ -64,10 +66,9 @@ aligners: $(STAMP)
 	$(PY) -m w2s.tasks.positive questions train build/positive/train_questions.jsonl
 	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s data corrections --teacher w2s.tasks.positive:teacher \
 	  --questions build/positive/train_questions.jsonl --out build/positive/corrections.jsonl --batch-size 16
-	$(PY) -m w2s.tasks.positive records build/positive/corrections.jsonl build/positive --austen 800
+	$(PY) -m w2s.tasks.positive records build/positive/corrections.jsonl build/positive
 	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s train aligner --kind stream --records build/positive/stream.jsonl \
 	  --out build/positive-stream --max-length 384 $(ALIGNER_SFT)
-	$(PY) -m w2s.tasks.positive records build/positive/corrections.jsonl build/positive --austen 264
 	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s train aligner --kind whole --records build/positive/whole.jsonl \
 	  --out build/positive-whole --max-length 768 $(ALIGNER_SFT)
 	for m in stream whole; do $(PY) -m w2s.tasks.positive ship build/positive-$$m $(ALIGNERS)/$$m; done

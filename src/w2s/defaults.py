@@ -92,7 +92,7 @@ def aligner_dir(kind: str) -> Path:
     if kind not in ("stream", "whole"):
         raise ValueError(f"kind must be 'stream' or 'whole', got {kind!r}.")
     path = Path(str(resources.files("w2s") / "weights" / "positive" / kind))
-    if not (path / "config.json").exists():
+    if not (path / "adapter_config.json").exists():  # a LoRA adapter of the default strong model
         raise ValueError(f"the shipped {kind} aligner is missing at {path}; rebuild it with `make aligners`.")
     return path
 

@@ -215,7 +215,8 @@ def _main(argv: list[str] | None = None) -> None:
     r = sub.add_parser("records", help="aligner training records from `w2s data corrections` output")
     r.add_argument("corrections", nargs="+", help="sentence records (JSONL)")
     r.add_argument("out_dir")
-    r.add_argument("--austen", type=int, default=800, help="extra records from Austen's novels (each file)")
+    r.add_argument("--austen", type=int, default=800, help="extra sentence records from Austen's novels")
+    r.add_argument("--austen-whole", type=int, default=264, help="extra whole-answer records from Austen's novels")
     r.add_argument("--repeat", type=int, default=1, help="times each upstream record is repeated")
     c = sub.add_parser("ship", help="copy a trained adapter into the package, its base the default strong model")
     c.add_argument("trained")
@@ -240,7 +241,7 @@ def _main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     stream = upstream * args.repeat + austen_records(args.austen)
     whole = whole_answer_records(upstream) * args.repeat
-    whole += austen_records(args.austen, whole=True)
+    whole += austen_records(args.austen_whole, whole=True)
     (out / "stream.jsonl").write_text("".join(map(dumps, stream)), encoding="utf-8")
     (out / "whole.jsonl").write_text("".join(map(dumps, whole)), encoding="utf-8")
     print(f"{len(stream)} sentence records, {len(whole)} whole-answer records in {out}")
