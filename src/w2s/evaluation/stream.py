@@ -129,11 +129,11 @@ def _summary_row(out: Path, name: str, seeds, n_questions: int) -> dict:
             "vader_std": statistics.stdev(vader) if len(vader) > 1 else 0.0,
             "content_f1": statistics.fmean(r["content_f1"] for r in flat),
             "teacher_f1": statistics.fmean(r["teacher_f1"] for r in flat),
-            "changed_sentences": sum(r["changed"] for r in flat) / max(sentences, 1),
+            "changed_sentences": sum(r["changed"] for r in flat) / sentences if sentences else None,
             "first_seconds": statistics.fmean(r["first_seconds"] for r in flat),
             "total_seconds": statistics.fmean(r["total_seconds"] for r in flat),
             "drafts_kept": sum(r["drafted"] for r in flat) / max(followers, 1) if "speculative" in name else None,
-            "sentences": sentences / len(flat), "questions": n_questions, "seeds": len(seeds)}
+            "sentences": sentences / len(flat) if sentences else None, "questions": n_questions, "seeds": len(seeds)}
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -141,8 +141,9 @@ def markdown_table(rows: list[dict]) -> str:
              "|:--|--:|--:|--:|--:|--:|--:|--:|"]
     for r in rows:
         kept = "" if r["drafts_kept"] is None else f"{r['drafts_kept']:.0%}"
+        changed = "" if r["changed_sentences"] is None else f"{r['changed_sentences']:.0%}"
         lines.append(f"| {LABELS[r['method']]} | {r['vader_mean']:.3f} ± {r['vader_std']:.3f} | {r['content_f1']:.3f} "
-                     f"| {r['teacher_f1']:.3f} | {r['changed_sentences']:.0%} | {r['first_seconds']:.2f} "
+                     f"| {r['teacher_f1']:.3f} | {changed} | {r['first_seconds']:.2f} "
                      f"| {r['total_seconds']:.2f} | {kept} |")
     q, s = rows[0]["questions"], rows[0]["seeds"]
     lines += ["", f"{q} held-out questions × {s} seed(s). VADER: compound sentiment of the final answer in [-1, 1] "
