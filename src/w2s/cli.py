@@ -209,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="data builders").add_subparsers(dest="builder", required=True)
     dc = data.add_parser("corrections", help="run the Stream Aligner loop with a teacher: training records")
     add_aligner_flags(dc, role="teacher")
+    add_remote_flags(dc, "upstream")
     dc.add_argument("--questions", required=True, help="JSONL with a 'question' field, or one per line")
     dc.add_argument("--out", required=True, help="sentence records {question, prefix, sentence, correction}")
     dc.add_argument("--whole-out", help="also whole-answer records {question, answer, correction} (Aligner)")
