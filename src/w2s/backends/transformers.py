@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -92,7 +93,9 @@ def _load_adapter(path: Path, dtype):
     if not Path(base).exists() and os.environ.get("HF_HUB_OFFLINE") == "1":
         raise ValueError(f"the base model {str(base)!r} of the adapter in {str(path)!r} does not exist.")
     model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
-    model = PeftModel.from_pretrained(model, path).merge_and_unload()
+    with warnings.catch_warnings():  # PEFT calls a transformers method that transformers 5 marks as deprecated
+        warnings.simplefilter("ignore", FutureWarning)
+        model = PeftModel.from_pretrained(model, path).merge_and_unload()
     has_tokenizer = (path / "tokenizer_config.json").is_file()
     return model, AutoTokenizer.from_pretrained(path if has_tokenizer else base)
 
