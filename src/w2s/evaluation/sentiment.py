@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import math
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Sequence
 
-from tqdm.auto import tqdm
 
-from ..jsonl import dumps, read_complete
-from .common import figure, read_raw, start_run, write_summary
+from .common import append_missing, figure, read_raw, start_run, write_summary
 from ..scoring import LogRatioScorer
 from ..search import BestOfN, ChunkBeamSearch, EmulatedFineTuning, Sampling
 from ..search.eft import check_same_vocabulary
@@ -90,9 +87,6 @@ def evaluate_sentiment(out_dir, strong, tuned, untuned, prompts: Sequence[str], 
 
 def _run(path: Path, name, search, models, templates, scorer, prompts, seed, batch_size, progress) -> None:
     """Generate the prompts that ``path`` does not hold yet, appending one line per prompt per batch."""
-    done = len(read_complete(path))
-    if done >= len(prompts):
-        return
     if name == "eft":
         def generate(batch, **kw):
             return search.generate(models["strong"], models["tuned"], models["untuned"], batch, scorer=scorer,
@@ -102,22 +96,16 @@ def _run(path: Path, name, search, models, templates, scorer, prompts, seed, bat
 
         def generate(batch, **kw):
             return search.generate(models[who], scorer, batch, template=templates[who], **kw)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=len(prompts), initial=done, desc=f"{name} seed {seed}", unit="prompt", file=sys.stderr,
-               disable=not progress)
-    with open(path, "a", encoding="utf-8") as f, bar:
-        for start in range(done, len(prompts), batch_size):
-            batch = prompts[start : start + batch_size]
-            began = time.perf_counter()
-            results = list(generate(batch, seed=seed, batch_size=len(batch), start_index=start, progress=False))
-            seconds = (time.perf_counter() - began) / len(batch)
-            for r in results:
-                row = {"prompt": r.prompt, "response": r.response, "gold_reward": gold_reward(r.response),
-                       "score": r.score if r.score is not None and math.isfinite(r.score) else None,
-                       "num_tokens": r.num_tokens, "finished": r.finished, "seconds": seconds}
-                f.write(dumps(row))
-            f.flush()
-            bar.update(len(batch))
+
+    def rows(batch, start):
+        began = time.perf_counter()
+        results = list(generate(batch, seed=seed, batch_size=len(batch), start_index=start, progress=False))
+        seconds = (time.perf_counter() - began) / len(batch)
+        return [{"prompt": r.prompt, "response": r.response, "gold_reward": gold_reward(r.response),
+                 "score": r.score if r.score is not None and math.isfinite(r.score) else None,
+                 "num_tokens": r.num_tokens, "finished": r.finished, "seconds": seconds} for r in results]
+
+    append_missing(path, prompts, batch_size, rows, f"{name} seed {seed}", "prompt", progress)
 
 
 def _summary_row(out: Path, name: str, seeds, n_prompts: int, skipped: str | None) -> dict:

@@ -16,17 +16,14 @@ default) they are a single user's latencies.
 from __future__ import annotations
 
 import statistics
-import sys
 from pathlib import Path
 from typing import Sequence
 
-from tqdm.auto import tqdm
 
 from ..aligner import Aligner, StreamAligner
-from ..jsonl import dumps, read_complete
 from ..tasks import positive
 from ..validation import check_range
-from .common import figure, read_raw, start_run, write_summary
+from .common import append_missing, figure, read_raw, start_run, write_summary
 
 METHODS = ("upstream", "aligner", "stream-aligner", "stream-aligner-speculative", "teacher")
 LABELS = {"upstream": "upstream alone", "aligner": "Aligner (whole answer)", "stream-aligner": "Stream Aligner",
@@ -104,18 +101,10 @@ def answer_record(answer) -> dict:
 
 
 def _run(path: Path, name: str, system, questions, seed: int, batch_size: int, progress: bool) -> None:
-    done = len(read_complete(path))
-    if done >= len(questions):
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=len(questions), initial=done, desc=f"{name} seed {seed}", unit="question", file=sys.stderr,
-               disable=not progress)
-    with open(path, "a", encoding="utf-8") as f, bar:
-        for start in range(done, len(questions), batch_size):
-            for answer in system.run(questions[start : start + batch_size], seed=seed, start_index=start):
-                f.write(dumps(answer_record(answer)))
-            f.flush()
-            bar.update(min(batch_size, len(questions) - start))
+    def rows(batch, start):
+        return [answer_record(a) for a in system.run(batch, seed=seed, start_index=start)]
+
+    append_missing(path, questions, batch_size, rows, f"{name} seed {seed}", "question", progress)
 
 
 def _summary_row(out: Path, name: str, seeds, n_questions: int) -> dict:
