@@ -156,13 +156,13 @@ def austen_records(n: int, seed: int = 0, max_prefix_sentences: int = 1, whole: 
     consecutive sentences."""
     import random
 
-    from .sentiment import training_texts
+    from .sentiment import split_plain_sentences, training_texts
 
     rng = random.Random(seed)
     train_questions = questions("train")
     changing, unchanged = [], []
     for paragraph in training_texts():
-        sentences = [s for s in re.split(r"(?<=[.!?])\s+", paragraph.strip()) if 4 <= len(s.split()) <= 20]
+        sentences = [s for s in split_plain_sentences(paragraph) if 4 <= len(s.split()) <= 20]
         for k, sentence in enumerate(sentences):
             question = rng.choice(train_questions)
             if whole:
@@ -201,8 +201,8 @@ def ship_adapter(trained, target) -> None:
 
 
 def _main(argv: list[str] | None = None) -> None:
-    """``python -m w2s.tasks.positive questions SPLIT OUT`` | ``records CORRECTIONS OUT_DIR [--austen N]``:
-    the data steps of ``make aligners``."""
+    """``python -m w2s.tasks.positive questions SPLIT OUT`` | ``records CORRECTIONS... OUT_DIR`` |
+    ``ship TRAINED TARGET``: the data and shipping steps of ``make aligners``."""
     import argparse
 
     from ..jsonl import dumps, read_complete
@@ -217,7 +217,6 @@ def _main(argv: list[str] | None = None) -> None:
     r.add_argument("out_dir")
     r.add_argument("--austen", type=int, default=800, help="extra sentence records from Austen's novels")
     r.add_argument("--austen-whole", type=int, default=264, help="extra whole-answer records from Austen's novels")
-    r.add_argument("--repeat", type=int, default=1, help="times each upstream record is repeated")
     c = sub.add_parser("ship", help="copy a trained adapter into the package, its base the default strong model")
     c.add_argument("trained")
     c.add_argument("target")
@@ -239,9 +238,8 @@ def _main(argv: list[str] | None = None) -> None:
                       "correction": rewrite(x["sentence"])} for x in read_complete(Path(path))]
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stream = upstream * args.repeat + austen_records(args.austen)
-    whole = whole_answer_records(upstream) * args.repeat
-    whole += austen_records(args.austen_whole, whole=True)
+    stream = upstream + austen_records(args.austen)
+    whole = whole_answer_records(upstream) + austen_records(args.austen_whole, whole=True)
     (out / "stream.jsonl").write_text("".join(map(dumps, stream)), encoding="utf-8")
     (out / "whole.jsonl").write_text("".join(map(dumps, whole)), encoding="utf-8")
     print(f"{len(stream)} sentence records, {len(whole)} whole-answer records in {out}")

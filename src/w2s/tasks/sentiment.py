@@ -31,6 +31,13 @@ def austen() -> tuple[tuple[str, str], ...]:
         return tuple((r["book"], r["text"]) for r in map(json.loads, f))
 
 
+def split_plain_sentences(paragraph: str) -> list[str]:
+    """A paragraph of the novels cut after ``.``, ``!`` or ``?`` and whitespace: the simple split the task
+    data was built with (unlike :func:`w2s.split_sentences`, it keeps no whitespace and knows no
+    abbreviations)."""
+    return re.split(r"(?<=[.!?])\s+", paragraph)
+
+
 def training_texts() -> list[str]:
     """Paragraphs of the five training novels (never *Persuasion*)."""
     return [text for book, text in austen() if book != HELDOUT_BOOK]
@@ -41,7 +48,7 @@ def _sentence_openings(book_filter, n: int, seed: int, min_words: int = 4, max_w
     sentences = []
     for book, text in austen():
         if book_filter(book):
-            sentences += [s for s in re.split(r"(?<=[.!?])\s+", text) if len(s.split()) >= 12 and s[0].isupper()]
+            sentences += [s for s in split_plain_sentences(text) if len(s.split()) >= 12 and s[0].isupper()]
     rng.shuffle(sentences)
     if len(sentences) < n:
         raise ValueError(f"n must be at most {len(sentences)} (sentences available), got {n}.")
