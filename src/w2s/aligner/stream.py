@@ -168,8 +168,8 @@ class StreamAligner(_Corrector):
                 originals = {i: text.rstrip() for i, (text, _) in sentences.items()}  # whitespace opens the next
                 todo = [i for i in sorted(live) if originals[i].strip()]
                 revising = pool.submit(self._revisions, aligner, questions, prefixes, originals, todo)
-                spec = [i for i in todo if not sentences[i][1]] if self.speculative and index + 1 < self.max_sentences \
-                    else []
+                last_round = index + 1 == self.max_sentences
+                spec = [i for i in todo if not sentences[i][1]] if self.speculative and not last_round else []
                 if spec:  # meanwhile the upstream goes on from the uncorrected sentence
                     saved = upstream.rng_states(spec) if hasattr(upstream, "rng_states") else None
                     drafts = upstream.generate({i: contexts[i] + prefixes[i] + originals[i] for i in spec},
@@ -199,10 +199,8 @@ class StreamAligner(_Corrector):
 
     def correct_sentence(self, question: str, prefix: str, sentence: str) -> str:
         """One correction outside the loop (e.g. to correct a finished answer sentence by sentence)."""
-        if not self._aligner_is_model:
-            return self.aligner(question, prefix, sentence).strip()
-        asks = {0: stream_aligner_input(question, prefix, sentence.strip())}
-        return self._revise(self._aligner_generator(1), asks)[0].strip()
+        aligner = self._aligner_generator(1) if self._aligner_is_model else None
+        return self._revisions(aligner, [question], [prefix], {0: sentence}, [0])[0].strip()
 
 
 class Aligner(_Corrector):
