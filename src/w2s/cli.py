@@ -325,9 +325,8 @@ def load_stream_models(args) -> dict:
     from .backends.transformers import load_model
 
     load = dict(dtype=args.dtype, device=args.device)
-    if args.upstream is None:
-        args.upstream = str(defaults.strong_model_dir())
-    m = {"upstream": load_lm(args, "upstream"), "upstream_template": args.upstream_template or "chat"}
+    upstream = load_lm(args, "upstream", path=args.upstream or defaults.strong_model_dir())
+    m = {"upstream": upstream, "upstream_template": args.upstream_template or "chat"}
     given = args.corrector_template
     if hasattr(args, "teacher"):
         m["teacher"] = load_callable(args.teacher) if _is_callable_spec(args.teacher) \
