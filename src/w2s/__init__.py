@@ -9,7 +9,7 @@
 """
 
 from .aligner import Aligner, StreamAligner, split_sentences
-from .backends import RemoteModel, SamplingParams, TransformersModel, load_model
+from .backends import Conversation, RemoteModel, SamplingParams, TransformersModel, load_model
 from .scoring import CallableScorer, LogRatioScorer, RewardModelScorer, Scorer
 from .search import Beam, BestOfN, ChunkBeamSearch, EmulatedFineTuning, Sampling, SearchResult
 
@@ -21,6 +21,7 @@ __all__ = [
     "BestOfN",
     "CallableScorer",
     "ChunkBeamSearch",
+    "Conversation",
     "EmulatedFineTuning",
     "LogRatioScorer",
     "RemoteModel",

@@ -25,14 +25,16 @@ from .segment import split_sentences
 from .stream import Aligner, StreamAligner
 
 
-def _resume_point(path: Path) -> int:
-    """Index of the first question to (re)do: the last one in the file may be incomplete."""
+def _resume_point(path: Path, batch_size: int) -> int:
+    """Index of the first question to (re)do: the start of the batch of the file's last question (which
+    may be incomplete), so that every question is answered in the batch of an uninterrupted run."""
     records = read_complete(path)
     if not records:
         return 0
     last = records[-1]["question_index"]
-    path.write_text("".join(dumps(r) for r in records if r["question_index"] < last), encoding="utf-8")
-    return last
+    start = last - last % batch_size
+    path.write_text("".join(dumps(r) for r in records if r["question_index"] < start), encoding="utf-8")
+    return start
 
 
 def build_corrections(upstream, teacher, questions: Sequence[str], out_path: str | Path, *,
@@ -57,7 +59,7 @@ def build_corrections(upstream, teacher, questions: Sequence[str], out_path: str
 
 
 def _write(path: Path, questions, batch_size, progress, desc, make) -> None:
-    start = _resume_point(path)
+    start = _resume_point(path, batch_size)
     with open(path, "a", encoding="utf-8") as out, tqdm(total=len(questions), initial=start, desc=desc,
                                                          unit="question", disable=not progress) as bar:
         for first in range(start, len(questions), batch_size):

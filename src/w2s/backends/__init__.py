@@ -1,8 +1,8 @@
 """Model backends: local ``transformers`` models and remote OpenAI-compatible engines."""
 
-from .base import Beams, Continuation, LanguageModel, SamplingParams
+from .base import Beams, Continuation, Conversation, LanguageModel, SamplingParams
 from .remote import RemoteError, RemoteModel
 from .transformers import TransformersModel, load_model
 
-__all__ = ["Beams", "Continuation", "LanguageModel", "RemoteError", "RemoteModel", "SamplingParams", "TransformersModel",
+__all__ = ["Beams", "Continuation", "Conversation", "LanguageModel", "RemoteError", "RemoteModel", "SamplingParams", "TransformersModel",
            "load_model"]

@@ -13,6 +13,47 @@ from typing import Protocol, Sequence, runtime_checkable
 
 from ..validation import check_range, check_stop
 
+TRANSCRIPT_ROLES = {"system": "System", "developer": "System", "user": "User", "assistant": "Assistant"}
+
+
+class Conversation(str):
+    """A multi-turn prompt: a list of ``{"role", "content"}`` messages that is also a string.
+
+    The ``"chat"`` template renders the messages themselves with the model's chat template (roles and
+    system prompt kept); a format-string template sees the string value, a plain transcript with one
+    ``Role: text`` line per message.  A lone user message is just its text.
+    """
+
+    messages: tuple[dict, ...]
+
+    def __new__(cls, messages: Sequence[dict]):
+        messages = tuple({"role": m["role"], "content": m["content"]} for m in messages)
+        if not messages:
+            raise ValueError("messages must not be empty.")
+        for m in messages:
+            if m["role"] not in TRANSCRIPT_ROLES or not isinstance(m["content"], str):
+                raise ValueError(f"a message needs a role in {sorted(TRANSCRIPT_ROLES)} and text content, "
+                                 f"got {m!r}.")
+        if len(messages) == 1 and messages[0]["role"] == "user":
+            text = messages[0]["content"]
+        else:
+            text = "\n".join(f"{TRANSCRIPT_ROLES[m['role']]}: {m['content']}" for m in messages)
+        self = super().__new__(cls, text)
+        self.messages = messages
+        return self
+
+
+def render_prompt(tokenizer, name: str, template: str, prompt: str, hint: str = "") -> str:
+    """``template.format(prompt=prompt)``, or ``tokenizer``'s chat template for ``"chat"``: the prompt is
+    the user turn, or a :class:`Conversation`'s messages, followed by the assistant's generation prompt."""
+    if template != "chat":
+        return template.format(prompt=prompt)
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"template 'chat' needs a chat template, and {name!r} has none{hint}; "
+                         "pass a format string such as '{prompt}' instead.")
+    messages = list(prompt.messages) if isinstance(prompt, Conversation) else [{"role": "user", "content": prompt}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
 
 @dataclass(frozen=True)
 class SamplingParams:

@@ -49,6 +49,7 @@ class IncrementalLogProbs:
 
     def reset(self) -> None:
         self.groups = []
+        self._context_ids = {}
 
     def sequence(self, prompt: str, response: str, finished: bool) -> tuple[str, list[int], int]:
         """``(context, ids, start)``: the tokens to run and the index of the first counted one."""

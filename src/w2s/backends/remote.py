@@ -37,7 +37,7 @@ from typing import Sequence
 import httpx
 
 from ..validation import check_range
-from .base import Continuation, SamplingParams
+from .base import Continuation, SamplingParams, render_prompt
 
 RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})  # and any other 5xx
 MAX_RETRY_AFTER = 600.0  # seconds: a longer Retry-After is capped (and said so in the error if it fails)
@@ -298,16 +298,10 @@ class RemoteModel:
     # -- the LanguageModel protocol -------------------------------------------------------------------
     def render(self, template: str, prompt: str) -> str:
         """``template.format(prompt=prompt)``, or the local tokenizer's chat template for ``"chat"``."""
-        if template == "chat":
-            if self.tokenizer is None or not getattr(self.tokenizer, "chat_template", None):
-                raise ValueError(
-                    f"template 'chat' needs the served model's chat template: pass tokenizer=PATH (a local copy "
-                    f"of {self.model!r}'s tokenizer with a chat template; --strong-tokenizer / "
-                    "--upstream-tokenizer on the command line), or use a format string such as '{prompt}'."
-                )
-            messages = [{"role": "user", "content": prompt}]
-            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return template.format(prompt=prompt)
+        hint = (f" (pass tokenizer=PATH, a local copy of {self.model!r}'s tokenizer with a chat template; "
+                "--strong-tokenizer / --upstream-tokenizer on the command line)")
+        return render_prompt(self.tokenizer, f"the remote model {self.model}", template, prompt,
+                             hint if self.tokenizer is None else "")
 
     def open(self, prompts: Sequence[str], params: SamplingParams, seeds: Sequence[int],
              template: str = "{prompt}") -> "RemoteBeams":

@@ -17,7 +17,7 @@ from typing import Sequence
 import torch
 
 from ..validation import check_choice
-from .base import Continuation, SamplingParams
+from .base import Continuation, SamplingParams, render_prompt
 from .kv_rows import KVRows
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -123,16 +123,8 @@ class TransformersModel:
 
     # -- text <-> ids ---------------------------------------------------------------------------------
     def render(self, template: str, prompt: str) -> str:
-        """``template.format(prompt=prompt)``, or the chat template with the prompt as the user turn."""
-        if template == "chat":
-            if not getattr(self.tokenizer, "chat_template", None):
-                raise ValueError(
-                    f"template 'chat' needs a chat template, and the tokenizer of {self.name!r} has none; "
-                    "pass a format string such as '{prompt}' instead."
-                )
-            messages = [{"role": "user", "content": prompt}]
-            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return template.format(prompt=prompt)
+        """``template.format(prompt=prompt)``, or the chat template (see :func:`w2s.backends.base.render_prompt`)."""
+        return render_prompt(self.tokenizer, f"the tokenizer of {self.name}", template, prompt)
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text``, without special tokens (the scoring definition)."""

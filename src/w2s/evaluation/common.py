@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 
 from tqdm.auto import tqdm
 
-from ..jsonl import dumps, read_complete
+from ..jsonl import dumps, resume_point
 
 
 def start_run(out: Path, config: dict, checked: Sequence[str]) -> None:
@@ -37,8 +37,9 @@ def _short(value) -> str:
 def append_missing(path: Path, items: Sequence, batch_size: int, make_rows: Callable[[list, int], list[dict]],
                    desc: str, unit: str, progress: bool) -> None:
     """Add to the raw file ``path`` the rows of the ``items`` it does not hold yet (a torn last line is
-    cut): ``make_rows(batch, start)`` gives one row per item, and each batch is written as it finishes."""
-    done = len(read_complete(path))
+    cut, a partly written batch is done again): ``make_rows(batch, start)`` gives one row per item, and each
+    batch is written as it finishes."""
+    done = resume_point(path, batch_size)
     if done >= len(items):
         return
     path.parent.mkdir(parents=True, exist_ok=True)

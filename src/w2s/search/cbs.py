@@ -154,6 +154,8 @@ class ChunkBeamSearch:
     def _search(self, model, scorer, prompts: list[str], seeds: list[int], template: str,
                 on_step=None) -> list[SearchResult]:
         width, n_prompts = self.beam_width, len(prompts)
+        if hasattr(scorer, "reset"):  # each batch is scored on its own: results depend on the batch, not the run
+            scorer.reset()
         session = model.open(prompts, self.sampling, seeds, template)
         beams = [[Beam("", False, 0, row=p)] for p in range(n_prompts)]  # W copies of the prompt, as one
         generated, first = 0, True
