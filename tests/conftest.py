@@ -135,15 +135,16 @@ def make_scripted(tokenizer, script: dict[int, list[tuple[int, float]]], default
     of the last token, and the LM head is the transition table.
     """
     vocab = len(tokenizer)
-    config = LlamaConfig(vocab_size=vocab, hidden_size=vocab, intermediate_size=4, num_hidden_layers=1,
-                         num_attention_heads=1, num_key_value_heads=1, head_dim=vocab,
+    hidden = vocab + vocab % 2  # RoPE needs an even head dimension
+    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=4, num_hidden_layers=1,
+                         num_attention_heads=1, num_key_value_heads=1, head_dim=hidden,
                          max_position_embeddings=512, tie_word_embeddings=False,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     model = LlamaForCausalLM(config).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.zero_()
-        model.model.embed_tokens.weight.copy_(torch.eye(vocab))
+        model.model.embed_tokens.weight.copy_(torch.eye(vocab, hidden))
         model.model.norm.weight.fill_(1.0)
         table = torch.zeros(vocab, vocab)  # [next, previous]
         table[default_next, :] = 1.0
@@ -152,7 +153,7 @@ def make_scripted(tokenizer, script: dict[int, list[tuple[int, float]]], default
             for nxt, strength in nexts:
                 table[nxt, prev] = strength
         # hidden = one_hot * sqrt(vocab) after RMSNorm; scale so that strength 1 is a logit of 30
-        model.lm_head.weight.copy_(table * 30.0 / vocab**0.5)
+        model.lm_head.weight[:, :vocab].copy_(table * 30.0 / hidden**0.5)
     return w2s.TransformersModel(model, tokenizer, name="scripted")
 
 
@@ -164,3 +165,12 @@ def chain(tokenizer, text: str, end: int | None = None) -> dict[int, list[tuple[
     if end is not None:
         script[ids[-1]] = [(end, 1.0)]
     return ids, script
+
+
+@pytest.fixture(scope="session")
+def zoo(tmp_path_factory) -> dict[str, str]:
+    """One tiny random model per model family (llama2, mistral, llama3, qwen2, gemma, recurrent): family ->
+    saved directory.  See tests/zoo.py for the tokenizer and config quirks each reproduces."""
+    from zoo import build_zoo
+
+    return build_zoo(tmp_path_factory.mktemp("zoo"))

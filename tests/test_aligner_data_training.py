@@ -39,11 +39,15 @@ def test_builder_writes_sentence_and_whole_answer_records_and_resumes(scripted_u
 
 def test_examples_use_the_shared_template():
     record = {"question": "Q?", "prefix": "A.", "sentence": "b", "correction": "B."}
-    chat = examples([record], "stream", chat=True)[0]
+    from zoo import llama3_tokenizer
+
+    chat = examples([record], "stream", llama3_tokenizer())[0]  # its template ends the turn with <|eot_id|>
     assert chat["prompt"][0]["content"] == stream_aligner_input("Q?", "A.", "b") and chat["completion"][0]["content"] == "B."
-    plain = examples([record], "stream", chat=False)[0]
+    no_template = strong_tokenizer()
+    no_template.chat_template = None
+    plain = examples([record], "stream", no_template)[0]
     assert plain["prompt"].startswith(STREAM_ALIGNER_TEMPLATE.split("{")[0]) and plain["completion"] == "B."
-    whole = examples([{"question": "Q?", "answer": "a.", "correction": "A."}], "whole", chat=False)[0]
+    whole = examples([{"question": "Q?", "answer": "a.", "correction": "A."}], "whole", no_template)[0]
     assert whole["prompt"] == "##Question: Q?\n##Answer: a.\n##Correction: "
 
 

@@ -17,12 +17,12 @@ def test_greedy_matches_transformers_generate(strong):
     tok = strong.tokenizer
     for prompt, result in zip(PROMPTS, ours):
         ids = tok(prompt, return_tensors="pt")
-        out = strong.model.generate(**ids, max_new_tokens=12, do_sample=False, suppress_tokens=strong.banned_ids.tolist(),
+        out = strong.model.generate(**ids, max_new_tokens=12, do_sample=False, suppress_tokens=strong.banned_ids,
                                     pad_token_id=strong.pad_id)
         new = out[0, ids["input_ids"].shape[1]:].tolist()
         if strong.eos_id in new:
             new = new[: new.index(strong.eos_id)]
-        assert result.response == strong.response_text(new, strong.eos_id in out[0].tolist())
+        assert result.response == strong.response_text(ids["input_ids"][0].tolist(), new, strong.eos_id in out[0].tolist())
 
 
 @pytest.mark.parametrize("chunk_length", [1, 3, 5])
@@ -53,7 +53,7 @@ def test_non_text_special_tokens_are_never_sampled():
     model.model.lm_head.weight.data[x] = model.model.lm_head.weight.data[image] * 0.5
     result = next(w2s.Sampling(max_new_tokens=6, temperature=1.0).generate(model, None, ["a"]))
     assert result.response == "x" * 6
-    assert "<start_of_image>" not in result.response and image in model.banned_ids.tolist()
+    assert "<start_of_image>" not in result.response and image in model.banned_ids
 
 
 def test_eos_ends_a_response_and_is_not_text():
@@ -104,7 +104,7 @@ def test_sample_next_respects_top_k_and_top_p(strong):
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05] + [1e-9] * (strong.model.config.vocab_size - 4)]))
     logits = logits.repeat(400, 1)
     strong_banned = strong.banned_ids
-    strong.banned_ids = torch.tensor([], dtype=torch.long)
+    strong.banned_ids = []
     try:
         u = torch.rand(400, generator=torch.Generator().manual_seed(0))
         k2 = strong.sample_next(logits, SamplingParams(temperature=1.0, top_k=2), u)

@@ -150,6 +150,19 @@ def test_finished_candidates_are_carried_once_and_not_rescored():
     assert scored.count("A.") == 1  # carried with its score, never duplicated or re-scored
 
 
+def test_the_result_is_the_best_finished_beam_when_one_exists():
+    script = {"": [("A.", True), ("b", False)], "b": [("bb", False)]}
+    values = {"A.": 1.0, "b": 5.0, "bb": 9.0}
+    search = w2s.ChunkBeamSearch(beam_width=2, successors_per_beam=1, chunk_length=1, max_new_tokens=2,
+                                 return_beams=True)
+    r = next(search.generate(ScriptedModel(script), lambda p, x: values[x], ["p"]))
+    assert [b.text for b in r.beams] == ["bb", "A."]  # the unfinished beam scores higher
+    assert (r.response, r.score, r.finished) == ("A.", 1.0, True)
+    unfinished = {"": [("a", False), ("b", False)], "a": [("aa", False)], "b": [("bb", False)]}
+    r = next(search.generate(ScriptedModel(unfinished), lambda p, x: len(x) + (x[0] == "b"), ["p"]))
+    assert (r.response, r.finished) == ("bb", False)  # none finished: the best unfinished one
+
+
 def test_identical_continuations_collapse_to_one_beam():
     script = {"": [("same", False)], "same": [("same.", True)]}
     r = next(w2s.ChunkBeamSearch(4, 4, 1, max_new_tokens=5, return_beams=True).generate(
@@ -185,10 +198,10 @@ def test_eft_next_token_is_strong_plus_beta_log_ratio(model_dirs, strong):
         lt = t.model(guide_ids).logits[0, -1].log_softmax(-1)
         lu = u.model(guide_ids).logits[0, -1].log_softmax(-1)
     for beta in (0.0, 2.0):
-        mixed = (s + beta * (lt - lu)).index_fill(0, strong.banned_ids, float("-inf"))
+        mixed = (s + beta * (lt - lu)).index_fill(0, torch.tensor(strong.banned_ids), float("-inf"))
         r = next(w2s.EmulatedFineTuning(beta=beta, max_new_tokens=1, temperature=0.0).generate(strong, t, u, [prompt]))
         token = mixed.argmax().item()
-        assert r.response == strong.response_text([token], token in strong.eos_ids) and r.method == "eft"
+        assert r.response == strong.response_text(ids[0].tolist(), [token], token in strong.eos_ids) and r.method == "eft"
     greedy = next(w2s.Sampling(max_new_tokens=10, temperature=0.0).generate(strong, None, [prompt]))
     eft0 = next(w2s.EmulatedFineTuning(beta=0.0, max_new_tokens=10, temperature=0.0).generate(strong, t, u, [prompt]))
     assert eft0.response == greedy.response

@@ -1,8 +1,9 @@
 """``w2s serve`` through the official ``openai`` client against a live server on loopback (tiny models).
 
-Two servers: ``main`` (guides that share the strong tokenizer, so EFT runs; an aligner; a chat
-template) and ``gated`` (guides on another tokenizer, no aligner, no chat template, a queue of 2, and a
-strong model whose sessions wait on a gate, so that queueing, batching and cancelling are deterministic).
+Three servers: ``main`` (guides that share the strong tokenizer, so EFT runs; an aligner; a chat
+template), ``gated`` (guides on another tokenizer, no aligner, no chat template, a queue of 2, and a
+strong model whose sessions wait on a gate, so that queueing, batching and cancelling are deterministic)
+and ``recorded`` (models that record the text they are conditioned on, for chat conversations).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import uvicorn
 import w2s
 from w2s.cli import build_parser
 from w2s.serve import ServeConfig, config_from_args, load_served_models, parse_config
-from w2s.serve.app import ChatMessage, CompletionRequest, chat_prompt, chat_template, create_app, resolve_method
+from w2s.serve.app import (APIError, ChatMessage, CompletionRequest, chat_conversation, chat_template, create_app,
+                           resolve_method)
 from w2s.serve.batching import common_prefix
 
 CBS = {"chunk_length": 4, "max_new_tokens": 12}
@@ -52,6 +54,47 @@ class Gated:
                 session.select(indices)
 
         return Slow()
+
+
+class Recorder:
+    """A model that records the texts it is conditioned on: its rendered prompts (search sessions), its
+    contexts (Stream Aligner generators) and, as a guide, its scoring contexts."""
+
+    def __init__(self, model):
+        self.model, self.seen = model, []
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def open(self, prompts, params, seeds, template="{prompt}"):
+        self.seen += [self.model.render(template, p) for p in prompts]
+        return self.model.open(prompts, params, seeds, template)
+
+    def generator(self, n_rows, params, seeds, template="{prompt}"):
+        generator, seen = self.model.generator(n_rows, params, seeds, template), self.seen
+
+        class Recorded:
+            def __getattr__(self, name):
+                return getattr(generator, name)
+
+            def generate(self, contexts, max_new_tokens, stop=None):
+                seen.extend(contexts.values())
+                return generator.generate(contexts, max_new_tokens, stop=stop)
+
+        return Recorded()
+
+    def response_logprobs(self, template, **kw):
+        scorer, owner = self.model.response_logprobs(template, **kw), self
+
+        class Recorded:
+            def __getattr__(self, name):
+                return getattr(scorer, name)
+
+            def __call__(self, prompts, responses, finished):
+                owner.seen.extend(owner.model.render(template, p) for p in prompts)
+                return scorer(prompts, responses, finished)
+
+        return Recorded()
 
 
 def serve(config: ServeConfig, models: dict):
@@ -95,6 +138,23 @@ def gated(model_dirs):
     server, thread, url = serve(config, m)
     yield url, m["strong"]
     m["strong"].gate.set()
+    server.should_exit = True
+    thread.join(5)
+
+
+@pytest.fixture(scope="module")
+def recorded(model_dirs):
+    """The strong model (chat template) and two guides on its tokenizer: ``tuned`` renders with ``"chat"``,
+    ``untuned`` with ``"{prompt}"``; each records what it saw."""
+    m = {"strong": Recorder(w2s.load_model(model_dirs["strong"])),
+         "tuned": Recorder(w2s.load_model(model_dirs["shared_tuned"])),
+         "untuned": Recorder(w2s.load_model(model_dirs["shared_untuned"])),
+         "aligner": w2s.load_model(model_dirs["shared_tuned"]), "whole_aligner": None,
+         "strong_template": "{prompt}", "tuned_template": "chat", "untuned_template": "{prompt}",
+         "aligner_template": "chat", "whole_aligner_template": "chat"}
+    config = ServeConfig(name="tiny", methods={"cbs": CBS, "stream_aligner": STREAM}, batch_window_ms=0)
+    server, thread, url = serve(config, m)
+    yield url, m
     server.should_exit = True
     thread.join(5)
 
@@ -146,17 +206,34 @@ def test_config_file_rejects_unknown_keys_by_name():
         parse_config({"server": {"prot": 1}})
 
 
-def test_chat_fallback_format_and_common_prefix():
+def test_chat_messages_become_a_conversation_and_the_fallback_format_and_common_prefix():
     user = [ChatMessage(role="user", content="Hi")]
     talk = [ChatMessage(role="system", content="Be brief."), ChatMessage(role="user", content="Hi")]
-    assert (chat_prompt(user), chat_prompt(talk)) == ("Hi", "System: Be brief.\nUser: Hi")
+    lone, conversation = chat_conversation(user), chat_conversation(talk)
+    assert isinstance(conversation, w2s.Conversation) and (lone, conversation) == ("Hi", "System: Be brief.\nUser: Hi")
+    assert conversation.messages == ({"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"})
+    parts = [ChatMessage(role="developer", content="Be brief."),
+             ChatMessage(role="user", content=[{"type": "text", "text": "H"}, {"type": "text", "text": "i"}])]
+    assert [m["role"] for m in chat_conversation(parts).messages] == ["system", "user"]  # developer: the system role
+    assert chat_conversation(parts) == conversation and chat_conversation(parts).messages[1]["content"] == "Hi"
 
     class NoTemplate:
         tokenizer = None
 
-    assert chat_template(NoTemplate(), user).format(prompt="Hi") == "User: Hi\nAssistant:"
-    assert chat_template(NoTemplate(), talk).format(prompt=chat_prompt(talk)) == \
+    class Knows:
+        class tokenizer:
+            chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+
+    assert chat_template(NoTemplate(), lone).format(prompt=lone) == "User: Hi\nAssistant:"
+    assert chat_template(NoTemplate(), conversation).format(prompt=conversation) == \
         "System: Be brief.\nUser: Hi\nAssistant:"
+    assert chat_template(Knows(), lone) == "chat"
+    for messages, param in [([], "messages"), ([*talk, ChatMessage(role="assistant", content="Hello")], "messages"),
+                            ([talk[0], ChatMessage(role="user", content="")], "messages.1.content"),
+                            ([ChatMessage(role="user", content=[])], "messages.0.content")]:
+        with pytest.raises(APIError) as caught:
+            chat_conversation(messages)
+        assert (caught.value.status, caught.value.param) == (400, param) and "messages" in caught.value.message
     assert common_prefix(["abcd", "abx", "abcz"]) == "ab" and common_prefix(["same"]) == "same"
 
 
@@ -361,6 +438,9 @@ def test_chat_without_a_chat_template_uses_the_plain_format(gated):
                                      extra_body=sampling)
     plain = c.completions.create(model="tiny", prompt="User: Hi\nAssistant:", seed=2, extra_body=sampling)
     assert chat.choices[0].message.content == plain.choices[0].text
+    chat = c.chat.completions.create(model="tiny", seed=2, messages=TALK, extra_body=sampling)
+    plain = c.completions.create(model="tiny", prompt=TRANSCRIPT + "\nAssistant:", seed=2, extra_body=sampling)
+    assert chat.choices[0].message.content == plain.choices[0].text
 
 
 def test_a_remote_strong_model_needs_its_engine_name():
@@ -370,3 +450,85 @@ def test_a_remote_strong_model_needs_its_engine_name():
         load_model_spec(ModelSpec("http://127.0.0.1:9/v1"))
     remote = load_model_spec(ModelSpec("http://127.0.0.1:9/v1", model="big", remote={"concurrency": 2}))
     assert isinstance(remote, w2s.RemoteModel) and remote.concurrency == 2
+
+
+# -- chat conversations ------------------------------------------------------------------------------
+
+TALK = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": [{"type": "text", "text": "Tell me "}, {"type": "text", "text": "about cats."}]}]
+TURNS = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+         {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Tell me about cats."}]
+# conftest's STRONG_CHAT over TURNS, and the plain transcript
+RENDERED = "<|system|>Be brief.\n<|user|>Hi\n<|assistant|>Hello!\n<|user|>Tell me about cats.\n<|assistant|>"
+TRANSCRIPT = "System: Be brief.\nUser: Hi\nAssistant: Hello!\nUser: Tell me about cats."
+
+
+def test_a_conversation_reaches_the_models_with_its_turns(recorded, model_dirs):
+    url, m = recorded
+    strong, tuned, untuned = m["strong"], m["tuned"], m["untuned"]
+    assert strong.tokenizer.apply_chat_template(TURNS, tokenize=False, add_generation_prompt=True) == RENDERED
+    c = client(url)
+    answers = []
+    for stream in (False, True):
+        for model in (strong, tuned, untuned):
+            model.seen.clear()
+        reply = c.chat.completions.create(model="tiny", messages=TALK, seed=7, stream=stream)
+        answers.append("".join(ch.choices[0].delta.content or "" for ch in reply) if stream
+                       else reply.choices[0].message.content)
+        assert strong.seen == [RENDERED]  # one search session: the chat template over every turn and role
+        assert tuned.seen and set(tuned.seen) == {RENDERED}  # the "chat" guide: the turns too
+        assert untuned.seen and set(untuned.seen) == {TRANSCRIPT}  # the "{prompt}" guide: the transcript
+    assert answers[0] == answers[1] and answers[0]
+    # the library, given the same conversation, gives the same answer
+    ref_strong, ref_tuned, ref_untuned = (w2s.load_model(model_dirs[k]) for k in ("strong", "shared_tuned",
+                                                                                   "shared_untuned"))
+    scorer = w2s.LogRatioScorer(ref_tuned, ref_untuned, "chat", "{prompt}")
+    ref = next(w2s.ChunkBeamSearch(**CBS).generate(ref_strong, scorer, [w2s.Conversation(TURNS)], template="chat",
+                                                   seed=7))
+    assert answers[0] == ref.response
+
+    # a developer message is the system turn (this chat template knows no developer role)
+    strong.seen.clear()
+    c.chat.completions.create(model="tiny", seed=1, messages=[{"role": "developer", "content": "Be brief."},
+                                                              {"role": "user", "content": "Hi"}],
+                              extra_body={"w2s": {"method": "sampling"}})
+    assert strong.seen == ["<|system|>Be brief.\n<|user|>Hi\n<|assistant|>"]
+
+    # the Stream Aligner's upstream starts from the turns too
+    strong.seen.clear()
+    c.chat.completions.create(model="tiny", messages=TALK, seed=5, extra_body={"w2s": {"method": "stream_aligner"}})
+    assert strong.seen and strong.seen[0] == RENDERED and all(s.startswith(RENDERED) for s in strong.seen)
+
+
+def test_bad_chat_messages_answer_400_naming_messages(recorded):
+    c = client(recorded[0])
+    cases = [
+        ([{"role": "tool", "content": "Hi"}], "messages.0.role"),
+        ([{"role": "system", "content": "Be brief."}, {"role": "user", "content": ""}], "messages.1.content"),
+        ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}], "messages.0.content"),
+        ([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hel"}], "messages"),
+        ([], "messages"),
+    ]
+    for messages, param in cases:
+        with pytest.raises(openai.BadRequestError) as caught:
+            c.chat.completions.create(model="tiny", messages=messages)
+        body = caught.value.body
+        assert body["param"].startswith(param) and body["type"] == "invalid_request_error", body
+        assert "messages" in body["message"], body
+    assert "assistant" in _chat_message(c, [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "H"}])
+    refusing = ("{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system role') }}"
+                "{% endif %}{{ m['content'] }}{% endfor %}")
+    for role, who in (("strong", "the large model"), ("tuned", "the tuned guide")):
+        tokenizer = recorded[1][role].tokenizer
+        saved, tokenizer.chat_template = tokenizer.chat_template, refusing
+        try:  # a chat template that refuses the turns: 400 before the request is queued
+            assert _chat_message(c, TALK) == f"{who}'s chat template refuses these messages: no system role"
+        finally:
+            tokenizer.chat_template = saved
+
+
+def _chat_message(c, messages) -> str:
+    with pytest.raises(openai.APIStatusError) as caught:
+        c.chat.completions.create(model="tiny", messages=messages)
+    return caught.value.body["message"]

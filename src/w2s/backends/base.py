@@ -42,6 +42,40 @@ class Conversation(str):
         self.messages = messages
         return self
 
+    def __getnewargs__(self):  # copy and pickle rebuild it from its messages, not from its text
+        return (self.messages,)
+
+
+def stop_index(text: str, stop: Sequence[str]) -> int | None:
+    """Where ``text`` is cut by the first occurrence of any stop string (OpenAI semantics: the stop string
+    is not part of the response), or None.  The same rule for local sampling, remote engines (whose own
+    check sees only one request's text: a stop string spanning two chunks is caught here) and CBS."""
+    hits = [i for i in (text.find(s) for s in stop) if i >= 0]
+    return min(hits) if hits else None
+
+
+def chat_turn_end_id(tokenizer) -> int | None:
+    """The special token a chat template writes after an assistant turn (``<|eot_id|>`` for Llama-3-Instruct,
+    ``<|im_end|>`` for ChatML, ``<end_of_turn>`` for Gemma, ``</s>`` for Llama-2), or None when the template
+    writes no special token there (or there is no chat template)."""
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        return None
+    mark = "\u2063w2s-turn-end\u2063"
+    try:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": mark}],
+                                             tokenize=False)
+    except Exception:  # a template with stricter role rules; treat as unknown
+        return None
+    if mark not in text:
+        return None
+    special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    for token_id in tokenizer(text[text.rindex(mark) + len(mark):], add_special_tokens=False)["input_ids"]:
+        if token_id in special:
+            return token_id
+        if tokenizer.decode([token_id]).strip():  # text, not a special token, comes first
+            return None
+    return None
+
 
 def render_prompt(tokenizer, name: str, template: str, prompt: str, hint: str = "") -> str:
     """``template.format(prompt=prompt)``, or ``tokenizer``'s chat template for ``"chat"``: the prompt is

@@ -3,9 +3,12 @@
 Definition (what :class:`w2s.LogRatioScorer` sums): tokenize ``context + response`` without special
 tokens, where ``context = template.format(prompt=prompt)`` (or the chat template); the prompt part is
 the longest common prefix of those ids with the ids of ``context`` alone, and only the tokens after it
-count; a finished response gets the model's EOS token appended and counted.  If that common prefix is
-empty (an empty context, or a response that merges into the context's first token), the model's BOS
-(or EOS) token is put in front as an uncounted start token, so that every counted token has a context.
+count; a finished response gets the model's end token appended and counted (the chat template's end of
+turn under ``"chat"``, else EOS: :meth:`TransformersModel.end_id`).  In front go the special tokens of
+the BOS rule (:meth:`TransformersModel.context_prefix`: the tokenizer's BOS for a format-string
+template); if there is still nothing before the first counted token (an empty context, or a response
+that merges into the context's first token), the model's start token is put in front, uncounted, so
+that every counted token has a context.
 
 Incremental: the rows of the previous call stay in a KV cache.  A new sequence is matched to the row
 sharing the longest prefix of token ids with it (re-tokenization may change the last tokens of the old
@@ -44,6 +47,7 @@ class IncrementalLogProbs:
     def __init__(self, lm, template: str, incremental: bool = True, batch_size: int = 32):
         lm.render(template, "")  # fail early when 'chat' is asked of a model without a chat template
         self.lm, self.template, self.incremental, self.batch_size = lm, template, incremental, batch_size
+        self.lead, self.end_id = lm.context_prefix(template), lm.end_id(template)  # BOS and end-token rules
         self.groups: list[_Group] = []
         self._context_ids: dict[str, list[int]] = {}
 
@@ -56,8 +60,9 @@ class IncrementalLogProbs:
         context = self.lm.render(self.template, prompt)
         if context not in self._context_ids:
             self._context_ids[context] = self.lm.encode(context)
-        ids = self.lm.encode(context + response) + ([self.lm.eos_id] if finished else [])
-        start = common_prefix_length(ids, self._context_ids[context])
+        ids = self.lm.encode(context + response)
+        start = len(self.lead) + common_prefix_length(ids, self._context_ids[context])
+        ids = self.lead + ids + ([self.end_id] if finished else [])
         if start == 0:
             ids, start = [self.lm.start_id] + ids, 1
         return context, ids, start

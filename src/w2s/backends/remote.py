@@ -37,7 +37,7 @@ from typing import Sequence
 import httpx
 
 from ..validation import check_range
-from .base import Continuation, SamplingParams, render_prompt
+from .base import Continuation, SamplingParams, chat_turn_end_id, render_prompt, stop_index
 
 RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})  # and any other 5xx
 MAX_RETRY_AFTER = 600.0  # seconds: a longer Retry-After is capped (and said so in the error if it fails)
@@ -232,7 +232,10 @@ class RemoteModel:
 
     async def _stream(self, body: dict, stop) -> tuple[str, bool]:
         """One streamed completion: (text, ended).  ``stop(text)`` is asked after each delta; a cut closes
-        the stream at once.  A stream that breaks off (no finish_reason) is retried from the start."""
+        the stream at once.  The body's stop strings are checked here too (an end, as in local sampling),
+        whatever the engine does with them.  A stream that breaks off (no finish_reason) is retried from
+        the start."""
+        stop_strings = body.get("stop") or ()
         url = f"{self.base_url}/completions"
 
         async def once(client: httpx.AsyncClient) -> tuple[str, bool]:
@@ -257,6 +260,8 @@ class RemoteModel:
                         choice = chunk["choices"][0]
                         text += choice.get("text") or ""
                         finish = choice.get("finish_reason") or finish
+                        if (at := stop_index(text, stop_strings)) is not None:
+                            return text[:at], True
                         if stop is not None and (cut := stop(text)) is not None:
                             return text[:cut], False  # leaving the block closes the stream
                         if finish is not None:
@@ -399,8 +404,10 @@ class RemoteBeams:
                     c = Continuation(p, parent, row.text, True, row.num_tokens, error=failed[p])
                 else:
                     choice = result[k]
-                    c = Continuation(p, parent, row.text + choice.text, choice.finish_reason == "stop",
-                                     row.num_tokens + choice.num_tokens)
+                    text, finished = row.text + choice.text, choice.finish_reason == "stop"
+                    if (at := stop_index(text, self.params.stop)) is not None:  # a stop string across chunks
+                        text, finished = text[:at], True
+                    c = Continuation(p, parent, text, finished, row.num_tokens + choice.num_tokens)
                 self.candidates.append(c)
         return self.candidates
 
@@ -465,6 +472,11 @@ class RemoteLogProbs:
     def __init__(self, lm: RemoteModel, template: str):
         lm.render(template, "")  # fail early when 'chat' is asked without a chat template
         self.lm, self.template = lm, template
+        # the end token scored after a finished response: the chat template's end of turn, else EOS
+        tokenizer = lm.tokenizer
+        turn_end = chat_turn_end_id(tokenizer) if template == "chat" else None
+        self.end_text = (tokenizer.convert_ids_to_tokens(turn_end) if turn_end is not None
+                         else getattr(tokenizer, "eos_token", None))
 
     def reset(self) -> None:
         pass
@@ -473,19 +485,17 @@ class RemoteLogProbs:
         if not (len(prompts) == len(responses) == len(finished)):
             raise ValueError("prompts, responses and finished must have the same length.")
         if any(finished):
-            eos = getattr(self.lm.tokenizer, "eos_token", None)
-            if not eos:
+            if not self.end_text:
                 raise ValueError("scoring a finished response counts the model's end-of-sequence token, whose text "
                                  "a remote model only knows from a local tokenizer: pass tokenizer=PATH.")
         return self.lm.run(self._score(list(prompts), list(responses), list(finished)))
 
     async def _score(self, prompts, responses, finished) -> list[float]:
         await check_echo_logprobs(self.lm)
-        eos = getattr(self.lm.tokenizer, "eos_token", None) or ""
         jobs = []
         for p, r, f in zip(prompts, responses, finished):
             context = self.lm.render(self.template, p)
-            jobs.append(_echo_logprobs(self.lm, context + r + (eos if f else ""), len(context)))
+            jobs.append(_echo_logprobs(self.lm, context + r + (self.end_text if f else ""), len(context)))
         return [sum(lps) for lps in await asyncio.gather(*jobs)]
 
 

@@ -12,18 +12,19 @@ import os
 import re
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import torch
 
 from ..validation import check_choice
-from .base import Continuation, SamplingParams, render_prompt
+from .base import Continuation, SamplingParams, chat_turn_end_id, render_prompt, stop_index
 from .kv_rows import KVRows
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Tokens that end a text or a turn in common tokenizers; each counts as end-of-sequence when present.
 END_TOKENS = ("<|endoftext|>", "<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|end|>", "</s>", "<eos>")
-_CONTROL_TOKEN = re.compile(r"^<[^<>\s]+>$|^\[[A-Z_]+\]$")
+# context tokens decoded in front of a response to recover its leading space (see decode_after)
+ANCHOR_TOKENS = 4
 
 
 def resolve_device(device: str) -> torch.device:
@@ -101,21 +102,55 @@ def _load_adapter(path: Path, dtype):
 
 
 class TransformersModel:
-    """A local causal LM: samples continuations in chunks and computes log-probabilities of texts."""
+    """A local causal LM: samples continuations in chunks and computes log-probabilities of texts.
 
-    def __init__(self, model, tokenizer, name: str = "model"):
+    Token rules, the same for the large model, the guides (scoring and EFT) and the aligners:
+
+    - **Start of a context (BOS).** A prompt rendered by a format string gets the special tokens the
+      tokenizer puts in front of a text (BOS for Llama, Mistral and Gemma tokenizers; nothing for GPT-2
+      or Qwen ones): :attr:`prefix_ids`.  A chat-template rendering gets none added, since the template
+      writes its own.  A context that would still be empty starts with :attr:`start_id` (BOS, else EOS).
+    - **End of a response.** Sampling stops at any of :attr:`eos_ids` (EOS, the generation config's end
+      tokens, the end-of-turn token of the chat template and common end tokens).  The end token that is
+      *scored* is :meth:`end_id`: the chat template's end-of-turn token under ``"chat"``, EOS otherwise.
+    - **Banned tokens.** :attr:`banned_ids` are never sampled: special tokens that are not text (other
+      than end tokens) and logit columns without a token (embedding rows padded past the tokenizer).
+      Added tokens that are not special (``<think>``, ``<tool_call>``) are text and may be sampled.
+      Pass ``banned_ids=`` to replace the set.
+    - **Response text.** Ids are decoded relative to their context (:meth:`decode_after`), because
+      SentencePiece decoders drop the leading space of a text's first token.
+    """
+
+    def __init__(self, model, tokenizer, name: str = "model", *, banned_ids: Iterable[int] | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
         self.device = next(model.parameters()).device
         vocab = tokenizer.get_vocab()
-        self.eos_ids = _end_token_ids(tokenizer, model, vocab)
+        self.turn_end_id = chat_turn_end_id(tokenizer)
+        self.eos_ids = _end_token_ids(tokenizer, model, vocab) | ({self.turn_end_id} - {None})
         if not self.eos_ids:
             raise ValueError(f"model {name!r}: its tokenizer has no end-of-sequence token.")
         self.eos_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else min(self.eos_ids)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
         self.start_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else self.eos_id
-        self.banned_ids = torch.tensor(sorted(_non_text_token_ids(tokenizer, model, vocab) - self.eos_ids))
+        self.prefix_ids = _prefix_ids(tokenizer)
+        self.num_logits = model.get_output_embeddings().weight.shape[0]
+        self.banned_ids = (sorted(_non_text_token_ids(tokenizer, self.num_logits, vocab) - self.eos_ids)
+                           if banned_ids is None else banned_ids)
+
+    @property
+    def banned_ids(self) -> list[int]:
+        """Token ids never sampled (see the class docstring); assignable."""
+        return self._banned.tolist()
+
+    @banned_ids.setter
+    def banned_ids(self, ids: Iterable[int]) -> None:
+        ids = sorted({int(i) for i in ids})
+        bad = [i for i in ids if not 0 <= i < self.num_logits]
+        if bad:
+            raise ValueError(f"banned_ids must be token ids in [0, {self.num_logits}) for {self.name!r}, got {bad[:5]}.")
+        self._banned = torch.tensor(ids, dtype=torch.long)
 
     @property
     def num_parameters(self) -> int:
@@ -130,14 +165,31 @@ class TransformersModel:
         """Token ids of ``text``, without special tokens (the scoring definition)."""
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
+    def context_prefix(self, template: str) -> list[int]:
+        """Special tokens put before a context rendered with ``template`` (the BOS rule)."""
+        return [] if template == "chat" else list(self.prefix_ids)
+
     def encode_prompt(self, text: str, template: str) -> list[int]:
-        """Ids the large model is conditioned on: chat templates carry their own special tokens; plain
-        prompts get the tokenizer's usual ones (e.g. BOS).  Never empty."""
-        ids = self.tokenizer(text, add_special_tokens=template != "chat")["input_ids"]
-        return ids or [self.start_id]
+        """Ids a model is conditioned on (the BOS rule in the class docstring).  Never empty."""
+        return (self.context_prefix(template) + self.encode(text)) or [self.start_id]
+
+    def end_id(self, template: str) -> int:
+        """The end token scored after a finished response: the chat template's end of turn, else EOS."""
+        return self.turn_end_id if template == "chat" and self.turn_end_id is not None else self.eos_id
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    def decode_after(self, context: Sequence[int], ids: Sequence[int]) -> str:
+        """The text ``ids`` add after ``context`` (ids): decoded with the context's last tokens in front, which
+        are then taken off, so a first token's leading space (``"▁How"``) is kept where a decoder alone
+        would drop it."""
+        anchor = list(context[-ANCHOR_TOKENS:])
+        if anchor:
+            head, full = self.decode(anchor), self.decode(anchor + list(ids))
+            if full.startswith(head) and not head.endswith("\ufffd"):
+                return full[len(head):]
+        return self.decode(ids)
 
     # -- sampling -------------------------------------------------------------------------------------
     def open(
@@ -153,8 +205,9 @@ class TransformersModel:
         (special tokens other than end-of-sequence, ids the tokenizer does not know) are never drawn.
         """
         logits = logits.float()
-        if len(self.banned_ids):
-            logits = logits.index_fill(1, self.banned_ids.to(logits.device), float("-inf"))
+        banned = self._banned[self._banned < logits.shape[-1]]
+        if len(banned):
+            logits = logits.index_fill(1, banned.to(logits.device), float("-inf"))
         if params.temperature == 0:
             return logits.argmax(dim=-1)
         logits = logits / params.temperature
@@ -175,9 +228,10 @@ class TransformersModel:
         picked = torch.where(probs.gather(1, picked) > 0, picked, probs.argmax(dim=-1, keepdim=True))
         return (order.gather(1, picked) if order is not None else picked).squeeze(1)
 
-    def response_text(self, ids: Sequence[int], finished: bool) -> str:
-        """Decoded response; while unfinished, bytes of an incomplete trailing character are held back."""
-        text = self.decode(ids)
+    def response_text(self, context: Sequence[int], ids: Sequence[int], finished: bool) -> str:
+        """The response ``ids`` after ``context`` as text (:meth:`decode_after`); while unfinished, bytes of
+        an incomplete trailing character are held back."""
+        text = self.decode_after(context, ids)
         return text if finished else text.rstrip("\ufffd")
 
     # -- log-probabilities ----------------------------------------------------------------------------
@@ -203,16 +257,24 @@ def _end_token_ids(tokenizer, model, vocab: dict[str, int]) -> set[int]:
     return ids
 
 
-def _non_text_token_ids(tokenizer, model, vocab: dict[str, int]) -> set[int]:
-    """Special and control tokens (``<start_of_image>``, ``<|im_start|>``...) plus ids without a token."""
+def _non_text_token_ids(tokenizer, num_logits: int, vocab: dict[str, int]) -> set[int]:
+    """Special tokens (``<start_of_image>``, ``<|im_start|>``...) plus logit columns without a token.
+    Added tokens that are not special (``<think>``) are text: they are not in this set."""
     banned = set(tokenizer.all_special_ids)
-    for token_id, token in tokenizer.added_tokens_decoder.items():
-        if token.special or _CONTROL_TOKEN.match(token.content):
-            banned.add(token_id)
+    banned.update(i for i, token in tokenizer.added_tokens_decoder.items() if token.special)
     known = set(vocab.values())
-    n_logits = model.get_output_embeddings().weight.shape[0]
-    banned.update(i for i in range(n_logits) if i not in known)
+    banned.update(i for i in range(num_logits) if i not in known)
     return banned
+
+
+def _prefix_ids(tokenizer) -> list[int]:
+    """The special tokens the tokenizer puts in front of a text (e.g. ``[bos]``); none for most BPE ones."""
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a", add_special_tokens=True)["input_ids"]
+    for start in range(len(full) - len(plain) + 1):
+        if full[start : start + len(plain)] == plain:
+            return full[:start]
+    return []
 
 
 class LocalBeams:
@@ -238,6 +300,7 @@ class LocalBeams:
         if len(seeds) != n_prompts:
             raise ValueError(f"seeds must have one entry per prompt ({n_prompts}), got {len(seeds)}.")
         self.lm, self.params, self.combine = lm, params, combine or (lambda logits: logits[0])
+        self.contexts = streams[0][1]  # each prompt's ids in the sampling model: response text is decoded after them
         self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
         self.streams = []
         for model, prompt_ids in streams:
@@ -299,7 +362,7 @@ class LocalBeams:
                     finished[i] = True
                     continue
                 self.response[i].append(tok)
-                if self.max_stop and (cut := self._stop_cut(self.response[i])) is not None:
+                if self.max_stop and (cut := self._stop_cut(i)) is not None:
                     finished[i], stop_texts[i] = True, cut
             active = [not f for f in finished]
             if step == max_tokens - 1 or not any(active):
@@ -310,19 +373,26 @@ class LocalBeams:
         self.candidates = []
         for i in range(rows):
             ids = self.response[i]
-            text = stop_texts[i] if i in stop_texts else self.lm.response_text(ids, finished[i])
+            text = stop_texts[i] if i in stop_texts else self.lm.response_text(self._context(i), ids, finished[i])
             self.candidates.append(
                 Continuation(self.prompt_index[i], parent_of[i], text, finished[i], len(ids), list(ids))
             )
         return self.candidates
 
-    def _stop_cut(self, ids: list[int]) -> str | None:
-        """The response text before the first stop string, or None if no stop string occurs yet."""
-        window = self.lm.decode(ids[-(4 * self.max_stop + 4) :])  # a character is at most 4 tokens
-        if not any(s in window for s in self.params.stop):
+    def _context(self, row: int) -> list[int]:
+        return self.contexts[self.prompt_index[row]]
+
+    def _stop_cut(self, row: int) -> str | None:
+        """The response text before the first stop string, or None if no stop string occurs yet.  Only the
+        last tokens are decoded at each step (with the tokens before them as context, so a stop string that
+        starts with a space is seen); the whole response only once one may have appeared."""
+        ids, width = self.response[row], 4 * self.max_stop + 4  # a character is at most 4 tokens
+        before = (self._context(row) + ids[:-width])[-ANCHOR_TOKENS:] if len(ids) > width else self._context(row)
+        if stop_index(self.lm.decode_after(before, ids[-width:]), self.params.stop) is None:
             return None
-        text = self.lm.decode(ids)
-        return text[: min(text.find(s) for s in self.params.stop if s in text)]
+        text = self.lm.decode_after(self._context(row), ids)
+        cut = stop_index(text, self.params.stop)
+        return None if cut is None else text[:cut]
 
     def select(self, indices: Sequence[int]) -> None:
         for i in indices:
@@ -360,8 +430,9 @@ class IncrementalGenerator:
 
     def generate(self, contexts: dict[int, str], max_new_tokens: int, stop=None) -> dict[int, tuple[str, bool]]:
         """Continue ``contexts`` (row -> rendered text: prompt in its template, then the partial response);
-        returns row -> (new text, ended) where ``ended`` is true at end-of-sequence (a cut by ``stop`` or
-        by ``max_new_tokens`` is not an end)."""
+        returns row -> (new text, ended) where ``ended`` is true at end-of-sequence or at one of the sampling
+        parameters' stop strings (cut off, as remote engines do); a cut by ``stop`` or by
+        ``max_new_tokens`` is not an end."""
         from .logprobs import common_prefix_length
 
         if not contexts:
@@ -369,8 +440,9 @@ class IncrementalGenerator:
         order = sorted(contexts)
         new = [[] for _ in range(len(self.rows))]
         keep = [len(ids) for ids in self.rows.ids]
+        context_ids = {}
         for i in order:
-            ids = self.lm.encode_prompt(contexts[i], self.template)
+            context_ids[i] = ids = self.lm.encode_prompt(contexts[i], self.template)
             # keep the shared prefix, but always re-run at least the last token: its logits start sampling
             keep[i] = min(common_prefix_length(ids, self.rows.ids[i]), len(ids) - 1)
             new[i] = ids[keep[i]:]
@@ -386,21 +458,26 @@ class IncrementalGenerator:
             tokens = self.lm.sample_next(logits, self.params, u).tolist()
             for i in list(active):
                 if tokens[i] in self.lm.eos_ids:
-                    texts[i], ended[i] = self.lm.decode(generated[i]), True
+                    texts[i], ended[i] = self.lm.response_text(context_ids[i], generated[i], finished=True), True
                     active.discard(i)
                     continue
                 generated[i].append(tokens[i])
-                if stop is not None:
-                    text = self.lm.response_text(generated[i], finished=False)
-                    cut = stop(text)
-                    if cut is not None:
-                        texts[i], ended[i] = text[:cut], False
-                        active.discard(i)
+                if stop is None and not self.params.stop:
+                    continue
+                text = self.lm.response_text(context_ids[i], generated[i], finished=False)
+                at_stop = stop_index(text, self.params.stop)
+                cut = stop(text) if stop is not None else None
+                if at_stop is not None and (cut is None or at_stop <= cut):
+                    texts[i], ended[i] = text[:at_stop], True  # a stop string ends the response
+                    active.discard(i)
+                elif cut is not None:
+                    texts[i], ended[i] = text[:cut], False
+                    active.discard(i)
             if not active:
                 break
             step = [[tokens[i]] if i in active else [] for i in range(len(self.rows))]
             logits = self.rows.forward(step, last_only=True)
             self.tokens_run += len(active)
         for i in active:  # cut by the length limit
-            texts[i], ended[i] = self.lm.response_text(generated[i], finished=False), False
+            texts[i], ended[i] = self.lm.response_text(context_ids[i], generated[i], finished=False), False
         return {i: (texts[i], ended[i]) for i in order}

@@ -9,7 +9,7 @@ with :class:`w2s.LogRatioScorer` it is log pi_tuned(y|x) - log pi_untuned(y|x) (
         sample K continuations of up to L tokens for each unfinished beam
         candidates = all continuations + finished beams (carried once, unchanged)
         beams = the W best distinct candidates by score
-    return the best of the final beams
+    return the best finished beam (the best unfinished one when none finished within max_new_tokens)
 
 Best-of-N (W=1, K=N, L=inf) and plain sampling (W=K=1, L=inf) are special cases of the same code.
 """
@@ -41,8 +41,10 @@ class Beam:
 class SearchResult:
     """What a search returns for one prompt.
 
-    ``finished`` is true only when the response ended by itself (EOS or stop string); ``score`` is the
-    scorer's value of ``response`` (with EOS counted when finished).  ``beams`` holds all final beams
+    ``response`` is the best-scoring *finished* final beam when one exists (ALGORITHMS.md: "the best
+    finished candidate"), otherwise the best unfinished one.  ``finished`` is true only when the response
+    ended by itself (EOS or stop string); ``score`` is the scorer's value of ``response`` (with the end
+    token counted when finished).  ``beams`` holds all final beams
     with their own scores when asked for (``return_beams=True``), best first.  ``error`` is set (and the
     response is empty) when a remote large model failed for this prompt; the other prompts are unaffected.
     """
@@ -197,7 +199,7 @@ class ChunkBeamSearch:
                 results.append(SearchResult(prompt, "", None, False, 0, self.method, error=errors[p]))
                 continue
             final = sorted(beams[p], key=lambda b: -b.score) if scorer is not None else beams[p]
-            best = final[0]
+            best = next((b for b in final if b.finished), final[0])  # the best finished beam, if any
             results.append(
                 SearchResult(
                     prompt, best.text, best.score, best.finished, best.num_tokens, self.method,

@@ -95,16 +95,22 @@ class _EFTModel:
 
     def __init__(self, beta: float, strong: TransformersModel, strong_template: str, *guides):
         self.beta, self.strong, self.strong_template, self.guides = beta, strong, strong_template, guides
-        self.vocab_size = len(strong.tokenizer.get_vocab())
+        # ids of real tokens: columns past them are embedding rows padded beyond the tokenizer (Qwen, Pythia...),
+        # whose widths may differ between models of one vocabulary
+        self.vocab_size = max(strong.tokenizer.get_vocab().values()) + 1
 
     def _combine(self, logits: list[torch.Tensor]) -> torch.Tensor:
-        strong, tuned, untuned = (x[:, : self.vocab_size].float().log_softmax(dim=-1) for x in logits)
-        return strong + self.beta * (tuned - untuned)
+        """[rows, strong width]: log-softmax over the real tokens, mixed; padded columns -inf (never drawn)."""
+        n = self.vocab_size
+        strong, tuned, untuned = (x[:, :n].float().log_softmax(dim=-1) for x in logits)
+        mixed = strong + self.beta * (tuned - untuned)
+        width = logits[0].shape[-1]
+        if width > n:
+            mixed = torch.cat([mixed, mixed.new_full((mixed.shape[0], width - n), float("-inf"))], dim=-1)
+        return mixed
 
     def open(self, prompts, params, seeds, template=None) -> LocalBeams:
-        streams = [(self.strong, [self.strong.encode_prompt(self.strong.render(self.strong_template, p),
-                                                            self.strong_template) for p in prompts])]
-        for model, tmpl in self.guides:
-            # guides see their context as the scorer does: no added special tokens, start token if empty
-            streams.append((model, [model.encode(model.render(tmpl, p)) or [model.start_id] for p in prompts]))
+        # every model sees its context by the same BOS rule (TransformersModel.encode_prompt)
+        streams = [(model, [model.encode_prompt(model.render(tmpl, p), tmpl) for p in prompts])
+                   for model, tmpl in [(self.strong, self.strong_template), *self.guides]]
         return LocalBeams(self.strong, params, seeds, streams, combine=self._combine)

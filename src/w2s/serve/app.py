@@ -25,17 +25,22 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict
 
+from ..backends.base import Conversation
 from ..search.eft import check_same_vocabulary
 from ..validation import check_choice
 from .batching import Batcher, Job, Output, QueueFull
 from .config import ALIGNER_METHODS, ALIGNER_ROLE, METHODS, ServeConfig, method_fields
 from .metrics import Metrics, MetricsMiddleware
 
+try:  # what a chat template's raise_exception() raises (e.g. "roles must alternate user/assistant")
+    from jinja2.exceptions import TemplateError
+except ImportError:  # pragma: no cover - jinja2 comes with transformers' chat templates
+    class TemplateError(Exception):
+        pass
+
 # OpenAI request field -> the method parameter it sets
 OPENAI_FIELDS = {"max_tokens": "max_new_tokens", "max_completion_tokens": "max_new_tokens",
                  "temperature": "temperature", "top_p": "top_p", "stop": "stop"}
-# chat requests to a large model with no chat template: each message on its own line, then the answer's cue
-CHAT_FALLBACK_ROLES = {"system": "System", "user": "User", "assistant": "Assistant"}
 
 
 class APIError(Exception):
@@ -142,19 +147,36 @@ def resolve_method(body: _Request, config: ServeConfig) -> tuple[str, dict]:
     return method, params
 
 
-def chat_prompt(messages: list[ChatMessage]) -> str:
-    """A conversation as one prompt: a lone user message is its text; otherwise one 'Role: text' line
-    per message (the plain transcript the guides and a template-less large model see)."""
-    if len(messages) == 1 and messages[0].role == "user":
-        return messages[0].text
-    return "\n".join(f"{CHAT_FALLBACK_ROLES.get(m.role, 'System')}: {m.text}" for m in messages)
+def chat_conversation(messages: list[ChatMessage]) -> Conversation:
+    """A chat request's messages as one prompt, a :class:`w2s.Conversation`: a model with the ``"chat"``
+    template renders the turns themselves (roles and system prompt kept), a format-string template
+    sees the plain transcript (``System: ...`` / ``User: ...`` / ``Assistant: ...`` lines; a lone user
+    message is just its text).
+
+    A message's content is its text (text parts joined); empty content is a 400.  ``developer`` is given
+    as the ``system`` role (most chat templates know no other).  The last message must not be the
+    assistant's: the reply is a new assistant turn, and continuing a partial one is not supported (400).
+    """
+    if not messages:
+        raise APIError(400, "messages must not be empty.", param="messages")
+    turns = []
+    for i, m in enumerate(messages):
+        if not m.text:
+            raise APIError(400, f"messages[{i}].content must not be empty.", param=f"messages.{i}.content")
+        turns.append({"role": "system" if m.role == "developer" else m.role, "content": m.text})
+    if turns[-1]["role"] == "assistant":
+        raise APIError(400, f"messages must not end with an assistant message (messages[{len(turns) - 1}]): the "
+                            "answer is a new assistant turn, and continuing a partial one is not supported; end with "
+                            "a user message, or send the rendered text to /v1/completions.", param="messages")
+    return Conversation(turns)
 
 
-def chat_template(model, messages: list[ChatMessage]) -> str:
-    """The large model's template for a chat request: its chat template, else the plain fallback."""
+def chat_template(model, prompt: Conversation) -> str:
+    """The large model's template for a chat request: ``"chat"`` (its chat template, over the turns),
+    else the plain fallback over the transcript."""
     if getattr(getattr(model, "tokenizer", None), "chat_template", None):
         return "chat"
-    if len(messages) == 1 and messages[0].role == "user":
+    if len(prompt.messages) == 1 and prompt.messages[0]["role"] == "user":
         return "User: {prompt}\nAssistant:"
     return "{prompt}\nAssistant:"
 
@@ -220,7 +242,8 @@ class Server:
                 raise APIError(400, str(err), param=_param_of(str(err), method_fields(method))) from None
             budget = getattr(built, "max_new_tokens", None) or built.max_sentence_tokens
         else:
-            budget = METHODS[method](**params).max_new_tokens
+            built = METHODS[method](**params)
+            budget = built.max_new_tokens
         if not prompts:
             raise APIError(400, f"{prompt_param} must not be empty.", param=prompt_param)
         prompt_tokens, strong = [], m["strong"]
@@ -229,13 +252,21 @@ class Server:
                 text = strong.render(template, prompt)
                 # a remote model without a local tokenizer cannot count: the engine checks the context
                 ids = strong.encode_prompt(text, template) if hasattr(strong, "encode_prompt") else []
-            except ValueError as err:
-                raise APIError(400, str(err), param=prompt_param) from None
+            except (ValueError, TemplateError) as err:
+                raise APIError(400, _template_message(err, "the large model"), param=prompt_param) from None
             if self.context_length is not None and len(ids) + budget > self.context_length:
                 raise APIError(400, f"this model's context is {self.context_length} tokens; the prompt has "
                                     f"{len(ids)} and up to {budget} new tokens were asked for; shorten the prompt "
                                     "or lower max_tokens.", param=prompt_param, code="context_length_exceeded")
             prompt_tokens.append(len(ids))
+        guided = method == "eft" or (method not in ALIGNER_METHODS and built.samples_per_step > 1)
+        for role in ("tuned", "untuned") if guided else ():  # a guide's chat template may refuse the turns
+            if m.get(f"{role}_template") == "chat":
+                for prompt in prompts:
+                    try:
+                        m[role].render("chat", prompt)
+                    except (ValueError, TemplateError) as err:
+                        raise APIError(400, _template_message(err, f"the {role} guide"), param=prompt_param) from None
         return method, params, prompt_tokens
 
 
@@ -293,12 +324,11 @@ def create_app(config: ServeConfig, models: dict) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request):
-        if not body.messages:
-            raise APIError(400, "messages must not be empty.", param="messages")
         if body.max_tokens is not None and body.max_completion_tokens is not None:
             raise APIError(400, "give max_tokens or max_completion_tokens, not both.", param="max_tokens")
-        template = chat_template(models["strong"], body.messages)
-        return await _generate(request, body, [chat_prompt(body.messages)], template, "messages", chat=True)
+        prompt = chat_conversation(body.messages)
+        template = chat_template(models["strong"], prompt)
+        return await _generate(request, body, [prompt], template, "messages", chat=True)
 
     async def _generate(request: Request, body, prompts: list[str], template: str, prompt_param: str, chat: bool):
         named = (body.w2s or {}).get("method", config.method)
@@ -340,8 +370,12 @@ def create_app(config: ServeConfig, models: dict) -> FastAPI:
     return app
 
 
+def _template_message(err: Exception, who: str) -> str:
+    return f"{who}'s chat template refuses these messages: {err}" if isinstance(err, TemplateError) else str(err)
+
+
 def _error_of(err: Exception) -> APIError:
-    if isinstance(err, ValueError):
+    if isinstance(err, (ValueError, TemplateError)):
         return APIError(400, str(err))
     return APIError(500, f"generation failed: {type(err).__name__}: {err}", type="server_error")
 

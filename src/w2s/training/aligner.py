@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..aligner.stream import aligner_input, stream_aligner_input
+from ..backends.base import chat_turn_end_id
 from ..validation import check_choice, check_range
 from . import check_schedule, schedule_args, train_and_save
 
@@ -52,15 +53,22 @@ class AlignerTrainingConfig:
         check_schedule(self, ("max_length",))
 
 
-def examples(records: Sequence[dict], kind: str, chat: bool) -> list[dict]:
-    """Prompt-completion examples; conversational when the model has a chat template."""
+def examples(records: Sequence[dict], kind: str, tokenizer) -> list[dict]:
+    """Prompt-completion examples; conversational when the tokenizer has a chat template.
+
+    The target must end with an end token, or the aligner never learns to stop: TRL appends EOS to a
+    plain completion, and a chat template writes its end of turn after the assistant's message, except
+    templates that write none (then the tokenizer's EOS is appended to the message).
+    """
+    chat = bool(getattr(tokenizer, "chat_template", None))
+    end = tokenizer.eos_token if chat and chat_turn_end_id(tokenizer) is None else ""
     out = []
     for r in records:
         prompt = (stream_aligner_input(r["question"], r["prefix"], r["sentence"]) if kind == "stream"
                   else aligner_input(r["question"], r["answer"]))
         if chat:
             out.append({"prompt": [{"role": "user", "content": prompt}],
-                        "completion": [{"role": "assistant", "content": r["correction"]}]})
+                        "completion": [{"role": "assistant", "content": r["correction"] + end}]})
         else:
             out.append({"prompt": prompt, "completion": r["correction"]})
     return out
@@ -78,7 +86,6 @@ def build_trainer(base_dir: str | Path, records: Sequence[dict], out_dir: str | 
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    chat = bool(getattr(tokenizer, "chat_template", None))
     args = SFTConfig(max_length=config.max_length, completion_only_loss=True, gradient_checkpointing=False,
                      train_sampling_strategy="group_by_length",
                      **schedule_args(config, out_dir, progress))
@@ -90,7 +97,7 @@ def build_trainer(base_dir: str | Path, records: Sequence[dict], out_dir: str | 
                                  target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                                  "down_proj"])
     return SFTTrainer(model=AutoModelForCausalLM.from_pretrained(base_dir), args=args, peft_config=peft_config,
-                      train_dataset=Dataset.from_list(examples(records, config.kind, chat)), processing_class=tokenizer)
+                      train_dataset=Dataset.from_list(examples(records, config.kind, tokenizer)), processing_class=tokenizer)
 
 
 def train_aligner(base_dir: str | Path, records: Sequence[dict], out_dir: str | Path,
