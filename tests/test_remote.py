@@ -150,6 +150,27 @@ def test_cbs_and_best_of_n_with_a_remote_strong_model(proxy, tuned, untuned):
     strong.close()
 
 
+def test_stop_strings_across_chunks_end_remote_responses_as_local_ones_do(proxy):
+    """The engine checks stop strings only in one request's text; one spanning two chunks is caught by w2s,
+    and the result is what one whole request with that stop string gives (greedy, so comparable)."""
+    strong = remote(proxy)
+    steps = []
+    greedy = dict(beam_width=1, successors_per_beam=1, max_new_tokens=12, temperature=0.0)
+    one_token_chunks = w2s.ChunkBeamSearch(chunk_length=1, **greedy)
+    text = next(one_token_chunks.generate(strong, None, ["Once upon a time"], on_step=lambda p, t: steps.append(t[0])))
+    text = text.response
+    boundary = next(len(t) for t in steps if 2 <= len(t) <= len(text) - 2)  # a chunk boundary inside the text
+    stop = text[boundary - 2 : boundary + 2]
+    expected = text[: text.find(stop)]
+    for chunk_length in (1, None):  # the stop string spans two chunks / lies inside one request
+        search = w2s.ChunkBeamSearch(chunk_length=chunk_length, stop=(stop,), **greedy)
+        result = next(search.generate(strong, None, ["Once upon a time"]))
+        assert (result.response, result.finished) == (expected, True), (stop, chunk_length)
+    generator = strong.generator(1, w2s.SamplingParams(temperature=0.0, stop=(stop,)), [0])
+    assert generator.generate({0: "Once upon a time"}, 12) == {0: (expected, True)}
+    strong.close()
+
+
 def test_llama_cpp_honours_seed(proxy):
     strong = remote(proxy)
     body = lambda seed: {"model": "smollm2", "prompt": "Once upon a time", "max_tokens": 8,  # noqa: E731
