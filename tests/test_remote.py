@@ -335,7 +335,7 @@ def test_cli_search_with_a_remote_strong_model_error_records_and_resume(proxy, m
     args = ["search", "--strong", proxy.url, "--strong-model", "smollm2", "--tuned", model_dirs["tuned"],
             "--untuned", model_dirs["untuned"], "--method", "cbs", "--beam-width", "2", "--successors", "2",
             "--chunk-length", "4", "--max-new-tokens", "8", "--prompts", str(prompts), "--output", str(out),
-            "--max-retries", "1", "--concurrency", "4", "--api-key-env", "MY_ENGINE_KEY"]
+            "--max-retries", "1", "--concurrency", "4", "--api-key-env", "MY_ENGINE_KEY", "--batch-size", "1"]
     done = run_cli(args, {"MY_ENGINE_KEY": "sk-test-123", "OPENAI_API_KEY": "wrong"})
     assert done.returncode == 0, done.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]
@@ -345,8 +345,8 @@ def test_cli_search_with_a_remote_strong_model_error_records_and_resume(proxy, m
     # the key came from the named variable, as a bearer token, on every request
     assert {e["headers"].get("authorization") for e in completions(proxy)} == {"Bearer sk-test-123"}
 
-    # --resume retries from the first error record (the engine works now): the line before it is kept,
-    # that prompt and the ones after it run again (llama.cpp's KV-cache reuse may change their text)
+    # --resume retries from the first error record (the engine works now): the line before it is kept (a
+    # whole batch, with --batch-size 1), that prompt and the ones after it run again (llama.cpp's KV-cache reuse may change their text)
     proxy.rules.clear()
     proxy.log.clear()
     resumed = run_cli(args + ["--resume"], {"MY_ENGINE_KEY": "sk-test-123"})

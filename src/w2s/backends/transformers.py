@@ -18,7 +18,7 @@ import torch
 
 from ..validation import check_choice
 from .base import Continuation, SamplingParams, chat_turn_end_id, render_prompt, stop_index
-from .kv_rows import KVRows
+from .kv_rows import KVRows, check_model
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Tokens that end a text or a turn in common tokenizers; each counts as end-of-sequence when present.
@@ -122,6 +122,7 @@ class TransformersModel:
     """
 
     def __init__(self, model, tokenizer, name: str = "model", *, banned_ids: Iterable[int] | None = None):
+        check_model(model)  # refuse caches that cannot be rolled back (recurrent, hybrid) when loaded
         self.model = model
         self.tokenizer = tokenizer
         self.name = name

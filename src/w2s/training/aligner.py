@@ -8,6 +8,7 @@ template when it has one; TRL's ``SFTTrainer`` masks the prompt of prompt-comple
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -86,7 +87,12 @@ def build_trainer(base_dir: str | Path, records: Sequence[dict], out_dir: str | 
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    args = SFTConfig(max_length=config.max_length, completion_only_loss=True, gradient_checkpointing=False,
+    # TRL turns activation checkpointing on by default; off, a CPU step is about 3x faster (transformers 5.23
+    # renamed the argument)
+    fields = {f.name for f in dataclasses.fields(SFTConfig)}
+    no_checkpointing = {"activation_checkpointing" if "activation_checkpointing" in fields
+                        else "gradient_checkpointing": False}
+    args = SFTConfig(max_length=config.max_length, completion_only_loss=True, **no_checkpointing,
                      train_sampling_strategy="group_by_length",
                      **schedule_args(config, out_dir, progress))
     peft_config = None

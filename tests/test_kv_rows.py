@@ -1,0 +1,251 @@
+"""KVRows: many rows of different lengths, with holes, in one cache give each row's from-scratch logits.
+
+Every scenario is checked against the model run on each row's ids alone (no padding, no cache):
+plain full attention (Llama, GPT-2), sliding-window attention (Mistral, Gemma-3 with mixed layer types,
+Qwen2 with sliding layers) with rows well past the window, and models whose cache cannot be rolled back
+(refused with their model type named).
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+
+import pytest
+import torch
+import transformers as T
+from torch import nn
+
+from w2s.backends.kv_rows import KVRows, check_model
+
+VOCAB = 64
+WINDOW = 5
+SMALL = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2,
+             max_position_embeddings=256, initializer_range=0.3, pad_token_id=0)
+
+
+def llama():
+    return T.LlamaForCausalLM(T.LlamaConfig(num_hidden_layers=2, **SMALL))
+
+
+def gpt2():
+    return T.GPT2LMHeadModel(T.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=256,
+                                          initializer_range=0.3))
+
+
+def mistral():
+    return T.MistralForCausalLM(T.MistralConfig(num_hidden_layers=2, sliding_window=WINDOW, **SMALL))
+
+
+def gemma3():
+    config = T.Gemma3TextConfig(num_hidden_layers=3, head_dim=8, query_pre_attn_scalar=8, sliding_window=WINDOW,
+                                layer_types=["sliding_attention", "full_attention", "sliding_attention"], **SMALL)
+    return T.Gemma3ForCausalLM(config)
+
+
+def qwen2():
+    config = T.Qwen2Config(num_hidden_layers=3, use_sliding_window=True, sliding_window=WINDOW, max_window_layers=1,
+                           **SMALL)
+    assert config.layer_types == ["full_attention", "sliding_attention", "sliding_attention"]
+    return T.Qwen2ForCausalLM(config)
+
+
+def build(make, attn="sdpa", seed=0):
+    torch.manual_seed(seed)
+    model = make().eval()
+    model.set_attn_implementation(attn)
+    return model
+
+
+class Checked:
+    """Runs KVRows calls and compares every returned logit with the model run from scratch on the row."""
+
+    def __init__(self, model, pad_id=0):
+        self.model, self.rows = model, KVRows(model, pad_id)
+        self.gen = torch.Generator().manual_seed(1)
+        self.checked = 0
+
+    def tokens(self, n):
+        return torch.randint(1, VOCAB, (n,), generator=self.gen).tolist()
+
+    @torch.no_grad()
+    def reference(self, ids):
+        return self.model(input_ids=torch.tensor([ids]), use_cache=False).logits[0]
+
+    def forward(self, lengths, last_only):
+        new = [self.tokens(n) for n in lengths]
+        before = [len(ids) for ids in self.rows.ids]
+        logits = self.rows.forward(new, last_only=last_only)
+        assert torch.isfinite(logits).all()
+        for i, ids in enumerate(self.rows.ids):
+            if not new[i]:
+                continue  # meaningless logits by contract
+            ref = self.reference(ids)
+            got, want = (logits[i], ref[-1]) if last_only else (logits[i, : len(new[i])], ref[before[i]:])
+            torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+            self.checked += 1
+
+    def scenario(self):
+        rows = self.rows
+        rows.add_empty_rows(3)
+        self.forward([4, 11, 7], last_only=True)  # prompts of different lengths: left padding
+        self.forward([3, 0, 6], last_only=False)  # right padding, and a row of padding queries only
+        rows.truncate([5, 9, 12])  # re-tokenization rolls rows back: holes
+        self.forward([2, 5, 1], last_only=True)
+        rows.select([2, 0, 0, 1])  # reorder, with a repeat
+        rows.truncate([len(rows.ids[0]) - 2, len(rows.ids[1]), len(rows.ids[2]) - 3, 4])
+        self.forward([6, 3, 9, 2], last_only=False)
+        for step in range(12):  # decoding, some rows rolled back by one token now and then
+            if step % 4 == 3:
+                rows.truncate([len(ids) - (i % 2) for i, ids in enumerate(rows.ids)])
+            self.forward([1, 1, 1, 1], last_only=True)
+        rows.select([3, 1])
+        self.forward([4, 2], last_only=True)
+        assert min(len(ids) for ids in rows.ids) > 3 * WINDOW  # well past the window
+        assert rows.num_columns > max(len(ids) for ids in rows.ids)  # holes and padding in every row
+
+
+@pytest.mark.parametrize("make", [mistral, gemma3, qwen2])
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_sliding_window_rows_with_holes_match_each_row_from_scratch(make, attn):
+    run = Checked(build(make, attn))
+    run.scenario()
+    assert run.checked > 40
+
+
+@pytest.mark.parametrize("make", [llama, gpt2])
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_full_attention_rows_with_holes_match_each_row_from_scratch(make, attn):
+    """The control: the 2-D mask path, unchanged."""
+    run = Checked(build(make, attn))
+    run.scenario()
+    assert run.checked > 40
+
+
+@pytest.mark.parametrize("make, sliding", [(llama, False), (gpt2, False), (mistral, True), (gemma3, True), (qwen2, True)])
+def test_only_sliding_models_take_the_4d_mask_path(make, sliding):
+    assert KVRows(build(make), 0).sliding == sliding
+
+
+def test_sliding_rows_keep_every_column():
+    """Sliding layers of DynamicCache(config=...) would drop columns that other rows still need."""
+    run = Checked(build(gemma3))
+    run.scenario()
+    assert {layer.keys.shape[-2] for layer in run.rows.cache.layers} == {run.rows.num_columns}
+
+
+def takes(model, name):
+    return name in inspect.signature(model.forward).parameters
+
+
+@pytest.mark.parametrize("make", [llama, gpt2])
+def test_no_deprecation_warnings_and_new_cache_argument(make):
+    model = build(make)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        warnings.simplefilter("error", DeprecationWarning)
+        run = Checked(model)
+        run.scenario()
+    # transformers 5.24 takes `cache` (`past_key_values` is deprecated, removed in 5.40); 5.0 only the old name
+    assert run.rows.cache_arg == ("cache" if takes(model, "cache") else "past_key_values")
+
+
+class OldForward(nn.Module):
+    """A model whose forward only knows ``past_key_values`` (transformers before the rename)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.config = inner, inner.config
+        self.name = "cache" if takes(inner, "cache") else "past_key_values"
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, use_cache=None,
+                logits_to_keep=0):
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          use_cache=use_cache, logits_to_keep=logits_to_keep, **{self.name: past_key_values})
+
+
+def test_old_past_key_values_argument_still_works():
+    model = build(llama)
+    rows = KVRows(OldForward(model), 0)
+    assert rows.cache_arg == "past_key_values"
+    rows.add_empty_rows(2)
+    logits = rows.forward([[1, 2, 3], [4, 5]], last_only=True)
+    torch.testing.assert_close(logits[1], model(input_ids=torch.tensor([[4, 5]])).logits[0, -1], atol=1e-4, rtol=1e-4)
+
+
+class IgnoresCache(OldForward):
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None, use_cache=None,
+                logits_to_keep=0):
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          use_cache=use_cache, logits_to_keep=logits_to_keep)
+
+
+def test_a_model_that_keeps_its_state_elsewhere_is_caught_at_the_first_forward():
+    rows = KVRows(IgnoresCache(build(llama)), 0)
+    rows.add_empty_rows(2)
+    with pytest.raises(ValueError, match="model type 'llama'.*did not store"):
+        rows.forward([[1, 2, 3], [4, 5]], last_only=True)
+
+
+def tiny_mamba():
+    return T.MambaForCausalLM(T.MambaConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, state_size=4))
+
+
+def tiny_lfm2():
+    return T.Lfm2ForCausalLM(T.Lfm2Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                          num_attention_heads=4, num_key_value_heads=2, full_attn_idxs=[1]))
+
+
+def tiny_rwkv():
+    return T.RwkvForCausalLM(T.RwkvConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
+                                          attention_hidden_size=32, intermediate_size=64, context_length=64))
+
+
+@pytest.mark.parametrize("make, model_type", [(tiny_mamba, "mamba"), (tiny_lfm2, "lfm2"), (tiny_rwkv, "rwkv")])
+def test_recurrent_models_are_refused(make, model_type):
+    with pytest.raises(ValueError, match=rf"model type '{model_type}'.*rolls rows back"):
+        KVRows(make().eval(), 0)
+
+
+class ConfigOnly(nn.Module):
+    """Stands in for a model too big to build here: KVRows only looks at its config and its forward's
+    signature (taken from the real class) before the first forward."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config, self.w = config, nn.Parameter(torch.zeros(1))
+
+
+def config_only(model_class, config):
+    return type(model_class.__name__, (ConfigOnly,), {"forward": model_class.forward})(config)
+
+
+@pytest.mark.parametrize("model_class, config", [
+    ("JambaForCausalLM", lambda: T.JambaConfig(num_hidden_layers=2)),
+    ("Qwen3NextForCausalLM", lambda: T.Qwen3NextConfig(num_hidden_layers=4)),
+    ("FalconH1ForCausalLM", lambda: T.FalconH1Config(num_hidden_layers=2)),
+    ("RecurrentGemmaForCausalLM", lambda: T.RecurrentGemmaConfig(num_hidden_layers=3)),
+    ("Mamba2ForCausalLM", lambda: T.Mamba2Config(num_hidden_layers=2)),
+    ("xLSTMForCausalLM", lambda: T.xLSTMConfig(num_hidden_layers=2)),
+    ("Llama4ForCausalLM", lambda: T.Llama4TextConfig(num_hidden_layers=4)),  # chunked attention
+    ("Gemma3nForCausalLM", lambda: T.Gemma3nTextConfig()),  # layers sharing another layer's cache
+])
+def test_hybrid_chunked_and_shared_caches_are_refused(model_class, config):
+    config = config()
+    with pytest.raises(ValueError, match=rf"model type '{config.model_type}'.*rolls rows back"):
+        KVRows(config_only(getattr(T, model_class), config), 0)
+
+
+def test_sliding_model_without_4d_masks_is_refused():
+    config = T.MistralConfig(num_hidden_layers=2, sliding_window=WINDOW, **SMALL)
+    config._attn_implementation = "flash_attention_2"
+    with pytest.raises(ValueError, match=r"model type 'mistral'.*flash_attention_2"):
+        KVRows(config_only(T.MistralForCausalLM, config), 0)
+    config._attn_implementation = "sdpa"
+    assert KVRows(config_only(T.MistralForCausalLM, config), 0).sliding
+
+
+def test_check_model_fails_early_without_a_forward():
+    assert check_model(build(gemma3))["kinds"] == ["sliding_attention", "full_attention", "sliding_attention"]
+    with pytest.raises(ValueError, match="model type 'mamba'"):
+        check_model(tiny_mamba())
