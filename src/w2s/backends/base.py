@@ -83,7 +83,7 @@ def render_prompt(tokenizer, name: str, template: str, prompt: str, hint: str = 
     if template != "chat":
         return template.format(prompt=prompt)
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-        raise ValueError(f"template 'chat' needs a chat template, and {name!r} has none{hint}; "
+        raise ValueError(f"template 'chat' needs a chat template, and {name} has none{hint}; "
                          "pass a format string such as '{prompt}' instead.")
     messages = list(prompt.messages) if isinstance(prompt, Conversation) else [{"role": "user", "content": prompt}]
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

@@ -151,7 +151,7 @@ class TransformersModel:
         bad = [i for i in ids if not 0 <= i < self.num_logits]
         if bad:
             raise ValueError(f"banned_ids must be token ids in [0, {self.num_logits}) for {self.name!r}, got {bad[:5]}.")
-        self._banned = torch.tensor(ids, dtype=torch.long)
+        self._banned = torch.tensor(ids, dtype=torch.long, device=self.device)
 
     @property
     def num_parameters(self) -> int:
@@ -208,7 +208,7 @@ class TransformersModel:
         logits = logits.float()
         banned = self._banned[self._banned < logits.shape[-1]]
         if len(banned):
-            logits = logits.index_fill(1, banned.to(logits.device), float("-inf"))
+            logits = logits.index_fill(1, banned, float("-inf"))
         if params.temperature == 0:
             return logits.argmax(dim=-1)
         logits = logits / params.temperature
