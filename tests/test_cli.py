@@ -85,6 +85,20 @@ def test_resume_keeps_finished_lines_and_matches_an_uninterrupted_run(model_dirs
     assert part.read_text() == full.read_text()
 
 
+def test_resume_restarts_at_the_batch_boundary(tmp_path):
+    from w2s.cli import _resume_point
+
+    out = tmp_path / "out.jsonl"
+    rows = [json.dumps({"prompt": str(i), "response": "x"}) + "\n" for i in range(5)]
+    out.write_text("".join(rows[:3]) + rows[3][:5])  # 3 complete lines, a torn 4th
+    assert _resume_point(str(out), 2, total=6) == 2 and out.read_text() == "".join(rows[:2])
+    out.write_text("".join(rows))  # a finished run of 5 keeps its partial last batch
+    assert _resume_point(str(out), 2, total=5) == 5 and out.read_text() == "".join(rows)
+    error = json.dumps({"index": 1, "prompt": "1", "error": "HTTP 503"}) + "\n"
+    out.write_text(rows[0] + error + "".join(rows[2:]))  # retried from the error's batch
+    assert _resume_point(str(out), 1, total=5) == 1 and _resume_point(str(out), 4, total=5) == 0
+
+
 def aligner_flags(dirs):
     # the shared guide has the strong model's tokenizer and its chat template: a stand-in aligner
     return ["--upstream", dirs["strong"], "--upstream-template", "{prompt}", "--max-sentences", "2"]

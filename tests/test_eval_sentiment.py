@@ -74,7 +74,7 @@ def assert_same_records(after, before):
 
 
 def test_resume_restarts_at_a_batch_boundary_and_skips_finished_work(strong, tuned, untuned, tmp_path, monkeypatch):
-    prompts = PROMPTS + ["The food was"]
+    prompts = PROMPTS + ["The food was", "My day"]  # 5 prompts: the last batch is a partial one
     kw = dict(seeds=(0, 1), max_new_tokens=4, methods=["base", "cbs-2x2"], batch_size=2, progress=False)
     evaluate_sentiment(tmp_path, strong, tuned, untuned, prompts, **kw)
     files = sorted((tmp_path / "raw").glob("*/*.jsonl"))
@@ -95,10 +95,13 @@ def test_resume_restarts_at_a_batch_boundary_and_skips_finished_work(strong, tun
     monkeypatch.setattr(w2s.ChunkBeamSearch, "generate", counting)
     rows = evaluate_sentiment(tmp_path, strong, tuned, untuned, prompts, **kw)
     # only cbs seed 1 runs again, from the start of the batch its torn line belongs to
-    assert calls == [("ChunkBeamSearch", 1, 2, prompts[2:])]
+    assert calls == [("ChunkBeamSearch", 1, 2, prompts[2:4]), ("ChunkBeamSearch", 1, 4, prompts[4:])]
     for f in files:
         assert_same_records(_records(f), before[f])
-    assert [r["method"] for r in rows] == ["base", "cbs-2x2"] and all(r["prompts"] == 4 for r in rows)
+    assert [r["method"] for r in rows] == ["base", "cbs-2x2"] and all(r["prompts"] == 5 for r in rows)
+    calls.clear()  # a finished run, partial last batch included, is kept whole
+    evaluate_sentiment(tmp_path, strong, tuned, untuned, prompts, **kw)
+    assert calls == []
 
 
 def test_same_seed_and_batch_size_give_identical_records(strong, tuned, untuned, tmp_path):

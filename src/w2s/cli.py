@@ -271,7 +271,7 @@ def cmd_search(args) -> None:
 
     config = search_config(args)  # validate before loading models
     records = read_prompts(args.prompts)
-    done = _resume_point(args.output, args.batch_size) if args.resume else 0
+    done = _resume_point(args.output, args.batch_size, len(records)) if args.resume else 0
     if done > len(records):
         raise ValueError(f"--output {args.output} has {done} lines but --prompts has only {len(records)} prompts.")
     m = load_models(args)
@@ -372,7 +372,7 @@ def _run_questions(args, method) -> None:
     from tqdm.auto import tqdm
 
     questions = read_questions(args.questions)
-    done = _resume_point(args.output, args.batch_size)
+    done = _resume_point(args.output, args.batch_size, len(questions))
     with open(args.output, "a", encoding="utf-8") as out:
         for start in tqdm(range(done, len(questions), args.batch_size), desc=args.command, unit="batch"):
             batch = questions[start : start + args.batch_size]
@@ -506,14 +506,14 @@ def _is_error_record(record: dict) -> bool:
     return "error" in record and "index" in record and not ({"response", "corrected"} & record.keys())
 
 
-def _resume_point(path: str, batch_size: int) -> int:
+def _resume_point(path: str, batch_size: int, total: int) -> int:
     """Lines of ``path`` that ``--resume`` keeps (:func:`w2s.jsonl.resume_point`): the complete ones before
     the first error record, down to a batch boundary.  The rest is run again (its old lines are cut), so
     a resumed run retries what failed and, with the same ``--batch-size``, gives exactly what an
     uninterrupted one would: each prompt's randomness depends on (seed, index), and its batch is the same."""
     if path == "-":
         return 0
-    return resume_point(path, batch_size, keep=lambda r: not _is_error_record(r))
+    return resume_point(path, batch_size, total, keep=lambda r: not _is_error_record(r))
 
 
 def _write_jsonl(path: str, records: list[dict], results: Iterator, append: bool, first_index: int = 0) -> None:

@@ -26,18 +26,20 @@ def read_complete(path: str | Path) -> list[dict]:
     return records
 
 
-def resume_point(path: str | Path, batch_size: int, keep=lambda record: True) -> int:
-    """How many records of ``path`` a resumed run keeps; the rest of the file is cut.
+def resume_point(path: str | Path, batch_size: int, total: int, keep=lambda record: True) -> int:
+    """How many records of ``path`` (one per item of a run over ``total`` items) a resumed run keeps; the
+    rest of the file is cut.
 
     Kept: the complete records before the first one ``keep`` rejects (an error record, say), rounded
-    down to a whole number of batches of ``batch_size``.  The run restarts at a batch boundary, so every
+    down to a whole number of batches of ``batch_size`` (all of them when the run is complete).  The run restarts at a batch boundary, so every
     prompt is computed in the same batch as in an uninterrupted run with the same batch size: padded
     batches change floating-point reduction order, and only the same batches give bit-identical scores.
     """
     path = Path(path)
     records = read_complete(path)
     done = next((i for i, r in enumerate(records) if not keep(r)), len(records))
-    done -= done % batch_size
+    if done < total:
+        done -= done % batch_size
     if done < len(records):
         path.write_text("".join(dumps(r) for r in records[:done]), encoding="utf-8")
     return done

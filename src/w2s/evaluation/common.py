@@ -39,7 +39,7 @@ def append_missing(path: Path, items: Sequence, batch_size: int, make_rows: Call
     """Add to the raw file ``path`` the rows of the ``items`` it does not hold yet (a torn last line is
     cut, a partly written batch is done again): ``make_rows(batch, start)`` gives one row per item, and each
     batch is written as it finishes."""
-    done = resume_point(path, batch_size)
+    done = resume_point(path, batch_size, len(items))
     if done >= len(items):
         return
     path.parent.mkdir(parents=True, exist_ok=True)
