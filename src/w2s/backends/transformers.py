@@ -336,7 +336,7 @@ class LocalBeams:
             self.pending = [None] * len(self.pending)
 
     def _uniforms(self) -> torch.Tensor:
-        """One uniform per row, each prompt drawing from its own generator (batch-independent results)."""
+        """One uniform per row, each prompt drawing from its own generator (its draws do not depend on the batch)."""
         u = torch.empty(len(self.prompt_index))
         rows_of: dict[int, list[int]] = {}
         for row, p in enumerate(self.prompt_index):
@@ -454,7 +454,7 @@ class IncrementalGenerator:
         texts, ended, active = {}, {}, set(order)
         for _ in range(max_new_tokens):
             u = torch.zeros(len(self.rows))
-            for i in active:  # each row draws from its own generator: results independent of batching
+            for i in active:  # each row draws from its own generator: its draws do not depend on the batch
                 u[i] = torch.rand(1, generator=self.generators[i])[0]
             tokens = self.lm.sample_next(logits, self.params, u).tolist()
             for i in list(active):

@@ -127,7 +127,9 @@ class ChunkBeamSearch:
             scorer: a :class:`w2s.Scorer` or a callable ``fn(prompt, response) -> float``; may be None
                 only when nothing needs ranking (W = K = 1), and then results carry no score.
             template: the large model's prompt template (``{prompt}`` format string or ``"chat"``).
-            seed: results depend only on (seed, prompt position), not on batching.
+            seed: each prompt draws from its own generator, seeded by (seed, prompt position): the same
+                seed and ``batch_size`` give identical results; another batch size gives results equal in
+                distribution (scores to about 1e-5: padded batches change floating-point rounding).
             start_index: position of ``prompts[0]`` in the whole run, so that a resumed run draws the
                 same randomness for each prompt as an uninterrupted one.
             on_step: optional ``fn(prompt_index, beam_texts)``, called after each chunk with the texts of
