@@ -54,6 +54,12 @@ def stop_index(text: str, stop: Sequence[str]) -> int | None:
     return min(hits) if hits else None
 
 
+def special_token_ids(tokenizer) -> set[int]:
+    """The tokenizer's special tokens: its named ones and the added tokens flagged special (not the added
+    tokens that are text, such as Qwen3's ``<think>``)."""
+    return set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+
+
 def chat_turn_end_id(tokenizer) -> int | None:
     """The special token a chat template writes after an assistant turn (``<|eot_id|>`` for Llama-3-Instruct,
     ``<|im_end|>`` for ChatML, ``<end_of_turn>`` for Gemma, ``</s>`` for Llama-2), or None when the template
@@ -68,7 +74,7 @@ def chat_turn_end_id(tokenizer) -> int | None:
         return None
     if mark not in text:
         return None
-    special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    special = special_token_ids(tokenizer)
     for token_id in tokenizer(text[text.rindex(mark) + len(mark):], add_special_tokens=False)["input_ids"]:
         if token_id in special:
             return token_id

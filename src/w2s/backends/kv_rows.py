@@ -145,11 +145,12 @@ def check_model(model: torch.nn.Module) -> dict:
 
 
 class KVRows:
-    def __init__(self, model: torch.nn.Module, pad_id: int):
+    def __init__(self, model: torch.nn.Module, pad_id: int, how: dict | None = None):
+        """``how``: what :func:`check_model` returned for ``model`` (checked here when not given)."""
         self.model = model
         self.pad_id = pad_id
         self.device = next(model.parameters()).device
-        how = check_model(model)
+        how = how or check_model(model)
         self.model_type, self.cache_arg, self.window = how["model_type"], how["cache_arg"], how["window"]
         self.sliding = SLIDING in how["kinds"]
         self.mixed = self.sliding and FULL in how["kinds"]

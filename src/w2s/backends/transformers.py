@@ -17,7 +17,7 @@ from typing import Iterable, Sequence
 import torch
 
 from ..validation import check_choice
-from .base import Continuation, SamplingParams, chat_turn_end_id, render_prompt, stop_index
+from .base import Continuation, SamplingParams, chat_turn_end_id, render_prompt, special_token_ids, stop_index
 from .kv_rows import KVRows, check_model
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -122,7 +122,8 @@ class TransformersModel:
     """
 
     def __init__(self, model, tokenizer, name: str = "model", *, banned_ids: Iterable[int] | None = None):
-        check_model(model)  # refuse caches that cannot be rolled back (recurrent, hybrid) when loaded
+        # refuse caches that cannot be rolled back (recurrent, hybrid) when loaded; every KVRows reuses the plan
+        self.cache_plan = check_model(model)
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
@@ -242,7 +243,7 @@ class TransformersModel:
         return IncrementalLogProbs(self, template, incremental=incremental, batch_size=batch_size)
 
     def new_rows(self) -> KVRows:
-        return KVRows(self.model, self.pad_id)
+        return KVRows(self.model, self.pad_id, self.cache_plan)
 
     def generator(self, n_rows: int, params: SamplingParams, seeds: Sequence[int], template: str = "{prompt}"
                   ) -> "IncrementalGenerator":
@@ -261,8 +262,7 @@ def _end_token_ids(tokenizer, model, vocab: dict[str, int]) -> set[int]:
 def _non_text_token_ids(tokenizer, num_logits: int, vocab: dict[str, int]) -> set[int]:
     """Special tokens (``<start_of_image>``, ``<|im_start|>``...) plus logit columns without a token.
     Added tokens that are not special (``<think>``) are text: they are not in this set."""
-    banned = set(tokenizer.all_special_ids)
-    banned.update(i for i, token in tokenizer.added_tokens_decoder.items() if token.special)
+    banned = special_token_ids(tokenizer)
     known = set(vocab.values())
     banned.update(i for i in range(num_logits) if i not in known)
     return banned
