@@ -51,6 +51,7 @@ bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_search.py --out benchmarks/results/search.json
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_stream.py --out benchmarks/results/stream.json
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_serve.py --out benchmarks/results/serve.json
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_startup.py --out benchmarks/results/startup.json
 
 # rebuild the shipped sentiment guides (about 15 minutes on 2 cores): train, then copy the weights in
 GUIDES := src/w2s/weights/sentiment

@@ -86,7 +86,7 @@ def test_aligner_config_validates():
         AlignerTrainingConfig(kind="sentence")
 
 
-def test_a_lora_adapter_loads_merged_into_its_base(model_dirs, tmp_path):
+def test_a_lora_adapter_loads_merged_into_its_base(model_dirs, tmp_path, monkeypatch):
     """load_model on a PEFT adapter directory gives the base with the adapter merged in."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -96,6 +96,7 @@ def test_a_lora_adapter_loads_merged_into_its_base(model_dirs, tmp_path):
     peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
                                                  init_lora_weights=False))  # random B: the adapter changes logits
     peft_model.save_pretrained(tmp_path)
+    monkeypatch.setenv("W2S_CACHE", str(tmp_path / "cache"))  # the merged copy (tests/test_adapters.py)
     ids = torch.tensor([[5, 9, 13, 2, 7]])
     with torch.no_grad():
         expected = peft_model(input_ids=ids).logits

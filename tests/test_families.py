@@ -141,7 +141,7 @@ def test_the_end_token_scored_under_chat_is_the_templates_end_of_turn(models, fa
     assert lm.end_id("chat") == turn_end and turn_end in lm.eos_ids
     assert lm.end_id("{prompt}") == lm.eos_id
     scorer = lm.response_logprobs("chat")
-    _, ids, _ = scorer.sequence("Hi", " Hello there.", True)
+    [(_, ids, _)] = scorer.sequences(["Hi"], [" Hello there."], [True])
     assert ids[-1] == turn_end
     for finished in (False, True):
         expected = reference_logprob(lm, "chat", "Hi", " Hello there.", finished, TURN_END[family])
@@ -195,7 +195,7 @@ def test_one_bos_rule_for_the_strong_model_the_guides_and_eft(models):
     llama2, gemma, qwen2 = models["llama2"], models["gemma"], models["qwen2"]
     bos = llama2.tokenizer.bos_token_id
     assert llama2.encode_prompt("Hi", "{prompt}")[:1] == [bos]
-    assert llama2.response_logprobs("{prompt}").sequence("Hi", " there", False)[1][0] == bos
+    assert llama2.response_logprobs("{prompt}").sequences(["Hi"], [" there"], [False])[0][1][0] == bos
     assert llama2.encode_prompt(llama2.render("chat", "Hi"), "chat").count(bos) == 1  # the template's own
     gemma_chat = gemma.encode_prompt(gemma.render("chat", "Hi"), "chat")
     assert gemma_chat.count(gemma.tokenizer.bos_token_id) == 1

@@ -1,4 +1,5 @@
-"""KVRows: many rows of different lengths, with holes, in one cache give each row's from-scratch logits.
+"""KVRows: many rows of different lengths, with holes and branches, in one cache give each sequence's
+from-scratch logits.
 
 Every scenario is checked against the model run on each row's ids alone (no padding, no cache):
 plain full attention (Llama, GPT-2), sliding-window attention (Mistral, Gemma-3 with mixed layer types,
@@ -116,7 +117,7 @@ def test_sliding_window_rows_with_holes_match_each_row_from_scratch(make, attn):
 @pytest.mark.parametrize("make", [llama, gpt2])
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_full_attention_rows_with_holes_match_each_row_from_scratch(make, attn):
-    """The control: the 2-D mask path, unchanged."""
+    """Models without sliding layers: the same 4-D masks, every layer full."""
     run = Checked(build(make, attn))
     run.scenario()
     assert run.checked > 40
@@ -131,7 +132,53 @@ def test_sliding_rows_keep_every_column():
     """Sliding layers of DynamicCache(config=...) would drop columns that other rows still need."""
     run = Checked(build(gemma3))
     run.scenario()
-    assert {layer.keys.shape[-2] for layer in run.rows.cache.layers} == {run.rows.num_columns}
+    assert {layer.get_seq_length() for layer in run.rows.cache.layers} == {run.rows.num_columns}
+
+
+def check_branches(run: Checked, new, last_only: bool) -> None:
+    """``forward_branches(new)`` gives each branch's logits as its sequence run from scratch."""
+    rows = run.rows
+    before = [[len(rows.sequence(i, b)) for b in range(len(n))] for i, n in enumerate(new)]
+    out = rows.forward_branches(new, last_only=last_only)
+    logits, starts = (out, None) if last_only else out
+    for i, n in enumerate(new):
+        for b, toks in enumerate(n):
+            if not toks:
+                continue
+            ref = run.reference(rows.sequence(i, b))
+            if last_only:
+                got, want = logits[i, b], ref[-1]
+            else:
+                got, want = logits[i, starts[i][b] : starts[i][b] + len(toks)], ref[before[i][b]:]
+            torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+            run.checked += 1
+
+
+@pytest.mark.parametrize("make", [llama, gpt2, mistral, gemma3])
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_branches_share_their_row_and_regroup_into_rows(make, attn):
+    """Beams: K branches per row, decoded in lock step, then survivors regrouped into rows; scoring: branches
+    that see only part of their row (re-tokenized tails) with several new tokens each."""
+    run = Checked(build(make, attn))
+    rows = run.rows
+    rows.add_empty_rows(3)
+    run.forward([4, 9, 6], last_only=True)
+    rows.truncate([4, 7, 6])  # a hole in row 1
+    rows.branch([[4, 4], [7, 7, 7], [6]])
+    for step in range(8):  # a finished branch gets no token (a padding query)
+        check_branches(run, [[run.tokens(1), run.tokens(1)], [run.tokens(1), [] if step > 2 else run.tokens(1),
+                                                              run.tokens(1)], [run.tokens(1)]], last_only=True)
+    survivors = [(1, 2), (0, 1), (1, 2), (2, None), (1, 1)]
+    expected = [rows.sequence(r, b) for r, b in survivors]
+    rows.regroup(survivors, reserve=8)
+    assert rows.ids == expected and not any(rows.branches)
+    run.forward([1, 0, 2, 3, 1], last_only=True)
+    rows.branch([[len(rows.ids[0]), len(rows.ids[0]) - 2], [3], [len(rows.ids[2]) - 1, 5], [0 + 1], []])
+    check_branches(run, [[run.tokens(3), run.tokens(5)], [run.tokens(2)], [run.tokens(1), run.tokens(4)],
+                         [run.tokens(6)], []], last_only=False)
+    rows.regroup([(0, 1), (2, 0), (3, 0)], lengths=[7, 3, 4])
+    run.forward([2, 5, 1], last_only=False)
+    assert min(len(ids) for ids in rows.ids) >= 5 and run.checked > 40
 
 
 def takes(model, name):

@@ -6,12 +6,19 @@
 >>> search = w2s.ChunkBeamSearch(beam_width=4, successors_per_beam=4, chunk_length=5, max_new_tokens=50)
 >>> for result in search.generate(strong, scorer, ["The movie was"], seed=0):
 ...     print(result.response, result.score)
+
+The names below are imported on first use (``import w2s`` does not import torch).
 """
 
-from .aligner import Aligner, StreamAligner, split_sentences
-from .backends import Conversation, RemoteModel, SamplingParams, TransformersModel, load_model
-from .scoring import CallableScorer, LogRatioScorer, RewardModelScorer, Scorer
-from .search import Beam, BestOfN, ChunkBeamSearch, EmulatedFineTuning, Sampling, SearchResult
+from typing import TYPE_CHECKING
+
+from ._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from .aligner import Aligner, StreamAligner, split_sentences
+    from .backends import Conversation, RemoteModel, SamplingParams, TransformersModel, load_model
+    from .scoring import CallableScorer, LogRatioScorer, RewardModelScorer, Scorer
+    from .search import Beam, BestOfN, ChunkBeamSearch, EmulatedFineTuning, Sampling, SearchResult
 
 __version__ = "0.1.0"
 
@@ -35,3 +42,10 @@ __all__ = [
     "load_model",
     "split_sentences",
 ]
+
+__getattr__, __dir__ = lazy_exports(__name__, {
+    ".aligner": ("Aligner", "StreamAligner", "split_sentences"),
+    ".backends": ("Conversation", "RemoteModel", "SamplingParams", "TransformersModel", "load_model"),
+    ".scoring": ("CallableScorer", "LogRatioScorer", "RewardModelScorer", "Scorer"),
+    ".search": ("Beam", "BestOfN", "ChunkBeamSearch", "EmulatedFineTuning", "Sampling", "SearchResult"),
+})

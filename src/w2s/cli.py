@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
+import time
 import warnings
 from dataclasses import MISSING, fields
 from pathlib import Path
@@ -22,6 +24,14 @@ METHOD_FLAGS = {
     "base": set(),
     "eft": {"beta"},
 }
+# wall-clock times (time.time()) at which a command reached its phases; `w2s stream` writes them as JSON to
+# the file $W2S_TIMINGS names (benchmarks/bench_startup.py): main, imported, loaded, first (text out), end
+PHASES: dict[str, float] = {}
+
+
+def mark(phase: str) -> None:
+    """Note when ``phase`` was first reached."""
+    PHASES.setdefault(phase, time.time())
 
 
 def _chunk_length(text: str) -> int | None:
@@ -324,6 +334,7 @@ def load_stream_models(args) -> dict:
     ones, or the demo task's."""
     from .backends.transformers import load_model
 
+    mark("imported")
     load = dict(dtype=args.dtype, device=args.device)
     upstream = load_lm(args, "upstream", path=args.upstream or defaults.strong_model_dir())
     m = {"upstream": upstream, "upstream_template": args.upstream_template or "chat"}
@@ -363,6 +374,7 @@ def _run_questions(args, method) -> None:
         if args.func is cmd_stream:
             for step in method.stream(args.question, seed=args.seed):
                 print(step.corrected, end="", flush=True)
+                mark("first")
             print()
         else:
             print(method.run([args.question], seed=args.seed)[0].corrected)
@@ -407,7 +419,12 @@ def _answer_batch(method, batch: list[str], seed: int, start: int) -> list:
 
 
 def cmd_stream(args) -> None:
-    _run_questions(args, _corrector(args))
+    corrector = _corrector(args)
+    mark("loaded")
+    _run_questions(args, corrector)
+    mark("end")
+    if os.environ.get("W2S_TIMINGS"):
+        Path(os.environ["W2S_TIMINGS"]).write_text(json.dumps(PHASES) + "\n", encoding="utf-8")
 
 
 def cmd_align(args) -> None:
@@ -538,6 +555,7 @@ def _finite(x):
 
 
 def main(argv: list[str] | None = None) -> int:
+    mark("main")
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

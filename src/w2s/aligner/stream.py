@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 from ..backends.base import LanguageModel, SamplingParams, TextGenerator
-from ..search.cbs import prompt_seeds
 from ..validation import check_range, check_template
 from .segment import first_sentence_end, sentences_end
 
@@ -88,6 +87,8 @@ class _Corrector:
         return hasattr(self.aligner, "generator")
 
     def _upstream_generator(self, n: int, seed: int, start_index: int) -> TextGenerator:
+        from ..search.cbs import prompt_seeds  # here: w2s.search imports torch, `w2s --help` does not
+
         return self.upstream.generator(n, self.sampling, prompt_seeds(seed, start_index, n), self.upstream_template)
 
     def _aligner_generator(self, n: int) -> TextGenerator:

@@ -1,8 +1,21 @@
-"""Model backends: local ``transformers`` models and remote OpenAI-compatible engines."""
+"""Model backends: local ``transformers`` models and remote OpenAI-compatible engines.
 
+The backends are imported on first use (torch and transformers for the local one, httpx for the remote one).
+"""
+
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
 from .base import Beams, Continuation, Conversation, LanguageModel, SamplingParams
-from .remote import RemoteError, RemoteModel
-from .transformers import TransformersModel, load_model
+
+if TYPE_CHECKING:
+    from .remote import RemoteError, RemoteModel
+    from .transformers import TransformersModel, load_model
 
 __all__ = ["Beams", "Continuation", "Conversation", "LanguageModel", "RemoteError", "RemoteModel", "SamplingParams", "TransformersModel",
            "load_model"]
+
+__getattr__, __dir__ = lazy_exports(__name__, {
+    ".remote": ("RemoteError", "RemoteModel"),
+    ".transformers": ("TransformersModel", "load_model"),
+})

@@ -1,32 +1,29 @@
-"""Rows of one batched KV cache, grown chunk by chunk and reordered when beams are selected.
+"""Rows of one preallocated KV cache, with branches that share their row's history.
 
-Each row is one token sequence.  Rows of different lengths share one rectangular cache: a token's key
-and value sit in some column of the cache, the attention mask marks which columns belong to the row,
-and the position ids count only the row's own tokens.  Columns a row does not use (padding, or tokens
-rolled back after re-tokenization changed them) stay in the cache as masked holes: cheaper than moving
-memory, and exactly what ``generate`` does with left padding.
+Each row is one token sequence (its *shared* tokens).  A row may also carry *branches*: continuations
+that each see the first ``keep`` shared tokens of the row plus their own tokens, so that K samples of one
+beam, or K candidates scored after one parent, hold and read the parent's keys and values once instead
+of K times (a tree of sequences, as in tree attention).  :meth:`KVRows.regroup` turns any list of
+sequences (a row, or a branch of one) into the rows of a fresh cache with one gather per layer: that is
+how surviving beams become the next chunk's rows.
 
-Two mask paths:
-
-- plain full-attention decoders (Llama, GPT-2, Qwen2 without sliding layers...): the 2-D ``[rows,
-  columns]`` mask, from which ``transformers`` builds its causal mask.  Causality by column index is right
-  here, since a row's tokens sit in increasing columns.
-- models with sliding-window layers (Mistral, Gemma-2/3, Qwen2 with ``use_sliding_window``, GPT-OSS...):
-  ``transformers`` builds the sliding mask from column indices, which holes and padding stretch, and
-  ``DynamicCache(config=...)`` gives sliding layers that drop old columns.  Here every layer keeps all its
-  columns (a plain ``DynamicCache()``), and the model gets 4-D masks built from each row's own positions:
-  a token at position ``p`` sees the row's columns holding positions ``q <= p``, and on sliding layers
-  only those with ``p - q < sliding_window`` (the convention of ``transformers.masking_utils``).  Models
-  mixing both layer types get them as ``{"full_attention": ..., "sliding_attention": ...}``.  4-D masks
-  need the ``eager`` or ``sdpa`` attention.
+Layout.  Keys and values live in buffers ``[rows, heads, capacity, head_dim]`` per layer, written in
+place (no concatenation per token) and grown in large steps.  Every forward call appends the same
+number of columns to all rows; a column holds a shared token, a token of one branch, or nothing (a hole:
+padding, or a token rolled back by :meth:`truncate`).  Two small tensors describe the columns: the
+owner (shared, a branch id, or a hole) and the position of the token.  Each new token gets a 4-D mask
+built from them: it sees the shared columns holding positions before its branch's ``keep`` (or, for a
+shared token, up to its own position), its branch's earlier columns, itself, and on sliding-window layers
+only tokens less than ``sliding_window`` positions back (the convention of ``transformers.masking_utils``;
+mixed models get ``{"full_attention": ..., "sliding_attention": ...}``).  Position ids count only the
+sequence's own tokens.  4-D masks need the ``eager`` or ``sdpa`` attention.
 
 Models whose cache is not plain per-layer keys and values (Mamba, Jamba, LFM2, Qwen3-Next, Falcon-H1,
-chunked attention...) are refused: a recurrent state can be neither rolled back nor hold holes.
+chunked attention...) are refused: a recurrent state can be neither rolled back nor shared by branches.
 
-Only public ``transformers`` APIs are used: ``DynamicCache`` and its layer classes, ``Cache.reorder_cache``
-and the model's ``forward`` with ``attention_mask``, ``position_ids``, ``cache`` (``past_key_values`` before
-transformers renamed it) and ``logits_to_keep``.  The cache is updated in place; it is never read back from
-the output.
+Only public ``transformers`` APIs are used: ``Cache`` with layers of our own ``CacheLayerMixin`` class,
+and the model's ``forward`` with ``attention_mask``, ``position_ids``, ``cache`` (``past_key_values``
+before transformers renamed it) and ``logits_to_keep``.
 """
 
 from __future__ import annotations
@@ -38,7 +35,7 @@ from typing import Sequence
 
 import torch
 from transformers import Cache, DynamicCache
-from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+from transformers.cache_utils import CacheLayerMixin, DynamicLayer, DynamicSlidingWindowLayer
 
 FULL, SLIDING = "full_attention", "sliding_attention"
 MASK_4D_ATTENTION = ("eager", "sdpa")  # attention implementations that take a custom 4-D mask
@@ -135,16 +132,101 @@ def check_model(model: torch.nn.Module) -> dict:
     kinds, window = layer_kinds(model)
     # "eager" when unset: its additive float masks suit sdpa too
     attention = getattr(model.config.get_text_config(decoder=True), "_attn_implementation", None) or "eager"
-    if SLIDING in kinds and attention not in MASK_4D_ATTENTION:
+    if attention not in MASK_4D_ATTENTION:
         raise _refuse(
             model_type,
-            f"it has sliding-window layers, which need per-row 4-D attention masks, and attention "
-            f"{attention!r} takes none; load it with attn_implementation='sdpa' or 'eager'",
+            f"its attention {attention!r} takes no per-row 4-D attention masks, which w2s builds for rows with "
+            f"holes and shared histories; load it with attn_implementation='sdpa' or 'eager'",
         )
     return dict(model_type=model_type, cache_arg=cache_arg, kinds=kinds, window=window, attention=attention)
 
 
+SHARED, HOLE, PADDING = -1, -2, -3  # column owners besides branch ids (0, 1, ...); PADDING: a query only
+
+
+class BufferLayer(CacheLayerMixin):
+    """One layer's keys and values in buffers ``[rows, heads, capacity, head_dim]``, written in place:
+    :meth:`update` writes the new columns after the used ones and returns views of the used part."""
+
+    is_sliding = False  # every layer keeps all its columns: KVRows masks sliding windows itself
+
+    def __init__(self, rows: "KVRows"):
+        super().__init__()
+        self.rows = rows  # whose ``capacity`` a buffer is allocated with
+        self.used = 0
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.device, self.is_initialized = key_states.device, True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        start, end = self.used, self.used + key_states.shape[-2]
+        if self.keys is None or self.keys.shape[-2] < end:
+            self.keys, self.values = self._grown(self.keys, key_states, end), self._grown(self.values, value_states, end)
+        self.keys[:, :, start:end] = key_states
+        self.values[:, :, start:end] = value_states
+        self.used = end
+        return self.keys[:, :, :end], self.values[:, :, :end]
+
+    def _grown(self, old: torch.Tensor | None, like: torch.Tensor, end: int) -> torch.Tensor:
+        rows, heads, _, dim = like.shape
+        buffer = like.new_empty(rows, heads, max(end, self.rows.capacity), dim)
+        if old is not None and self.used:
+            buffer[:, :, : self.used] = old[:, :, : self.used]
+        return buffer
+
+    def copy_rows(self, rows: torch.Tensor, lo: int, block: int, tail: torch.Tensor, capacity: int) -> None:
+        """New row ``i``: the columns ``lo .. lo + block`` of old row ``rows[i]`` (one ``index_select``), then its
+        columns ``tail[i]`` (gathered), in a new buffer of ``capacity`` columns."""
+        if self.keys is None:
+            return
+        for name in ("keys", "values"):
+            old = getattr(self, name)
+            span = min(capacity, old.shape[2] - lo)
+            new = old[:, :, lo : lo + span].index_select(0, rows)  # past the block: free columns
+            if span < capacity:
+                grown = new.new_empty(new.shape[0], new.shape[1], capacity, new.shape[3])
+                grown[:, :, :span] = new
+                new = grown
+            if tail.shape[1]:
+                new[:, :, block : block + tail.shape[1]] = old[rows[:, None], :, tail].permute(0, 2, 1, 3)
+            setattr(self, name, new)
+        self.used = block + tail.shape[1]
+
+    def get_seq_length(self) -> int:
+        return self.used
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.used + query_length, 0
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def reset(self) -> None:
+        self.keys = self.values = None
+        self.used, self.is_initialized = 0, False
+
+
+class _Branch:
+    """A continuation of a row: it sees the row's first ``keep`` shared tokens, then its own ``ids``."""
+
+    __slots__ = ("keep", "ids", "cols")
+
+    def __init__(self, keep: int):
+        self.keep, self.ids, self.cols = keep, [], []
+
+
 class KVRows:
+    """Token sequences in one cache: rows, each with optional branches (see the module docstring).
+
+    ``ids[i]`` and ``cols[i]`` are row ``i``'s shared tokens and the columns holding them;
+    ``branches[i]`` its branches.  A *sequence* is ``(row, None)`` (the row's shared tokens) or ``(row, b)``
+    (branch ``b``: the row's first ``keep`` tokens, then the branch's own).
+    """
+
+    GROWTH = 64  # spare columns allocated beyond what is asked for
+
     def __init__(self, model: torch.nn.Module, pad_id: int, how: dict | None = None):
         """``how``: what :func:`check_model` returned for ``model`` (checked here when not given)."""
         self.model = model
@@ -154,108 +236,200 @@ class KVRows:
         self.model_type, self.cache_arg, self.window = how["model_type"], how["cache_arg"], how["window"]
         self.sliding = SLIDING in how["kinds"]
         self.mixed = self.sliding and FULL in how["kinds"]
-        if self.sliding:
-            self.eager = how["attention"] == "eager"
-            self.cache = DynamicCache()  # full layers everywhere: no column is ever dropped
-        else:
-            self.cache = DynamicCache(config=model.config)
-        self.mask = torch.zeros(0, 0, dtype=torch.long, device=self.device)  # [rows, columns]
-        # sliding models only: the position of the token in each column ([rows, columns]; holes keep theirs)
-        self.pos = torch.zeros(0, 0, dtype=torch.long, device=self.device)
-        self.ids: list[list[int]] = []  # each row's tokens, in order
-        self.cols: list[list[int]] = []  # the cache column of each of those tokens
+        self.eager = how["attention"] == "eager"
+        self.capacity = 0  # columns of every buffer (the layers' and owner/pos)
+        self.cache = Cache(layer_class_to_replicate=lambda: BufferLayer(self))
+        self.columns = 0
+        self.owner = torch.zeros(0, 0, dtype=torch.long, device=self.device)  # [rows, capacity]
+        self.pos = torch.zeros(0, 0, dtype=torch.long, device=self.device)  # position of each column's token
+        self.ids: list[list[int]] = []
+        self.cols: list[list[int]] = []
+        self.branches: list[list[_Branch]] = []
 
     def __len__(self) -> int:
         return len(self.ids)
 
     @property
     def num_columns(self) -> int:
-        return self.mask.shape[1]
+        return self.columns
 
     def add_empty_rows(self, n: int) -> None:
         """Start ``n`` empty rows (only before the first forward)."""
-        assert self.num_columns == 0, "rows can only be added to an empty cache"
+        assert self.columns == 0, "rows can only be added to an empty cache"
         self.ids += [[] for _ in range(n)]
         self.cols += [[] for _ in range(n)]
-        self.mask = torch.zeros(len(self.ids), 0, dtype=torch.long, device=self.device)
-        self.pos = torch.zeros(len(self.ids), 0, dtype=torch.long, device=self.device)
+        self.branches += [[] for _ in range(n)]
+        self._reset_meta(len(self.ids), self.capacity)
+
+    def _reset_meta(self, rows: int, capacity: int) -> None:
+        self.owner = torch.full((rows, capacity), HOLE, dtype=torch.long, device=self.device)
+        self.pos = torch.zeros(rows, capacity, dtype=torch.long, device=self.device)
+
+    def reserve(self, columns: int) -> None:
+        """Make room for ``columns`` more columns, so the next forwards write in place without growing."""
+        needed = self.columns + columns
+        if needed <= self.capacity:
+            return
+        self.capacity = needed + self.GROWTH
+        owner, pos = self.owner, self.pos
+        self._reset_meta(len(self.ids), self.capacity)
+        self.owner[:, : self.columns], self.pos[:, : self.columns] = owner[:, : self.columns], pos[:, : self.columns]
+
+    def sequence(self, row: int, branch: int | None = None) -> list[int]:
+        """The token ids of sequence ``(row, branch)``."""
+        if branch is None:
+            return self.ids[row]
+        b = self.branches[row][branch]
+        return self.ids[row][: b.keep] + b.ids
+
+    @torch.inference_mode()
+    def regroup(self, sources: Sequence[tuple[int, int | None]], lengths: Sequence[int] | None = None,
+                reserve: int = 0) -> None:
+        """Make new row ``i`` the sequence ``sources[i]`` (``(row, branch)``; repeats allowed), cut to its first
+        ``lengths[i]`` tokens when given; every branch is dropped, and ``reserve`` columns are left free.
+
+        One copy per layer: the sequences' shared tokens, when they sit in consecutive columns (as after an
+        earlier regroup), are copied as one block of columns of their rows, and only the rest (a branch's
+        own tokens) is gathered column by column.  Beams that all grew by the same number of tokens stay
+        right-aligned, with holes only on the left."""
+        heads, tails, ids = [], [], []
+        for i, (r, b) in enumerate(sources):
+            branch = None if b is None else self.branches[r][b]
+            shared = self.cols[r] if branch is None else self.cols[r][: branch.keep]
+            seq = self.sequence(r, b)
+            n = len(seq) if lengths is None else lengths[i]
+            own = [] if branch is None else branch.cols[: max(0, n - len(shared))]
+            shared = shared[:n]
+            ids.append(list(seq[:n]))
+            if shared and shared[-1] - shared[0] == len(shared) - 1:  # increasing columns: consecutive
+                heads.append((shared[0], shared[-1] + 1))
+                tails.append(own)
+            else:
+                heads.append(None)
+                tails.append(shared + own)
+        spans = [h for h in heads if h]
+        lo, hi = min((a for a, _ in spans), default=0), max((e for _, e in spans), default=0)
+        block, tail_width = hi - lo, max((len(t) for t in tails), default=0)
+        width = block + tail_width
+        owner = [[HOLE] * width for _ in sources]
+        pos = [[0] * width for _ in sources]
+        self.cols = []
+        for i, (head, tail) in enumerate(zip(heads, tails)):
+            cols = list(range(head[0] - lo, head[1] - lo)) if head else []
+            cols += range(block, block + len(tail))
+            for k, c in enumerate(cols):
+                owner[i][c], pos[i][c] = SHARED, k
+            self.cols.append(cols)
+        self.capacity = width + reserve + self.GROWTH
+        if self.columns:
+            rows = torch.as_tensor([r for r, _ in sources], dtype=torch.long, device=self.device)
+            tail = torch.tensor([t + [0] * (tail_width - len(t)) for t in tails], dtype=torch.long,
+                                device=self.device).reshape(len(sources), tail_width)
+            for layer in self.cache.layers:
+                layer.copy_rows(rows, lo, block, tail, self.capacity)
+        self._reset_meta(len(sources), self.capacity)
+        self.owner[:, :width] = torch.tensor(owner, dtype=torch.long, device=self.device).reshape(len(sources), width)
+        self.pos[:, :width] = torch.tensor(pos, dtype=torch.long, device=self.device).reshape(len(sources), width)
+        self.columns = width
+        self.ids = ids
+        self.branches = [[] for _ in sources]
 
     def select(self, indices: Sequence[int]) -> None:
-        """Keep rows ``indices`` in that order (repeats allowed): the cache is reordered in place."""
-        index = torch.as_tensor(list(indices), dtype=torch.long, device=self.device)
-        if self.num_columns:
-            self.cache.reorder_cache(index)
-        self.mask = self.mask.index_select(0, index)
-        if self.sliding:
-            self.pos = self.pos.index_select(0, index)
-        self.ids = [list(self.ids[i]) for i in indices]
-        self.cols = [list(self.cols[i]) for i in indices]
+        """Keep rows ``indices`` in that order (repeats allowed), without their branches."""
+        self.regroup([(i, None) for i in indices])
 
-    @torch.inference_mode()  # the mask is an inference tensor (made in forward): edit it in that mode
+    @torch.inference_mode()
     def truncate(self, keep: Sequence[int]) -> None:
         """Roll row ``i`` back to its first ``keep[i]`` tokens (the dropped columns become holes)."""
+        assert not any(self.branches), "truncate rows without branches"
         for row, k in enumerate(keep):
             dropped = self.cols[row][k:]
             if dropped:
-                self.mask[row, dropped] = 0
+                self.owner[row, dropped] = HOLE
                 del self.cols[row][k:], self.ids[row][k:]
 
-    def _masks_4d(self, positions: torch.Tensor, start: int):
-        """Per-row masks ``[rows, 1, new, columns]`` for the new tokens at ``positions`` ``[rows, new]``."""
-        q, k = positions[:, :, None], self.pos[:, None, :]
-        seen = self.mask.bool()[:, None, :] & (k <= q)
-        # every query also sees its own column: padding queries then attend to something (no NaN), real
-        # tokens already do
-        own = torch.zeros(q.shape[1], k.shape[2], dtype=torch.bool, device=self.device)
-        own[:, start:].fill_diagonal_(True)
-        masks = {SLIDING: (seen & (k > q - self.window)) | own}
-        if self.mixed:
-            masks[FULL] = seen | own
-        for kind, m in masks.items():
-            m = m[:, None]
-            if self.eager:  # eager adds the mask to the scores
-                dtype = self.model.dtype
-                m = torch.zeros(m.shape, dtype=dtype, device=self.device).masked_fill_(~m, torch.finfo(dtype).min)
-            masks[kind] = m
-        return masks if self.mixed else masks[SLIDING]
+    def branch(self, keep: Sequence[Sequence[int]]) -> None:
+        """Give row ``i`` one new branch per entry of ``keep[i]``, seeing that many of its shared tokens."""
+        assert not any(self.branches), "branch rows that have no branches"
+        self.branches = [[_Branch(k) for k in ks] for ks in keep]
+
+    def forward(self, new: Sequence[Sequence[int]], last_only: bool) -> torch.Tensor:
+        """Append ``new[i]`` to row ``i``'s shared tokens and run the model over the new tokens only.
+
+        With ``last_only`` the logits of each row's last new token come back, ``[rows, vocab]`` (a row with
+        no new token gets meaningless logits); otherwise all of them, ``[rows, max_new, vocab]``, row ``i``'s
+        ``j``-th new token at ``[i, j]``.
+        """
+        assert not any(self.branches), "rows with branches take forward_branches"
+        return self._run([[(SHARED, toks)] for toks in new], last_only)
+
+    def forward_branches(self, new: Sequence[Sequence[Sequence[int]]], last_only: bool):
+        """Append ``new[i][b]`` to branch ``b`` of row ``i`` and run the model over the new tokens only.
+
+        With ``last_only`` every branch must get at most one token, and the logits of branch ``b`` of row
+        ``i`` come back at ``[i, b]`` (``[rows, max_branches, vocab]``; meaningless for a branch that got
+        none).  Otherwise ``(logits, starts)``: branch ``b``'s ``j``-th new token at
+        ``logits[i, starts[i][b] + j]``.
+        """
+        assert all(len(n) == len(b) for n, b in zip(new, self.branches))
+        if last_only:
+            assert all(len(t) <= 1 for n in new for t in n)
+            return self._run([list(enumerate(n)) for n in new], last_only=False, pad_each=True)
+        logits = self._run([[(b, t) for b, t in enumerate(n) if t] for n in new], last_only=False)
+        starts = []
+        for n in new:
+            offsets, at = [], 0
+            for t in n:
+                offsets.append(at)
+                at += len(t)
+            starts.append(offsets)
+        return logits, starts
 
     @torch.inference_mode()
-    def forward(self, new: Sequence[Sequence[int]], last_only: bool) -> torch.Tensor:
-        """Append ``new[i]`` to row ``i`` and run the model over the new tokens only.
-
-        With ``last_only`` the new tokens are right-aligned and the logits of each row's last token are
-        returned, ``[rows, vocab]`` (a row with no new token gets meaningless logits); otherwise they
-        are left-aligned and all logits come back, ``[rows, max_new, vocab]``, row ``i``'s ``j``-th
-        new token at ``[i, j]``.
-        """
-        rows, width = len(new), max((len(x) for x in new), default=0)
-        assert rows == len(self.ids) and width > 0
-        start = self.num_columns
-        input_ids = torch.full((rows, width), self.pad_id, dtype=torch.long)
-        new_mask = torch.zeros(rows, width, dtype=torch.long)
-        positions = torch.zeros(rows, width, dtype=torch.long)
-        for i, toks in enumerate(new):
-            n = len(toks)
-            offset = width - n if last_only else 0
-            base = len(self.ids[i])
-            if n:
-                input_ids[i, offset : offset + n] = torch.as_tensor(toks, dtype=torch.long)
-                new_mask[i, offset : offset + n] = 1
-            # padding gets the nearest real position; its value never matters (masked everywhere)
-            positions[i] = (torch.arange(width) - offset).clamp(0, max(n - 1, 0)) + base
-            self.cols[i].extend(range(start + offset, start + offset + n))
-            self.ids[i].extend(toks)
-        self.mask = torch.cat([self.mask, new_mask.to(self.device)], dim=1)
-        positions = positions.to(self.device)
-        if self.sliding:
-            self.pos = torch.cat([self.pos, positions], dim=1)
-            attention_mask = self._masks_4d(positions, start)
-        else:
-            attention_mask = self.mask
+    def _run(self, segments: Sequence[Sequence[tuple[int, Sequence[int]]]], last_only: bool,
+             pad_each: bool = False) -> torch.Tensor:
+        """Run one forward: row ``i`` gets the segments ``(owner, tokens)`` in order (owner SHARED or a branch
+        id).  Shared tokens are right-aligned when ``last_only``, else every row's tokens are left-aligned;
+        with ``pad_each`` every segment takes one query, a padding one when it has no token."""
+        rows = len(segments)
+        assert rows == len(self.ids)
+        counts = [sum(max(len(t), pad_each) for _, t in segs) for segs in segments]
+        width = max(counts, default=0)
+        assert width > 0
+        start = self.columns
+        self.reserve(width)
+        # per query: token, owner, position, shared positions seen (< keep); built as lists, moved once
+        ids, owners, positions, keeps = ([[v] * width for _ in range(rows)] for v in (self.pad_id, PADDING, 0, 0))
+        for i, segs in enumerate(segments):
+            at = width - counts[i] if last_only else 0
+            row_ids, row_owner, row_pos, row_keep = ids[i], owners[i], positions[i], keeps[i]
+            for owner, toks in segs:
+                n = len(toks)
+                if owner == SHARED:
+                    base, cols, seq = len(self.ids[i]), self.cols[i], self.ids[i]
+                else:
+                    b = self.branches[i][owner]
+                    base, cols, seq = b.keep + len(b.ids), b.cols, b.ids
+                if n:
+                    row_ids[at : at + n] = toks
+                    row_owner[at : at + n] = [owner] * n
+                    row_pos[at : at + n] = range(base, base + n)
+                    row_keep[at : at + n] = range(base + 1, base + n + 1) if owner == SHARED else [b.keep] * n
+                    cols.extend(range(start + at, start + at + n))
+                    seq.extend(toks)
+                elif pad_each:
+                    row_pos[at], n = base, 1
+                at += n
+        as_tensor = lambda x: torch.tensor(x, dtype=torch.long, device=self.device)  # noqa: E731
+        q_owner, q_pos, q_keep = as_tensor(owners), as_tensor(positions), as_tensor(keeps)
+        end = start + width
+        self.owner[:, start:end] = q_owner.masked_fill(q_owner == PADDING, HOLE)
+        self.pos[:, start:end] = q_pos
+        self.columns = end
         out = self.model(
-            input_ids=input_ids.to(self.device),
-            attention_mask=attention_mask,
-            position_ids=positions,
+            input_ids=as_tensor(ids),
+            attention_mask=self._masks(q_owner, q_pos, q_keep, start),
+            position_ids=q_pos,
             use_cache=True,
             logits_to_keep=1 if last_only else 0,
             **{self.cache_arg: self.cache},
@@ -264,11 +438,34 @@ class KVRows:
             self._check_cache_used()
         return out.logits[:, -1] if last_only else out.logits
 
+    def _masks(self, q_owner, q_pos, q_keep, start: int):
+        """4-D masks ``[rows, 1, new, columns]`` for the new tokens (see the module docstring)."""
+        owner, pos = self.owner[:, None, : self.columns], self.pos[:, None, : self.columns]
+        col = torch.arange(self.columns, device=self.device)
+        q_col = torch.arange(start, self.columns, device=self.device)[None, :, None]
+        seen = ((owner == SHARED) & (pos < q_keep[:, :, None])) | (
+            (owner == q_owner[:, :, None]) & (col <= q_col))
+        # every query also sees its own column: padding queries then attend to something (no NaN)
+        own = (col == q_col)
+        masks = {FULL: seen | own}
+        if self.sliding:
+            masks[SLIDING] = (seen & (pos > q_pos[:, :, None] - self.window)) | own
+            if not self.mixed:
+                del masks[FULL]
+        for kind, m in masks.items():
+            m = m[:, None]
+            if self.eager:  # eager adds the mask to the scores
+                dtype = self.model.dtype
+                m = torch.zeros(m.shape, dtype=dtype, device=self.device).masked_fill_(~m, torch.finfo(dtype).min)
+            masks[kind] = m
+        return masks if self.mixed else next(iter(masks.values()))
+
     def _check_cache_used(self) -> None:
         """After the first forward every layer must hold keys for every row and column: a model that
         kept its state elsewhere (a cache class of its own) would otherwise be silently wrong."""
-        keys = [getattr(layer, "keys", None) for layer in self.cache.layers]
-        if not keys or not all(torch.is_tensor(k) and k.ndim >= 3 and k.shape[0] == len(self)
-                               and k.shape[-2] == self.num_columns for k in keys):
+        layers = self.cache.layers
+        if not layers or not all(isinstance(layer, BufferLayer) and torch.is_tensor(layer.keys)
+                                 and layer.keys.shape[0] == len(self) and layer.used == self.columns
+                                 for layer in layers):
             raise _refuse(self.model_type, "its forward did not store its state as keys and values in the "
-                                           "DynamicCache it was given")
+                                           "cache it was given")

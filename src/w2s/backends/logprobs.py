@@ -10,10 +10,15 @@ template); if there is still nothing before the first counted token (an empty co
 that merges into the context's first token), the model's start token is put in front, uncounted, so
 that every counted token has a context.
 
-Incremental: the rows of the previous call stay in a KV cache.  A new sequence is matched to the row
-sharing the longest prefix of token ids with it (re-tokenization may change the last tokens of the old
-text, so this is a prefix of ids, not of text); the row is rolled back to one token before the end of
-that prefix and only the rest is forwarded.  The log-probabilities of the shared tokens are reused.
+Incremental: the sequences of the previous call stay in a KV cache.  A new sequence is matched to its
+parent, the old sequence of the same context whose response text is the longest prefix of the new one
+(what a search's candidate extends), and shares the prefix of token ids they have in common
+(re-tokenization may change the last tokens of the old text, so this is a prefix of ids, not of text).
+The parents become the rows of a fresh cache (one gather) and their children branches of them, which
+read the parent's keys and values once for all of them (:class:`KVRows`); only the tokens after the
+shared prefix are forwarded (one before it when the parent's last tokens changed), and the shared
+tokens' log-probabilities are reused.  A token's log-probability is its logit minus the logsumexp of its
+row: no full-vocabulary log-softmax is written except for each sequence's next-token distribution.
 """
 
 from __future__ import annotations
@@ -27,23 +32,38 @@ from .kv_rows import KVRows
 
 
 def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix of two id lists (list comparisons in C, then a binary search)."""
     n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
+    a, b = list(a[:n]), list(b[:n])
+    if a == b:
+        return n
+    low, high = 0, n  # a[:low] == b[:low], a[:high] != b[:high]
+    while high - low > 1:
+        mid = (low + high) // 2
+        if a[:mid] == b[:mid]:
+            low = mid
+        else:
+            high = mid
+    return low
 
 
 @dataclass
 class _Group:
+    """The sequences one cache holds after a call: where each is (row, branch), and what is known of it."""
+
     rows: KVRows
+    places: list[tuple[int, int | None]]
     contexts: list[str]
-    token_logprobs: list[list[float]]  # [row][i] = log p(ids[i] | ids[:i]); entry 0 is 0.0
-    next_logprobs: torch.Tensor  # [rows, vocab] = log p(next token | ids), valid where has_next
+    responses: list[str]
+    ids: list[list[int]]
+    token_logprobs: list[list[float]]  # [seq][i] = log p(ids[i] | ids[:i]); entry 0 is 0.0
+    next_logprobs: torch.Tensor  # [seqs, vocab] = log p(next token | ids), valid where has_next
     has_next: list[bool]
 
 
 class IncrementalLogProbs:
+    TOKENS_PER_GATHER = 256  # logit rows copied at once to score tokens (bounded memory)
+
     def __init__(self, lm, template: str, incremental: bool = True, batch_size: int = 32):
         lm.render(template, "")  # fail early when 'chat' is asked of a model without a chat template
         self.lm, self.template, self.incremental, self.batch_size = lm, template, incremental, batch_size
@@ -55,102 +75,150 @@ class IncrementalLogProbs:
         self.groups = []
         self._context_ids = {}
 
-    def sequence(self, prompt: str, response: str, finished: bool) -> tuple[str, list[int], int]:
-        """``(context, ids, start)``: the tokens to run and the index of the first counted one."""
-        context = self.lm.render(self.template, prompt)
-        if context not in self._context_ids:
-            self._context_ids[context] = self.lm.encode(context)
-        ids = self.lm.encode(context + response)
-        start = len(self.lead) + common_prefix_length(ids, self._context_ids[context])
-        ids = self.lead + ids + ([self.end_id] if finished else [])
-        if start == 0:
-            ids, start = [self.lm.start_id] + ids, 1
-        return context, ids, start
+    def sequences(self, prompts, responses, finished) -> list[tuple[str, list[int], int]]:
+        """``(context, ids, start)`` of each response: the tokens to run and the index of the first counted one
+        (all texts tokenized in one batched call)."""
+        contexts = [self.lm.render(self.template, p) for p in prompts]
+        unseen = sorted(set(contexts) - set(self._context_ids))
+        self._context_ids.update(zip(unseen, self.lm.encode_many(unseen)))
+        out = []
+        for context, ids, done in zip(contexts, self.lm.encode_many([c + r for c, r in zip(contexts, responses)]),
+                                      finished):
+            start = len(self.lead) + common_prefix_length(ids, self._context_ids[context])
+            ids = self.lead + ids + ([self.end_id] if done else [])
+            if start == 0:
+                ids, start = [self.lm.start_id] + ids, 1
+            out.append((context, ids, start))
+        return out
 
     def __call__(self, prompts: Sequence[str], responses: Sequence[str], finished: Sequence[bool]) -> list[float]:
         if not (len(prompts) == len(responses) == len(finished)):
             raise ValueError("prompts, responses and finished must have the same length.")
-        seqs = [self.sequence(p, r, f) for p, r, f in zip(prompts, responses, finished)]
+        seqs = self.sequences(prompts, responses, finished)
         old, self.groups = (self.groups if self.incremental else []), []
         try:
-            return self._score(seqs, old)
+            return self._score(seqs, list(responses), old)
         except BaseException:
             self.groups = []  # old rows were consumed; start afresh next time
             raise
 
-    def _score(self, seqs, old: list[_Group]) -> list[float]:
+    def _parent(self, candidates, ids: list[int], response: str, old: list[_Group]) -> tuple[int, int, int]:
+        """``(group, sequence, shared ids)`` of the old sequence a new one extends (see the module docstring)."""
+        best, best_length = None, -1
+        for g, s in candidates:
+            text = old[g].responses[s]
+            if len(text) > best_length and response.startswith(text):
+                best, best_length = (g, s), len(text)
+        if best is None:  # no old response is a prefix of this one: any sequence shares at least the context
+            best = candidates[0]
+        g, s = best
+        return g, s, common_prefix_length(ids, old[g].ids[s])
+
+    def _score(self, seqs, responses: list[str], old: list[_Group]) -> list[float]:
         by_context: dict[str, list[tuple[int, int]]] = {}
         for g, group in enumerate(old):
-            for r, ctx in enumerate(group.contexts):
-                by_context.setdefault(ctx, []).append((g, r))
-        # parent of each sequence: (group, row, shared prefix length), or None when nothing is shared
-        plans: dict[int | None, list[tuple[int, int, int]]] = {}
+            for s, ctx in enumerate(group.contexts):
+                by_context.setdefault(ctx, []).append((g, s))
+        fresh, children = [], {}  # children[g][s] = [(j, shared)]
         for j, (ctx, ids, _) in enumerate(seqs):
-            best = (None, -1, 0)
-            for g, r in by_context.get(ctx, ()):
-                n = common_prefix_length(ids, old[g].rows.ids[r])
-                if n > best[2]:
-                    best = (g, r, n)
-            g, r, n = best
-            plans.setdefault(g if n > 1 else None, []).append((j, r, n))
+            candidates = by_context.get(ctx)
+            g, s, n = self._parent(candidates, ids, responses[j], old) if candidates else (None, None, 0)
+            if n > 1:
+                children.setdefault(g, {}).setdefault(s, []).append((j, n))
+            else:
+                fresh.append(j)
 
         token_logprobs: list[list[float] | None] = [None] * len(seqs)
-        for g, members in plans.items():
-            if g is None:  # from scratch, in micro-batches
-                for k in range(0, len(members), self.batch_size):
-                    chunk = members[k : k + self.batch_size]
-                    rows = self.lm.new_rows()
-                    rows.add_empty_rows(len(chunk))
-                    self._extend(rows, seqs, chunk, [[0.0]] * len(chunk), [0] * len(chunk), token_logprobs)
-                continue
-            # children of one old group: its cache rows are selected, rolled back and extended
-            group, keep, reused, inherit = old[g], [], [], []
-            for j, r, n in members:
-                ids, parent_ids, lp = seqs[j][1], group.rows.ids[r], group.token_logprobs[r]
-                if n == len(ids):  # a prefix of the parent: nothing to run
-                    keep.append(n)
-                    reused.append(lp[:n])
-                    inherit.append(n == len(parent_ids) and group.has_next[r])
-                elif n == len(parent_ids) and group.has_next[r]:  # the parent's next-token distribution scores ids[n]
-                    keep.append(n)
-                    reused.append(lp[:n] + [group.next_logprobs[r, ids[n]].item()])
-                    inherit.append(False)
-                else:  # re-tokenization changed the parent's last tokens: re-run the last shared one
-                    keep.append(n - 1)
-                    reused.append(lp[:n])
-                    inherit.append(False)
-            parents = [r for _, r, _ in members]
-            inherited = group.next_logprobs[torch.as_tensor(parents, device=group.next_logprobs.device)]
-            group.rows.select(parents)
-            group.rows.truncate(keep)
-            self._extend(group.rows, seqs, members, reused, keep, token_logprobs, inherited, inherit)
+        for k in range(0, len(fresh), self.batch_size):  # from scratch, in micro-batches
+            members = fresh[k : k + self.batch_size]
+            rows = self.lm.new_rows()
+            rows.add_empty_rows(len(members))
+            new = [seqs[j][1] for j in members]
+            logits = rows.forward(new, last_only=False)
+            plan = [(i, 0, 0, [0.0]) for i in range(len(members))]
+            self._record(rows, [(i, None) for i in range(len(members))], seqs, responses, members, logits, plan,
+                         None, token_logprobs)
+        for g, by_parent in children.items():  # children of one old group: branches of its parents
+            group, parents = old[g], list(by_parent)
+            members, plan, keeps, lengths, inherit = [], [], [], [], []
+            for row, s in enumerate(parents):
+                parent_ids, lp, row_keeps = group.ids[s], group.token_logprobs[s], []
+                for j, n in by_parent[s]:
+                    ids = seqs[j][1]
+                    if n == len(ids):  # a prefix of the parent: nothing to run
+                        keep, known = n, lp[:n]
+                        inherit.append(s if n == len(parent_ids) and group.has_next[s] else None)
+                    elif n == len(parent_ids) and group.has_next[s]:  # the parent's next-token distribution scores ids[n]
+                        keep, known = n, lp[:n] + [group.next_logprobs[s, ids[n]].item()]
+                        inherit.append(None)
+                    else:  # re-tokenization changed the parent's last tokens: re-run the last shared one
+                        keep, known = n - 1, lp[:n]
+                        inherit.append(None)
+                    members.append(j)
+                    plan.append((row, len(row_keeps), keep, known))
+                    row_keeps.append(keep)
+                keeps.append(row_keeps)
+                lengths.append(max(row_keeps))
+            rows = group.rows
+            new = [[] for _ in parents]
+            for j, (row, _, keep, _) in zip(members, plan):
+                new[row].append(seqs[j][1][keep:])
+            rows.regroup([group.places[s] for s in parents], lengths, reserve=max(sum(map(len, n)) for n in new))
+            rows.branch(keeps)
+            logits, starts = (rows.forward_branches(new, last_only=False) if any(t for n in new for t in n)
+                              else (None, None))
+            inherited = [None if s is None else group.next_logprobs[s] for s in inherit]
+            self._record(rows, [(row, b) for row, b, _, _ in plan], seqs, responses, members, logits,
+                         [(row, starts[row][b] if starts else 0, keep, known) for row, b, keep, known in plan],
+                         inherited, token_logprobs)
         return [float(sum(lp[start:])) for lp, (_, _, start) in zip(token_logprobs, seqs)]
 
-    def _extend(self, rows: KVRows, seqs, members, reused, keep, out, inherited=None, inherit=None) -> None:
-        """Run each member's tokens after ``keep`` and record the new group of rows.
+    def _record(self, rows: KVRows, places, seqs, responses, members, logits, plan, inherited, out) -> None:
+        """Score each member's new tokens from ``logits`` and keep the group for the next call.
 
-        ``reused[i]`` holds the log-probs of tokens ``0..keep[i]`` (all of them if nothing is new): the
-        logits at new position t then score new token t + 1, and the last one is the next-token
-        distribution kept for the following call.
+        ``plan[i] = (row, query, keep, known)``: member ``i``'s tokens after ``keep`` were run at queries
+        ``query...`` of ``row``, and ``known`` holds the log-probs of its first ``len(known)`` tokens.  The
+        logit at the query of token ``t`` scores token ``t + 1``; the last one is the next-token distribution.
         """
-        new = [seqs[j][1][k:] for (j, _, _), k in zip(members, keep)]
-        logprobs = [list(lp) for lp in reused]
-        vocab = self.lm.model.get_output_embeddings().weight.shape[0]
         device = self.lm.device
-        next_lp = inherited if inherited is not None else torch.zeros(len(new), vocab, device=device)
-        has_next = list(inherit) if inherit is not None else [False] * len(new)
-        if any(new):
-            logits = rows.forward(new, last_only=False)  # [rows, width, vocab]
-            for a in range(0, len(new), 16):  # bounded memory for the float32 log-softmax
-                lsm = logits[a : a + 16].float().log_softmax(dim=-1)
-                for i in range(a, min(a + 16, len(new))):
-                    n = len(new[i])
-                    if n:
-                        targets = torch.as_tensor(new[i][1:], dtype=torch.long, device=device)
-                        logprobs[i].extend(lsm[i - a, torch.arange(n - 1, device=device), targets].tolist())
-                        next_lp[i] = lsm[i - a, n - 1]
-                        has_next[i] = True
-        for i, (j, _, _) in enumerate(members):
+        vocab = self.lm.num_logits
+        rows_idx, query_idx, targets, slots = [], [], [], []  # one entry per token to score
+        last_rows, last_queries, last_members = [], [], []
+        logprobs = [list(known) for _, _, _, known in plan]
+        for i, (j, (row, query, keep, known)) in enumerate(zip(members, plan)):
+            ids = seqs[j][1]
+            n_new = len(ids) - keep
+            for t in range(len(known) - keep - 1, n_new - 1):
+                rows_idx.append(row)
+                query_idx.append(query + t)
+                targets.append(ids[keep + t + 1])
+                slots.append(i)
+            if n_new:
+                last_rows.append(row)
+                last_queries.append(query + n_new - 1)
+                last_members.append(i)
+        scored: list[float] = []
+        for a in range(0, len(targets), self.TOKENS_PER_GATHER):
+            sl = slice(a, a + self.TOKENS_PER_GATHER)
+            picked = logits[torch.tensor(rows_idx[sl], device=device), torch.tensor(query_idx[sl], device=device)]
+            picked = picked.float()
+            target = torch.tensor(targets[sl], device=device)
+            scored += (picked.gather(1, target[:, None])[:, 0] - picked.logsumexp(dim=-1)).tolist()
+        for i, value in zip(slots, scored):
+            logprobs[i].append(value)
+        next_lp = torch.zeros(len(members), vocab, device=device)
+        has_next = [False] * len(members)
+        if inherited is not None:
+            for i, lp in enumerate(inherited):
+                if lp is not None:
+                    next_lp[i], has_next[i] = lp, True
+        if last_members:
+            last = logits[torch.tensor(last_rows, device=device), torch.tensor(last_queries, device=device)]
+            next_lp[torch.tensor(last_members, device=device)] = last.float().log_softmax(dim=-1)
+            for i in last_members:
+                has_next[i] = True
+        for i, j in enumerate(members):
             assert len(logprobs[i]) == len(seqs[j][1])
             out[j] = logprobs[i]
-        self.groups.append(_Group(rows, [seqs[j][0] for j, _, _ in members], logprobs, next_lp, has_next))
+        self.groups.append(_Group(rows, list(places), [seqs[j][0] for j in members], [responses[j] for j in members],
+                                  [seqs[j][1] for j in members], logprobs, next_lp, has_next))

@@ -17,8 +17,9 @@ from typing import Iterable, Sequence
 import torch
 
 from ..validation import check_choice
-from .base import Continuation, SamplingParams, chat_turn_end_id, render_prompt, special_token_ids, stop_index
+from .base import Continuation, SamplingParams, chat_turn_end_id, render_prompt, special_token_ids
 from .kv_rows import KVRows, check_model
+from .sampling import sample_rows
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Tokens that end a text or a turn in common tokenizers; each counts as end-of-sequence when present.
@@ -80,25 +81,11 @@ DEFAULT_STRONG_BASE = "w2s:default-strong"  # an adapter's base meaning the defa
 
 def _load_adapter(path: Path, dtype):
     """A PEFT LoRA adapter directory, merged into its base (``base_model_name_or_path``: a model
-    directory, or ``w2s:default-strong``).  The tokenizer is the adapter's if saved with it, else the base's."""
-    import json
+    directory, or ``w2s:default-strong``).  The tokenizer is the adapter's if saved with it, else the base's.
+    The merged model is cached, so PEFT merges an adapter once (see :mod:`w2s.backends.adapters`)."""
+    from .adapters import load_adapter
 
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    base = json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))["base_model_name_or_path"]
-    if base == DEFAULT_STRONG_BASE:
-        from ..defaults import strong_model_dir
-
-        base = strong_model_dir()
-    if not Path(base).exists() and os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise ValueError(f"the base model {str(base)!r} of the adapter in {str(path)!r} does not exist.")
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
-    with warnings.catch_warnings():  # PEFT calls a transformers method that transformers 5 marks as deprecated
-        warnings.simplefilter("ignore", FutureWarning)
-        model = PeftModel.from_pretrained(model, path).merge_and_unload()
-    has_tokenizer = (path / "tokenizer_config.json").is_file()
-    return model, AutoTokenizer.from_pretrained(path if has_tokenizer else base)
+    return load_adapter(path, dtype)
 
 
 class TransformersModel:
@@ -166,6 +153,10 @@ class TransformersModel:
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text``, without special tokens (the scoring definition)."""
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def encode_many(self, texts: Sequence[str]) -> list[list[int]]:
+        """:meth:`encode` of each text, in one batched tokenizer call."""
+        return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"] if texts else []
 
     def context_prefix(self, template: str) -> list[int]:
         """Special tokens put before a context rendered with ``template`` (the BOS rule)."""
@@ -281,9 +272,10 @@ def _prefix_ids(tokenizer) -> list[int]:
 class LocalBeams:
     """A generation session over a batch of prompts; see :class:`w2s.backends.base.Beams`.
 
-    The rows of the KV cache are the live beams.  ``next_logits[i]`` is the distribution of row ``i``'s
-    next token; when a chunk ends, its last sampled token is *pending*: it is forwarded only if the beam
-    survives selection, so rejected candidates cost no forward pass for it.
+    The rows of the KV cache are the live beams.  :meth:`expand` gives every parent row ``n`` branches
+    that share its keys and values (:class:`KVRows`) and samples them in lock step; :meth:`select` makes
+    the surviving continuations the next rows, with one gather.  When a chunk ends, its last sampled token
+    is *pending*: it is forwarded only if the beam survives, so rejected candidates cost nothing for it.
 
     Several models may run in lock step over the same token ids (``streams``), their next-token logits
     merged by ``combine``: that is how EFT samples from strong + beta * (tuned - untuned).
@@ -302,104 +294,77 @@ class LocalBeams:
             raise ValueError(f"seeds must have one entry per prompt ({n_prompts}), got {len(seeds)}.")
         self.lm, self.params, self.combine = lm, params, combine or (lambda logits: logits[0])
         self.contexts = streams[0][1]  # each prompt's ids in the sampling model: response text is decoded after them
-        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        self.seeds = [int(s) for s in seeds]
         self.streams = []
-        for model, prompt_ids in streams:
+        for model, _ in streams:
             rows = model.new_rows()
             rows.add_empty_rows(n_prompts)
             self.streams.append(rows)
-        self.next_logits = self._forward([ids for _, ids in streams])
+        self.next_logits = self.combine([rows.forward(ids, last_only=True) for rows, (_, ids) in zip(self.streams, streams)])
         self.pending: list[int | None] = [None] * n_prompts
         self.prompt_index = list(range(n_prompts))
         self.response: list[list[int]] = [[] for _ in range(n_prompts)]
         self.candidates: list[Continuation] = []
-        self.max_stop = max((len(s) for s in params.stop), default=0)
+        self.pending_of: list[int | None] = []  # each candidate's last sampled token, if it may go on
+        self.branches = 1
 
-    def _forward(self, new_per_stream: Sequence[Sequence[Sequence[int]]]) -> torch.Tensor:
-        logits = [rows.forward(new, last_only=True) for rows, new in zip(self.streams, new_per_stream)]
-        return self.combine(logits)
-
-    def _keep(self, indices: Sequence[int]) -> None:
+    def _regroup(self, sources: Sequence[tuple[int, int | None]]) -> None:
         for rows in self.streams:
-            rows.select(indices)
-        self.next_logits = self.next_logits[torch.as_tensor(list(indices), dtype=torch.long, device=self.next_logits.device)]
-        self.pending = [self.pending[i] for i in indices]
-        self.prompt_index = [self.prompt_index[i] for i in indices]
-        self.response = [list(self.response[i]) for i in indices]
-
-    def _flush_pending(self) -> None:
-        if any(t is not None for t in self.pending):
-            new = [[t] if t is not None else [] for t in self.pending]
-            logits = self._forward([new] * len(self.streams))
-            has = torch.tensor([t is not None for t in self.pending], device=logits.device)
-            self.next_logits = torch.where(has.unsqueeze(1), logits, self.next_logits)
-            self.pending = [None] * len(self.pending)
-
-    def _uniforms(self) -> torch.Tensor:
-        """One uniform per row, each prompt drawing from its own generator (its draws do not depend on the batch)."""
-        u = torch.empty(len(self.prompt_index))
-        rows_of: dict[int, list[int]] = {}
-        for row, p in enumerate(self.prompt_index):
-            rows_of.setdefault(p, []).append(row)
-        for p, rows in rows_of.items():
-            u[rows] = torch.rand(len(rows), generator=self.generators[p])
-        return u
+            rows.regroup(sources)
 
     def expand(self, parents: Sequence[int], n: int, max_tokens: int) -> list[Continuation]:
         assert max_tokens >= 1 and n >= 1 and parents
-        self._keep(list(parents))
-        self._flush_pending()  # only the surviving beams' last tokens are forwarded
-        self._keep([i for i in range(len(parents)) for _ in range(n)])
-        parent_of = [parents[i // n] for i in range(len(parents) * n)]
-        rows = len(parent_of)
-        finished = [False] * rows
-        stop_texts: dict[int, str] = {}
-        for step in range(max_tokens):
-            tokens = self.lm.sample_next(self.next_logits, self.params, self._uniforms()).tolist()
-            for i, tok in enumerate(tokens):
-                if finished[i]:
-                    continue
-                if tok in self.lm.eos_ids:
-                    finished[i] = True
-                    continue
-                self.response[i].append(tok)
-                if self.max_stop and (cut := self._stop_cut(i)) is not None:
-                    finished[i], stop_texts[i] = True, cut
-            active = [not f for f in finished]
-            if step == max_tokens - 1 or not any(active):
-                self.pending = [tokens[i] if active[i] else None for i in range(rows)]
-                break
-            new = [[tokens[i]] if active[i] else [] for i in range(rows)]
-            self.next_logits = self._forward([new] * len(self.streams))
-        self.candidates = []
-        for i in range(rows):
-            ids = self.response[i]
-            text = stop_texts[i] if i in stop_texts else self.lm.response_text(self._context(i), ids, finished[i])
-            self.candidates.append(
-                Continuation(self.prompt_index[i], parent_of[i], text, finished[i], len(ids), list(ids))
-            )
+        parents = list(parents)
+        if parents != list(range(len(self.prompt_index))):
+            self._regroup([(p, None) for p in parents])
+            self.next_logits = self.next_logits[torch.as_tensor(parents, device=self.next_logits.device)]
+            self.pending = [self.pending[p] for p in parents]
+            self.prompt_index = [self.prompt_index[p] for p in parents]
+            self.response = [self.response[p] for p in parents]
+        for rows in self.streams:
+            rows.reserve(1 + n * max_tokens)
+        if any(t is not None for t in self.pending):  # only the surviving beams' last tokens are forwarded
+            new = [[t] if t is not None else [] for t in self.pending]
+            logits = self.combine([rows.forward(new, last_only=True) for rows in self.streams])
+            has = torch.tensor([t is not None for t in self.pending], device=logits.device)
+            self.next_logits = torch.where(has.unsqueeze(1), logits, self.next_logits)
+            self.pending = [None] * len(self.pending)
+        for rows in self.streams:
+            rows.branch([[len(ids)] * n for ids in rows.ids])
+        n_rows = len(parents)
+
+        def forward(tokens: list[int | None]) -> torch.Tensor:
+            new = [[[] if t is None else [t] for t in tokens[r * n : (r + 1) * n]] for r in range(n_rows)]
+            logits = [rows.forward_branches(new, last_only=True)[:, :n] for rows in self.streams]
+            return self.combine([x.reshape(n_rows * n, x.shape[-1]) for x in logits])
+
+        prompts = [self.prompt_index[r] for r in range(n_rows) for _ in range(n)]
+        lanes, seen = [], {}
+        for p in prompts:  # a branch's lane: its rank among its prompt's branches
+            lanes.append(seen.get(p, 0))
+            seen[p] = lanes[-1] + 1
+        keys = ([self.seeds[p] for p in prompts], [len(self.response[r // n]) for r in range(n_rows * n)], lanes)
+        contexts = [self.contexts[p] for p in prompts]
+        drawn = sample_rows(self.lm, self.params, self.next_logits.repeat_interleave(n, dim=0), forward, keys,
+                            contexts, max_tokens, prefixes=[self.response[i // n] for i in range(n_rows * n)])
+        self.candidates, self.pending_of, self.branches = [], [], n
+        for i, d in enumerate(drawn):
+            ids = self.response[i // n] + d.ids
+            text = d.text if d.reason == "stop" else self.lm.response_text(contexts[i], ids, d.ended)
+            self.candidates.append(Continuation(prompts[i], parents[i // n], text, d.ended, len(ids), ids))
+            self.pending_of.append(None if d.ended else d.ids[-1])
         return self.candidates
-
-    def _context(self, row: int) -> list[int]:
-        return self.contexts[self.prompt_index[row]]
-
-    def _stop_cut(self, row: int) -> str | None:
-        """The response text before the first stop string, or None if no stop string occurs yet.  Only the
-        last tokens are decoded at each step (with the tokens before them as context, so a stop string that
-        starts with a space is seen); the whole response only once one may have appeared."""
-        ids, width = self.response[row], 4 * self.max_stop + 4  # a character is at most 4 tokens
-        before = (self._context(row) + ids[:-width])[-ANCHOR_TOKENS:] if len(ids) > width else self._context(row)
-        if stop_index(self.lm.decode_after(before, ids[-width:]), self.params.stop) is None:
-            return None
-        text = self.lm.decode_after(self._context(row), ids)
-        cut = stop_index(text, self.params.stop)
-        return None if cut is None else text[:cut]
 
     def select(self, indices: Sequence[int]) -> None:
         for i in indices:
             if self.candidates[i].finished:
                 raise ValueError(f"continuation {i} is finished and cannot be selected for expansion.")
-        self._keep(list(indices))
+        n = self.branches
+        self._regroup([divmod(i, n) for i in indices])
+        self.pending = [self.pending_of[i] for i in indices]
+        self.prompt_index = [self.candidates[i].prompt_index for i in indices]
+        self.response = [self.candidates[i].token_ids for i in indices]
+        self.next_logits = self.next_logits.new_zeros(len(indices), self.next_logits.shape[-1])  # every row is pending
         self.candidates = []
 
 
@@ -411,23 +376,25 @@ class IncrementalGenerator:
     Aligner's upstream continues ``question + corrected prefix`` round after round without re-encoding
     the unchanged part.  ``stop(text)`` sees the text generated so far and returns where to cut it (a
     sentence end, say) or None to go on; the tokens sampled past the cut are rolled back next time.
+    Row ``i`` draws its random numbers with key ``(seeds[i], draws so far, 0)`` (:func:`sample_rows`).
     """
 
     def __init__(self, lm: TransformersModel, n_rows: int, params: SamplingParams, seeds: Sequence[int],
                  template: str = "{prompt}"):
         self.lm, self.params, self.template = lm, params, template
-        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        self.seeds = [int(s) for s in seeds]
+        self.draws = [0] * n_rows
         self.rows = lm.new_rows()
         self.rows.add_empty_rows(n_rows)
         self.tokens_run = 0  # tokens forwarded over all calls: what the cache saves shows here
 
-    def rng_states(self, rows: Sequence[int]) -> dict[int, torch.Tensor]:
-        """The rows' random-generator states, to draw the same numbers again after :meth:`restore_rng_states`."""
-        return {i: self.generators[i].get_state() for i in rows}
+    def rng_states(self, rows: Sequence[int]) -> dict[int, int]:
+        """The rows' random-number positions, to draw the same numbers again after :meth:`restore_rng_states`."""
+        return {i: self.draws[i] for i in rows}
 
-    def restore_rng_states(self, states: dict[int, torch.Tensor]) -> None:
+    def restore_rng_states(self, states: dict[int, int]) -> None:
         for i, state in states.items():
-            self.generators[i].set_state(state)
+            self.draws[i] = state
 
     def generate(self, contexts: dict[int, str], max_new_tokens: int, stop=None) -> dict[int, tuple[str, bool]]:
         """Continue ``contexts`` (row -> rendered text: prompt in its template, then the partial response);
@@ -438,47 +405,32 @@ class IncrementalGenerator:
 
         if not contexts:
             return {}
+        rows = self.rows
         order = sorted(contexts)
-        new = [[] for _ in range(len(self.rows))]
-        keep = [len(ids) for ids in self.rows.ids]
-        context_ids = {}
+        new = [[] for _ in range(len(rows))]
+        keep = [len(ids) for ids in rows.ids]
+        context_ids = [[] for _ in range(len(rows))]
         for i in order:
             context_ids[i] = ids = self.lm.encode_prompt(contexts[i], self.template)
             # keep the shared prefix, but always re-run at least the last token: its logits start sampling
-            keep[i] = min(common_prefix_length(ids, self.rows.ids[i]), len(ids) - 1)
+            keep[i] = min(common_prefix_length(ids, rows.ids[i]), len(ids) - 1)
             new[i] = ids[keep[i]:]
-        self.rows.truncate(keep)
-        logits = self.rows.forward(new, last_only=True)
+        rows.truncate(keep)
+        rows.reserve(max(map(len, new)) + max_new_tokens)
+        logits = rows.forward(new, last_only=True)
         self.tokens_run += sum(map(len, new))
-        generated = {i: [] for i in order}
-        texts, ended, active = {}, {}, set(order)
-        for _ in range(max_new_tokens):
-            u = torch.zeros(len(self.rows))
-            for i in active:  # each row draws from its own generator: its draws do not depend on the batch
-                u[i] = torch.rand(1, generator=self.generators[i])[0]
-            tokens = self.lm.sample_next(logits, self.params, u).tolist()
-            for i in list(active):
-                if tokens[i] in self.lm.eos_ids:
-                    texts[i], ended[i] = self.lm.response_text(context_ids[i], generated[i], finished=True), True
-                    active.discard(i)
-                    continue
-                generated[i].append(tokens[i])
-                if stop is None and not self.params.stop:
-                    continue
-                text = self.lm.response_text(context_ids[i], generated[i], finished=False)
-                at_stop = stop_index(text, self.params.stop)
-                cut = stop(text) if stop is not None else None
-                if at_stop is not None and (cut is None or at_stop <= cut):
-                    texts[i], ended[i] = text[:at_stop], True  # a stop string ends the response
-                    active.discard(i)
-                elif cut is not None:
-                    texts[i], ended[i] = text[:cut], False
-                    active.discard(i)
-            if not active:
-                break
-            step = [[tokens[i]] if i in active else [] for i in range(len(self.rows))]
-            logits = self.rows.forward(step, last_only=True)
-            self.tokens_run += len(active)
-        for i in active:  # cut by the length limit
-            texts[i], ended[i] = self.lm.response_text(context_ids[i], generated[i], finished=False), False
-        return {i: (texts[i], ended[i]) for i in order}
+
+        def forward(tokens: list[int | None]) -> torch.Tensor:
+            self.tokens_run += sum(t is not None for t in tokens)
+            return rows.forward([[] if t is None else [t] for t in tokens], last_only=True)
+
+        active = [i in contexts for i in range(len(rows))]
+        drawn = sample_rows(self.lm, self.params, logits, forward, (self.seeds, self.draws, [0] * len(rows)),
+                            context_ids, max_new_tokens, active=active, stop=stop)
+        result = {}
+        for i in order:
+            d = drawn[i]
+            self.draws[i] += len(d.ids) + (d.reason == "end")
+            text = d.text if d.reason in ("stop", "cut") else self.lm.response_text(context_ids[i], d.ids, d.ended)
+            result[i] = (text, d.ended)
+        return result

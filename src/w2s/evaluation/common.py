@@ -8,8 +8,6 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from tqdm.auto import tqdm
-
 from ..jsonl import dumps, resume_point
 
 
@@ -39,6 +37,8 @@ def append_missing(path: Path, items: Sequence, batch_size: int, make_rows: Call
     """Add to the raw file ``path`` the rows of the ``items`` it does not hold yet (a torn last line is
     cut, a partly written batch is done again): ``make_rows(batch, start)`` gives one row per item, and each
     batch is written as it finishes."""
+    from tqdm.auto import tqdm
+
     done = resume_point(path, batch_size, len(items))
     if done >= len(items):
         return

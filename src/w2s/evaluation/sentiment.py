@@ -16,11 +16,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-
 from .common import append_missing, figure, read_raw, start_run, write_summary
-from ..scoring import LogRatioScorer
-from ..search import BestOfN, ChunkBeamSearch, EmulatedFineTuning, Sampling
-from ..search.eft import check_same_vocabulary
 from ..tasks.sentiment import gold_reward
 from ..validation import check_range
 
@@ -34,6 +30,8 @@ COLUMNS = ("method", "compute_N", "gold_reward_mean", "gold_reward_std", "mean_t
 
 
 def _search(name: str, max_new_tokens: int):
+    from ..search import BestOfN, ChunkBeamSearch, EmulatedFineTuning, Sampling
+
     kw = dict(max_new_tokens=max_new_tokens, **SAMPLING)
     if name.startswith("bon-"):
         return BestOfN(n=METHODS[name], **kw)
@@ -48,6 +46,9 @@ def evaluate_sentiment(out_dir, strong, tuned, untuned, prompts: Sequence[str], 
                        methods=None, batch_size=8, progress=True) -> list[dict]:
     """Run every method for every seed over ``prompts`` (resuming what ``out_dir`` already holds), then
     write the summary table and the plot; returns the summary rows (skipped methods carry their reason)."""
+    from ..scoring import LogRatioScorer  # here, not at the top: `w2s --help` imports this module, not torch
+    from ..search.eft import check_same_vocabulary
+
     prompts, seeds = list(prompts), list(dict.fromkeys(seeds))
     unknown = sorted(set(methods or ()) - set(METHODS))
     if unknown:

@@ -30,24 +30,39 @@ A TOML file (every key optional; a model left out is the demo's default one)::
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from ..aligner import Aligner, StreamAligner
-from ..search import BestOfN, ChunkBeamSearch, EmulatedFineTuning, Sampling
 from ..validation import check_choice, check_range
 
-# the server's method names -> the class whose fields (or keyword arguments) are the method's parameters
-METHODS = {
-    "cbs": ChunkBeamSearch,
-    "bon": BestOfN,
-    "sampling": Sampling,
-    "eft": EmulatedFineTuning,
-    "stream_aligner": StreamAligner,
-    "aligner": Aligner,
-}
+
+class _Methods(Mapping):
+    """The server's method names -> the class whose fields (or keyword arguments) are the method's
+    parameters; a class is imported when first looked up (``w2s --help`` lists the names without torch)."""
+
+    _where = {"cbs": ("..search", "ChunkBeamSearch"), "bon": ("..search", "BestOfN"),
+              "sampling": ("..search", "Sampling"), "eft": ("..search", "EmulatedFineTuning"),
+              "stream_aligner": ("..aligner", "StreamAligner"), "aligner": ("..aligner", "Aligner")}
+
+    def __getitem__(self, method: str):
+        module, name = self._where[method]
+        return getattr(importlib.import_module(module, __package__), name)
+
+    def __contains__(self, method) -> bool:
+        return method in self._where
+
+    def __iter__(self):
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+
+METHODS = _Methods()
 ALIGNER_METHODS = ("stream_aligner", "aligner")
 ROLES = ("strong", "tuned", "untuned", "aligner", "whole_aligner")
 # the model each aligner method corrects with

@@ -1,0 +1,156 @@
+"""The one sampling loop of local models: CBS, Best-of-N and plain sampling (:class:`LocalBeams`) and the
+Stream Aligner's upstream (:class:`IncrementalGenerator`) draw their tokens here.
+
+Randomness is counter-based: the uniform behind row ``i``'s token at step ``t`` is a hash of
+``(seed_i, counter_i + t, lane_i)``, so all rows draw in one vectorised call and each row's numbers
+depend only on its key, never on which other rows share the batch.  Ends are checked on token ids; text
+is decoded per step only when a stop string or a stop function needs it, and then only the new tokens
+(with a few tokens before them as context: :meth:`TransformersModel.decode_after`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from .base import SamplingParams, stop_index
+
+MASK32 = 0xFFFFFFFF
+
+
+def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
+    """``x * c mod 2**32`` for 32-bit ``x`` held in int64, with no intermediate past 2**49."""
+    return (x * (c & 0xFFFF) + (((x * (c >> 16)) & 0xFFFF) << 16)) & MASK32
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash with good avalanche (Wellons' ``lowbias32``)."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def uniforms(seeds: Sequence[int], counters: Sequence[int], lanes: Sequence[int]) -> torch.Tensor:
+    """One uniform in [0, 1) per row (float64, 53 random bits), a function of ``(seed, counter, lane)`` only."""
+    key = torch.tensor([[s & MASK32, (s >> 32) & MASK32, c & MASK32, lane & MASK32]
+                        for s, c, lane in zip(seeds, counters, lanes)], dtype=torch.int64).reshape(-1, 4)
+    h = _mix32(key[:, 3] ^ 0x9E3779B9)
+    for j in (2, 1, 0):
+        h = _mix32(key[:, j] ^ h)
+    low = _mix32(h ^ 0x85EBCA6B)
+    return ((h >> 6) * 2.0**27 + (low >> 5)).double() / 2.0**53
+
+
+@dataclass
+class Drawn:
+    """What one row sampled: its tokens (without an end token), and why it stopped.  ``reason`` is ``"end"``
+    (an end-of-sequence token), ``"stop"`` (a stop string: ``text`` is cut before it), ``"cut"`` (the stop
+    function cut ``text``) or ``"length"``; ``text`` is None unless stop strings or a stop function were
+    checked (then it is the text so far)."""
+
+    ids: list[int]
+    reason: str
+    text: str | None = None
+
+    @property
+    def ended(self) -> bool:
+        return self.reason in ("end", "stop")
+
+
+class _Text:
+    """A row's response text, decoded incrementally: only the tokens after the last complete character."""
+
+    def __init__(self, lm, context: Sequence[int]):
+        self.lm, self.context, self.text, self.done = lm, list(context), "", 0
+
+    def add(self, ids: list[int]) -> str:
+        """The text of ``ids`` (the response so far), an incomplete trailing character held back."""
+        piece = self.lm.decode_after(self.context + ids[: self.done], ids[self.done :])
+        if not piece.endswith("\ufffd"):
+            self.text, self.done = self.text + piece, len(ids)
+            return self.text
+        return self.text + piece.rstrip("\ufffd")
+
+
+def sample_rows(
+    lm,
+    params: SamplingParams,
+    logits: torch.Tensor,
+    forward: Callable[[list[int | None]], torch.Tensor],
+    keys: tuple[Sequence[int], Sequence[int], Sequence[int]],
+    contexts: Sequence[Sequence[int]],
+    max_tokens: int,
+    prefixes: Sequence[list[int]] | None = None,
+    active: Sequence[bool] | None = None,
+    stop: Callable[[str], int | None] | None = None,
+) -> list[Drawn | None]:
+    """Sample up to ``max_tokens`` tokens for each row, all rows in lock step.
+
+    Args:
+        lm: the sampling model (:class:`TransformersModel`: ``sample_next``, ``eos_ids``, ``decode_after``).
+        logits: ``[rows, vocab]`` next-token logits of every row.
+        forward: ``forward(tokens)`` feeds row ``i`` its token ``tokens[i]`` (None: the row is done) and returns
+            the next ``[rows, vocab]`` logits.  The last token sampled is never fed.
+        keys: ``(seeds, counters, lanes)``: row ``i`` draws its ``t``-th token with key
+            ``(seeds[i], counters[i] + t, lanes[i])``.
+        contexts: each row's ids before its response (to decode it).
+        prefixes: each row's response ids so far (default none): stop strings and ``stop`` see the text of
+            prefix + new tokens, and a ``Drawn.text`` is that whole text.
+        active: which rows sample (default all); the others get None.
+        stop: ``stop(text)`` -> where to cut the response text so far, or None to go on.
+    """
+    rows = len(contexts)
+    live = list(active) if active is not None else [True] * rows
+    seeds, counters, lanes = keys
+    eos = torch.tensor(sorted(lm.eos_ids), dtype=torch.long)
+    prefixes = prefixes if prefixes is not None else [[] for _ in range(rows)]
+    out: list[list[int]] = [[] for _ in range(rows)]
+    reason: list[str | None] = [None if a else "inactive" for a in live]
+    texts: dict[int, str] = {}
+    check_text = stop is not None or bool(params.stop)
+    trackers = {i: _Text(lm, contexts[i]) for i in range(rows) if live[i]} if check_text else {}
+    max_stop = max((len(s) for s in params.stop), default=0)
+    for step in range(max_tokens):
+        u = uniforms(seeds, [c + step for c in counters], lanes)
+        tokens = lm.sample_next(logits, params, u).cpu()
+        ended = torch.isin(tokens, eos).tolist()
+        tokens = tokens.tolist()
+        for i in range(rows):
+            if reason[i] is not None:
+                continue
+            if ended[i]:
+                reason[i] = "end"
+                continue
+            out[i].append(tokens[i])
+            if not check_text:
+                continue
+            before = len(trackers[i].text)
+            response = prefixes[i] + out[i]
+            text = trackers[i].add(response)
+            at = _stop_in(text, params.stop, max(0, before - max_stop))
+            cut = stop(text) if stop is not None else None
+            if at is not None or cut is not None:  # confirm on the whole decoded text
+                text = lm.response_text(contexts[i], response, finished=False)
+                at, cut = stop_index(text, params.stop), (stop(text) if stop is not None else None)
+            if at is not None and (cut is None or at <= cut):
+                reason[i], texts[i] = "stop", text[:at]
+            elif cut is not None:
+                reason[i], texts[i] = "cut", text[:cut]
+            else:
+                texts[i] = text
+        going = [r is None for r in reason]
+        if step == max_tokens - 1 or not any(going):
+            break
+        logits = forward([tokens[i] if going[i] else None for i in range(rows)])
+    return [None if reason[i] == "inactive" else Drawn(out[i], reason[i] or "length", texts.get(i))
+            for i in range(rows)]
+
+
+def _stop_in(text: str, stop: Sequence[str], start: int) -> int | None:
+    """Where the first stop string starting at or after ``start`` is (the text before was checked already)."""
+    hits = [i for i in (text.find(s, start) for s in stop) if i >= 0]
+    return min(hits) if hits else None
