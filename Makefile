@@ -47,8 +47,12 @@ test-slow: $(STAMP)
 test-lowest:
 	$(PYTHON) scripts/check_lower_bounds.py --strong-wheel '$(STRONG_WHEEL)'
 
+# the side-by-side with the authors' code needs AUTHORS_GIT (a git snapshot of their repository) and the
+# timing harness in ../shared/tools (else its figures are written as skipped)
 bench: $(STAMP)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s setup
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_search.py --out benchmarks/results/search.json
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_authors.py --out benchmarks/results/authors.json
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_stream.py --out benchmarks/results/stream.json
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_serve.py --out benchmarks/results/serve.json
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_startup.py --out benchmarks/results/startup.json

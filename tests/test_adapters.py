@@ -26,11 +26,11 @@ def save_adapter(base_dir, out, seed: int):
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir),
-                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     with warnings.catch_warnings():  # PEFT calls a transformers method that transformers 5 marks as deprecated
         warnings.simplefilter("ignore", FutureWarning)
-        model.save_pretrained(out)
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir), config)
+    model.save_pretrained(out)
     with torch.no_grad():
         return model(input_ids=IDS).logits
 

@@ -167,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=cmd_demo)
 
-    u = sub.add_parser("setup", help="convert the default strong model (GGUF) once to a cached safetensors copy")
+    u = sub.add_parser("setup", help="convert the default strong model (GGUF) once to a cached safetensors copy, "
+                       "and merge the shipped aligners into it once (cached too)")
     u.set_defaults(func=cmd_setup)
 
     from .training.dpo import DPOTrainingConfig
@@ -478,8 +479,12 @@ def cmd_demo(args) -> None:
 
 def cmd_setup(args) -> None:
     from . import defaults
+    from .backends.transformers import load_model
 
     print(f"default strong model ready at {defaults.strong_model_dir()}")
+    for kind in ("stream", "whole"):  # the first load merges an adapter and caches it (w2s.backends.adapters)
+        load_model(defaults.aligner_dir(kind))
+    print(f"shipped aligners merged into it, cached in {defaults.cache_dir() / 'merged'}")
 
 
 def read_corpus(paths: list[str]) -> list[str]:
@@ -555,6 +560,7 @@ def _finite(x):
 
 
 def main(argv: list[str] | None = None) -> int:
+    PHASES.clear()
     mark("main")
     args = build_parser().parse_args(argv)
     try:

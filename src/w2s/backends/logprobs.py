@@ -129,15 +129,32 @@ class IncrementalLogProbs:
                 fresh.append(j)
 
         token_logprobs: list[list[float] | None] = [None] * len(seqs)
-        for k in range(0, len(fresh), self.batch_size):  # from scratch, in micro-batches
-            members = fresh[k : k + self.batch_size]
+        by_fresh_context: dict[str, list[int]] = {}
+        for j in fresh:
+            by_fresh_context.setdefault(seqs[j][0], []).append(j)
+        contexts = list(by_fresh_context)
+        for k in range(0, len(contexts), self.batch_size):  # from scratch: branches of their contexts' rows
+            batch = contexts[k : k + self.batch_size]
+            heads = [(self.lead + self._context_ids[c]) or [self.lm.start_id] for c in batch]
             rows = self.lm.new_rows()
-            rows.add_empty_rows(len(members))
-            new = [seqs[j][1] for j in members]
-            logits = rows.forward(new, last_only=False)
-            plan = [(i, 0, 0, [0.0]) for i in range(len(members))]
-            self._record(rows, [(i, None) for i in range(len(members))], seqs, responses, members, logits, plan,
-                         None, token_logprobs)
+            rows.add_empty_rows(len(batch))
+            rows.forward(heads, last_only=True)
+            members, plan, keeps, new = [], [], [], []
+            for row, (context, head) in enumerate(zip(batch, heads)):
+                row_keeps, row_new = [], []
+                for j in by_fresh_context[context]:  # re-run the last shared token: its logits score the next
+                    ids = seqs[j][1]
+                    keep = max(common_prefix_length(ids, head) - 1, 0)
+                    members.append(j)
+                    plan.append((row, len(row_keeps), keep, [0.0] * (keep + 1)))  # tokens before start don't count
+                    row_keeps.append(keep)
+                    row_new.append(ids[keep:])
+                keeps.append(row_keeps)
+                new.append(row_new)
+            rows.branch(keeps)
+            logits, starts = rows.forward_branches(new, last_only=False)
+            self._record(rows, [(row, b) for row, b, _, _ in plan], seqs, responses, members, logits,
+                         [(row, starts[row][b], keep, known) for row, b, keep, known in plan], None, token_logprobs)
         for g, by_parent in children.items():  # children of one old group: branches of its parents
             group, parents = old[g], list(by_parent)
             members, plan, keeps, lengths, inherit = [], [], [], [], []
