@@ -296,3 +296,26 @@ def test_check_model_fails_early_without_a_forward():
     assert check_model(build(gemma3))["kinds"] == ["sliding_attention", "full_attention", "sliding_attention"]
     with pytest.raises(ValueError, match="model type 'mamba'"):
         check_model(tiny_mamba())
+
+
+def test_grouped_query_attention_folds_query_heads_instead_of_copying_keys(monkeypatch):
+    """Llama with 4 query heads over 2 key/value heads: every layer of every forward takes the folded path,
+    and the logits still equal each sequence's from scratch (checked by the scenario)."""
+    from transformers import AttentionInterface
+
+    from w2s.backends import kv_rows
+
+    calls = []
+
+    def counting(module, query, key, value, attention_mask, **kwargs):
+        calls.append((query.shape[1], key.shape[1]))
+        return kv_rows.folded_sdpa(module, query, key, value, attention_mask, **kwargs)
+
+    AttentionInterface.register(kv_rows.FOLDED_SDPA, counting)
+    try:
+        run = Checked(build(llama))
+        run.scenario()
+    finally:
+        AttentionInterface.register(kv_rows.FOLDED_SDPA, kv_rows.folded_sdpa)
+    assert calls and set(calls) == {(4, 2)}
+    assert run.model.config._attn_implementation == "sdpa"  # restored after every forward

@@ -152,3 +152,20 @@ def test_callable_scorer():
     scorer = w2s.CallableScorer(lambda prompt, response: len(prompt) + len(response))
     assert scorer.score("ab", ["", "xyz"], [False, True]) == [2.0, 5.0]
     assert scorer.score(["a", "abc"], ["x", "x"], [False, False]) == [2.0, 4.0]
+
+
+def test_a_guide_pair_with_one_tokenizer_tokenizes_each_response_once(tuned, untuned, monkeypatch):
+    """tuned and untuned are loaded apart but share their tokenizer: one tokenizer call per score, and the
+    scores equal those of a scorer that tokenizes for each model."""
+    shared = w2s.LogRatioScorer(tuned, untuned)
+    apart = w2s.LogRatioScorer(tuned, untuned)
+    apart._same_tokens = False
+    assert shared._same_tokens and tuned.tokenizer is not untuned.tokenizer
+    calls = []
+    for lm in (tuned, untuned):
+        encode = lm.encode_many
+        monkeypatch.setattr(lm, "encode_many", lambda texts, encode=encode: calls.append(len(texts)) or encode(texts))
+    prompts, responses = ["The movie was"] * 3, [" good", " bad and", " fine."]
+    got = shared.score(prompts, responses, [False, False, True])
+    assert len(calls) == 2  # the context once, the responses once
+    assert got == pytest.approx(apart.score(prompts, responses, [False, False, True]), abs=1e-6)

@@ -70,20 +70,42 @@ class LogRatioScorer:
         self.tuned_template, self.untuned_template = tuned_template, untuned_template
         self._tuned = tuned.response_logprobs(tuned_template, incremental=incremental, batch_size=batch_size)
         self._untuned = untuned.response_logprobs(untuned_template, incremental=incremental, batch_size=batch_size)
+        # a tuned/untuned pair usually shares its tokenizer: then each response is tokenized once
+        self._same_tokens = (tuned_template == untuned_template and hasattr(self._tuned, "sequences")
+                             and hasattr(self._untuned, "sequences") and _same_tokenizer(tuned, untuned))
 
     def score(self, prompt, responses, finished) -> list[float]:
         _check_lengths(responses, finished)
         prompts = _prompts(prompt, len(responses))
         if not responses:
             return []
-        tuned = self._tuned(prompts, responses, finished)
-        untuned = self._untuned(prompts, responses, finished)
+        if self._same_tokens:
+            seqs = self._tuned.sequences(prompts, responses, finished)
+            tuned = self._tuned(prompts, responses, finished, seqs)
+            untuned = self._untuned(prompts, responses, finished, seqs)
+        else:
+            tuned = self._tuned(prompts, responses, finished)
+            untuned = self._untuned(prompts, responses, finished)
         return [a - b for a, b in zip(tuned, untuned)]
 
     def reset(self) -> None:
         """Drop the cached rows (they are replaced at every call anyway)."""
         self._tuned.reset()
         self._untuned.reset()
+
+
+def _same_tokenizer(a, b) -> bool:
+    """Whether two local models tokenize (and add special tokens) identically: same fast tokenizer and ids."""
+    ta, tb = a.tokenizer, b.tokenizer
+    if ta is tb:
+        return True
+    same = lambda attr: getattr(a, attr, None) == getattr(b, attr, None)  # noqa: E731
+    if not all(same(x) for x in ("prefix_ids", "start_id", "eos_id", "turn_end_id")):
+        return False
+    if getattr(ta, "chat_template", None) != getattr(tb, "chat_template", None):
+        return False
+    backend_a, backend_b = getattr(ta, "backend_tokenizer", None), getattr(tb, "backend_tokenizer", None)
+    return backend_a is not None and backend_b is not None and backend_a.to_str() == backend_b.to_str()
 
 
 class RewardModelScorer:

@@ -28,13 +28,14 @@ before transformers renamed it) and ``logits_to_keep``.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import types
 import typing
 from typing import Sequence
 
 import torch
-from transformers import Cache, DynamicCache
+from transformers import AttentionInterface, Cache, DynamicCache
 from transformers.cache_utils import CacheLayerMixin, DynamicLayer, DynamicSlidingWindowLayer
 
 FULL, SLIDING = "full_attention", "sliding_attention"
@@ -141,6 +142,46 @@ def check_model(model: torch.nn.Module) -> dict:
     return dict(model_type=model_type, cache_arg=cache_arg, kinds=kinds, window=window, attention=attention)
 
 
+FOLDED_SDPA = "w2s_folded_sdpa"
+
+
+def folded_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
+    """``sdpa`` attention that, for grouped-query attention under a 4-D mask, folds each group's query heads
+    into the query length (``[rows, kv_heads, groups * queries, dim]``) instead of copying every key and
+    value once per query head (``repeat_kv``, which transformers does whenever a mask rules out SDPA's own
+    GQA).  Exact: the same scores, in another order.  Anything else goes to transformers' ``sdpa``."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    groups = query.shape[1] // key.shape[1]
+    if (groups == 1 or attention_mask is None or attention_mask.dim() != 4 or attention_mask.shape[1] != 1
+            or dropout or any(kwargs.get(k) is not None for k in ("position_bias", "s_aux", "softcap"))):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, **kwargs)
+    rows, heads, length, dim = query.shape
+    mask = attention_mask[:, :, :, : key.shape[-2]]
+    mask = mask[:, :, None].expand(rows, 1, groups, length, mask.shape[-1]).reshape(rows, 1, groups * length, -1)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query.reshape(rows, key.shape[1], groups * length, dim), key, value, attn_mask=mask, scale=scaling)
+    return out.reshape(rows, heads, length, value.shape[-1]).transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(FOLDED_SDPA, folded_sdpa)
+
+
+@contextlib.contextmanager
+def _attention(model: torch.nn.Module, implementation: str | None):
+    """Run ``model`` with attention ``implementation`` (a registered name) for the duration, if given."""
+    if implementation is None:
+        yield
+        return
+    before = model.config._attn_implementation
+    model.config._attn_implementation = implementation
+    try:
+        yield
+    finally:
+        model.config._attn_implementation = before
+
+
 SHARED, HOLE, PADDING = -1, -2, -3  # column owners besides branch ids (0, 1, ...); PADDING: a query only
 
 
@@ -237,6 +278,9 @@ class KVRows:
         self.sliding = SLIDING in how["kinds"]
         self.mixed = self.sliding and FULL in how["kinds"]
         self.eager = how["attention"] == "eager"
+        text = model.config.get_text_config(decoder=True)
+        grouped = getattr(text, "num_key_value_heads", None) not in (None, getattr(text, "num_attention_heads", None))
+        self.attention = FOLDED_SDPA if how["attention"] == "sdpa" and grouped else None  # see folded_sdpa
         self.capacity = 0  # columns of every buffer (the layers' and owner/pos)
         self.cache = Cache(layer_class_to_replicate=lambda: BufferLayer(self))
         self.columns = 0
@@ -426,14 +470,15 @@ class KVRows:
         self.owner[:, start:end] = q_owner.masked_fill(q_owner == PADDING, HOLE)
         self.pos[:, start:end] = q_pos
         self.columns = end
-        out = self.model(
-            input_ids=as_tensor(ids),
-            attention_mask=self._masks(q_owner, q_pos, q_keep, start),
-            position_ids=q_pos,
-            use_cache=True,
-            logits_to_keep=1 if last_only else 0,
-            **{self.cache_arg: self.cache},
-        )
+        with _attention(self.model, self.attention):
+            out = self.model(
+                input_ids=as_tensor(ids),
+                attention_mask=self._masks(q_owner, q_pos, q_keep, start),
+                position_ids=q_pos,
+                use_cache=True,
+                logits_to_keep=1 if last_only else 0,
+                **{self.cache_arg: self.cache},
+            )
         if start == 0:
             self._check_cache_used()
         return out.logits[:, -1] if last_only else out.logits

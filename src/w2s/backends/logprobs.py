@@ -91,10 +91,18 @@ class IncrementalLogProbs:
             out.append((context, ids, start))
         return out
 
-    def __call__(self, prompts: Sequence[str], responses: Sequence[str], finished: Sequence[bool]) -> list[float]:
+    def _context_ids_of(self, context: str) -> list[int]:
+        if context not in self._context_ids:
+            self._context_ids[context] = self.lm.encode(context)
+        return self._context_ids[context]
+
+    def __call__(self, prompts: Sequence[str], responses: Sequence[str], finished: Sequence[bool],
+                 seqs=None) -> list[float]:
+        """Log-likelihood of each response; ``seqs``: :meth:`sequences` of them when already computed (by a
+        model with the same tokenizer and template)."""
         if not (len(prompts) == len(responses) == len(finished)):
             raise ValueError("prompts, responses and finished must have the same length.")
-        seqs = self.sequences(prompts, responses, finished)
+        seqs = seqs if seqs is not None else self.sequences(prompts, responses, finished)
         old, self.groups = (self.groups if self.incremental else []), []
         try:
             return self._score(seqs, list(responses), old)
@@ -135,7 +143,7 @@ class IncrementalLogProbs:
         contexts = list(by_fresh_context)
         for k in range(0, len(contexts), self.batch_size):  # from scratch: branches of their contexts' rows
             batch = contexts[k : k + self.batch_size]
-            heads = [(self.lead + self._context_ids[c]) or [self.lm.start_id] for c in batch]
+            heads = [(self.lead + self._context_ids_of(c)) or [self.lm.start_id] for c in batch]
             rows = self.lm.new_rows()
             rows.add_empty_rows(len(batch))
             rows.forward(heads, last_only=True)

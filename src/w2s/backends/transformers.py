@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import warnings
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -191,25 +190,27 @@ class TransformersModel:
         ids = [self.encode_prompt(self.render(template, p), template) for p in prompts]
         return LocalBeams(self, params, seeds, [(self, ids)])
 
+    @torch.inference_mode()
     def sample_next(self, logits: torch.Tensor, params: SamplingParams, uniforms: torch.Tensor) -> torch.Tensor:
         """One token per row from ``logits`` [rows, vocab], by inverse-CDF sampling with ``uniforms`` [rows].
 
-        Order as in ``transformers``: temperature, then top-k, then top-p.  Tokens that are not text
+        Order as in ``transformers``: temperature, then top-k, then top-p (top-k is taken first here, which
+        selects the same tokens).  ``logits`` is edited in place.  Tokens that are not text
         (special tokens other than end-of-sequence, ids the tokenizer does not know) are never drawn.
         """
-        logits = logits.float()
+        logits = logits.float()  # ours to edit: every caller passes fresh logits
         banned = self._banned[self._banned < logits.shape[-1]]
         if len(banned):
-            logits = logits.index_fill(1, banned, float("-inf"))
+            logits.index_fill_(1, banned, float("-inf"))
         if params.temperature == 0:
             return logits.argmax(dim=-1)
-        logits = logits / params.temperature
-        if params.top_k:
+        if params.top_k:  # top-k before the temperature: the same tokens, and only k columns to divide
             logits, order = logits.topk(min(params.top_k, logits.shape[-1]), dim=-1)  # sorted, descending
         elif params.top_p < 1.0:
             logits, order = logits.sort(dim=-1, descending=True)
         else:
             order = None
+        logits = logits / params.temperature
         probs = logits.softmax(dim=-1)
         if params.top_p < 1.0:  # probs are sorted here: drop a token once the mass before it reaches top_p
             before = probs.cumsum(dim=-1) - probs
