@@ -32,7 +32,8 @@ import time
 from pathlib import Path
 
 PROMPTS = [f"Once upon a time {i}" for i in range(1, 9)]
-SETS = {"tiny": dict(L=8, T=(96, 192), dtypes=("float32",)), "smol": dict(L=5, T=(48, 96), dtypes=("float32", "bfloat16"))}
+SETS = {"tiny": dict(L=8, T=(96, 192), dtypes=("float32",)),
+        "smol": dict(L=5, T=(48, 96), dtypes=("float32", "bfloat16"))}
 TARGETS = {"tiny": 3.0, "smol": 4.0}
 AUTHORS_VENV_PACKAGES = ["transformers==4.41.2", "accelerate==0.31.0"]
 
@@ -84,6 +85,8 @@ def main() -> None:
     ap.add_argument("--authors-venv", default=os.environ.get("AV", "/tmp/av-bar"))
     ap.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--dtypes", nargs="+", choices=["float32", "bfloat16"], help="only these (default: each set's)")
+    ap.add_argument("--tokens", nargs=2, type=int, metavar=("T", "2T"), help="lengths for every set (default: its own)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--w2s-side", nargs=5, metavar=("MODELS", "PROMPTS", "T", "L", "DTYPE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -113,7 +116,11 @@ def main() -> None:
         prompts = work / "prompts.txt"
         prompts.write_text("\n".join(PROMPTS) + "\n")
         for name in args.sets:
-            spec = SETS[name]
+            spec = dict(SETS[name])
+            if args.dtypes:
+                spec["dtypes"] = [d for d in spec["dtypes"] if d in args.dtypes]
+            if args.tokens:
+                spec["T"] = tuple(args.tokens)
             models = work / name
             if name == "tiny":
                 run([sys.executable, str(tools / "tiny_models.py"), str(models), "384", "6"], env)
@@ -148,7 +155,7 @@ def main() -> None:
                     seconds["authors"][tokens] = statistics.median(a_times)
                     seconds["w2s"][tokens] = statistics.median(w_times)
                 t1, t2 = spec["T"]
-                entry[dtype] = {
+                entry[dtype] = {"T": list(spec["T"]),
                     "seconds": seconds,
                     "authors_over_w2s": {t: seconds["authors"][t] / seconds["w2s"][t] for t in spec["T"]},
                     "w2s_growth_2T_over_T": seconds["w2s"][t2] / seconds["w2s"][t1],

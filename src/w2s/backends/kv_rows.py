@@ -21,9 +21,13 @@ sequence's own tokens.  4-D masks need the ``eager`` or ``sdpa`` attention.
 Models whose cache is not plain per-layer keys and values (Mamba, Jamba, LFM2, Qwen3-Next, Falcon-H1,
 chunked attention...) are refused: a recurrent state can be neither rolled back nor shared by branches.
 
+Grouped-query attention under ``sdpa`` runs through :func:`folded_sdpa` (registered with
+``AttentionInterface`` and switched on only for our forward calls), which folds each group's query heads
+into the query length instead of copying the keys and values once per query head.
+
 Only public ``transformers`` APIs are used: ``Cache`` with layers of our own ``CacheLayerMixin`` class,
-and the model's ``forward`` with ``attention_mask``, ``position_ids``, ``cache`` (``past_key_values``
-before transformers renamed it) and ``logits_to_keep``.
+``AttentionInterface``, and the model's ``forward`` with ``attention_mask``, ``position_ids``, ``cache``
+(``past_key_values`` before transformers renamed it) and ``logits_to_keep``.
 """
 
 from __future__ import annotations
@@ -204,7 +208,8 @@ class BufferLayer(CacheLayerMixin):
             self.lazy_initialization(key_states, value_states)
         start, end = self.used, self.used + key_states.shape[-2]
         if self.keys is None or self.keys.shape[-2] < end:
-            self.keys, self.values = self._grown(self.keys, key_states, end), self._grown(self.values, value_states, end)
+            self.keys = self._grown(self.keys, key_states, end)
+            self.values = self._grown(self.values, value_states, end)
         self.keys[:, :, start:end] = key_states
         self.values[:, :, start:end] = value_states
         self.used = end

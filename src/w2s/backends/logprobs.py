@@ -165,7 +165,7 @@ class IncrementalLogProbs:
                          [(row, starts[row][b], keep, known) for row, b, keep, known in plan], None, token_logprobs)
         for g, by_parent in children.items():  # children of one old group: branches of its parents
             group, parents = old[g], list(by_parent)
-            members, plan, keeps, lengths, inherit = [], [], [], [], []
+            members, plan, keeps, lengths, inherit, from_next = [], [], [], [], [], []
             for row, s in enumerate(parents):
                 parent_ids, lp, row_keeps = group.ids[s], group.token_logprobs[s], []
                 for j, n in by_parent[s]:
@@ -173,9 +173,10 @@ class IncrementalLogProbs:
                     if n == len(ids):  # a prefix of the parent: nothing to run
                         keep, known = n, lp[:n]
                         inherit.append(s if n == len(parent_ids) and group.has_next[s] else None)
-                    elif n == len(parent_ids) and group.has_next[s]:  # the parent's next-token distribution scores ids[n]
-                        keep, known = n, lp[:n] + [group.next_logprobs[s, ids[n]].item()]
+                    elif n == len(parent_ids) and group.has_next[s]:  # the parent's next-token logits score ids[n]
+                        keep, known = n, lp[:n] + [0.0]  # filled below, in one gather
                         inherit.append(None)
+                        from_next.append((len(plan), s, ids[n]))
                     else:  # re-tokenization changed the parent's last tokens: re-run the last shared one
                         keep, known = n - 1, lp[:n]
                         inherit.append(None)
@@ -184,6 +185,13 @@ class IncrementalLogProbs:
                     row_keeps.append(keep)
                 keeps.append(row_keeps)
                 lengths.append(max(row_keeps))
+            if from_next:
+                at, seq, token = zip(*from_next)
+                device = group.next_logprobs.device
+                index = torch.tensor(seq, device=device), torch.tensor(token, device=device)
+                values = group.next_logprobs[index].tolist()
+                for i, value in zip(at, values):
+                    plan[i][3][-1] = value
             rows = group.rows
             new = [[] for _ in parents]
             for j, (row, _, keep, _) in zip(members, plan):

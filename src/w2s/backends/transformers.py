@@ -301,7 +301,8 @@ class LocalBeams:
             rows = model.new_rows()
             rows.add_empty_rows(n_prompts)
             self.streams.append(rows)
-        self.next_logits = self.combine([rows.forward(ids, last_only=True) for rows, (_, ids) in zip(self.streams, streams)])
+        self.next_logits = self.combine([rows.forward(ids, last_only=True)
+                                         for rows, (_, ids) in zip(self.streams, streams)])
         self.pending: list[int | None] = [None] * n_prompts
         self.prompt_index = list(range(n_prompts))
         self.response: list[list[int]] = [[] for _ in range(n_prompts)]
