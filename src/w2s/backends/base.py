@@ -13,6 +13,8 @@ from typing import Protocol, Sequence, runtime_checkable
 
 from ..validation import check_range, check_stop
 
+# context tokens decoded in front of a response to recover its leading space (TransformersModel.decode_after)
+ANCHOR_TOKENS = 4
 TRANSCRIPT_ROLES = {"system": "System", "developer": "System", "user": "User", "assistant": "Assistant"}
 
 

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .base import SamplingParams, stop_index
+from .base import ANCHOR_TOKENS, SamplingParams, stop_index
 
 MASK32 = 0xFFFFFFFF
 
@@ -62,16 +62,23 @@ class Drawn:
 
 
 class _Text:
-    """A row's response text, decoded incrementally: only the tokens after the last complete character."""
+    """A row's response (prefix + sampled ids) and its text, decoded incrementally: only the tokens after
+    the last complete character, with the few tokens before them as context."""
 
-    def __init__(self, lm, context: Sequence[int]):
-        self.lm, self.context, self.text, self.done = lm, list(context), "", 0
+    def __init__(self, lm, context: Sequence[int], prefix: Sequence[int]):
+        self.lm, self.context, self.ids = lm, list(context), list(prefix)
+        self.text, self.done = "", 0
 
-    def add(self, ids: list[int]) -> str:
-        """The text of ``ids`` (the response so far), an incomplete trailing character held back."""
-        piece = self.lm.decode_after(self.context + ids[: self.done], ids[self.done :])
+    def add(self, token: int) -> str:
+        """Append ``token``; the text so far, an incomplete trailing character held back."""
+        self.ids.append(token)
+        done = self.done
+        before = self.ids[max(0, done - ANCHOR_TOKENS) : done]
+        if len(before) < ANCHOR_TOKENS:
+            before = self.context[-(ANCHOR_TOKENS - len(before)) :] + before
+        piece = self.lm.decode_after(before, self.ids[done:])
         if not piece.endswith("\ufffd"):
-            self.text, self.done = self.text + piece, len(ids)
+            self.text, self.done = self.text + piece, len(self.ids)
             return self.text
         return self.text + piece.rstrip("\ufffd")
 
@@ -107,12 +114,12 @@ def sample_rows(
     live = list(active) if active is not None else [True] * rows
     seeds, counters, lanes = keys
     eos = torch.tensor(sorted(lm.eos_ids), dtype=torch.long)
-    prefixes = prefixes if prefixes is not None else [[] for _ in range(rows)]
     out: list[list[int]] = [[] for _ in range(rows)]
     reason: list[str | None] = [None if a else "inactive" for a in live]
     texts: dict[int, str] = {}
     check_text = stop is not None or bool(params.stop)
-    trackers = {i: _Text(lm, contexts[i]) for i in range(rows) if live[i]} if check_text else {}
+    trackers = ({i: _Text(lm, contexts[i], prefixes[i] if prefixes is not None else []) for i in range(rows)
+                 if live[i]} if check_text else {})
     max_stop = max((len(s) for s in params.stop), default=0)
     for step in range(max_tokens):
         u = uniforms(seeds, [c + step for c in counters], lanes)
@@ -128,13 +135,13 @@ def sample_rows(
             out[i].append(tokens[i])
             if not check_text:
                 continue
-            before = len(trackers[i].text)
-            response = prefixes[i] + out[i]
-            text = trackers[i].add(response)
+            tracker = trackers[i]
+            before = len(tracker.text)
+            text = tracker.add(tokens[i])
             at = _stop_in(text, params.stop, max(0, before - max_stop))
             cut = stop(text) if stop is not None else None
             if at is not None or cut is not None:  # confirm on the whole decoded text
-                text = lm.response_text(contexts[i], response, finished=False)
+                text = lm.response_text(contexts[i], tracker.ids, finished=False)
                 at, cut = stop_index(text, params.stop), (stop(text) if stop is not None else None)
             if at is not None and (cut is None or at <= cut):
                 reason[i], texts[i] = "stop", text[:at]

@@ -16,15 +16,14 @@ from typing import Iterable, Sequence
 import torch
 
 from ..validation import check_choice
-from .base import Continuation, SamplingParams, chat_turn_end_id, render_prompt, special_token_ids
+from .base import (ANCHOR_TOKENS, Continuation, SamplingParams, chat_turn_end_id, render_prompt,
+                   special_token_ids)
 from .kv_rows import KVRows, check_model
 from .sampling import sample_rows
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Tokens that end a text or a turn in common tokenizers; each counts as end-of-sequence when present.
 END_TOKENS = ("<|endoftext|>", "<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|end|>", "</s>", "<eos>")
-# context tokens decoded in front of a response to recover its leading space (see decode_after)
-ANCHOR_TOKENS = 4
 
 
 def resolve_device(device: str) -> torch.device:
