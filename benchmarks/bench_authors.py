@@ -50,7 +50,8 @@ def w2s_side(models: str, prompts: str, tokens: int, chunk: int, dtype: str, thr
     load = lambda name: w2s.load_model(f"{models}/{name}", dtype=dtype)  # noqa: E731
     strong = load("strong")
     scorer = w2s.LogRatioScorer(tuned=load("tuned"), untuned=load("untuned"))
-    search = w2s.ChunkBeamSearch(4, 4, chunk, max_new_tokens=tokens, temperature=0.7, top_k=50)
+    search = w2s.ChunkBeamSearch(4, 4, chunk, max_new_tokens=tokens,
+                                 sampling=w2s.SamplingParams(temperature=0.7, top_k=50))
     list(search.generate(strong, scorer, lines[:1], seed=1))
     start = time.perf_counter()
     results = list(search.generate(strong, scorer, lines, seed=0))

@@ -85,7 +85,7 @@ def main() -> None:
 
     def search(tokens, chunk, incremental=True):
         scorer = TimedScorer(w2s.LogRatioScorer(tuned, untuned, incremental=incremental))
-        cbs = w2s.ChunkBeamSearch(4, 4, chunk, max_new_tokens=tokens, **SAMPLING)
+        cbs = w2s.ChunkBeamSearch(4, 4, chunk, max_new_tokens=tokens, sampling=SamplingParams(**SAMPLING))
         results = list(cbs.generate(strong, scorer, PROMPTS, seed=0, batch_size=len(PROMPTS)))
         return scorer.seconds, results
 

@@ -5,7 +5,7 @@
   caches (the default strong model's safetensors copy, the merged aligner): from the process's launch,
   imported_s (torch and transformers imported), startup_s (models loaded: the first model call comes
   next), first_s (the first corrected text printed), total_s (the process ended), and first_over_total.
-  The phases are the ones the command writes to ``$W2S_TIMINGS`` (see w2s.cli).
+  The phases are the ones the command writes to ``$W2S_TIMINGS`` (see w2s.cli.common).
 
 Targets: startup_s <= 3 and first_over_total <= 0.35.
 

@@ -68,9 +68,9 @@ def main() -> None:
         return upstream.render("chat", question) + prefix
 
     def ours(question):
-        loop = w2s.StreamAligner(upstream, aligner, max_sentences=args.sentences, temperature=0.0)
+        loop = w2s.StreamAligner(max_sentences=args.sentences, sampling=GREEDY)
         start, first, text = time.perf_counter(), None, ""
-        for step in loop.stream(question):
+        for step in loop.stream(upstream, aligner, question):
             first = first or time.perf_counter() - start
             text += step.corrected
         return first, time.perf_counter() - start, text
@@ -103,10 +103,9 @@ def main() -> None:
     shipped = w2s.load_model(defaults.aligner_dir("stream"))
 
     def speculation(question, speculative):
-        loop = w2s.StreamAligner(upstream, shipped, aligner_template=defaults.ALIGNER_TEMPLATE,
-                                 max_sentences=args.sentences, speculative=speculative)
+        loop = w2s.StreamAligner(max_sentences=args.sentences, speculative=speculative)
         start = time.perf_counter()
-        steps = list(loop.stream(question, seed=1))
+        steps = list(loop.stream(upstream, shipped, question, seed=1, aligner_template=defaults.ALIGNER_TEMPLATE))
         return time.perf_counter() - start, steps
 
     ours(QUESTIONS[0])  # warm-up

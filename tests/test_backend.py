@@ -12,7 +12,7 @@ PROMPTS = ["The cat", "I did not like the food, it was cold and", "Once upon a t
 
 def test_greedy_matches_transformers_generate(strong):
     """Left/right padding, position ids and the kept cache give exactly what ``generate`` gives."""
-    greedy = w2s.Sampling(max_new_tokens=12, temperature=0.0)
+    greedy = w2s.Sampling(max_new_tokens=12, sampling=w2s.SamplingParams(temperature=0.0))
     ours = list(greedy.generate(strong, None, PROMPTS, batch_size=3))
     tok = strong.tokenizer
     for prompt, result in zip(PROMPTS, ours):
@@ -51,7 +51,7 @@ def test_non_text_special_tokens_are_never_sampled():
     # after any token the model most wants <start_of_image>, then "x"
     model = make_scripted(tok, {}, default_next=image)
     model.model.lm_head.weight.data[x] = model.model.lm_head.weight.data[image] * 0.5
-    result = next(w2s.Sampling(max_new_tokens=6, temperature=1.0).generate(model, None, ["a"]))
+    result = next(w2s.Sampling(max_new_tokens=6, sampling=w2s.SamplingParams(temperature=1.0)).generate(model, None, ["a"]))
     assert result.response == "x" * 6
     assert "<start_of_image>" not in result.response and image in model.banned_ids
 
@@ -74,7 +74,7 @@ def test_stop_string_ends_the_response_without_the_stop_text():
     start = tok("The cat sat", add_special_tokens=False)["input_ids"][-1]
     script[start] = [(ids[0], 1.0)]
     model = make_scripted(tok, script, default_next=tok.convert_tokens_to_ids("x"))
-    result = next(w2s.Sampling(max_new_tokens=30, stop=(".",)).generate(model, None, ["The cat sat"]))
+    result = next(w2s.Sampling(max_new_tokens=30, sampling=w2s.SamplingParams(stop=(".",))).generate(model, None, ["The cat sat"]))
     assert (result.response, result.finished) == (" on the mat", True)
 
 

@@ -86,7 +86,11 @@ def test_resume_keeps_finished_lines_and_matches_an_uninterrupted_run(model_dirs
 
 
 def test_resume_restarts_at_the_batch_boundary(tmp_path):
-    from w2s.cli import _resume_point
+    from w2s.cli.common import is_error_record
+    from w2s.jsonl import resume_point
+
+    def _resume_point(path, batch_size, total):
+        return resume_point(path, batch_size, total, keep=lambda r: not is_error_record(r))
 
     out = tmp_path / "out.jsonl"
     rows = [json.dumps({"prompt": str(i), "response": "x"}) + "\n" for i in range(5)]

@@ -9,6 +9,7 @@ import torch
 import w2s
 from w2s import defaults
 from w2s.demo import run_demo
+from w2s.models import LoadedModel, ModelSpec, Models
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +52,8 @@ def test_shipped_guides_are_small_and_share_a_tokenizer():
 
 
 def test_demo_prints_both_continuations_with_gold_rewards(strong, tuned, untuned):
-    models = {"strong": strong, "tuned": tuned, "untuned": untuned,
-              "strong_template": "{prompt}", "tuned_template": "{prompt}", "untuned_template": "{prompt}"}
+    models = Models(**{role: LoadedModel(model, "{prompt}", ModelSpec(role=role))
+                       for role, model in (("strong", strong), ("tuned", tuned), ("untuned", untuned))})
     out = io.StringIO()
     means = run_demo(models, num_prompts=2, max_new_tokens=6, out=out)
     text = out.getvalue()
@@ -70,9 +71,9 @@ def test_shipped_aligners_are_small_adapters_of_the_default_model_and_rewrite_li
         weights = load_file(defaults.aligner_dir(kind) / "adapter_model.safetensors")
         assert sum(w.numel() for w in weights.values()) <= 134_515_008 * 0.05  # what ships: < 5% of the strong model
     aligner = w2s.load_model(defaults.aligner_dir("stream"))
-    loop = w2s.StreamAligner(aligner, aligner, aligner_template=defaults.ALIGNER_TEMPLATE)
     sentence = "Cats can be dangerous when they feel threatened."
-    assert loop.correct_sentence("What are the dangers of cats?", "", sentence) == positive.rewrite(sentence)
+    assert w2s.StreamAligner().correct_sentence(aligner, "What are the dangers of cats?", "", sentence,
+                                                aligner_template=defaults.ALIGNER_TEMPLATE) == positive.rewrite(sentence)
 
 
 def test_stream_command_with_no_model_flags_uses_the_demo_models(cache):

@@ -1,14 +1,14 @@
 """``w2s eval sentiment``: the controlled-sentiment comparison on tiny random models."""
 
-import argparse
 import csv
 import json
 
 import pytest
 
 import w2s
+from w2s.cli import build_parser
 from w2s.evaluation import sentiment
-from w2s.evaluation.sentiment import METHODS, evaluate_sentiment
+from w2s.evaluation.sentiment import SENTIMENT_RUNS, evaluate_sentiment
 from w2s.tasks.sentiment import gold_reward
 
 PROMPTS = ["The cat", "What a", "I did not like"]
@@ -136,14 +136,12 @@ def test_unknown_method_is_named(strong, tuned, untuned, tmp_path):
         evaluate_sentiment(tmp_path, strong, tuned, untuned, PROMPTS, methods=["bon-8"])
 
 
-def parser():
-    p = argparse.ArgumentParser(prog="w2s eval")
-    sentiment.add_parser(p.add_subparsers(dest="command", required=True))
-    return p
+def parse(argv):
+    return build_parser().parse_args(["eval", *argv])
 
 
 def test_cli_with_model_paths(model_dirs, tmp_path, capsys):
-    args = parser().parse_args([
+    args = parse([
         "sentiment", "--out", str(tmp_path), "--prompts", "2", "--seeds", "3", "--methods", "base", "tuned-alone",
         "--max-new-tokens", "2", "--strong", model_dirs["strong"], "--tuned", model_dirs["tuned"],
         "--untuned", model_dirs["untuned"], "--tuned-template", "chat"])
@@ -164,7 +162,7 @@ def test_cli_defaults_come_from_w2s_defaults(model_dirs, tmp_path, monkeypatch, 
     monkeypatch.setattr(defaults, "strong_model_dir", lambda: model_dirs["strong"])
     monkeypatch.setattr(defaults, "guide_dir", lambda which: model_dirs[which])
     monkeypatch.setattr(defaults, "GUIDE_TEMPLATE", "Text: {prompt}")
-    args = parser().parse_args(["sentiment", "--out", str(tmp_path), "--prompts", "1", "--seeds", "0",
+    args = parse(["sentiment", "--out", str(tmp_path), "--prompts", "1", "--seeds", "0",
                                 "--methods", "base", "--max-new-tokens", "2"])
     args.func(args)
     config = json.loads((tmp_path / "config.json").read_text())
@@ -173,9 +171,10 @@ def test_cli_defaults_come_from_w2s_defaults(model_dirs, tmp_path, monkeypatch, 
 
 
 def test_method_table_covers_the_paper_settings():
-    assert METHODS == {"base": 1, "bon-4": 4, "bon-16": 16, "cbs-2x2": 4, "cbs-4x4": 16, "eft": 1, "tuned-alone": 1}
+    assert SENTIMENT_RUNS == {"base": 1, "bon-4": 4, "bon-16": 16, "cbs-2x2": 4, "cbs-4x4": 16, "eft": 1, "tuned-alone": 1}
     cbs = sentiment._search("cbs-4x4", 50)
-    assert (cbs.beam_width, cbs.successors_per_beam, cbs.chunk_length, cbs.temperature, cbs.top_k, cbs.top_p) == (
+    assert (cbs.beam_width, cbs.successors_per_beam, cbs.chunk_length, cbs.sampling.temperature, cbs.sampling.top_k,
+            cbs.sampling.top_p) == (
         4, 4, 5, 0.7, 50, 1.0)
     assert sentiment._search("bon-16", 50).samples_per_step == 16
     assert sentiment._search("eft", 50).beta == 1.0

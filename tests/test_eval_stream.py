@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from w2s.evaluation.stream import METHODS, evaluate_stream
+from w2s.evaluation.stream import STREAM_SYSTEMS, evaluate_stream
 from w2s.tasks import positive
 
 QUESTIONS = ["What are the dangers of cats?", "Why is hiking so annoying?"]
@@ -51,13 +51,13 @@ SETTINGS = dict(upstream_template="{prompt}", aligner_template="{prompt}", max_s
 
 def test_tiny_run_writes_gold_metrics_latency_table_and_plot(models, tmp_path):
     rows = evaluate_stream(tmp_path, **models, questions=QUESTIONS, **SETTINGS)
-    assert [r["method"] for r in rows] == list(METHODS)
+    assert [r["method"] for r in rows] == list(STREAM_SYSTEMS)
     with open(tmp_path / "summary.csv", newline="") as f:
-        assert [r["method"] for r in csv.DictReader(f)] == list(METHODS)
+        assert [r["method"] for r in csv.DictReader(f)] == list(STREAM_SYSTEMS)
     md = (tmp_path / "summary.md").read_text()
     assert md.startswith("| method | VADER |") and "| Stream Aligner |" in md and "teacher (reference)" in md
     assert (tmp_path / "quality_latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    for name in METHODS:
+    for name in STREAM_SYSTEMS:
         records = raw(tmp_path, name)
         assert [r["question"] for r in records] == QUESTIONS
         for r in records:

@@ -80,14 +80,12 @@ def scripted_llama2(text: str):
 
 def test_stream_aligner_keeps_the_spaces_between_sentences_on_sentencepiece():
     upstream, _ = scripted_llama2(" Hello. How are you?")
-    identity = w2s.StreamAligner(upstream, lambda q, prefix, sentence: sentence, upstream_template="{prompt}",
-                                 temperature=0.0, max_sentence_tokens=8)
-    answer = identity.run(["Hi"])[0]
+    loop = w2s.StreamAligner(sampling=w2s.SamplingParams(temperature=0.0), max_sentence_tokens=8)
+    answer = loop.run(upstream, lambda q, prefix, sentence: sentence, ["Hi"], upstream_template="{prompt}")[0]
     assert [s.original for s in answer.steps] == [" Hello.", " How are you?"]
     assert answer.corrected == answer.original == " Hello. How are you?"
-    shout = w2s.StreamAligner(upstream, lambda q, prefix, sentence: sentence.upper(), upstream_template="{prompt}",
-                              temperature=0.0, max_sentence_tokens=8)
-    assert shout.run(["Hi"])[0].corrected == " HELLO. HOW ARE YOU?"
+    shout = loop.run(upstream, lambda q, prefix, sentence: sentence.upper(), ["Hi"], upstream_template="{prompt}")
+    assert shout[0].corrected == " HELLO. HOW ARE YOU?"
 
 
 # -- stop strings: one rule for CBS, the local generator and remote engines --------------------------
@@ -97,7 +95,7 @@ def test_stream_aligner_keeps_the_spaces_between_sentences_on_sentencepiece():
 def test_stop_strings_with_a_leading_space_or_across_chunks(stop, before, chunk_length):
     lm, _ = scripted_llama2(" Hello. How are you?")
     search = w2s.ChunkBeamSearch(beam_width=1, successors_per_beam=1, chunk_length=chunk_length, max_new_tokens=12,
-                                 temperature=0.0, stop=(stop,))
+                                 sampling=w2s.SamplingParams(temperature=0.0, stop=(stop,)))
     result = next(search.generate(lm, None, ["Hi"]))
     assert (result.response, result.finished) == (before, True)
     generator = lm.generator(1, w2s.SamplingParams(temperature=0.0, stop=(stop,)), [0])
@@ -122,12 +120,13 @@ def test_eft_runs_when_embeddings_are_padded_and_widths_differ(models):
                 for m in (strong, tuned, untuned)]
     mixed = (logp[0] + beta * (logp[1] - logp[2]))
     mixed[torch.tensor([i for i in strong.banned_ids if i < n_real])] = float("-inf")
-    greedy = next(w2s.EmulatedFineTuning(beta=beta, max_new_tokens=1, temperature=0.0).generate(
+    greedy = next(w2s.EmulatedFineTuning(beta=beta, max_new_tokens=1, sampling=w2s.SamplingParams(temperature=0.0)).generate(
         strong, tuned, untuned, [prompt]))
     token = mixed.argmax().item()
     assert greedy.response == strong.response_text(strong.encode_prompt(prompt, "{prompt}"), [token],
                                                    token in strong.eos_ids)
-    sampled = list(w2s.EmulatedFineTuning(beta=beta, max_new_tokens=8, temperature=1.0, top_k=0).generate(
+    sampled = list(w2s.EmulatedFineTuning(beta=beta, max_new_tokens=8,
+                                                  sampling=w2s.SamplingParams(temperature=1.0, top_k=0)).generate(
         strong, tuned, untuned, PROMPTS, seed=3))
     assert all(r.num_tokens >= 1 for r in sampled)
 
@@ -154,7 +153,7 @@ def test_sampling_stops_at_the_end_of_turn_token(models):
     _, tok = BUILDERS["llama3"]()
     hello = tok(" Hello", add_special_tokens=False)["input_ids"]
     model = make_scripted(tok, {hello[-1]: [(eot, 1.0)]}, default_next=hello[0])
-    result = next(w2s.Sampling(max_new_tokens=8, temperature=0.0).generate(model, None, ["Hi"], template="chat"))
+    result = next(w2s.Sampling(max_new_tokens=8, sampling=w2s.SamplingParams(temperature=0.0)).generate(model, None, ["Hi"], template="chat"))
     assert (result.response, result.finished, result.num_tokens) == (" Hello", True, len(hello))
 
 
@@ -204,7 +203,7 @@ def test_one_bos_rule_for_the_strong_model_the_guides_and_eft(models):
 
     eft = _EFTModel(1.0, llama2, "{prompt}", (twin("llama2", 31), "{prompt}"), (twin("llama2", 32), "chat"))
     session = eft.open(["Hi"], w2s.SamplingParams(), [0])
-    firsts = [rows.ids[0] for rows in session.streams]
+    firsts = [rows.ids[0] for rows in session.stream_rows]
     assert firsts[0][0] == bos and firsts[1][0] == bos and firsts[2].count(bos) == 1
 
 
@@ -219,7 +218,7 @@ def test_search_with_guides_of_another_family_scores_by_the_definition(models, s
     scorer = w2s.LogRatioScorer(tuned, untuned, "chat", "{prompt}")
     scratch = w2s.LogRatioScorer(tuned, untuned, "chat", "{prompt}", incremental=False)
     cbs = w2s.ChunkBeamSearch(beam_width=2, successors_per_beam=2, chunk_length=5, max_new_tokens=15,
-                              temperature=1.0, return_beams=True)
+                              sampling=w2s.SamplingParams(temperature=1.0), return_beams=True)
     results = list(cbs.generate(strong, scorer, PROMPTS, template="chat", seed=1))
     for method in (w2s.BestOfN(n=3, max_new_tokens=6), w2s.Sampling(max_new_tokens=6)):
         assert len(list(method.generate(strong, scorer, PROMPTS[:2], template="chat"))) == 2
@@ -248,13 +247,11 @@ def test_a_conversation_is_rendered_with_each_familys_chat_template(models, fami
 
 
 def test_serve_chat_renders_the_turns_of_a_llama3_model(models):
-    from test_serve import Recorder, client, serve
+    from test_serve import Recorder, bundle, client, serve
     from w2s.serve import ServeConfig
 
     strong = Recorder(models["llama3"])
-    m = {"strong": strong, "tuned": models["gemma"], "untuned": twin("gemma", 51), "aligner": None,
-         "whole_aligner": None, "strong_template": "{prompt}", "tuned_template": "chat", "untuned_template": "{prompt}",
-         "aligner_template": "chat", "whole_aligner_template": "chat"}
+    m = bundle(strong=(strong, "{prompt}"), tuned=(models["gemma"], "chat"), untuned=(twin("gemma", 51), "{prompt}"))
     server, thread, url = serve(ServeConfig(name="tiny", methods={"cbs": {"chunk_length": 4, "max_new_tokens": 8}},
                                             batch_window_ms=0), m)
     try:

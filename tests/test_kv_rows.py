@@ -157,7 +157,7 @@ def check_branches(run: Checked, new, last_only: bool) -> None:
 @pytest.mark.parametrize("make", [llama, gpt2, mistral, gemma3])
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_branches_share_their_row_and_regroup_into_rows(make, attn):
-    """Beams: K branches per row, decoded in lock step, then survivors regrouped into rows; scoring: branches
+    """Search beams: K branches per row, decoded in lock step, then survivors regrouped into rows; scoring: branches
     that see only part of their row (re-tokenized tails) with several new tokens each."""
     run = Checked(build(make, attn))
     rows = run.rows

@@ -89,17 +89,18 @@ def test_retry_after_parsing():
 
 
 def test_token_counts_of_choices():
-    from w2s.backends.remote import _choices
+    from w2s.backends.remote import parse_choices
 
-    one = _choices({"choices": [{"text": " a b", "finish_reason": "stop"}], "usage": {"completion_tokens": 2}}, 8)
+    one = parse_choices({"choices": [{"text": " a b", "finish_reason": "stop"}], "usage": {"completion_tokens": 2}},
+                        8)
     assert [(c.text, c.finish_reason, c.num_tokens) for c in one] == [(" a b", "stop", 2)]
     # n > 1 (vLLM): usage covers all choices; cut ones have max_tokens, the finished ones share the rest
-    many = _choices({"choices": [{"index": 1, "text": "x", "finish_reason": "length"},
-                                 {"index": 0, "text": "y", "finish_reason": "stop"}],
-                     "usage": {"completion_tokens": 11}}, 8)
+    many = parse_choices({"choices": [{"index": 1, "text": "x", "finish_reason": "length"},
+                                      {"index": 0, "text": "y", "finish_reason": "stop"}],
+                          "usage": {"completion_tokens": 11}}, 8)
     assert [(c.text, c.num_tokens) for c in many] == [("y", 3), ("x", 8)]
     with pytest.raises(RemoteError, match="no choices"):
-        _choices({"choices": []}, 8)
+        parse_choices({"choices": []}, 8)
 
 
 def test_derived_seeds_are_deterministic_and_distinct():
@@ -155,15 +156,16 @@ def test_stop_strings_across_chunks_end_remote_responses_as_local_ones_do(proxy)
     and the result is what one whole request with that stop string gives (greedy, so comparable)."""
     strong = remote(proxy)
     steps = []
-    greedy = dict(beam_width=1, successors_per_beam=1, max_new_tokens=12, temperature=0.0)
-    one_token_chunks = w2s.ChunkBeamSearch(chunk_length=1, **greedy)
+    greedy = dict(beam_width=1, successors_per_beam=1, max_new_tokens=12)
+    one_token_chunks = w2s.ChunkBeamSearch(chunk_length=1, sampling=w2s.SamplingParams(temperature=0.0), **greedy)
     text = next(one_token_chunks.generate(strong, None, ["Once upon a time"], on_step=lambda p, t: steps.append(t[0])))
     text = text.response
     boundary = next(len(t) for t in steps if 2 <= len(t) <= len(text) - 2)  # a chunk boundary inside the text
     stop = text[boundary - 2 : boundary + 2]
     expected = text[: text.find(stop)]
     for chunk_length in (1, None):  # the stop string spans two chunks / lies inside one request
-        search = w2s.ChunkBeamSearch(chunk_length=chunk_length, stop=(stop,), **greedy)
+        search = w2s.ChunkBeamSearch(chunk_length=chunk_length, sampling=w2s.SamplingParams(temperature=0.0, stop=(stop,)),
+                                     **greedy)
         result = next(search.generate(strong, None, ["Once upon a time"]))
         assert (result.response, result.finished) == (expected, True), (stop, chunk_length)
     generator = strong.generator(1, w2s.SamplingParams(temperature=0.0, stop=(stop,)), [0])
@@ -175,7 +177,7 @@ def test_llama_cpp_honours_seed(proxy):
     strong = remote(proxy)
     body = lambda seed: {"model": "smollm2", "prompt": "Once upon a time", "max_tokens": 8,  # noqa: E731
                          "temperature": 1.0, "seed": seed}
-    texts = [strong.run(strong._post("/completions", body(s)))["choices"][0]["text"] for s in (1, 2, 1, 2)]
+    texts = [strong.run(strong.post("/completions", body(s)))["choices"][0]["text"] for s in (1, 2, 1, 2)]
     assert texts[0] == texts[2] and texts[1] == texts[3] and texts[0] != texts[1]
     strong.close()
 
@@ -231,8 +233,8 @@ def test_chat_template_from_a_local_tokenizer(proxy, gguf):
 def test_stream_aligner_with_a_remote_upstream_stops_at_sentence_ends(proxy, gguf):
     upstream = remote(proxy, tokenizer=gguf)
     marked = lambda question, prefix, sentence: sentence.upper()  # noqa: E731  a rule in the aligner's place
-    aligner = w2s.StreamAligner(upstream, marked, max_sentences=3, max_sentence_tokens=60)
-    answers = aligner.run(["Tell me about the sea.", "Describe a cat."], seed=1)
+    loop = w2s.StreamAligner(max_sentences=3, max_sentence_tokens=60)
+    answers = loop.run(upstream, marked, ["Tell me about the sea.", "Describe a cat."], seed=1)
     for a in answers:
         assert a.steps
         assert len(a.steps) >= 2
@@ -385,12 +387,12 @@ def test_echo_logprobs_checked_against_a_local_computation(proxy, gguf):
     the same GGUF; the backend's self-check must refuse such an engine instead of returning wrong sums."""
     import torch
 
-    from w2s.backends.remote import _echo
+    from w2s.backends.remote import echo_logprobs
 
     local = w2s.load_model(gguf)
     strong = remote(proxy, tokenizer=gguf)
     text = "The capital of France is Paris. The capital of Italy is Rome, and the sea is blue."
-    tokens, values, offsets = strong.run(_echo(strong, text))
+    tokens, values, offsets = strong.run(echo_logprobs(strong, text))
     ids = local.encode(text)
     assert [local.decode([i]) for i in ids] == tokens[: len(ids)]  # same tokenization (no BOS added)
     with torch.no_grad():
@@ -406,7 +408,7 @@ def test_echo_logprobs_checked_against_a_local_computation(proxy, gguf):
 
     # the generated tokens' logprobs are right: they agree with the local model
     body = {"model": "smollm2", "prompt": text, "max_tokens": 3, "temperature": 0.0, "logprobs": 1}
-    choice = strong.run(strong._post("/completions", body))["choices"][0]
+    choice = strong.run(strong.post("/completions", body))["choices"][0]
     gen_ids = ids + local.encode(choice["text"])
     with torch.no_grad():
         logp = local.model(torch.tensor([gen_ids])).logits[0].float().log_softmax(-1)

@@ -6,6 +6,9 @@ import torch
 import w2s
 from conftest import llama, strong_tokenizer
 from w2s.backends import Continuation, SamplingParams
+from w2s.configs import build, flatten, param_names
+
+GREEDY = SamplingParams(temperature=0.0)
 
 PROMPTS = ["The cat", "I did not like the food, it was cold and", "What a"]
 
@@ -97,7 +100,7 @@ def test_incremental_scores_equal_from_scratch_during_search(strong, tuned, untu
     assert len(calls) >= 6
 
 
-class ScriptedBeams:
+class ScriptedSearchSession:
     """A fake large model for search logic: continuations come from ``script[parent_text]``."""
 
     def __init__(self, script):
@@ -122,7 +125,7 @@ class ScriptedModel:
         self.script = script
 
     def open(self, prompts, params, seeds, template):
-        return ScriptedBeams(self.script)
+        return ScriptedSearchSession(self.script)
 
 
 def test_finished_candidates_are_carried_once_and_not_rescored():
@@ -199,11 +202,11 @@ def test_eft_next_token_is_strong_plus_beta_log_ratio(model_dirs, strong):
         lu = u.model(guide_ids).logits[0, -1].log_softmax(-1)
     for beta in (0.0, 2.0):
         mixed = (s + beta * (lt - lu)).index_fill(0, torch.tensor(strong.banned_ids), float("-inf"))
-        r = next(w2s.EmulatedFineTuning(beta=beta, max_new_tokens=1, temperature=0.0).generate(strong, t, u, [prompt]))
+        r = next(w2s.EmulatedFineTuning(beta=beta, max_new_tokens=1, sampling=GREEDY).generate(strong, t, u, [prompt]))
         token = mixed.argmax().item()
         assert r.response == strong.response_text(ids[0].tolist(), [token], token in strong.eos_ids) and r.method == "eft"
-    greedy = next(w2s.Sampling(max_new_tokens=10, temperature=0.0).generate(strong, None, [prompt]))
-    eft0 = next(w2s.EmulatedFineTuning(beta=0.0, max_new_tokens=10, temperature=0.0).generate(strong, t, u, [prompt]))
+    greedy = next(w2s.Sampling(max_new_tokens=10, sampling=GREEDY).generate(strong, None, [prompt]))
+    eft0 = next(w2s.EmulatedFineTuning(beta=0.0, max_new_tokens=10, sampling=GREEDY).generate(strong, t, u, [prompt]))
     assert eft0.response == greedy.response
 
 
@@ -229,8 +232,20 @@ INVALID = [
 
 @pytest.mark.parametrize("cls,kwargs,name", INVALID)
 def test_invalid_parameters_name_themselves(cls, kwargs, name):
+    """Given flat (as the command line and the server give them), each bad value names its parameter."""
     with pytest.raises(ValueError, match=rf"^{name} must .*got"):
-        cls(**kwargs)
+        build(cls, kwargs)
+
+
+def test_flat_parameters_build_the_config_and_its_embedded_sampling():
+    cbs = build(w2s.ChunkBeamSearch, {"beam_width": 2, "temperature": 0.1, "stop": ["x"]})
+    assert cbs == w2s.ChunkBeamSearch(beam_width=2, sampling=SamplingParams(temperature=0.1, stop=("x",)))
+    assert flatten(cbs)["temperature"] == 0.1 and build(w2s.ChunkBeamSearch, flatten(cbs)) == cbs
+    assert param_names(w2s.BestOfN) == ["max_new_tokens", "temperature", "top_p", "top_k", "stop", "return_beams", "n"]
+    with pytest.raises(ValueError, match="has no parameter beam_widht; its parameters are beam_width"):
+        build(w2s.ChunkBeamSearch, {"beam_widht": 2})
+    with pytest.raises(ValueError, match="sampling must be a w2s.SamplingParams"):
+        w2s.BestOfN(sampling={"temperature": 0.5})
 
 
 def test_invalid_generate_arguments(strong, tuned, untuned, scorer):

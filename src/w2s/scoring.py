@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from typing import Callable, Protocol, Sequence, runtime_checkable
 
-import torch
-
 from .validation import check_template
 
 
@@ -136,8 +134,13 @@ class RewardModelScorer:
         model = AutoModelForSequenceClassification.from_pretrained(path).to(resolve_device(device))
         return cls(model, AutoTokenizer.from_pretrained(path), **kwargs)
 
-    @torch.inference_mode()
     def score(self, prompt, responses, finished) -> list[float]:
+        import torch  # here: the search configs import this module for the command line's flags
+
+        with torch.inference_mode():
+            return self._score(prompt, responses, finished)
+
+    def _score(self, prompt, responses, finished) -> list[float]:
         _check_lengths(responses, finished)
         texts = [self.template.format(prompt=p) + r for p, r in zip(_prompts(prompt, len(responses)), responses)]
         device = next(self.model.parameters()).device

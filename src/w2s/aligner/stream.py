@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
-from ..backends.base import LanguageModel, SamplingParams, TextGenerator
+from ..backends.base import LanguageModel, SamplingParams, TextGenerator, check_sampling
 from ..validation import check_range, check_template
 from .segment import first_sentence_end, sentences_end
 
@@ -70,74 +70,86 @@ class AlignedAnswer:
     total_seconds: float = 0.0
 
 
-class _Corrector:
-    """What the Stream Aligner and the Aligner share: the two models, their templates, the sampling."""
+class _Correction:
+    """One call's models and templates, as the Stream Aligner and the Aligner use them."""
 
-    def __init__(self, upstream: LanguageModel, aligner, max_correction_tokens: int, upstream_template: str,
-                 aligner_template: str, temperature: float, top_p: float, top_k: int):
-        check_range("max_correction_tokens", max_correction_tokens, low=1, integer=True)
+    def __init__(self, upstream: LanguageModel, aligner, sampling: SamplingParams, max_correction_tokens: int,
+                 upstream_template: str, aligner_template: str):
         check_template("upstream_template", upstream_template)
         check_template("aligner_template", aligner_template)
-        self.upstream, self.aligner, self.max_correction_tokens = upstream, aligner, max_correction_tokens
+        self.upstream, self.aligner, self.sampling = upstream, aligner, sampling
+        self.max_correction_tokens = max_correction_tokens
         self.upstream_template, self.aligner_template = upstream_template, aligner_template
-        self.sampling = SamplingParams(temperature, top_p, top_k)
+        self.aligner_is_model = hasattr(aligner, "generator")
 
-    @property
-    def _aligner_is_model(self) -> bool:
-        return hasattr(self.aligner, "generator")
-
-    def _upstream_generator(self, n: int, seed: int, start_index: int) -> TextGenerator:
+    def upstream_generator(self, n: int, seed: int, start_index: int) -> TextGenerator:
         from ..search.cbs import prompt_seeds  # here: w2s.search imports torch, `w2s --help` does not
 
         return self.upstream.generator(n, self.sampling, prompt_seeds(seed, start_index, n), self.upstream_template)
 
-    def _aligner_generator(self, n: int) -> TextGenerator:
-        """The aligner decodes greedily; its rows keep their caches between calls."""
+    def aligner_generator(self, n: int) -> TextGenerator | None:
+        """The aligner decodes greedily; its rows keep their caches between calls (None for a function)."""
+        if not self.aligner_is_model:
+            return None
         return self.aligner.generator(n, SamplingParams(temperature=0.0), [0] * n, self.aligner_template)
 
-    def _revise(self, generator: TextGenerator, asks: dict[int, str]) -> dict[int, str]:
+    def revise(self, generator: TextGenerator, asks: dict[int, str]) -> dict[int, str]:
         """Aligner outputs for ``asks`` (row -> aligner input, before its template)."""
         contexts = {i: self.aligner.render(self.aligner_template, text) for i, text in asks.items()}
         return {i: text for i, (text, _) in generator.generate(contexts, self.max_correction_tokens).items()}
 
 
-class StreamAligner(_Corrector):
+def _check_common(config) -> None:
+    check_range("max_correction_tokens", config.max_correction_tokens, low=1, integer=True)
+    check_sampling(config.sampling)
+
+
+@dataclass(frozen=True)
+class StreamAligner:
     """Sentence-level correction of a streaming upstream model by a small aligner.
 
-    Args:
-        upstream: the large model whose answers are corrected.
-        aligner: the small aligner model (input: :data:`STREAM_ALIGNER_TEMPLATE` in its template), or a
-            function ``fn(question, prefix, sentence) -> corrected sentence`` (a teacher, a rule).
-        max_sentences: rounds per answer.
+    The models are given to :meth:`stream` / :meth:`run`: ``upstream`` is the large model whose answers
+    are corrected; ``aligner`` the small aligner model (input: :data:`STREAM_ALIGNER_TEMPLATE` in its
+    template), or a function ``fn(question, prefix, sentence) -> corrected sentence`` (a teacher, a rule).
+
+    Attributes:
+        max_sentences: rounds (corrected sentences) per answer.
         max_sentence_tokens: upstream tokens per sentence before it is cut anyway.
         max_correction_tokens: aligner tokens per corrected sentence.
-        upstream_template, aligner_template: ``"chat"`` or a format string with ``{prompt}``.
-        temperature, top_p, top_k: the upstream's sampling (the aligner decodes greedily).
+        sampling: the upstream's sampling: temperature, top_p, top_k, stop strings (the aligner decodes
+            greedily).
         speculative: while the aligner corrects a sentence, the upstream already samples the next one from
             the uncorrected sentence; the draft is kept when the aligner leaves the sentence unchanged and
             discarded otherwise (its random draws too, so the answers are exactly those of a plain run).
     """
 
-    def __init__(self, upstream: LanguageModel, aligner: LanguageModel, *, max_sentences: int = 16,
-                 max_sentence_tokens: int = 96, max_correction_tokens: int = 128, upstream_template: str = "chat",
-                 aligner_template: str = "chat", temperature: float = 0.7, top_p: float = 1.0, top_k: int = 50,
-                 speculative: bool = False):
-        super().__init__(upstream, aligner, max_correction_tokens, upstream_template, aligner_template,
-                         temperature, top_p, top_k)
-        check_range("max_sentences", max_sentences, low=1, integer=True)
-        check_range("max_sentence_tokens", max_sentence_tokens, low=1, integer=True)
-        self.max_sentences, self.max_sentence_tokens = max_sentences, max_sentence_tokens
-        self.speculative = bool(speculative)
+    max_sentences: int = 16
+    max_sentence_tokens: int = 96
+    max_correction_tokens: int = 128
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    speculative: bool = False
 
-    def stream(self, question: str, *, seed: int = 0) -> Iterator[StreamStep]:
+    def __post_init__(self) -> None:
+        _check_common(self)
+        check_range("max_sentences", self.max_sentences, low=1, integer=True)
+        check_range("max_sentence_tokens", self.max_sentence_tokens, low=1, integer=True)
+        if not isinstance(self.speculative, bool):
+            raise ValueError(f"speculative must be true or false, got {self.speculative!r}.")
+
+    def stream(self, upstream: LanguageModel, aligner, question: str, *, seed: int = 0,
+               upstream_template: str = "chat", aligner_template: str = "chat") -> Iterator[StreamStep]:
         """Yield each corrected sentence of the answer to ``question`` as soon as it is ready."""
-        yield from self._run([question], seed=seed)
+        yield from self.steps(upstream, aligner, [question], seed=seed, upstream_template=upstream_template,
+                              aligner_template=aligner_template)
 
-    def run(self, questions: Sequence[str], *, seed: int = 0, start_index: int = 0) -> list[AlignedAnswer]:
+    def run(self, upstream: LanguageModel, aligner, questions: Sequence[str], *, seed: int = 0,
+            start_index: int = 0, upstream_template: str = "chat", aligner_template: str = "chat"
+            ) -> list[AlignedAnswer]:
         """Answer and correct many questions as one batch (offline evaluation).  Question i's randomness
         depends on (seed, start_index + i) only, so batches and resumed runs agree."""
         answers = [AlignedAnswer(q, "", "") for q in questions]
-        for step in self._run(list(questions), seed=seed, start_index=start_index):
+        for step in self.steps(upstream, aligner, list(questions), seed=seed, start_index=start_index,
+                               upstream_template=upstream_template, aligner_template=aligner_template):
             a = answers[step.question_index]
             a.steps.append(step)
             a.original += step.original
@@ -147,11 +159,18 @@ class StreamAligner(_Corrector):
                 a.first_seconds = step.elapsed
         return answers
 
-    def _run(self, questions: list[str], seed: int, start_index: int = 0) -> Iterator[StreamStep]:
+    def steps(self, upstream: LanguageModel, aligner, questions: Sequence[str], *, seed: int = 0,
+              start_index: int = 0, upstream_template: str = "chat", aligner_template: str = "chat"
+              ) -> Iterator[StreamStep]:
+        """The corrected sentences of all ``questions``' answers, one :class:`StreamStep` each, as each
+        round of the batch finishes (what :meth:`stream` and :meth:`run` are made of)."""
+        job = _Correction(upstream, aligner, self.sampling, self.max_correction_tokens, upstream_template,
+                          aligner_template)
+        questions = list(questions)
         n = len(questions)
-        upstream = self._upstream_generator(n, seed, start_index)
-        aligner = self._aligner_generator(n) if self._aligner_is_model else None
-        contexts = [self.upstream.render(self.upstream_template, q) for q in questions]
+        upstream_rows = job.upstream_generator(n, seed, start_index)
+        aligner_rows = job.aligner_generator(n)
+        contexts = [upstream.render(upstream_template, q) for q in questions]
         prefixes = [""] * n
         live = set(range(n))
         drafts: dict[int, tuple[str, bool]] = {}  # next sentences sampled while the aligner worked, kept
@@ -161,20 +180,21 @@ class StreamAligner(_Corrector):
                 if not live:
                     break
                 t0 = time.perf_counter()
-                sentences = upstream.generate({i: contexts[i] + prefixes[i] for i in live if i not in drafts},
-                                              self.max_sentence_tokens, stop=first_sentence_end)
+                sentences = upstream_rows.generate({i: contexts[i] + prefixes[i] for i in live if i not in drafts},
+                                                   self.max_sentence_tokens, stop=first_sentence_end)
                 sentences.update((i, drafts[i]) for i in live if i in drafts)
                 drafted, drafts, saved = set(drafts), {}, None
                 t1 = time.perf_counter()
                 originals = {i: text.rstrip() for i, (text, _) in sentences.items()}  # whitespace opens the next
                 todo = [i for i in sorted(live) if originals[i].strip()]
-                revising = pool.submit(self._revisions, aligner, questions, prefixes, originals, todo)
+                revising = pool.submit(self._revisions, job, aligner_rows, questions, prefixes, originals, todo)
                 last_round = index + 1 == self.max_sentences
-                spec = [i for i in todo if not sentences[i][1]] if self.speculative and not last_round else []
-                if spec:  # meanwhile the upstream goes on from the uncorrected sentence
-                    saved = upstream.rng_states(spec) if hasattr(upstream, "rng_states") else None
-                    drafts = upstream.generate({i: contexts[i] + prefixes[i] + originals[i] for i in spec},
-                                               self.max_sentence_tokens, stop=first_sentence_end)
+                speculated = [i for i in todo if not sentences[i][1]] if self.speculative and not last_round else []
+                if speculated:  # meanwhile the upstream goes on from the uncorrected sentence
+                    saved = upstream_rows.rng_states(speculated) if hasattr(upstream_rows, "rng_states") else None
+                    drafts = upstream_rows.generate(
+                        {i: contexts[i] + prefixes[i] + originals[i] for i in speculated},
+                        self.max_sentence_tokens, stop=first_sentence_end)
                 revisions = revising.result()
                 t2 = time.perf_counter()
                 for i in sorted(live):
@@ -184,7 +204,7 @@ class StreamAligner(_Corrector):
                     if i in drafts and corrected != original:  # the draft continued a sentence that changed
                         del drafts[i]
                         if saved is not None:  # sample as if it had never been drawn
-                            upstream.restore_rng_states({i: saved[i]})
+                            upstream_rows.restore_rng_states({i: saved[i]})
                     prefixes[i] += corrected
                     if sentences[i][1] or not original.strip():  # the upstream ended (or had nothing more to say)
                         live.discard(i)
@@ -192,48 +212,62 @@ class StreamAligner(_Corrector):
                         yield StreamStep(i, index, original, corrected, t1 - t0, t2 - t1, time.perf_counter() - start,
                                          drafted=i in drafted)
 
-    def _revisions(self, aligner: TextGenerator | None, questions, prefixes, originals, todo) -> dict[int, str]:
-        if aligner is None:
-            return {i: self.aligner(questions[i], prefixes[i], originals[i].strip()) for i in todo}
-        return self._revise(aligner, {i: stream_aligner_input(questions[i], prefixes[i], originals[i].strip())
-                                      for i in todo})
+    @staticmethod
+    def _revisions(job: _Correction, aligner_rows: TextGenerator | None, questions, prefixes, originals, todo
+                   ) -> dict[int, str]:
+        if aligner_rows is None:
+            return {i: job.aligner(questions[i], prefixes[i], originals[i].strip()) for i in todo}
+        return job.revise(aligner_rows, {i: stream_aligner_input(questions[i], prefixes[i], originals[i].strip())
+                                         for i in todo})
 
-    def correct_sentence(self, question: str, prefix: str, sentence: str) -> str:
+    def correct_sentence(self, aligner, question: str, prefix: str, sentence: str, *,
+                         aligner_template: str = "chat") -> str:
         """One correction outside the loop (e.g. to correct a finished answer sentence by sentence)."""
-        aligner = self._aligner_generator(1) if self._aligner_is_model else None
-        return self._revisions(aligner, [question], [prefix], {0: sentence}, [0])[0].strip()
+        job = _Correction(None, aligner, self.sampling, self.max_correction_tokens, "chat", aligner_template)
+        return self._revisions(job, job.aligner_generator(1), [question], [prefix], {0: sentence}, [0])[0].strip()
 
 
-class Aligner(_Corrector):
+@dataclass(frozen=True)
+class Aligner:
     """The Aligner baseline: the upstream writes the whole answer, then the aligner corrects it in one pass.
 
-    Same backend and arguments as :class:`StreamAligner`; the input is :data:`ALIGNER_TEMPLATE`, and a
-    function aligner is called as ``fn(question, answer) -> corrected answer``.  ``max_sentences`` (None:
-    no limit) ends the upstream's answer after that many sentences, as the Stream Aligner's rounds do.
+    Used as :class:`StreamAligner` is (models given to :meth:`run`); the input is :data:`ALIGNER_TEMPLATE`,
+    and a function aligner is called as ``fn(question, answer) -> corrected answer``.
+
+    Attributes:
+        max_new_tokens: upstream tokens per answer.
+        max_correction_tokens: aligner tokens per corrected answer.
+        sampling: the upstream's sampling: temperature, top_p, top_k, stop strings.
+        max_sentences: end the upstream's answer after that many sentences, as the Stream Aligner's
+            rounds do; None: no limit.
     """
 
-    def __init__(self, upstream: LanguageModel, aligner: LanguageModel, *, max_new_tokens: int = 512,
-                 max_correction_tokens: int = 768, upstream_template: str = "chat", aligner_template: str = "chat",
-                 temperature: float = 0.7, top_p: float = 1.0, top_k: int = 50, max_sentences: int | None = None):
-        super().__init__(upstream, aligner, max_correction_tokens, upstream_template, aligner_template,
-                         temperature, top_p, top_k)
-        check_range("max_new_tokens", max_new_tokens, low=1, integer=True)
-        if max_sentences is not None:
-            check_range("max_sentences", max_sentences, low=1, integer=True)
-        self.max_new_tokens, self.max_sentences = max_new_tokens, max_sentences
+    max_new_tokens: int = 512
+    max_correction_tokens: int = 768
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    max_sentences: int | None = None
 
-    def run(self, questions: Sequence[str], *, seed: int = 0, start_index: int = 0) -> list[AlignedAnswer]:
+    def __post_init__(self) -> None:
+        _check_common(self)
+        check_range("max_new_tokens", self.max_new_tokens, low=1, integer=True)
+        check_range("max_sentences", self.max_sentences, low=1, integer=True, allow_none=True)
+
+    def run(self, upstream: LanguageModel, aligner, questions: Sequence[str], *, seed: int = 0,
+            start_index: int = 0, upstream_template: str = "chat", aligner_template: str = "chat"
+            ) -> list[AlignedAnswer]:
+        job = _Correction(upstream, aligner, self.sampling, self.max_correction_tokens, upstream_template,
+                          aligner_template)
         n = len(questions)
         start = time.perf_counter()
-        upstream = self._upstream_generator(n, seed, start_index)
-        contexts = {i: self.upstream.render(self.upstream_template, q) for i, q in enumerate(questions)}
+        contexts = {i: upstream.render(upstream_template, q) for i, q in enumerate(questions)}
         stop = None if self.max_sentences is None else lambda text: sentences_end(text, self.max_sentences)
-        answers = {i: text for i, (text, _) in upstream.generate(contexts, self.max_new_tokens, stop=stop).items()}
-        if self._aligner_is_model:
+        generated = job.upstream_generator(n, seed, start_index).generate(contexts, self.max_new_tokens, stop=stop)
+        answers = {i: text for i, (text, _) in generated.items()}
+        if job.aligner_is_model:
             asks = {i: aligner_input(q, answers[i].strip()) for i, q in enumerate(questions)}
-            corrections = self._revise(self._aligner_generator(n), asks)
+            corrections = job.revise(job.aligner_generator(n), asks)
         else:
-            corrections = {i: self.aligner(q, answers[i].strip()) for i, q in enumerate(questions)}
+            corrections = {i: aligner(q, answers[i].strip()) for i, q in enumerate(questions)}
         total = time.perf_counter() - start
         return [AlignedAnswer(q, answers[i], corrections[i].strip(), first_seconds=total, total_seconds=total)
                 for i, q in enumerate(questions)]

@@ -6,14 +6,14 @@ The backends are imported on first use (torch and transformers for the local one
 from typing import TYPE_CHECKING
 
 from .._lazy import lazy_exports
-from .base import Beams, Continuation, Conversation, LanguageModel, SamplingParams
+from .base import Continuation, Conversation, LanguageModel, SamplingParams, SearchSession
 
 if TYPE_CHECKING:
     from .remote import RemoteError, RemoteModel
     from .transformers import TransformersModel, load_model
 
-__all__ = ["Beams", "Continuation", "Conversation", "LanguageModel", "RemoteError", "RemoteModel", "SamplingParams", "TransformersModel",
-           "load_model"]
+__all__ = ["Continuation", "Conversation", "LanguageModel", "RemoteError", "RemoteModel", "SamplingParams", "SearchSession",
+           "TransformersModel", "load_model"]
 
 __getattr__, __dir__ = lazy_exports(__name__, {
     ".remote": ("RemoteError", "RemoteModel"),

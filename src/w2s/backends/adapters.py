@@ -22,6 +22,8 @@ import tempfile
 import warnings
 from pathlib import Path
 
+DEFAULT_STRONG_BASE = "w2s:default-strong"  # an adapter's base meaning the default strong model (w2s.defaults)
+
 MANIFEST = "w2s_merged.json"  # in each cache entry: the adapter, base and dtype it was merged from
 
 
@@ -29,7 +31,6 @@ def adapter_base(path: Path) -> str:
     """The base model of the adapter directory ``path`` (its ``base_model_name_or_path``): a model
     directory or hub id; ``w2s:default-strong`` is the default strong model (:mod:`w2s.defaults`)."""
     from ..defaults import strong_model_dir
-    from .transformers import DEFAULT_STRONG_BASE
 
     config = path / "adapter_config.json"
     base = json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path")

@@ -1,8 +1,8 @@
 """The two protocols that carry the design: a model that samples continuations, and log-probabilities.
 
-A search method only ever talks to a :class:`LanguageModel`.  It opens a :class:`Beams` session over a
+A search method only ever talks to a :class:`LanguageModel`.  It opens a :class:`SearchSession` over a
 batch of prompts, asks it to *expand* some of the current beams into sampled continuations, and then
-tells it which continuations survive (:meth:`Beams.select`).  Between those calls the backend keeps
+tells it which continuations survive (:meth:`SearchSession.select`).  Between those calls the backend keeps
 whatever it can reuse (a local model keeps its KV cache rows; a remote engine keeps nothing but text).
 """
 
@@ -120,6 +120,13 @@ class SamplingParams:
         object.__setattr__(self, "stop", check_stop(self.stop))
 
 
+def check_sampling(sampling) -> None:
+    """A config's ``sampling`` field must be a :class:`SamplingParams` (it validated itself when built)."""
+    if not isinstance(sampling, SamplingParams):
+        raise ValueError(f"sampling must be a w2s.SamplingParams (e.g. SamplingParams(temperature=0.7)), "
+                         f"got {sampling!r}.")
+
+
 @dataclass
 class Continuation:
     """One sampled continuation of a beam.
@@ -142,7 +149,7 @@ class Continuation:
 
 
 @runtime_checkable
-class Beams(Protocol):
+class SearchSession(Protocol):
     """A batch of prompts being generated, with a set of live (unfinished) beams per prompt."""
 
     def expand(self, parents: Sequence[int], n: int, max_tokens: int) -> list[Continuation]:
@@ -173,7 +180,7 @@ class LanguageModel(Protocol):
 
     def open(
         self, prompts: Sequence[str], params: SamplingParams, seeds: Sequence[int], template: str = "{prompt}"
-    ) -> Beams:
+    ) -> SearchSession:
         """Start generating for ``prompts`` (raw prompts, rendered with ``template``)."""
         ...
 

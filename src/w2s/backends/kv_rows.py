@@ -130,7 +130,7 @@ def layer_kinds(model: torch.nn.Module) -> tuple[list[str], int | None]:
 
 def check_model(model: torch.nn.Module) -> dict:
     """Raise ``ValueError`` (naming the model type) unless KVRows can run ``model`` exactly; else return
-    how: ``cache_arg``, ``kinds`` (one per layer), ``window`` and ``attention`` (implementation).  Cheap
+    the cache plan: ``cache_arg``, ``kinds`` (one per layer), ``window`` and ``attention`` (implementation).  Cheap
     (no forward): call it when a model is loaded to fail early."""
     model_type = getattr(model.config, "model_type", None) or type(model).__name__
     cache_arg = cache_argument(model, model_type)
@@ -273,19 +273,19 @@ class KVRows:
 
     GROWTH = 64  # spare columns allocated beyond what is asked for
 
-    def __init__(self, model: torch.nn.Module, pad_id: int, how: dict | None = None):
-        """``how``: what :func:`check_model` returned for ``model`` (checked here when not given)."""
+    def __init__(self, model: torch.nn.Module, pad_id: int, cache_plan: dict | None = None):
+        """``cache_plan``: what :func:`check_model` returned for ``model`` (checked here when not given)."""
         self.model = model
         self.pad_id = pad_id
         self.device = next(model.parameters()).device
-        how = how or check_model(model)
-        self.model_type, self.cache_arg, self.window = how["model_type"], how["cache_arg"], how["window"]
-        self.sliding = SLIDING in how["kinds"]
-        self.mixed = self.sliding and FULL in how["kinds"]
-        self.eager = how["attention"] == "eager"
+        plan = cache_plan or check_model(model)
+        self.model_type, self.cache_arg, self.window = plan["model_type"], plan["cache_arg"], plan["window"]
+        self.sliding = SLIDING in plan["kinds"]
+        self.mixed = self.sliding and FULL in plan["kinds"]
+        self.eager = plan["attention"] == "eager"
         text = model.config.get_text_config(decoder=True)
         grouped = getattr(text, "num_key_value_heads", None) not in (None, getattr(text, "num_attention_heads", None))
-        self.attention = FOLDED_SDPA if how["attention"] == "sdpa" and grouped else None  # see folded_sdpa
+        self.attention = FOLDED_SDPA if plan["attention"] == "sdpa" and grouped else None  # see folded_sdpa
         self.capacity = 0  # columns of every buffer (the layers' and owner/pos)
         self.cache = Cache(layer_class_to_replicate=lambda: BufferLayer(self))
         self.columns = 0
@@ -339,8 +339,8 @@ class KVRows:
 
         One copy per layer: the sequences' shared tokens, when they sit in consecutive columns (as after an
         earlier regroup), are copied as one block of columns of their rows, and only the rest (a branch's
-        own tokens) is gathered column by column.  Beams that all grew by the same number of tokens stay
-        right-aligned, with holes only on the left."""
+        own tokens) is gathered column by column.  When the beams all grew by the same number of tokens they
+        stay right-aligned, with holes only on the left."""
         heads, tails, ids = [], [], []
         for i, (r, b) in enumerate(sources):
             branch = None if b is None else self.branches[r][b]

@@ -3,7 +3,7 @@
 :class:`RemoteModel` implements :class:`w2s.backends.base.LanguageModel` over HTTP, so chunk-level beam
 search, Best-of-N, plain sampling and the Stream Aligner run unchanged with the large model remote:
 
-- ``Beams.expand`` sends one ``POST /v1/completions`` per live beam: prompt = rendered prompt + the
+- ``SearchSession.expand`` sends one ``POST /v1/completions`` per live beam: prompt = rendered prompt + the
   beam's response so far, ``max_tokens`` = the chunk length, ``n`` = the successors.  Engines that ignore
   ``n`` (llama.cpp's server) return fewer choices; the missing ones are sampled by separate requests.
   A remote engine keeps nothing for us between chunks but text (vLLM's prefix cache does the rest).
@@ -84,7 +84,9 @@ def derive_seed(*keys: int) -> int:
 
 
 @dataclass
-class _Choice:
+class CompletionChoice:
+    """One choice of a completion response: its text, why it ended, and its tokens."""
+
     text: str
     finish_reason: str | None
     num_tokens: int
@@ -214,7 +216,8 @@ class RemoteModel:
         raise RemoteError(f"{what} failed after {len(failures)} attempt(s) to {self.base_url}: "
                           f"{'; '.join(_dedupe(failures))}")
 
-    async def _post(self, path: str, body: dict) -> dict:
+    async def post(self, path: str, body: dict) -> dict:
+        """``POST`` the JSON ``body`` to ``path`` under the API root (with retries); the JSON response."""
         url = f"{self.base_url}{path}"
 
         async def once(client: httpx.AsyncClient) -> dict:
@@ -230,7 +233,7 @@ class RemoteModel:
 
         return await self._with_retries(f"POST {path}", once)
 
-    async def _stream(self, body: dict, stop) -> tuple[str, bool]:
+    async def stream_completion(self, body: dict, stop) -> tuple[str, bool]:
         """One streamed completion: (text, ended).  ``stop(text)`` is asked after each delta; a cut closes
         the stream at once.  The body's stop strings are checked here too (an end, as in local sampling),
         whatever the engine does with them.  A stream that breaks off (no finish_reason) is retried from
@@ -274,7 +277,8 @@ class RemoteModel:
 
         return await self._with_retries("streamed POST /completions", once)
 
-    def _body(self, prompt: str, params: SamplingParams, max_tokens: int, n: int, seed: int) -> dict:
+    def completion_body(self, prompt: str, params: SamplingParams, max_tokens: int, n: int, seed: int) -> dict:
+        """The ``/completions`` request for ``n`` samples of ``prompt`` (the engine's extra fields last)."""
         body = {"model": self.model, "prompt": prompt, "max_tokens": max_tokens, "temperature": params.temperature,
                 "top_p": params.top_p, "n": n, "seed": seed}
         if params.stop:
@@ -283,22 +287,23 @@ class RemoteModel:
             body["top_k"] = params.top_k
         return {**body, **self.extra_body}
 
-    async def _sample(self, prompt: str, params: SamplingParams, max_tokens: int, n: int,
-                      seed_keys: tuple[int, ...]) -> list[_Choice]:
+    async def sample_choices(self, prompt: str, params: SamplingParams, max_tokens: int, n: int,
+                             seed_keys: tuple[int, ...]) -> list[CompletionChoice]:
         """``n`` continuations of ``prompt``; sample k is seeded with ``derive_seed(*seed_keys, k)``."""
+        def request(choices: int, k: int):  # asks for ``choices`` samples, seeded as sample k
+            return self.post("/completions", self.completion_body(prompt, params, max_tokens, choices,
+                                                                  derive_seed(*seed_keys, k)))
+
         if self.n_supported is False or n == 1:
-            singles = [self._post("/completions", self._body(prompt, params, max_tokens, 1, derive_seed(*seed_keys, k)))
-                       for k in range(n)]
-            return [_choices(r, max_tokens)[0] for r in await asyncio.gather(*singles)]
-        first = _choices(await self._post("/completions", self._body(prompt, params, max_tokens, n,
-                                                                     derive_seed(*seed_keys, 0))), max_tokens)
+            singles = [request(1, k) for k in range(n)]
+            return [parse_choices(r, max_tokens)[0] for r in await asyncio.gather(*singles)]
+        first = parse_choices(await request(n, 0), max_tokens)
         if len(first) >= n:
             self.n_supported = True
             return first[:n]
         self.n_supported = False  # the engine ignores n: fan the rest out as separate requests
-        rest = [self._post("/completions", self._body(prompt, params, max_tokens, 1, derive_seed(*seed_keys, k)))
-                for k in range(len(first), n)]
-        return first + [_choices(r, max_tokens)[0] for r in await asyncio.gather(*rest)]
+        rest = [request(1, k) for k in range(len(first), n)]
+        return first + [parse_choices(r, max_tokens)[0] for r in await asyncio.gather(*rest)]
 
     # -- the LanguageModel protocol -------------------------------------------------------------------
     def render(self, template: str, prompt: str) -> str:
@@ -309,10 +314,10 @@ class RemoteModel:
                              hint if self.tokenizer is None else "")
 
     def open(self, prompts: Sequence[str], params: SamplingParams, seeds: Sequence[int],
-             template: str = "{prompt}") -> "RemoteBeams":
+             template: str = "{prompt}") -> "RemoteSearchSession":
         if len(seeds) != len(prompts):
             raise ValueError(f"seeds must have one entry per prompt ({len(prompts)}), got {len(seeds)}.")
-        return RemoteBeams(self, [self.render(template, p) for p in prompts], params, seeds)
+        return RemoteSearchSession(self, [self.render(template, p) for p in prompts], params, seeds)
 
     def generator(self, n_rows: int, params: SamplingParams, seeds: Sequence[int], template: str = "{prompt}"
                   ) -> "RemoteGenerator":
@@ -347,7 +352,7 @@ def _raise_for_status(response: httpx.Response, body: str) -> None:
     raise RemoteError(f"HTTP {code} from {response.request.url}: {detail}")
 
 
-def _choices(response: dict, max_tokens: int) -> list[_Choice]:
+def parse_choices(response: dict, max_tokens: int) -> list[CompletionChoice]:
     """The choices of a completion response, in index order, with a token count each.
 
     ``usage.completion_tokens`` covers all choices; a choice cut by the length limit has ``max_tokens``,
@@ -356,7 +361,7 @@ def _choices(response: dict, max_tokens: int) -> list[_Choice]:
     if not raw:
         raise RemoteError(f"the engine returned no choices: {json.dumps(response)[:300]}")
     total = (response.get("usage") or {}).get("completion_tokens")
-    choices = [_Choice(c.get("text") or "", c.get("finish_reason"), max_tokens) for c in raw]
+    choices = [CompletionChoice(c.get("text") or "", c.get("finish_reason"), max_tokens) for c in raw]
     ended = [c for c in choices if c.finish_reason != "length"]
     if ended and total is not None:
         share = max(0, total - max_tokens * (len(choices) - len(ended)))
@@ -365,8 +370,8 @@ def _choices(response: dict, max_tokens: int) -> list[_Choice]:
     return choices
 
 
-class RemoteBeams:
-    """Beams of a remote model: each live beam is its prompt index and its response text so far."""
+class RemoteSearchSession:
+    """A search session on a remote model: each live beam is its prompt index and its response text so far."""
 
     def __init__(self, lm: RemoteModel, contexts: list[str], params: SamplingParams, seeds: Sequence[int]):
         self.lm, self.contexts, self.params = lm, contexts, params
@@ -377,38 +382,38 @@ class RemoteBeams:
 
     def expand(self, parents: Sequence[int], n: int, max_tokens: int) -> list[Continuation]:
         assert max_tokens >= 1 and n >= 1 and parents
-        rows = [self.live[i] for i in parents]
-        slot: dict[int, int] = {}  # parent's position among its prompt's parents: part of the seed
-        keys = []
-        for row in rows:
-            p = row.prompt_index
-            keys.append((self.seeds[p], self.steps[p], slot.get(p, 0)))
-            slot[p] = slot.get(p, 0) + 1
-        for p in slot:
+        beams = [self.live[i] for i in parents]
+        rank: dict[int, int] = {}  # parent's position among its prompt's parents: part of the seed
+        seed_keys = []
+        for beam in beams:
+            p = beam.prompt_index
+            seed_keys.append((self.seeds[p], self.steps[p], rank.get(p, 0)))
+            rank[p] = rank.get(p, 0) + 1
+        for p in rank:
             self.steps[p] += 1
 
-        async def one(row: Continuation, key: tuple[int, ...]):
+        async def sample_beam(beam: Continuation, keys: tuple[int, ...]):
             try:
-                return await self.lm._sample(self.contexts[row.prompt_index] + row.text, self.params, max_tokens,
-                                             n, key)
+                return await self.lm.sample_choices(self.contexts[beam.prompt_index] + beam.text, self.params,
+                                                    max_tokens, n, keys)
             except RemoteError as err:
                 return err
 
-        results = self.lm.run(_gather([one(row, key) for row, key in zip(rows, keys)]))
-        failed = {row.prompt_index: str(r) for row, r in zip(rows, results) if isinstance(r, RemoteError)}
+        results = self.lm.run(_gather([sample_beam(beam, keys) for beam, keys in zip(beams, seed_keys)]))
+        failed = {beam.prompt_index: str(r) for beam, r in zip(beams, results) if isinstance(r, RemoteError)}
         self.candidates = []
-        for parent, row, result in zip(parents, rows, results):
-            p = row.prompt_index
+        for parent, beam, choices in zip(parents, beams, results):
+            p = beam.prompt_index
             for k in range(n):
-                if p in failed:  # the whole prompt ends with the error, its other rows included
-                    c = Continuation(p, parent, row.text, True, row.num_tokens, error=failed[p])
+                if p in failed:  # the whole prompt ends with the error, its other beams included
+                    continuation = Continuation(p, parent, beam.text, True, beam.num_tokens, error=failed[p])
                 else:
-                    choice = result[k]
-                    text, finished = row.text + choice.text, choice.finish_reason == "stop"
+                    choice = choices[k]
+                    text, finished = beam.text + choice.text, choice.finish_reason == "stop"
                     if (at := stop_index(text, self.params.stop)) is not None:  # a stop string across chunks
                         text, finished = text[:at], True
-                    c = Continuation(p, parent, text, finished, row.num_tokens + choice.num_tokens)
-                self.candidates.append(c)
+                    continuation = Continuation(p, parent, text, finished, beam.num_tokens + choice.num_tokens)
+                self.candidates.append(continuation)
         return self.candidates
 
     def select(self, indices: Sequence[int]) -> None:
@@ -440,24 +445,24 @@ class RemoteGenerator:
     def generate(self, contexts: dict[int, str], max_new_tokens: int, stop=None) -> dict[int, tuple[str, bool]]:
         if not contexts:
             return {}
-        order = sorted(contexts)
+        rows = sorted(contexts)
         bodies = []
-        for i in order:
-            bodies.append(self.lm._body(contexts[i], self.params, max_new_tokens, 1,
-                                        derive_seed(self.seeds[i], self.calls[i])))
+        for i in rows:
+            bodies.append(self.lm.completion_body(contexts[i], self.params, max_new_tokens, 1,
+                                                  derive_seed(self.seeds[i], self.calls[i])))
             self.calls[i] += 1
 
-        async def one(body):
+        async def stream_row(body):
             try:
-                return await self.lm._stream(body, stop)
+                return await self.lm.stream_completion(body, stop)
             except RemoteError as err:
                 return err
 
-        results = self.lm.run(_gather([one(b) for b in bodies]))
-        failed = [f"row {i}: {r}" for i, r in zip(order, results) if isinstance(r, RemoteError)]
+        results = self.lm.run(_gather([stream_row(b) for b in bodies]))
+        failed = [f"row {i}: {r}" for i, r in zip(rows, results) if isinstance(r, RemoteError)]
         if failed:
             raise RemoteError("; ".join(failed))
-        return dict(zip(order, results))
+        return dict(zip(rows, results))
 
 
 class RemoteLogProbs:
@@ -495,23 +500,24 @@ class RemoteLogProbs:
         jobs = []
         for p, r, f in zip(prompts, responses, finished):
             context = self.lm.render(self.template, p)
-            jobs.append(_echo_logprobs(self.lm, context + r + (self.end_text if f else ""), len(context)))
+            jobs.append(_logprobs_after(self.lm, context + r + (self.end_text if f else ""), len(context)))
         return [sum(lps) for lps in await asyncio.gather(*jobs)]
 
 
-async def _echo(lm: RemoteModel, text: str) -> tuple[list[str], list[float | None], list[int]]:
+async def echo_logprobs(lm: RemoteModel, text: str) -> tuple[list[str], list[float | None], list[int]]:
+    """``text`` echoed by the engine: its tokens, their log-probabilities and their character offsets."""
     body = {"model": lm.model, "prompt": text, "max_tokens": 1, "echo": True, "logprobs": 1, "temperature": 0.0}
-    response = await lm._post("/completions", body)
-    lp = (response.get("choices") or [{}])[0].get("logprobs") or {}
-    tokens, values, offsets = lp.get("tokens"), lp.get("token_logprobs"), lp.get("text_offset")
+    response = await lm.post("/completions", body)
+    logprobs = (response.get("choices") or [{}])[0].get("logprobs") or {}
+    tokens, values, offsets = logprobs.get("tokens"), logprobs.get("token_logprobs"), logprobs.get("text_offset")
     if not tokens or values is None or offsets is None:
         raise RemoteError(f"{lm.name} returned no echo logprobs (llama.cpp needs --logits_all true).")
     return tokens, values, offsets
 
 
-async def _echo_logprobs(lm: RemoteModel, text: str, context_chars: int) -> list[float]:
+async def _logprobs_after(lm: RemoteModel, text: str, context_chars: int) -> list[float]:
     """Log-probabilities of the echoed prompt tokens of ``text`` that end after ``context_chars``."""
-    tokens, values, offsets = await _echo(lm, text)
+    tokens, values, offsets = await echo_logprobs(lm, text)
     # the response has max_tokens=1 generated token after the echoed prompt: the prompt is what fits in text
     out = []
     for tok, value, offset in zip(tokens, values, offsets):
@@ -535,12 +541,12 @@ async def check_echo_logprobs(lm: RemoteModel, tolerance: float = 0.05) -> None:
     if lm.echo_checked is None:
         probe = "The capital of France is Paris. The capital of Italy is"
         body = {"model": lm.model, "prompt": probe, "max_tokens": 4, "temperature": 0.0, "logprobs": 1}
-        sampled = (await lm._post("/completions", body))["choices"][0]
-        lp = sampled.get("logprobs") or {}
-        gen_tokens, gen_values = lp.get("tokens") or [], lp.get("token_logprobs") or []
+        sampled = (await lm.post("/completions", body))["choices"][0]
+        logprobs = sampled.get("logprobs") or {}
+        gen_tokens, gen_values = logprobs.get("tokens") or [], logprobs.get("token_logprobs") or []
         if not gen_tokens:
             raise RemoteError(f"{lm.name} returned no logprobs for generated tokens; cannot score texts remotely.")
-        tokens, values, offsets = await _echo(lm, probe + "".join(gen_tokens))
+        tokens, values, offsets = await echo_logprobs(lm, probe + "".join(gen_tokens))
         echoed = [(t, v) for t, v, o in zip(tokens, values, offsets) if len(probe) <= o < len(probe) + len(
             "".join(gen_tokens))]
         if [t for t, _ in echoed] != gen_tokens:

@@ -1,5 +1,5 @@
-"""The one sampling loop of local models: CBS, Best-of-N and plain sampling (:class:`LocalBeams`) and the
-Stream Aligner's upstream (:class:`IncrementalGenerator`) draw their tokens here.
+"""The one sampling loop of local models: CBS, Best-of-N and plain sampling (:class:`LocalSearchSession`)
+and the Stream Aligner's upstream (:class:`IncrementalGenerator`) draw their tokens here.
 
 Randomness is counter-based: the uniform behind row ``i``'s token at step ``t`` is a hash of
 ``(seed_i, counter_i + t, lane_i)``, so all rows draw in one vectorised call and each row's numbers
@@ -114,8 +114,8 @@ def sample_rows(
     live = list(active) if active is not None else [True] * rows
     seeds, counters, lanes = keys
     eos = torch.tensor(sorted(lm.eos_ids), dtype=torch.long)
-    out: list[list[int]] = [[] for _ in range(rows)]
-    reason: list[str | None] = [None if a else "inactive" for a in live]
+    sampled_ids: list[list[int]] = [[] for _ in range(rows)]
+    reasons: list[str | None] = [None if a else "inactive" for a in live]
     texts: dict[int, str] = {}
     check_text = stop is not None or bool(params.stop)
     trackers = ({i: _Text(lm, contexts[i], prefixes[i] if prefixes is not None else []) for i in range(rows)
@@ -127,12 +127,12 @@ def sample_rows(
         ended = torch.isin(tokens, eos).tolist()
         tokens = tokens.tolist()
         for i in range(rows):
-            if reason[i] is not None:
+            if reasons[i] is not None:
                 continue
             if ended[i]:
-                reason[i] = "end"
+                reasons[i] = "end"
                 continue
-            out[i].append(tokens[i])
+            sampled_ids[i].append(tokens[i])
             if not check_text:
                 continue
             tracker = trackers[i]
@@ -144,16 +144,16 @@ def sample_rows(
                 text = lm.response_text(contexts[i], tracker.ids, finished=False)
                 at, cut = stop_index(text, params.stop), (stop(text) if stop is not None else None)
             if at is not None and (cut is None or at <= cut):
-                reason[i], texts[i] = "stop", text[:at]
+                reasons[i], texts[i] = "stop", text[:at]
             elif cut is not None:
-                reason[i], texts[i] = "cut", text[:cut]
+                reasons[i], texts[i] = "cut", text[:cut]
             else:
                 texts[i] = text
-        going = [r is None for r in reason]
+        going = [r is None for r in reasons]
         if step == max_tokens - 1 or not any(going):
             break
         logits = forward([tokens[i] if going[i] else None for i in range(rows)])
-    return [None if reason[i] == "inactive" else Drawn(out[i], reason[i] or "length", texts.get(i))
+    return [None if reasons[i] == "inactive" else Drawn(sampled_ids[i], reasons[i] or "length", texts.get(i))
             for i in range(rows)]
 
 

@@ -42,6 +42,7 @@ def load_model(
     dtype: str = "float32",
     device: str = "cpu",
     gguf_file: str | None = None,
+    device_map: str | dict | None = None,
 ) -> "TransformersModel":
     """Load a causal LM and its tokenizer from a directory, or from a ``.gguf`` file.
 
@@ -50,11 +51,13 @@ def load_model(
         dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"``.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
         gguf_file: a GGUF file name inside ``path`` (alternative to passing the file's path).
+        device_map: a ``transformers`` device map (``"auto"``, or module -> device) that spreads a large
+            model over several devices; it replaces ``device``.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     check_choice("dtype", dtype, DTYPES)
-    torch_device = resolve_device(device)
+    torch_device = resolve_device(device) if device_map is None else None
     path = Path(path)
     if path.suffix == ".gguf" and gguf_file is None:
         path, gguf_file = path.parent, path.name
@@ -64,26 +67,22 @@ def load_model(
         raise ValueError(f"model path {str(path)!r} does not exist (and HF_HUB_OFFLINE=1 forbids the hub).")
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     if (path / "adapter_config.json").is_file():  # a LoRA adapter: merged into its base model
-        model, tokenizer = _load_adapter(path, DTYPES[dtype])
+        if device_map is not None:
+            raise ValueError(f"device_map is not supported for a LoRA adapter ({path}); use device.")
+        from .adapters import load_adapter  # merged into its base once, then cached (w2s.backends.adapters)
+
+        model, tokenizer = load_adapter(path, DTYPES[dtype])
         model = model.to(torch_device)
     else:
         tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], **kwargs).to(torch_device)
+        if device_map is not None:
+            kwargs["device_map"] = device_map
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], **kwargs)
+        if torch_device is not None:
+            model = model.to(torch_device)
     model.eval()
     name = str(path / gguf_file) if gguf_file else str(path)
     return TransformersModel(model, tokenizer, name=name)
-
-
-DEFAULT_STRONG_BASE = "w2s:default-strong"  # an adapter's base meaning the default strong model (w2s.defaults)
-
-
-def _load_adapter(path: Path, dtype):
-    """A PEFT LoRA adapter directory, merged into its base (``base_model_name_or_path``: a model
-    directory, or ``w2s:default-strong``).  The tokenizer is the adapter's if saved with it, else the base's.
-    The merged model is cached, so PEFT merges an adapter once (see :mod:`w2s.backends.adapters`)."""
-    from .adapters import load_adapter
-
-    return load_adapter(path, dtype)
 
 
 class TransformersModel:
@@ -185,9 +184,9 @@ class TransformersModel:
     # -- sampling -------------------------------------------------------------------------------------
     def open(
         self, prompts: Sequence[str], params: SamplingParams, seeds: Sequence[int], template: str = "{prompt}"
-    ) -> "LocalBeams":
+    ) -> "LocalSearchSession":
         ids = [self.encode_prompt(self.render(template, p), template) for p in prompts]
-        return LocalBeams(self, params, seeds, [(self, ids)])
+        return LocalSearchSession(self, params, seeds, [(self, ids)])
 
     @torch.inference_mode()
     def sample_next(self, logits: torch.Tensor, params: SamplingParams, uniforms: torch.Tensor) -> torch.Tensor:
@@ -269,8 +268,8 @@ def _prefix_ids(tokenizer) -> list[int]:
     return []
 
 
-class LocalBeams:
-    """A generation session over a batch of prompts; see :class:`w2s.backends.base.Beams`.
+class LocalSearchSession:
+    """A generation session over a batch of prompts; see :class:`w2s.backends.base.SearchSession`.
 
     The rows of the KV cache are the live beams.  :meth:`expand` gives every parent row ``n`` branches
     that share its keys and values (:class:`KVRows`) and samples them in lock step; :meth:`select` makes
@@ -295,22 +294,22 @@ class LocalBeams:
         self.lm, self.params, self.combine = lm, params, combine or (lambda logits: logits[0])
         self.contexts = streams[0][1]  # each prompt's ids in the sampling model: response text is decoded after them
         self.seeds = [int(s) for s in seeds]
-        self.streams = []
+        self.stream_rows = []  # each stream's KV cache rows: one row per live beam
         for model, _ in streams:
             rows = model.new_rows()
             rows.add_empty_rows(n_prompts)
-            self.streams.append(rows)
+            self.stream_rows.append(rows)
         self.next_logits = self.combine([rows.forward(ids, last_only=True)
-                                         for rows, (_, ids) in zip(self.streams, streams)])
+                                         for rows, (_, ids) in zip(self.stream_rows, streams)])
         self.pending: list[int | None] = [None] * n_prompts
         self.prompt_index = list(range(n_prompts))
-        self.response: list[list[int]] = [[] for _ in range(n_prompts)]
+        self.response_ids: list[list[int]] = [[] for _ in range(n_prompts)]
         self.candidates: list[Continuation] = []
-        self.pending_of: list[int | None] = []  # each candidate's last sampled token, if it may go on
-        self.branches = 1
+        self.candidate_pending: list[int | None] = []  # each candidate's last sampled token, if it may go on
+        self.n_branches = 1  # continuations per parent in the last expand
 
     def _regroup(self, sources: Sequence[tuple[int, int | None]]) -> None:
-        for rows in self.streams:
+        for rows in self.stream_rows:
             rows.regroup(sources)
 
     def expand(self, parents: Sequence[int], n: int, max_tokens: int) -> list[Continuation]:
@@ -321,22 +320,22 @@ class LocalBeams:
             self.next_logits = self.next_logits[torch.as_tensor(parents, device=self.next_logits.device)]
             self.pending = [self.pending[p] for p in parents]
             self.prompt_index = [self.prompt_index[p] for p in parents]
-            self.response = [self.response[p] for p in parents]
-        for rows in self.streams:
+            self.response_ids = [self.response_ids[p] for p in parents]
+        for rows in self.stream_rows:
             rows.reserve(1 + n * max_tokens)
         if any(t is not None for t in self.pending):  # only the surviving beams' last tokens are forwarded
-            new = [[t] if t is not None else [] for t in self.pending]
-            logits = self.combine([rows.forward(new, last_only=True) for rows in self.streams])
-            has = torch.tensor([t is not None for t in self.pending], device=logits.device)
-            self.next_logits = torch.where(has.unsqueeze(1), logits, self.next_logits)
+            pending_tokens = [[t] if t is not None else [] for t in self.pending]
+            logits = self.combine([rows.forward(pending_tokens, last_only=True) for rows in self.stream_rows])
+            has_pending = torch.tensor([t is not None for t in self.pending], device=logits.device)
+            self.next_logits = torch.where(has_pending.unsqueeze(1), logits, self.next_logits)
             self.pending = [None] * len(self.pending)
-        for rows in self.streams:
+        for rows in self.stream_rows:
             rows.branch([[len(ids)] * n for ids in rows.ids])
         n_rows = len(parents)
 
         def forward(tokens: list[int | None]) -> torch.Tensor:
             new = [[[] if t is None else [t] for t in tokens[r * n : (r + 1) * n]] for r in range(n_rows)]
-            logits = [rows.forward_branches(new, last_only=True)[:, :n] for rows in self.streams]
+            logits = [rows.forward_branches(new, last_only=True)[:, :n] for rows in self.stream_rows]
             return self.combine([x.reshape(n_rows * n, x.shape[-1]) for x in logits])
 
         prompts = [self.prompt_index[r] for r in range(n_rows) for _ in range(n)]
@@ -344,27 +343,27 @@ class LocalBeams:
         for p in prompts:  # a branch's lane: its rank among its prompt's branches
             lanes.append(seen.get(p, 0))
             seen[p] = lanes[-1] + 1
-        keys = ([self.seeds[p] for p in prompts], [len(self.response[r // n]) for r in range(n_rows * n)], lanes)
+        keys = ([self.seeds[p] for p in prompts], [len(self.response_ids[r // n]) for r in range(n_rows * n)], lanes)
         contexts = [self.contexts[p] for p in prompts]
         drawn = sample_rows(self.lm, self.params, self.next_logits.repeat_interleave(n, dim=0), forward, keys,
-                            contexts, max_tokens, prefixes=[self.response[i // n] for i in range(n_rows * n)])
-        self.candidates, self.pending_of, self.branches = [], [], n
-        for i, d in enumerate(drawn):
-            ids = self.response[i // n] + d.ids
-            text = d.text if d.reason == "stop" else self.lm.response_text(contexts[i], ids, d.ended)
-            self.candidates.append(Continuation(prompts[i], parents[i // n], text, d.ended, len(ids), ids))
-            self.pending_of.append(None if d.ended else d.ids[-1])
+                            contexts, max_tokens, prefixes=[self.response_ids[i // n] for i in range(n_rows * n)])
+        self.candidates, self.candidate_pending, self.n_branches = [], [], n
+        for i, draw in enumerate(drawn):
+            ids = self.response_ids[i // n] + draw.ids
+            text = draw.text if draw.reason == "stop" else self.lm.response_text(contexts[i], ids, draw.ended)
+            self.candidates.append(Continuation(prompts[i], parents[i // n], text, draw.ended, len(ids), ids))
+            self.candidate_pending.append(None if draw.ended else draw.ids[-1])
         return self.candidates
 
     def select(self, indices: Sequence[int]) -> None:
         for i in indices:
             if self.candidates[i].finished:
                 raise ValueError(f"continuation {i} is finished and cannot be selected for expansion.")
-        n = self.branches
+        n = self.n_branches
         self._regroup([divmod(i, n) for i in indices])
-        self.pending = [self.pending_of[i] for i in indices]
+        self.pending = [self.candidate_pending[i] for i in indices]
         self.prompt_index = [self.candidates[i].prompt_index for i in indices]
-        self.response = [self.candidates[i].token_ids for i in indices]
+        self.response_ids = [self.candidates[i].token_ids for i in indices]
         self.next_logits = self.next_logits.new_zeros(len(indices), self.next_logits.shape[-1])  # every row is pending
         self.candidates = []
 
@@ -430,8 +429,9 @@ class IncrementalGenerator:
                             context_ids, max_new_tokens, active=active, stop=stop)
         result = {}
         for i in order:
-            d = drawn[i]
-            self.draws[i] += len(d.ids) + (d.reason == "end")
-            text = d.text if d.reason in ("stop", "cut") else self.lm.response_text(context_ids[i], d.ids, d.ended)
-            result[i] = (text, d.ended)
+            draw = drawn[i]
+            self.draws[i] += len(draw.ids) + (draw.reason == "end")
+            text = (draw.text if draw.reason in ("stop", "cut")
+                    else self.lm.response_text(context_ids[i], draw.ids, draw.ended))
+            result[i] = (text, draw.ended)
         return result

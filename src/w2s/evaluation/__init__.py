@@ -1,5 +1,5 @@
 """Evaluations that reproduce the paper's comparisons (``w2s eval ...``)."""
 
-from .sentiment import METHODS, evaluate_sentiment
+from .sentiment import SENTIMENT_RUNS, evaluate_sentiment
 
-__all__ = ["METHODS", "evaluate_sentiment"]
+__all__ = ["SENTIMENT_RUNS", "evaluate_sentiment"]

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 from pathlib import Path
-from typing import Callable, Sequence
-
-from ..jsonl import dumps, resume_point
+from typing import Sequence
 
 
 def start_run(out: Path, config: dict, checked: Sequence[str]) -> None:
@@ -30,26 +27,6 @@ def _short(value) -> str:
         return f"{len(value)} items starting {_short(value[0]) if value else '[]'}"
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
-
-
-def append_missing(path: Path, items: Sequence, batch_size: int, make_rows: Callable[[list, int], list[dict]],
-                   desc: str, unit: str, progress: bool) -> None:
-    """Add to the raw file ``path`` the rows of the ``items`` it does not hold yet (a torn last line is
-    cut, a partly written batch is done again): ``make_rows(batch, start)`` gives one row per item, and each
-    batch is written as it finishes."""
-    from tqdm.auto import tqdm
-
-    done = resume_point(path, batch_size, len(items))
-    if done >= len(items):
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=len(items), initial=done, desc=desc, unit=unit, file=sys.stderr, disable=not progress)
-    with open(path, "a", encoding="utf-8") as f, bar:
-        for start in range(done, len(items), batch_size):
-            batch = list(items[start : start + batch_size])
-            f.writelines(dumps(row) for row in make_rows(batch, start))
-            f.flush()
-            bar.update(len(batch))
 
 
 def read_raw(path: Path) -> list[dict]:

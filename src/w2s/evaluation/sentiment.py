@@ -16,12 +16,13 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from .common import append_missing, figure, read_raw, start_run, write_summary
+from ..jsonl import append_batches
+from .common import figure, read_raw, start_run, write_summary
 from ..tasks.sentiment import gold_reward
 from ..validation import check_range
 
 # name: compute N, i.e. strong-model samples per prompt per step (W*K for CBS, n for Best-of-N)
-METHODS = {"base": 1, "bon-4": 4, "bon-16": 16, "cbs-2x2": 4, "cbs-4x4": 16, "eft": 1, "tuned-alone": 1}
+SENTIMENT_RUNS = {"base": 1, "bon-4": 4, "bon-16": 16, "cbs-2x2": 4, "cbs-4x4": 16, "eft": 1, "tuned-alone": 1}
 SAMPLING = dict(temperature=0.7, top_p=1.0, top_k=50)  # the authors' settings
 CHECKED = ("prompts", "max_new_tokens", "temperature", "top_p", "top_k", "strong", "tuned", "untuned",
            "strong_template", "tuned_template", "untuned_template")  # settings a resumed run must share
@@ -30,11 +31,12 @@ COLUMNS = ("method", "compute_N", "gold_reward_mean", "gold_reward_std", "mean_t
 
 
 def _search(name: str, max_new_tokens: int):
+    from ..backends.base import SamplingParams
     from ..search import BestOfN, ChunkBeamSearch, EmulatedFineTuning, Sampling
 
-    kw = dict(max_new_tokens=max_new_tokens, **SAMPLING)
+    kw = dict(max_new_tokens=max_new_tokens, sampling=SamplingParams(**SAMPLING))
     if name.startswith("bon-"):
-        return BestOfN(n=METHODS[name], **kw)
+        return BestOfN(n=SENTIMENT_RUNS[name], **kw)
     if name.startswith("cbs-"):
         width, successors = map(int, name[4:].split("x"))
         return ChunkBeamSearch(beam_width=width, successors_per_beam=successors, chunk_length=5, **kw)
@@ -50,10 +52,10 @@ def evaluate_sentiment(out_dir, strong, tuned, untuned, prompts: Sequence[str], 
     from ..search.eft import check_same_vocabulary
 
     prompts, seeds = list(prompts), list(dict.fromkeys(seeds))
-    unknown = sorted(set(methods or ()) - set(METHODS))
+    unknown = sorted(set(methods or ()) - set(SENTIMENT_RUNS))
     if unknown:
-        raise ValueError(f"methods must be among {list(METHODS)}, got {unknown}.")
-    names = [m for m in METHODS if methods is None or m in methods]
+        raise ValueError(f"methods must be among {list(SENTIMENT_RUNS)}, got {unknown}.")
+    names = [m for m in SENTIMENT_RUNS if methods is None or m in methods]
     if not prompts or not seeds or not names:
         raise ValueError("prompts, seeds and methods must not be empty.")
     check_range("batch_size", batch_size, low=1, integer=True)
@@ -106,12 +108,12 @@ def _run(path: Path, name, search, models, templates, scorer, prompts, seed, bat
                  "score": r.score if r.score is not None and math.isfinite(r.score) else None,
                  "num_tokens": r.num_tokens, "finished": r.finished, "seconds": seconds} for r in results]
 
-    append_missing(path, prompts, batch_size, rows, f"{name} seed {seed}", "prompt", progress)
+    append_batches(path, prompts, batch_size, rows, desc=f"{name} seed {seed}", unit="prompt", progress=progress)
 
 
 def _summary_row(out: Path, name: str, seeds, n_prompts: int, skipped: str | None) -> dict:
     row = dict.fromkeys(COLUMNS)
-    row.update(method=name, compute_N=METHODS[name], prompts=n_prompts, seeds=len(seeds), skipped=skipped)
+    row.update(method=name, compute_N=SENTIMENT_RUNS[name], prompts=n_prompts, seeds=len(seeds), skipped=skipped)
     if skipped:
         return row
     per_seed = [read_raw(out / "raw" / name / f"seed{s}.jsonl") for s in seeds]
@@ -171,31 +173,3 @@ def _plot(rows: list[dict], path: Path) -> None:
     if ax.get_legend_handles_labels()[0]:
         ax.legend()
     fig.savefig(path, dpi=120)
-
-
-def add_parser(subparsers):
-    """Add ``sentiment`` to the ``w2s eval`` subcommands."""
-    p = subparsers.add_parser("sentiment", help="the paper's controlled-sentiment comparison",
-                              description="Gold reward vs compute for CBS, Best-of-N, EFT and the tuned small "
-                                          "model alone, with one strong model (resumable).")
-    p.add_argument("--out", required=True, metavar="DIR", help="output directory (rerun to resume)")
-    p.add_argument("--prompts", type=int, default=120, metavar="N", help="number of held-out prompts")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--max-new-tokens", type=int, default=50, help="length limit in generator tokens")
-    p.add_argument("--methods", nargs="+", choices=list(METHODS), help="default: all")
-    p.add_argument("--batch-size", type=int, default=8, help="prompts generated together")
-    from ..cli import add_model_flags
-
-    add_model_flags(p)
-    p.set_defaults(func=cmd_eval_sentiment)
-    return p
-
-
-def cmd_eval_sentiment(args) -> None:
-    from ..cli import load_models
-    from ..tasks.sentiment import heldout_prompts
-
-    check_range("prompts", args.prompts, low=1, integer=True)
-    evaluate_sentiment(args.out, **load_models(args), prompts=heldout_prompts(args.prompts), seeds=args.seeds,
-                       max_new_tokens=args.max_new_tokens, methods=args.methods, batch_size=args.batch_size)
-    print((Path(args.out) / "summary.md").read_text(encoding="utf-8"), end="")

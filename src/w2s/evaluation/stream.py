@@ -17,15 +17,18 @@ from __future__ import annotations
 
 import statistics
 from pathlib import Path
+from dataclasses import replace
+from functools import partial
 from typing import Sequence
 
-
 from ..aligner import Aligner, StreamAligner
+from ..backends.base import SamplingParams
 from ..tasks import positive
 from ..validation import check_range
-from .common import append_missing, figure, read_raw, start_run, write_summary
+from ..jsonl import append_batches
+from .common import figure, read_raw, start_run, write_summary
 
-METHODS = ("upstream", "aligner", "stream-aligner", "stream-aligner-speculative", "teacher")
+STREAM_SYSTEMS = ("upstream", "aligner", "stream-aligner", "stream-aligner-speculative", "teacher")
 LABELS = {"upstream": "upstream alone", "aligner": "Aligner (whole answer)", "stream-aligner": "Stream Aligner",
           "stream-aligner-speculative": "Stream Aligner, speculative", "teacher": "teacher (reference)"}
 CHECKED = ("questions", "max_sentences", "max_sentence_tokens", "temperature", "upstream", "stream_aligner",
@@ -34,37 +37,40 @@ COLUMNS = ("method", "vader_mean", "vader_std", "content_f1", "teacher_f1", "cha
            "total_seconds", "drafts_kept", "sentences", "questions", "seeds")
 
 
-def _keep(question, prefix, sentence):  # the upstream alone: every sentence stays as it is
+def _unchanged(question, prefix, sentence):  # the upstream alone: every sentence stays as it is
     return sentence
 
 
 def build_methods(upstream, stream_aligner, whole_aligner, *, upstream_template="chat", aligner_template="{prompt}",
-                  max_sentences=4, max_sentence_tokens=48, temperature=0.7) -> dict:
-    """The compared systems, all over the same upstream, sampling and sentence limits."""
-    kw = dict(upstream_template=upstream_template, temperature=temperature)
-    sentence_kw = dict(max_sentences=max_sentences, max_sentence_tokens=max_sentence_tokens, **kw)
-    stream_kw = dict(aligner_template=aligner_template, **sentence_kw)
-    return {
-        "upstream": StreamAligner(upstream, _keep, **sentence_kw),
-        "aligner": Aligner(upstream, whole_aligner, max_sentences=max_sentences, aligner_template=aligner_template,
-                           max_new_tokens=max_sentences * max_sentence_tokens,
-                           max_correction_tokens=max_sentences * max_sentence_tokens * 2, **kw),
-        "stream-aligner": StreamAligner(upstream, stream_aligner, **stream_kw),
-        "stream-aligner-speculative": StreamAligner(upstream, stream_aligner, speculative=True, **stream_kw),
-        "teacher": StreamAligner(upstream, positive.teacher, **sentence_kw),
-    }
+                  max_sentences=4, max_sentence_tokens=48, temperature=0.7, whole_aligner_template=None) -> dict:
+    """The compared systems, all over the same upstream, sampling and sentence limits: name ->
+    ``run(questions, seed=, start_index=)``."""
+    sampling = SamplingParams(temperature=temperature)
+    sentences = StreamAligner(max_sentences=max_sentences, max_sentence_tokens=max_sentence_tokens, sampling=sampling)
+    whole = Aligner(max_sentences=max_sentences, max_new_tokens=max_sentences * max_sentence_tokens,
+                    max_correction_tokens=max_sentences * max_sentence_tokens * 2, sampling=sampling)
+    speculative = replace(sentences, speculative=True)
+    systems = {"upstream": (sentences, _unchanged), "aligner": (whole, whole_aligner),
+               "stream-aligner": (sentences, stream_aligner), "stream-aligner-speculative": (speculative, stream_aligner),
+               "teacher": (sentences, positive.teacher)}
+    templates = {name: aligner_template for name in systems}
+    templates["aligner"] = whole_aligner_template or aligner_template
+    return {name: partial(config.run, upstream, aligner, upstream_template=upstream_template,
+                          aligner_template=templates[name])
+            for name, (config, aligner) in systems.items()}
 
 
 def evaluate_stream(out_dir, upstream, stream_aligner, whole_aligner, questions: Sequence[str], *,
                     upstream_template="chat", aligner_template="{prompt}", max_sentences=4, max_sentence_tokens=48,
-                    temperature=0.7, seeds=(0,), methods=None, batch_size=1, progress=True) -> list[dict]:
+                    temperature=0.7, seeds=(0,), methods=None, batch_size=1, progress=True,
+                    whole_aligner_template=None) -> list[dict]:
     """Run each method for each seed over ``questions`` (resuming what ``out_dir`` holds), then write the
     summary table and the plot; returns the summary rows."""
     questions, seeds = list(questions), list(dict.fromkeys(seeds))
-    unknown = sorted(set(methods or ()) - set(METHODS))
+    unknown = sorted(set(methods or ()) - set(STREAM_SYSTEMS))
     if unknown:
-        raise ValueError(f"methods must be among {list(METHODS)}, got {unknown}.")
-    names = [m for m in METHODS if methods is None or m in methods]
+        raise ValueError(f"methods must be among {list(STREAM_SYSTEMS)}, got {unknown}.")
+    names = [m for m in STREAM_SYSTEMS if methods is None or m in methods]
     if not questions or not seeds or not names:
         raise ValueError("questions, seeds and methods must not be empty.")
     check_range("batch_size", batch_size, low=1, integer=True)
@@ -76,7 +82,8 @@ def evaluate_stream(out_dir, upstream, stream_aligner, whole_aligner, questions:
     out = Path(out_dir)
     systems = build_methods(upstream, stream_aligner, whole_aligner, upstream_template=upstream_template,
                             aligner_template=aligner_template, max_sentences=max_sentences,
-                            max_sentence_tokens=max_sentence_tokens, temperature=temperature)
+                            max_sentence_tokens=max_sentence_tokens, temperature=temperature,
+                            whole_aligner_template=whole_aligner_template)
     start_run(out, config, CHECKED)
     for name in names:
         for seed in seeds:
@@ -102,9 +109,9 @@ def answer_record(answer) -> dict:
 
 def _run(path: Path, name: str, system, questions, seed: int, batch_size: int, progress: bool) -> None:
     def rows(batch, start):
-        return [answer_record(a) for a in system.run(batch, seed=seed, start_index=start)]
+        return [answer_record(a) for a in system(batch, seed=seed, start_index=start)]
 
-    append_missing(path, questions, batch_size, rows, f"{name} seed {seed}", "question", progress)
+    append_batches(path, questions, batch_size, rows, desc=f"{name} seed {seed}", unit="question", progress=progress)
 
 
 def _summary_row(out: Path, name: str, seeds, n_questions: int) -> dict:
@@ -163,37 +170,3 @@ def _plot(rows: list[dict], path: Path) -> None:
     latency.set_title("Latency")
     latency.legend(fontsize=7)
     fig.savefig(path, dpi=120)
-
-
-def add_parser(subparsers):
-    """Add ``stream`` to the ``w2s eval`` subcommands."""
-    p = subparsers.add_parser("stream", help="the Stream Aligner demo task: gold metrics and latency",
-                              description="Upstream alone, Aligner, Stream Aligner (plain and speculative) and the "
-                                          "teacher on held-out questions of the positive-rewrite task (resumable).")
-    p.add_argument("--out", required=True, metavar="DIR", help="output directory (rerun to resume)")
-    p.add_argument("--questions", type=int, default=40, metavar="N", help="number of held-out questions")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--methods", nargs="+", choices=list(METHODS), help="default: all")
-    p.add_argument("--batch-size", type=int, default=1, help="questions answered together (1: per-user latency)")
-    from ..cli import add_aligner_flags
-
-    add_aligner_flags(p, whole=True)
-    p.set_defaults(func=cmd_eval_stream)
-    return p
-
-
-def cmd_eval_stream(args) -> None:
-    from ..cli import load_stream_models
-
-    check_range("questions", args.questions, low=1, integer=True)
-    held_out = positive.questions("heldout")
-    if args.questions > len(held_out):
-        raise ValueError(f"questions must be at most {len(held_out)} (held-out questions), got {args.questions}.")
-    m = load_stream_models(args)
-    step = len(held_out) / args.questions  # spread over topics and templates
-    questions = [held_out[int(i * step)] for i in range(args.questions)]
-    evaluate_stream(args.out, m["upstream"], m["aligner"], m["whole_aligner"], questions,
-                    upstream_template=m["upstream_template"], aligner_template=m["aligner_template"],
-                    max_sentences=args.max_sentences, max_sentence_tokens=args.max_sentence_tokens,
-                    temperature=args.temperature, seeds=args.seeds, methods=args.methods, batch_size=args.batch_size)
-    print((Path(args.out) / "summary.md").read_text(encoding="utf-8"), end="")

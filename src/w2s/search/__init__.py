@@ -3,4 +3,7 @@
 from .cbs import Beam, BestOfN, ChunkBeamSearch, Sampling, SearchResult
 from .eft import EmulatedFineTuning
 
-__all__ = ["Beam", "BestOfN", "ChunkBeamSearch", "EmulatedFineTuning", "Sampling", "SearchResult"]
+# the methods by their command-line name (w2s search --method NAME)
+SEARCH_METHODS = {"cbs": ChunkBeamSearch, "bon": BestOfN, "base": Sampling, "eft": EmulatedFineTuning}
+
+__all__ = ["SEARCH_METHODS", "Beam", "BestOfN", "ChunkBeamSearch", "EmulatedFineTuning", "Sampling", "SearchResult"]

@@ -21,9 +21,9 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from ..backends.base import SamplingParams
+from ..backends.base import SamplingParams, check_sampling
 from ..scoring import as_scorer
-from ..validation import check_range, check_stop, check_template
+from ..validation import check_range, check_template
 
 
 @dataclass
@@ -73,8 +73,8 @@ class ChunkBeamSearch:
         successors_per_beam: K, continuations sampled from each unfinished beam per chunk.
         chunk_length: L, large-model tokens per chunk; None means unlimited (one chunk).
         max_new_tokens: length limit of a response, in large-model tokens.
-        temperature, top_p, top_k: the large model's sampling settings (authors: 0.7, 1.0, 50).
-        stop: strings that end a response.
+        sampling: the large model's sampling: temperature, top_p, top_k and stop strings (the authors'
+            settings by default: 0.7, 1.0, 50).
         return_beams: also return all W final beams with their scores.
     """
 
@@ -82,10 +82,7 @@ class ChunkBeamSearch:
     successors_per_beam: int = 4
     chunk_length: int | None = 5
     max_new_tokens: int = 50
-    temperature: float = 0.7
-    top_p: float = 1.0
-    top_k: int = 50
-    stop: tuple[str, ...] = ()
+    sampling: SamplingParams = field(default_factory=SamplingParams)
     return_beams: bool = False
 
     method = "cbs"
@@ -95,12 +92,9 @@ class ChunkBeamSearch:
         check_range("successors_per_beam", self.successors_per_beam, low=1, integer=True)
         check_range("chunk_length", self.chunk_length, low=1, integer=True, allow_none=True)
         check_range("max_new_tokens", self.max_new_tokens, low=1, integer=True)
-        object.__setattr__(self, "stop", check_stop(self.stop))
-        self.sampling  # validates temperature, top_p, top_k, stop
-
-    @property
-    def sampling(self) -> SamplingParams:
-        return SamplingParams(self.temperature, self.top_p, self.top_k, self.stop)
+        check_sampling(self.sampling)
+        if not isinstance(self.return_beams, bool):
+            raise ValueError(f"return_beams must be true or false, got {self.return_beams!r}.")
 
     @property
     def samples_per_step(self) -> int:
@@ -162,16 +156,16 @@ class ChunkBeamSearch:
             scorer.reset()
         session = model.open(prompts, self.sampling, seeds, template)
         beams = [[Beam("", False, 0, row=p)] for p in range(n_prompts)]  # W copies of the prompt, as one
-        generated, first = 0, True
+        budget_used, first = 0, True  # tokens of max_new_tokens the chunks so far have allowed
         errors: dict[int, str] = {}  # prompt -> why a remote model could not sample for it: it ends there
-        while generated < self.max_new_tokens:
+        while budget_used < self.max_new_tokens:
             live = [b for p in range(n_prompts) for b in beams[p] if not b.finished]
             if not live:
                 break
-            length = min(self.chunk_length or self.max_new_tokens, self.max_new_tokens - generated)
+            length = min(self.chunk_length or self.max_new_tokens, self.max_new_tokens - budget_used)
             n = self.samples_per_step if first else self.successors_per_beam
             continuations = session.expand([b.row for b in live], n, length)
-            generated, first = generated + length, False
+            budget_used, first = budget_used + length, False
 
             # candidates = finished beams carried once + all new continuations, without duplicates
             pools = [[b for b in beams[p] if b.finished] for p in range(n_prompts)]

@@ -11,15 +11,17 @@ must share one vocabulary (the vocabularies themselves are compared, not only th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Iterator, Sequence
 
-import torch
-
-from ..backends.base import SamplingParams
-from ..backends.transformers import LocalBeams, TransformersModel
-from ..validation import check_range, check_stop, check_template
+from ..backends.base import SamplingParams, check_sampling
+from ..validation import check_range, check_template
 from .cbs import Sampling, SearchResult
+
+if TYPE_CHECKING:  # torch is imported when EFT runs, not with the command line's flags
+    import torch
+
+    from ..backends.transformers import LocalSearchSession, TransformersModel
 
 
 def check_same_vocabulary(strong, **guides) -> None:
@@ -42,23 +44,20 @@ class EmulatedFineTuning:
 
     Attributes:
         beta: weight of the tuned/untuned log-ratio added to the strong model's log-probabilities.
-        max_new_tokens, temperature, top_p, top_k, stop: as for :class:`w2s.ChunkBeamSearch`.
+        max_new_tokens: length limit of a response, in large-model tokens.
+        sampling: temperature, top_p, top_k and stop strings, applied to the mixed distribution.
     """
 
     beta: float = 1.0
     max_new_tokens: int = 50
-    temperature: float = 0.7
-    top_p: float = 1.0
-    top_k: int = 50
-    stop: tuple[str, ...] = ()
+    sampling: SamplingParams = field(default_factory=SamplingParams)
 
     method = "eft"
 
     def __post_init__(self) -> None:
         check_range("beta", self.beta, low=0.0)
         check_range("max_new_tokens", self.max_new_tokens, low=1, integer=True)
-        object.__setattr__(self, "stop", check_stop(self.stop))
-        SamplingParams(self.temperature, self.top_p, self.top_k, self.stop)
+        check_sampling(self.sampling)
 
     def generate(
         self,
@@ -82,8 +81,7 @@ class EmulatedFineTuning:
             check_template(name, template)
         check_same_vocabulary(strong, tuned=tuned, untuned=untuned)
         sampler = _EFTModel(self.beta, strong, strong_template, (tuned, tuned_template), (untuned, untuned_template))
-        search = Sampling(max_new_tokens=self.max_new_tokens, temperature=self.temperature,
-                          top_p=self.top_p, top_k=self.top_k, stop=self.stop)
+        search = Sampling(max_new_tokens=self.max_new_tokens, sampling=self.sampling)
         for result in search.generate(sampler, scorer, prompts, seed=seed, batch_size=batch_size,
                                         progress=progress, start_index=start_index):
             result.method = self.method
@@ -91,7 +89,7 @@ class EmulatedFineTuning:
 
 
 class _EFTModel:
-    """The three models in lock step, sampled as one model (see :class:`LocalBeams`)."""
+    """The three models in lock step, sampled as one model (see :class:`LocalSearchSession`)."""
 
     def __init__(self, beta: float, strong: TransformersModel, strong_template: str, *guides):
         self.beta, self.strong, self.strong_template, self.guides = beta, strong, strong_template, guides
@@ -101,6 +99,8 @@ class _EFTModel:
 
     def _combine(self, logits: list[torch.Tensor]) -> torch.Tensor:
         """[rows, strong width]: log-softmax over the real tokens, mixed; padded columns -inf (never drawn)."""
+        import torch
+
         n = self.vocab_size
         strong, tuned, untuned = (x[:, :n].float().log_softmax(dim=-1) for x in logits)
         mixed = strong + self.beta * (tuned - untuned)
@@ -109,8 +109,10 @@ class _EFTModel:
             mixed = torch.cat([mixed, mixed.new_full((mixed.shape[0], width - n), float("-inf"))], dim=-1)
         return mixed
 
-    def open(self, prompts, params, seeds, template=None) -> LocalBeams:
+    def open(self, prompts, params, seeds, template=None) -> "LocalSearchSession":
+        from ..backends.transformers import LocalSearchSession
+
         # every model sees its context by the same BOS rule (TransformersModel.encode_prompt)
         streams = [(model, [model.encode_prompt(model.render(tmpl, p), tmpl) for p in prompts])
                    for model, tmpl in [(self.strong, self.strong_template), *self.guides]]
-        return LocalBeams(self.strong, params, seeds, streams, combine=self._combine)
+        return LocalSearchSession(self.strong, params, seeds, streams, combine=self._combine)

@@ -29,7 +29,8 @@ from ..backends.base import Conversation
 from ..search.eft import check_same_vocabulary
 from ..validation import check_choice
 from .batching import Batcher, Job, Output, QueueFull
-from .config import ALIGNER_METHODS, ALIGNER_ROLE, METHODS, ServeConfig, method_fields
+from ..models import Models
+from .config import ALIGNER_METHODS, ALIGNER_ROLE, SERVED_METHODS, ServeConfig, build_method, method_fields
 from .metrics import Metrics, MetricsMiddleware
 
 try:  # what a chat template's raise_exception() raises (e.g. "roles must alternate user/assistant")
@@ -113,7 +114,7 @@ def resolve_method(body: _Request, config: ServeConfig) -> tuple[str, dict]:
     block = dict(body.w2s or {})
     method = block.pop("method", config.method)
     try:
-        check_choice("w2s.method", method, METHODS)
+        check_choice("w2s.method", method, SERVED_METHODS)
     except ValueError as err:
         raise APIError(400, str(err), param="w2s.method") from None
     allowed = method_fields(method)
@@ -139,11 +140,10 @@ def resolve_method(body: _Request, config: ServeConfig) -> tuple[str, dict]:
     params = {**config.methods.get(method, {}), **mapped, **block}
     if isinstance(params.get("stop"), (str, list)):
         params["stop"] = (params["stop"],) if isinstance(params["stop"], str) else tuple(params["stop"])
-    if method not in ALIGNER_METHODS:  # the aligners are checked when built, with their models
-        try:
-            METHODS[method](**params)
-        except (ValueError, TypeError) as err:
-            raise APIError(400, str(err), param=_param_of(str(err), allowed)) from None
+    try:
+        build_method(method, params)  # the config dataclass validates every value
+    except (ValueError, TypeError) as err:
+        raise APIError(400, str(err), param=_param_of(str(err), allowed)) from None
     return method, params
 
 
@@ -194,16 +194,16 @@ def _context_length(model) -> int | None:
 class Server:
     """The models, the worker and the metrics behind one app."""
 
-    def __init__(self, config: ServeConfig, models: dict):
+    def __init__(self, config: ServeConfig, models: Models):
         self.config, self.models = config, models
         self.metrics = Metrics()
         self.batcher = Batcher(models, queue_size=config.queue_size, batch_window=config.batch_window_ms / 1000,
                                max_batch_size=config.max_batch_size, metrics=self.metrics)
-        self.context_length = _context_length(models["strong"])
+        self.context_length = _context_length(models.strong.model)
         self._eft_error: str | None | bool = False  # False: not checked yet
 
     def methods(self) -> list[str]:
-        return [m for m in METHODS if self.unavailable(m) is None]
+        return [m for m in SERVED_METHODS if self.unavailable(m) is None]
 
     def unavailable(self, method: str) -> str | None:
         """Why a method cannot run with these models, or None."""
@@ -215,7 +215,7 @@ class Server:
         if method == "eft":
             if self._eft_error is False:
                 try:
-                    check_same_vocabulary(m["strong"], tuned=m["tuned"], untuned=m["untuned"])
+                    check_same_vocabulary(m.strong.model, tuned=m.tuned.model, untuned=m.untuned.model)
                     self._eft_error = None
                 except (ValueError, AttributeError) as err:
                     self._eft_error = str(err) if isinstance(err, ValueError) else \
@@ -233,20 +233,11 @@ class Server:
         if why:
             raise APIError(400, why, param="w2s.method")
         m = self.models
-        if method in ALIGNER_METHODS:
-            try:
-                role = ALIGNER_ROLE[method]
-                built = METHODS[method](m["strong"], m[role], upstream_template=template,
-                                        aligner_template=m[f"{role}_template"], **params)
-            except (ValueError, TypeError) as err:
-                raise APIError(400, str(err), param=_param_of(str(err), method_fields(method))) from None
-            budget = getattr(built, "max_new_tokens", None) or built.max_sentence_tokens
-        else:
-            built = METHODS[method](**params)
-            budget = built.max_new_tokens
+        built = build_method(method, params)
+        budget = getattr(built, "max_new_tokens", None) or built.max_sentence_tokens
         if not prompts:
             raise APIError(400, f"{prompt_param} must not be empty.", param=prompt_param)
-        prompt_tokens, strong = [], m["strong"]
+        prompt_tokens, strong = [], m.strong.model
         for prompt in prompts:
             try:
                 text = strong.render(template, prompt)
@@ -261,18 +252,17 @@ class Server:
             prompt_tokens.append(len(ids))
         guided = method == "eft" or (method not in ALIGNER_METHODS and built.samples_per_step > 1)
         for role in ("tuned", "untuned") if guided else ():  # a guide's chat template may refuse the turns
-            if m.get(f"{role}_template") == "chat":
+            if m[role].template == "chat":
                 for prompt in prompts:
                     try:
-                        m[role].render("chat", prompt)
+                        m[role].model.render("chat", prompt)
                     except (ValueError, TemplateError) as err:
                         raise APIError(400, _template_message(err, f"the {role} guide"), param=prompt_param) from None
         return method, params, prompt_tokens
 
 
-def create_app(config: ServeConfig, models: dict) -> FastAPI:
-    """The app over loaded models (``strong``, ``tuned``, ``untuned``, ``aligner``, ``whole_aligner`` and
-    their ``*_template``s; see :func:`w2s.serve.load_served_models`)."""
+def create_app(config: ServeConfig, models: Models) -> FastAPI:
+    """The app over the loaded models (see :func:`w2s.serve.load_served_models`)."""
     server = Server(config, models)
 
     @contextlib.asynccontextmanager
@@ -314,25 +304,25 @@ def create_app(config: ServeConfig, models: dict) -> FastAPI:
         return {"object": "list", "data": [{
             "id": config.name, "object": "model", "created": int(time.time()), "owned_by": "w2s",
             "w2s": {"default_method": config.method, "methods": server.methods(),
-                    "strong": getattr(models["strong"], "name", None)},
+                    "strong": models.strong.name},
         }]}
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
         prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
-        return await _generate(request, body, prompts, models["strong_template"], "prompt", chat=False)
+        return await _generate(request, body, prompts, models.strong.template, "prompt", chat=False)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         if body.max_tokens is not None and body.max_completion_tokens is not None:
             raise APIError(400, "give max_tokens or max_completion_tokens, not both.", param="max_tokens")
         prompt = chat_conversation(body.messages)
-        template = chat_template(models["strong"], prompt)
+        template = chat_template(models.strong.model, prompt)
         return await _generate(request, body, [prompt], template, "messages", chat=True)
 
     async def _generate(request: Request, body, prompts: list[str], template: str, prompt_param: str, chat: bool):
         named = (body.w2s or {}).get("method", config.method)
-        request.scope["w2s_method"] = named if named in METHODS else ""  # the metrics' label
+        request.scope["w2s_method"] = named if named in SERVED_METHODS else ""  # the metrics' label
         method, params, prompt_tokens = server.prepare(body, prompts, template, prompt_param)
         loop, events = asyncio.get_running_loop(), asyncio.Queue()
 
@@ -389,7 +379,8 @@ class _Reply:
         self.created = int(time.time())
         self.include_usage = bool((body.stream_options or {}).get("include_usage"))
 
-    def _envelope(self, choices: list[dict], chunk: bool) -> dict:
+    def envelope(self, choices: list[dict], chunk: bool) -> dict:
+        """The response object (or, with ``chunk``, the stream chunk) around ``choices``."""
         kind = ("chat.completion.chunk" if chunk else "chat.completion") if self.chat else "text_completion"
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model, "choices": choices}
 
@@ -411,7 +402,7 @@ class _Reply:
             else:
                 choice.update(text=o.text, logprobs=None)
             choices.append(choice)
-        out = self._envelope(choices, chunk=False)
+        out = self.envelope(choices, chunk=False)
         out.update(usage=self.usage(outputs), w2s={"method": self.method})
         return out
 
@@ -421,7 +412,7 @@ class _Reply:
             choice = {"index": index, "delta": delta, "finish_reason": finish}
         else:
             choice = {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish}
-        return self._envelope([choice], chunk=True)
+        return self.envelope([choice], chunk=True)
 
 
 def _sse(data) -> str:
@@ -453,7 +444,7 @@ async def _stream(server: Server, job: Job, events: asyncio.Queue, reply: _Reply
                 outputs[index] = payload
                 yield _sse(reply.chunk(index, None, finish=reply.finish_reason(payload)))
         if reply.include_usage and len(outputs) == len(job.prompts):
-            final = reply._envelope([], chunk=True)
+            final = reply.envelope([], chunk=True)
             final["usage"] = reply.usage(list(outputs.values()))
             yield _sse(final)
         yield _sse("[DONE]")

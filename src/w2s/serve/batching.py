@@ -20,7 +20,8 @@ from typing import Callable
 
 from ..scoring import LogRatioScorer
 from ..search.cbs import prompt_seeds
-from .config import ALIGNER_METHODS, ALIGNER_ROLE, METHODS
+from ..models import Models
+from .config import ALIGNER_METHODS, ALIGNER_ROLE, build_method
 
 log = logging.getLogger("w2s.serve")
 
@@ -105,15 +106,15 @@ class Batcher:
     """The worker thread and its bounded queue.
 
     Args:
-        models: ``strong``, ``tuned``, ``untuned``, ``aligner``, ``whole_aligner`` (or None) and their
-            ``*_template``s.
+        models: the served :class:`w2s.models.Models` (strong, tuned, untuned, aligner, whole_aligner;
+            an aligner may be None).
         queue_size: waiting requests beyond this are refused with :class:`QueueFull`.
         batch_window: seconds the worker waits for more requests of the same kind after the first.
         max_batch_size: prompts per batch.
         metrics: a :class:`w2s.serve.metrics.Metrics` (or None).
     """
 
-    def __init__(self, models: dict, *, queue_size: int, batch_window: float, max_batch_size: int, metrics=None):
+    def __init__(self, models: Models, *, queue_size: int, batch_window: float, max_batch_size: int, metrics=None):
         self.models, self.queue_size = models, queue_size
         self.batch_window, self.max_batch_size, self.metrics = batch_window, max_batch_size, metrics
         self._waiting: collections.deque[Job] = collections.deque()
@@ -232,44 +233,45 @@ class Batcher:
                 job.emit("done", index, output)
 
         m = self.models
-        params = dict(jobs[0].params)
+        strong = m.strong.model
+        config = build_method(method, jobs[0].params)
         template = jobs[0].strong_template
         if method in ALIGNER_METHODS:
-            role = ALIGNER_ROLE[method]
-            corrector = METHODS[method](_Seeded(m["strong"], seeds), m[role], upstream_template=template,
-                                        aligner_template=m[f"{role}_template"], **params)
+            aligner = m[ALIGNER_ROLE[method]]
+            models = (_Seeded(strong, seeds), aligner.model)
+            templates = dict(upstream_template=template, aligner_template=aligner.template)
             if method == "aligner":
-                for row, answer in enumerate(corrector.run(prompts)):
-                    finish(row, Output(answer.corrected, True, _count_tokens(m["strong"], answer.corrected)))
+                for row, answer in enumerate(config.run(*models, prompts, **templates)):
+                    finish(row, Output(answer.corrected, True, _count_tokens(strong, answer.corrected)))
                 return
             texts, steps = [""] * len(prompts), [0] * len(prompts)
-            for step in corrector._run(prompts, seed=0):  # one StreamStep per corrected sentence
+            for step in config.steps(*models, prompts, **templates):  # one StreamStep per corrected sentence
                 check_cancelled()
                 texts[step.question_index] += step.corrected
                 steps[step.question_index] += 1
                 stream(step.question_index, texts[step.question_index])
             for row, text in enumerate(texts):
                 # a full max_sentences means the answer may have been cut
-                finish(row, Output(text, steps[row] < corrector.max_sentences, _count_tokens(m["strong"], text)))
+                finish(row, Output(text, steps[row] < config.max_sentences, _count_tokens(strong, text)))
             return
 
-        config = METHODS[method](**params)
+        tuned, untuned = m.tuned, m.untuned
         if method == "eft":
             job = jobs[0]
-            results = config.generate(m["strong"], m["tuned"], m["untuned"], prompts, seed=job.seed,
-                                      strong_template=template, tuned_template=m["tuned_template"],
-                                      untuned_template=m["untuned_template"], batch_size=len(prompts))
+            results = config.generate(strong, tuned.model, untuned.model, prompts, seed=job.seed,
+                                      strong_template=template, tuned_template=tuned.template,
+                                      untuned_template=untuned.template, batch_size=len(prompts))
         else:
             needs_scorer = config.samples_per_step > 1
             # a fresh scorer per batch: its kept rows never carry one batch's state into another
-            scorer = LogRatioScorer(m["tuned"], m["untuned"], m["tuned_template"],
-                                    m["untuned_template"]) if needs_scorer else None
+            scorer = LogRatioScorer(tuned.model, untuned.model, tuned.template,
+                                    untuned.template) if needs_scorer else None
 
             def on_step(row: int, beam_texts: list[str]) -> None:
                 check_cancelled()
                 stream(row, common_prefix(beam_texts))  # every later beam extends one of these
 
-            results = config.generate(_Seeded(m["strong"], seeds), scorer, prompts, template=template,
+            results = config.generate(_Seeded(strong, seeds), scorer, prompts, template=template,
                                       batch_size=len(prompts), on_step=on_step)
         for row, result in enumerate(results):
             finish(row, Output(result.response, result.finished, result.num_tokens, result.score))

@@ -9,12 +9,12 @@ A TOML file (every key optional; a model left out is the demo's default one)::
     path = "path/to/large"               # a model directory or a .gguf file
     template = "{prompt}"                # a format string with {prompt}, or "chat"
     dtype = "float32"
-    device = "cpu"
+    device = "cpu"                       # or device_map = "auto" (a large model over several GPUs)
     # or a large model behind an OpenAI-compatible engine (w2s.RemoteModel):
     # path = "http://host:8000/v1"
     # model = "NAME"                     # the engine's model name
     # tokenizer = "path/to/tokenizer"    # optional: its chat template
-    # remote = {concurrency = 16, timeout = 60.0}
+    # concurrency = 16                  # also timeout, max_retries, api_key_env (or a remote = {...} table)
 
     [methods.cbs]                        # server defaults of a method's parameters
     beam_width = 2
@@ -31,18 +31,19 @@ A TOML file (every key optional; a model left out is the demo's default one)::
 from __future__ import annotations
 
 import importlib
-import inspect
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from ..configs import build, params
+from ..models import ModelSpec
 from ..validation import check_choice, check_range
 
 
 class _Methods(Mapping):
-    """The server's method names -> the class whose fields (or keyword arguments) are the method's
-    parameters; a class is imported when first looked up (``w2s --help`` lists the names without torch)."""
+    """The server's method names -> their config class (whose flat parameters, :mod:`w2s.configs`, a
+    request may set); a class is imported when first looked up (``w2s --help`` lists the names without torch)."""
 
     _where = {"cbs": ("..search", "ChunkBeamSearch"), "bon": ("..search", "BestOfN"),
               "sampling": ("..search", "Sampling"), "eft": ("..search", "EmulatedFineTuning"),
@@ -62,46 +63,47 @@ class _Methods(Mapping):
         return len(self._where)
 
 
-METHODS = _Methods()
+SERVED_METHODS = _Methods()
 ALIGNER_METHODS = ("stream_aligner", "aligner")
 ROLES = ("strong", "tuned", "untuned", "aligner", "whole_aligner")
 # the model each aligner method corrects with
 ALIGNER_ROLE = {"stream_aligner": "aligner", "aligner": "whole_aligner"}
-# fields the server owns: templates come from the model config, all beams are never returned
-SERVER_OWNED = {"return_beams", "upstream_template", "aligner_template"}
+# parameters the server owns: all beams are never returned
+SERVER_OWNED = {"return_beams"}
+# keys of a [models.ROLE] table: ModelSpec's fields (role comes from the table's name); `remote` is an
+# older spelling of the remote ones, as a table
+MODEL_KEYS = {f.name for f in fields(ModelSpec)} - {"role"}
+REMOTE_KEYS = {"concurrency", "timeout", "max_retries", "api_key_env"}
 
 
 def method_fields(method: str) -> dict[str, object]:
-    """The request-settable parameters of a method and their defaults, read from its class."""
-    cls = METHODS[method]
-    if hasattr(cls, "__dataclass_fields__"):
-        found = {f.name: f.default for f in fields(cls) if f.init}
-    else:  # the aligners: keyword-only constructor arguments
-        found = {p.name: p.default for p in inspect.signature(cls.__init__).parameters.values()
-                 if p.kind is inspect.Parameter.KEYWORD_ONLY}
-    return {name: default for name, default in found.items() if name not in SERVER_OWNED}
+    """The request-settable parameters of a method and their defaults: its config class's flat parameters."""
+    return {p.name: p.default for p in params(SERVED_METHODS[method]) if p.name not in SERVER_OWNED}
 
 
-@dataclass
-class ModelSpec:
-    """One model: a local path (directory or .gguf), an http(s) URL of an OpenAI-compatible engine, or
-    None for the default model of that role."""
-
-    path: str | None = None
-    template: str | None = None  # None: the default model's template, else "{prompt}"
-    dtype: str = "float32"
-    device: str = "cpu"
-    model: str | None = None  # the engine's model name, for a URL
-    tokenizer: str | None = None  # for a URL: a local copy of the served model's tokenizer (chat template)
-    remote: dict = field(default_factory=dict)  # for a URL: more w2s.RemoteModel arguments (concurrency, ...)
+def build_method(method: str, values: dict):
+    """The method's config from flat parameter values (server defaults, then the request's)."""
+    return build(SERVED_METHODS[method], values, where=f"method {method!r}")
 
 
 @dataclass
 class ServeConfig:
-    """Everything ``w2s serve`` needs; see the module docstring for the file format."""
+    """Everything ``w2s serve`` needs; see the module docstring for the file format.
+
+    Attributes:
+        name: the model id clients send as "model".
+        method: default method of requests that name none.
+        models: role -> its :class:`w2s.models.ModelSpec` (strong, tuned, untuned, aligner, whole_aligner).
+        methods: method -> server defaults of its parameters.
+        host: address to listen on.
+        port: port to listen on.
+        queue_size: requests waiting beyond this get 503.
+        batch_window_ms: how long the worker gathers requests into one batch.
+        max_batch_size: prompts per batch.
+    """
 
     name: str = "w2s"
-    method: str = "cbs"
+    method: str = field(default="cbs", metadata={"choices": tuple(SERVED_METHODS)})
     models: dict[str, ModelSpec] = field(default_factory=dict)  # strong, tuned, untuned, aligner, whole_aligner
     methods: dict[str, dict] = field(default_factory=dict)  # method -> parameter defaults
     host: str = "127.0.0.1"
@@ -111,15 +113,16 @@ class ServeConfig:
     max_batch_size: int = 8
 
     def __post_init__(self) -> None:
-        check_choice("method", self.method, METHODS)
+        check_choice("method", self.method, SERVED_METHODS)
         for role in self.models:
             check_choice("models", role, ROLES)
-        for method, params in self.methods.items():
-            check_choice("methods", method, METHODS)
-            unknown = sorted(set(params) - set(method_fields(method)))
+        for method, values in self.methods.items():
+            check_choice("methods", method, SERVED_METHODS)
+            unknown = sorted(set(values) - set(method_fields(method)))
             if unknown:
                 raise ValueError(f"[methods.{method}] has unknown parameters {unknown}; "
                                  f"allowed: {sorted(method_fields(method))}.")
+            build_method(method, values)  # its values are valid (each error names the parameter)
         check_range("port", self.port, low=0, high=65535, integer=True)
         check_range("queue_size", self.queue_size, low=1, integer=True)
         check_range("batch_window_ms", self.batch_window_ms, low=0.0)
@@ -138,15 +141,15 @@ def _table(where: str, value, allowed: set[str]) -> dict:
 def parse_config(data: dict, source: str = "config") -> ServeConfig:
     """A :class:`ServeConfig` from parsed TOML; unknown keys are errors that name them."""
     _table(source, data, {"name", "method", "models", "methods", "server"})
-    spec_keys = {f.name for f in fields(ModelSpec)}
     models = {}
     for role, spec in _table(f"{source} [models]", data.get("models", {}), set(ROLES)).items():
-        spec = _table(f"{source} [models.{role}]", spec, spec_keys)
-        models[role] = ModelSpec(**spec)
+        spec = dict(_table(f"{source} [models.{role}]", spec, MODEL_KEYS | {"remote"}))
+        spec.update(_table(f"{source} [models.{role}.remote]", spec.pop("remote", {}), REMOTE_KEYS))
+        models[role] = ModelSpec(**spec, role=role)
     server = _table(f"{source} [server]", data.get("server", {}),
                     {"host", "port", "queue_size", "batch_window_ms", "max_batch_size"})
-    methods = {m: dict(_table(f"{source} [methods.{m}]", params, set(method_fields(m)) if m in METHODS else set()))
-               for m, params in _table(f"{source} [methods]", data.get("methods", {}), set(METHODS)).items()}
+    methods = {m: dict(_table(f"{source} [methods.{m}]", params, set(method_fields(m)) if m in SERVED_METHODS else set()))
+               for m, params in _table(f"{source} [methods]", data.get("methods", {}), set(SERVED_METHODS)).items()}
     return ServeConfig(name=data.get("name", "w2s"), method=data.get("method", "cbs"), models=models,
                        methods=methods, **server)
 

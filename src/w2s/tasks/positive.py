@@ -187,7 +187,7 @@ def ship_adapter(trained, target) -> None:
     import shutil
     from pathlib import Path
 
-    from ..backends.transformers import DEFAULT_STRONG_BASE
+    from ..backends.adapters import DEFAULT_STRONG_BASE
 
     trained, target = Path(trained), Path(target)
     config = json.loads((trained / "adapter_config.json").read_text(encoding="utf-8"))

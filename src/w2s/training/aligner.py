@@ -32,6 +32,8 @@ class AlignerTrainingConfig:
             projections is trained instead (the output directory then holds only the adapter, which
             :func:`w2s.load_model` merges into its base).
         lora_alpha: the adapter's scale numerator (scale = lora_alpha / lora_rank).
+        save_steps: checkpoint interval (a rerun resumes from the last checkpoint).
+        seed: seeds the data order (and a LoRA adapter's initial weights).
     """
 
     kind: str = "stream"

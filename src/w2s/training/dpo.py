@@ -25,11 +25,12 @@ class DPOTrainingConfig:
     """DPO settings.
 
     Attributes:
-        beta: DPO's KL strength (the paper's sentiment guides: 0.1).
-        The defaults are those of the shipped sentiment guide.
+        beta: DPO's KL strength (the paper's sentiment guides: 0.1; every default is the shipped
+            sentiment guide's).
         epochs, learning_rate, batch_size, warmup_ratio: AdamW with a cosine schedule.
         max_length: prompt + response tokens kept per example.
         save_steps: checkpoint interval (a rerun resumes from the last checkpoint).
+        seed: seeds the data order (and the built pairs' sampling).
     """
 
     beta: float = 0.1

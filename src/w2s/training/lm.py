@@ -29,6 +29,7 @@ class LMTrainingConfig:
         context_length: packed sequence length in tokens.
         epochs, learning_rate, batch_size, warmup_ratio: AdamW with a cosine schedule.
         save_steps: checkpoint interval (a rerun resumes from the last checkpoint).
+        seed: seeds the initial weights and the data order.
     """
 
     vocab_size: int = 8192

@@ -1,0 +1,106 @@
+"""``w2s search``: weak-to-strong search and its baselines over a file of prompts."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+from ..configs import param_names
+from ..jsonl import append_batches
+from ..models import is_url, load_all
+from ..search import SEARCH_METHODS
+from .common import finite, is_error_record, read_records
+from .flags import add_config_flags, add_model_flags, config_from_args, model_specs
+
+ROLES = {"strong": "strong", "tuned": "tuned", "untuned": "untuned"}
+MODEL_HELP = {
+    "strong": "the large model: a transformers model directory, a .gguf file, or the URL of an OpenAI-compatible "
+              "engine, http(s)://host:port/v1 (default: SmolLM2-135M-Instruct)",
+    "tuned": "the small tuned guide model, e.g. DPO or chat (default: the shipped sentiment guide)",
+    "untuned": "the small untuned reference of the tuned model (default: the shipped one)",
+}
+
+
+@dataclass
+class SearchOptions:
+    """What ``w2s search`` runs on.
+
+    Attributes:
+        method: cbs (chunk-level beam search), bon (Best-of-N), base (plain sampling) or eft (emulated
+            fine-tuning).
+        prompts: JSONL with a 'prompt' field, or one prompt per line; - for stdin.
+        output: JSONL, one line per prompt in input order; - for stdout.
+        resume: keep the lines already in the output and do the rest.
+        seed: seeds each prompt's randomness, with its position.
+        batch_size: prompts searched together.
+    """
+
+    method: str = field(metadata={"choices": tuple(SEARCH_METHODS)})
+    prompts: str
+    output: str
+    resume: bool = False
+    seed: int = 0
+    batch_size: int = 8
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("search", help="weak-to-strong search (and its baselines) over a file of prompts",
+                       description="Steer the strong model with a tuned/untuned pair of small models.")
+    add_model_flags(p, ROLES, remote=("strong",), helps=MODEL_HELP)
+    add_config_flags(p, SearchOptions)
+    # the methods' parameters: absent from the args unless given, so that those a method ignores are warned about
+    add_config_flags(p, *SEARCH_METHODS.values(), required=("max_new_tokens",), suppress=True,
+                     title="method parameters (each method uses its own)")
+    p.set_defaults(func=run)
+
+
+def method_config(args):
+    """The method's config from the flags; a flag the method does not use is warned about."""
+    cls = SEARCH_METHODS[args.method]
+    mine = set(param_names(cls))
+    for cls_other in SEARCH_METHODS.values():
+        for name in param_names(cls_other):
+            if name not in mine and hasattr(args, name):
+                warnings.warn(f"--{name.replace('_', '-')} is ignored by --method {args.method}.", stacklevel=2)
+                delattr(args, name)  # warned once
+    return config_from_args(cls, args)
+
+
+def run(args) -> None:
+    from ..scoring import LogRatioScorer
+
+    config = method_config(args)  # validate before loading models
+    if args.method == "eft" and is_url(args.strong):
+        raise ValueError("--method eft mixes the strong model's next-token logits with the guides' and needs a "
+                         "local --strong model; use cbs, bon or base with a remote one.")
+    records = read_records(args.prompts)
+    m = load_all(model_specs(args, ROLES))
+    scorer = LogRatioScorer(m.tuned.model, m.untuned.model, m.tuned.template, m.untuned.template)
+
+    def rows(batch: list[dict], start: int):
+        prompts = [r["prompt"] for r in batch]
+        kw = dict(seed=args.seed, batch_size=len(batch), start_index=start)
+        if args.method == "eft":
+            results = config.generate(m.strong.model, m.tuned.model, m.untuned.model, prompts, scorer=scorer,
+                                      strong_template=m.strong.template, tuned_template=m.tuned.template,
+                                      untuned_template=m.untuned.template, **kw)
+        else:
+            results = config.generate(m.strong.model, scorer, prompts, template=m.strong.template, **kw)
+        for index, (record, result) in enumerate(zip(batch, results), start):
+            yield result_row(index, record, result)
+
+    append_batches(args.output, records, args.batch_size, rows, resume=args.resume, keep=lambda r: not is_error_record(r),
+                   desc=type(config).__name__, unit="prompt", progress=True)
+
+
+def result_row(index: int, record: dict, result) -> dict:
+    """One output line: the input record with the result's fields (or an error record)."""
+    if result.error is not None:  # a remote model failed for this prompt only
+        return {"index": index, "prompt": result.prompt, "error": result.error}
+    row = {**record, "prompt": result.prompt, "response": result.response, "score": finite(result.score),
+           "finished": result.finished, "num_tokens": result.num_tokens, "method": result.method}
+    if result.beams is not None:
+        row["beams"] = [{"response": b.text, "score": finite(b.score), "finished": b.finished,
+                         "num_tokens": b.num_tokens} for b in result.beams]
+    return row
+

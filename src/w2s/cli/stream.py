@@ -1,0 +1,162 @@
+"""``w2s stream``, ``w2s align`` and ``w2s data corrections``: the Stream Aligner, the Aligner baseline,
+and the training records a teacher makes in the aligner's place."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import defaults
+from ..aligner import Aligner, StreamAligner
+from ..jsonl import append_batches
+from ..models import load_all
+from .common import is_error_record, mark, PHASES, read_questions
+from .flags import add_config_flags, add_model_flags, config_from_args, model_specs
+
+# the demo task's lengths (w2s.tasks.positive), the defaults of these commands
+DEMO_LENGTHS = {"max_sentences": defaults.STREAM_MAX_SENTENCES, "max_sentence_tokens": defaults.STREAM_SENTENCE_TOKENS}
+ALIGN_LENGTHS = {"max_sentences": defaults.STREAM_MAX_SENTENCES,
+                 "max_new_tokens": defaults.STREAM_MAX_SENTENCES * defaults.STREAM_SENTENCE_TOKENS}
+UPSTREAM_HELP = ("the large model whose answers are corrected: a model directory, a .gguf file, or the URL of an "
+                 "OpenAI-compatible engine, http(s)://host:port/v1 (default: SmolLM2-135M-Instruct)")
+HELPS = {"upstream": UPSTREAM_HELP,
+         "aligner": "the sentence-level aligner (default: the shipped positive-rewrite one)",
+         "whole_aligner": "the whole-answer aligner (default: the shipped positive-rewrite one)",
+         "teacher": "the teacher model (a causal LM directory), or a Python function 'package.module:function' "
+                    "(question, prefix, sentence) -> correction"}
+
+
+@dataclass
+class AnswerOptions:
+    """What ``w2s stream`` and ``w2s align`` answer.
+
+    Attributes:
+        question: one question: the corrected text is printed as it arrives.
+        questions: JSONL with a 'question' field (or one question per line); needs --output.
+        output: JSONL, one record per question (a rerun resumes).
+        seed: seeds each question's randomness, with its position.
+        batch_size: questions answered together.
+    """
+
+    question: str | None = None
+    questions: str | None = None
+    output: str | None = None
+    seed: int = 0
+    batch_size: int = 8
+
+
+@dataclass
+class CorrectionsOptions:
+    """What ``w2s data corrections`` writes.
+
+    Attributes:
+        questions: JSONL with a 'question' field, or one question per line.
+        out: sentence records {question, prefix, sentence, correction} (a rerun resumes).
+        whole_out: also whole-answer records {question, answer, correction} (for the Aligner).
+        seed: seeds each question's randomness, with its position.
+        batch_size: questions answered together.
+    """
+
+    questions: str
+    out: str
+    whole_out: str | None = None
+    seed: int = 0
+    batch_size: int = 8
+
+
+def add_parsers(sub) -> None:
+    s = sub.add_parser("stream", help="Stream Aligner: correct the upstream's answer sentence by sentence, streaming")
+    add_model_flags(s, {"upstream": "upstream", "aligner": "aligner"}, remote=("upstream",), helps=HELPS)
+    add_config_flags(s, AnswerOptions, StreamAligner, defaults=DEMO_LENGTHS)
+    s.set_defaults(func=run_stream)
+    a = sub.add_parser("align", help="Aligner baseline: correct the upstream's whole answer in one pass")
+    # its --aligner is the whole-answer aligner
+    add_model_flags(a, {"upstream": "upstream", "whole_aligner": "aligner"}, remote=("upstream",), helps=HELPS)
+    add_config_flags(a, AnswerOptions, Aligner, defaults=ALIGN_LENGTHS)
+    a.set_defaults(func=run_align)
+    data = sub.add_parser("data", help="data builders").add_subparsers(dest="builder", required=True)
+    c = data.add_parser("corrections", help="run the Stream Aligner loop with a teacher: training records")
+    add_model_flags(c, {"upstream": "upstream", "teacher": "teacher"}, remote=("upstream",), required=("teacher",),
+                    helps=HELPS)
+    add_config_flags(c, CorrectionsOptions, StreamAligner, defaults=DEMO_LENGTHS)
+    c.set_defaults(func=run_corrections)
+
+
+def run_stream(args) -> None:
+    mark("imported")
+    m = load_all(model_specs(args, ("upstream", "aligner")))
+    mark("loaded")
+    _answer(args, config_from_args(StreamAligner, args), m.upstream, m.aligner)
+    mark("end")
+    if os.environ.get("W2S_TIMINGS"):
+        Path(os.environ["W2S_TIMINGS"]).write_text(json.dumps(PHASES) + "\n", encoding="utf-8")
+
+
+def run_align(args) -> None:
+    config = config_from_args(Aligner, args)
+    m = load_all(model_specs(args, ("upstream", "whole_aligner")))
+    _answer(args, config, m.upstream, m.whole_aligner)
+
+
+def _answer(args, config, upstream, aligner) -> None:
+    models = (upstream.model, aligner.model)
+    templates = dict(upstream_template=upstream.template, aligner_template=aligner.template)
+    if args.question is not None:
+        if isinstance(config, StreamAligner):
+            for step in config.stream(*models, args.question, seed=args.seed, **templates):
+                print(step.corrected, end="", flush=True)
+                mark("first")
+            print()
+        else:
+            print(config.run(*models, [args.question], seed=args.seed, **templates)[0].corrected)
+        return
+    if not (args.questions and args.output):
+        raise ValueError("give --question TEXT, or --questions FILE with --output FILE.")
+    questions = read_questions(args.questions)
+
+    def rows(batch: list[str], start: int) -> list[dict]:
+        return [answer_row(start + j, batch[j], answer)
+                for j, answer in enumerate(_answer_batch(config, models, templates, batch, args.seed, start))]
+
+    append_batches(args.output, questions, args.batch_size, rows, keep=lambda r: not is_error_record(r),
+                   desc=args.command, unit="question", progress=True)
+
+
+def answer_row(index: int, question: str, answer) -> dict:
+    if isinstance(answer, Exception):
+        return {"index": index, "question": question, "error": str(answer)}
+    return {"question": answer.question, "original": answer.original, "corrected": answer.corrected,
+            "first_seconds": answer.first_seconds, "total_seconds": answer.total_seconds,
+            "sentences": [{"original": s.original, "corrected": s.corrected, "elapsed": s.elapsed}
+                          for s in answer.steps]}
+
+
+def _answer_batch(config, models, templates, batch: list[str], seed: int, start: int) -> list:
+    """Answers of a batch; when a remote upstream fails, the questions are redone one by one (same
+    randomness) so that only the failing ones become errors (returned as the exception)."""
+    from ..backends.remote import RemoteError
+
+    try:
+        return config.run(*models, batch, seed=seed, start_index=start, **templates)
+    except RemoteError:
+        pass
+    answers = []
+    for j, question in enumerate(batch):
+        try:
+            answers.append(config.run(*models, [question], seed=seed, start_index=start + j, **templates)[0])
+        except RemoteError as err:
+            answers.append(err)
+    return answers
+
+
+def run_corrections(args) -> None:
+    from ..aligner.data import build_corrections
+
+    loop = config_from_args(StreamAligner, args)
+    m = load_all(model_specs(args, ("upstream", "teacher")))
+    n = build_corrections(m.upstream.model, m.teacher.model, read_questions(args.questions), args.out,
+                          whole_out_path=args.whole_out, loop=loop, upstream_template=m.upstream.template,
+                          teacher_template=m.teacher.template, seed=args.seed, batch_size=args.batch_size)
+    print(f"{n} sentence records in {args.out}")

@@ -1,0 +1,111 @@
+"""``w2s train lm | dpo | aligner``: the training recipes of the small models."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..jsonl import read_complete
+from ..training.aligner import AlignerTrainingConfig
+from ..training.dpo import DPOTrainingConfig
+from ..training.lm import LMTrainingConfig
+from .common import read_corpus
+from .flags import add_config_flags, config_from_args
+
+
+@dataclass
+class TrainLMOptions:
+    """``w2s train lm``'s data and output.
+
+    Attributes:
+        out: output directory (a rerun resumes from its checkpoints).
+        corpus: text files (one document per blank-line-separated paragraph) or JSONL with a 'text' field;
+            none: the sentiment task's five Austen novels.
+    """
+
+    out: str
+    corpus: tuple[str, ...] = ()
+
+
+@dataclass
+class TrainDPOOptions:
+    """``w2s train dpo``'s model, data and output.
+
+    Attributes:
+        base: the model to tune (it is also the DPO reference).
+        out: output directory (a rerun resumes).
+        pairs: JSONL of {prompt, chosen, rejected}; none: build them for the sentiment task from the base
+            model's own samples (saved as OUT/pairs.jsonl).
+        num_prompts: prompts for the built pairs.
+        pair_samples: samples per prompt; the pair is the highest- and lowest-reward one.
+        pair_tokens: length of each sampled continuation.
+        bt_scale: Bradley-Terry scale: P(a preferred) = sigmoid(scale * (VADER(a) - VADER(b))).
+    """
+
+    base: str
+    out: str
+    pairs: str | None = None
+    num_prompts: int = 4000
+    pair_samples: int = 4
+    pair_tokens: int = 24
+    bt_scale: float = 5.0
+
+
+@dataclass
+class TrainAlignerOptions:
+    """``w2s train aligner``'s model, data and output.
+
+    Attributes:
+        base: any causal LM directory.
+        records: JSONL from `w2s data corrections` (or its --whole-out).
+        out: output directory (a rerun resumes).
+    """
+
+    base: str
+    records: str
+    out: str
+
+
+def add_parser(sub) -> None:
+    train = sub.add_parser("train", help="training recipes for the small models").add_subparsers(
+        dest="recipe", required=True)
+    lm = train.add_parser("lm", help="train a small causal LM from scratch (the untuned guide)")
+    add_config_flags(lm, TrainLMOptions, LMTrainingConfig)
+    lm.set_defaults(func=run_lm)
+    dpo = train.add_parser("dpo", help="DPO-tune a copy of a model on preference pairs (the tuned guide)")
+    add_config_flags(dpo, TrainDPOOptions, DPOTrainingConfig)
+    dpo.set_defaults(func=run_dpo)
+    al = train.add_parser("aligner", help="supervised fine-tuning of an aligner, loss on the correction only")
+    add_config_flags(al, TrainAlignerOptions, AlignerTrainingConfig)
+    al.set_defaults(func=run_aligner)
+
+
+def run_lm(args) -> None:
+    from ..tasks import sentiment
+    from ..training.lm import train_lm
+
+    texts = read_corpus(args.corpus) if args.corpus else sentiment.training_texts()
+    print(f"trained model in {train_lm(texts, args.out, config_from_args(LMTrainingConfig, args))}")
+
+
+def run_dpo(args) -> None:
+    from ..models import ModelSpec, load
+    from ..tasks import sentiment
+    from ..training.dpo import build_preference_pairs, train_dpo
+
+    config = config_from_args(DPOTrainingConfig, args)
+    if args.pairs:
+        pairs = [r for r in read_complete(args.pairs) if not r.get("skipped")]
+    else:
+        prompts = sentiment.training_prompts(args.num_prompts, seed=config.seed)
+        pairs = build_preference_pairs(load(ModelSpec(args.base)).model, prompts, sentiment.gold_reward,
+                                       Path(args.out) / "pairs.jsonl", samples=args.pair_samples,
+                                       max_new_tokens=args.pair_tokens, bt_scale=args.bt_scale, seed=config.seed)
+    print(f"tuned model in {train_dpo(args.base, pairs, args.out, config)}")
+
+
+def run_aligner(args) -> None:
+    from ..training.aligner import train_aligner
+
+    config = config_from_args(AlignerTrainingConfig, args)
+    print(f"aligner in {train_aligner(args.base, read_complete(args.records), args.out, config)}")

@@ -1,0 +1,133 @@
+"""Config dataclasses as flat parameters: what ``w2s``'s flags and the server's ``"w2s"`` block are made of.
+
+Every method is a frozen dataclass whose fields are documented in its docstring's ``Attributes:``
+section.  A field holding a dataclass (``sampling: SamplingParams``) is *embedded*: its fields appear
+flat beside the others (``temperature``, not ``sampling.temperature``), so a command line, a TOML
+table or a request gives ``{"beam_width": 4, "temperature": 0.7}`` and :func:`build` puts each value
+where it belongs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import typing
+from functools import lru_cache
+
+
+def _documented(cls) -> dict[str, str]:
+    """``name: text`` entries of the ``Attributes:`` sections of ``cls`` and its bases (the nearest wins);
+    ``a, b: text`` documents both."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        doc = klass.__dict__.get("__doc__") or ""
+        match = re.search(r"^(\s*)Attributes:\s*\n(.*?)(?=^\1\S|\Z)", doc, re.S | re.M)
+        if not match:
+            continue
+        entry_indent, name, lines = None, None, []
+        for line in match.group(2).splitlines():
+            if not line.strip():
+                continue
+            indent = len(line) - len(line.lstrip())
+            head = re.match(r"\s*([a-z_][a-z0-9_]*(?:\s*,\s*[a-z_][a-z0-9_]*)*)\s*:\s*(.*)", line)
+            if head and (entry_indent is None or indent <= entry_indent):
+                if name:
+                    docs.update(dict.fromkeys(name, " ".join(lines)))
+                entry_indent, name = indent, [n.strip() for n in head.group(1).split(",")]
+                lines = [head.group(2).strip()]
+            elif name:
+                lines.append(line.strip())
+        if name:
+            docs.update(dict.fromkeys(name, " ".join(lines)))
+    return docs
+
+
+def field_docs(cls) -> dict[str, str]:
+    """Each init field of the dataclass ``cls`` -> its documentation; a field left undocumented is an error."""
+    docs = _documented(cls)
+    missing = [f.name for f in dataclasses.fields(cls) if f.init and f.name not in docs]
+    if missing:
+        raise TypeError(f"{cls.__name__} does not document its fields {missing} in its Attributes: section.")
+    return {f.name: docs[f.name] for f in dataclasses.fields(cls) if f.init}
+
+
+@dataclasses.dataclass(frozen=True)
+class Param:
+    """One flat parameter of a config class."""
+
+    name: str
+    type: object  # the resolved annotation, e.g. int | None
+    default: object  # dataclasses.MISSING when required
+    doc: str
+    owner: type  # the dataclass that holds the field (the config, or an embedded one)
+    choices: tuple = ()  # the allowed values, when the field's metadata names them
+
+
+def _hints(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def embedded(cls) -> dict[str, type]:
+    """The fields of ``cls`` that hold an embedded config dataclass -> that class."""
+    hints = _hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)
+            if f.init and isinstance(hints[f.name], type) and dataclasses.is_dataclass(hints[f.name])}
+
+
+@lru_cache(maxsize=None)
+def params(cls) -> tuple[Param, ...]:
+    """The flat parameters of the config class ``cls``, in field order (an embedded class's in its place)."""
+    hints, docs, inner, out = _hints(cls), field_docs(cls), embedded(cls), []
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        if f.name in inner:
+            out += params(inner[f.name])
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
+        out.append(Param(f.name, hints[f.name], default, docs[f.name], cls, tuple(f.metadata.get("choices", ()))))
+    names = [p.name for p in out]
+    if len(set(names)) != len(names):
+        raise TypeError(f"{cls.__name__}'s flat parameters repeat a name: {names}.")
+    return tuple(out)
+
+
+def param_names(cls) -> list[str]:
+    return [p.name for p in params(cls)]
+
+
+def build(cls, values: dict, where: str = ""):
+    """An instance of ``cls`` from flat ``values`` (missing ones take their defaults); an unknown name is
+    a ``ValueError`` naming it and the allowed ones."""
+    unknown = sorted(set(values) - set(param_names(cls)))
+    if unknown:
+        raise ValueError(f"{where or cls.__name__} has no parameter{'s' if len(unknown) > 1 else ''} "
+                         f"{', '.join(unknown)}; its parameters are {', '.join(param_names(cls))}.")
+    return _build(cls, values)
+
+
+def _build(cls, values: dict):
+    kw = {}
+    inner = embedded(cls)
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        if f.name in inner:
+            mine = {k: v for k, v in values.items() if k in param_names(inner[f.name])}
+            if mine:
+                kw[f.name] = _build(inner[f.name], mine)
+        elif f.name in values:
+            kw[f.name] = values[f.name]
+    return cls(**kw)
+
+
+def flatten(config) -> dict:
+    """The flat parameter values of a config instance (the inverse of :func:`build`)."""
+    out = {}
+    inner = embedded(type(config))
+    for f in dataclasses.fields(config):
+        if f.init:
+            value = getattr(config, f.name)
+            out.update(flatten(value) if f.name in inner else {f.name: value})
+    return out

@@ -1,0 +1,204 @@
+"""One way to load a model: a :class:`ModelSpec` names it, :func:`load` loads it.
+
+The command line, the server's config, the evaluations and the demo all build ``ModelSpec`` objects and
+call :func:`load` (or :func:`load_all`).  A spec's ``role`` gives what is left out: a spec with no path
+is the role's default model (:mod:`w2s.defaults`) with its template; a given model gets the role's
+template rule ("{prompt}" for the search models, "chat" for the aligners and the upstream).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from . import defaults
+from .validation import check_choice
+
+# role -> the template of a model given by path
+GIVEN_TEMPLATE = {"strong": "{prompt}", "tuned": "{prompt}", "untuned": "{prompt}", "upstream": "chat",
+                  "aligner": "chat", "whole_aligner": "chat", "teacher": "chat"}
+
+
+def role_default(role: str) -> tuple[Path | None, str]:
+    """The role's default model (its path, None when it has none) and that model's template, read from
+    :mod:`w2s.defaults` when asked (a missing shipped model raises ``ValueError``)."""
+    if role in ("strong", "upstream"):
+        return defaults.strong_model_dir(), defaults.STRONG_TEMPLATE if role == "strong" else "chat"
+    if role in ("tuned", "untuned"):
+        return defaults.guide_dir(role), defaults.GUIDE_TEMPLATE
+    if role in ("aligner", "whole_aligner"):
+        return defaults.aligner_dir("stream" if role == "aligner" else "whole"), defaults.ALIGNER_TEMPLATE
+    return None, GIVEN_TEMPLATE[role]
+
+
+ROLES = tuple(GIVEN_TEMPLATE)
+DTYPES = ("float32", "bfloat16", "float16")
+# ModelSpec fields given once per role (w2s's flags --strong, --strong-template, ...) and those that
+# only a model behind an engine uses
+PER_ROLE = ("path", "template", "model", "tokenizer")
+REMOTE_FIELDS = ("model", "tokenizer", "concurrency", "timeout", "max_retries", "api_key_env")
+
+
+def is_url(path) -> bool:
+    """An http(s) URL names an OpenAI-compatible engine (a :class:`w2s.RemoteModel`)."""
+    return isinstance(path, str) and path.startswith(("http://", "https://"))
+
+
+def is_callable_path(path) -> bool:
+    """``package.module:function`` (a teacher or rule given by name), not an existing file."""
+    return isinstance(path, str) and ":" in path and not is_url(path) and not Path(path).exists()
+
+
+@dataclass
+class ModelSpec:
+    """One model to load.
+
+    Attributes:
+        path: a ``transformers`` model directory, a ``.gguf`` file, a LoRA adapter directory, the URL
+            of an OpenAI-compatible engine (``http(s)://host:port/v1``), or for a teacher a Python
+            function ``package.module:function``; None: the role's default model.
+        role: strong, tuned, untuned, upstream, aligner, whole_aligner or teacher; it decides the
+            default model and template (None: no defaults, the path is required).
+        template: prompt template, a format string with ``{prompt}`` or ``chat``; None: the default
+            model's own, else ``{prompt}`` for the search models and ``chat`` for the others.
+        dtype: weights' dtype of a local model (float32, bfloat16 or float16).
+        device: cpu, cuda, cuda:N or auto.
+        device_map: a ``transformers`` device map (e.g. ``auto``) that spreads a large local model over
+            the devices; it replaces ``device``.
+        model: the engine's model name (a URL only).
+        tokenizer: a local copy of the served model's tokenizer, for its chat template (a URL only).
+        concurrency: requests in flight at once (a URL only).
+        timeout: seconds per request (a URL only).
+        max_retries: retries after a timeout, connection error, 429 or 5xx, with backoff (a URL only).
+        api_key_env: environment variable holding the engine's API key (a URL only; never the key itself).
+    """
+
+    path: str | None = None
+    role: str | None = None
+    template: str | None = None
+    dtype: str = field(default="float32", metadata={"choices": DTYPES})
+    device: str = "cpu"
+    device_map: str | None = None
+    model: str | None = None
+    tokenizer: str | None = None
+    concurrency: int = 16
+    timeout: float = 60.0
+    max_retries: int = 5
+    api_key_env: str = "OPENAI_API_KEY"
+
+    def __post_init__(self) -> None:
+        if self.path is not None:
+            self.path = os.fspath(self.path)
+        if self.role is not None:
+            check_choice("role", self.role, ROLES)
+        check_choice("dtype", self.dtype, DTYPES)
+
+    @property
+    def remote(self) -> bool:
+        return is_url(self.path)
+
+    def resolved(self) -> "ModelSpec":
+        """This spec with its path and template filled in from its role's defaults."""
+        if self.role is None:
+            if self.path is None:
+                raise ValueError("ModelSpec needs a path (or a role whose default model is used).")
+            return replace(self, template=self.template or "{prompt}")
+        if self.path is not None:
+            return replace(self, template=self.template or GIVEN_TEMPLATE[self.role])
+        default_path, default_template = role_default(self.role)
+        if default_path is None:
+            raise ValueError(f"the {self.role} model has no default: give its path.")
+        return replace(self, path=str(default_path), template=self.template or default_template)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A loaded model and the prompt template it is used with."""
+
+    model: Any  # a w2s LanguageModel, or a Python function (a teacher)
+    template: str
+    spec: ModelSpec = field(repr=False)
+
+    @property
+    def name(self) -> str:
+        return getattr(self.model, "name", self.spec.path)
+
+
+def load(spec: ModelSpec) -> LoadedModel:
+    """Load ``spec``'s model: a local directory, GGUF file or adapter, a remote engine, or a function."""
+    spec = spec.resolved()
+    if spec.remote:
+        from .backends.remote import RemoteModel
+
+        if not spec.model:
+            flag = f"--{spec.role.replace('_', '-')}-model" if spec.role else "model"
+            raise ValueError(f"model path {spec.path} is a URL: give the engine's model name ({flag} NAME).")
+        model = RemoteModel(spec.path, spec.model, tokenizer=spec.tokenizer, concurrency=spec.concurrency,
+                            timeout=spec.timeout, max_retries=spec.max_retries, api_key_env=spec.api_key_env)
+    elif spec.role == "teacher" and is_callable_path(spec.path):
+        model = load_callable(spec.path)
+    else:
+        from .backends.transformers import load_model
+
+        model = load_model(os.path.expanduser(spec.path), dtype=spec.dtype, device=spec.device,
+                           device_map=spec.device_map)
+    return LoadedModel(model, spec.template, spec)
+
+
+def load_callable(path: str):
+    """``package.module:function`` -> the function (a teacher or a rule named on the command line)."""
+    module, _, name = path.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"{path!r} is neither a model path nor an importable 'module:function' ({e}).") from e
+    if not callable(fn):
+        raise ValueError(f"{path!r} is not callable.")
+    return fn
+
+
+@dataclass
+class Models:
+    """The models of one command or server, by role (None: not loaded)."""
+
+    strong: LoadedModel | None = None
+    tuned: LoadedModel | None = None
+    untuned: LoadedModel | None = None
+    upstream: LoadedModel | None = None
+    aligner: LoadedModel | None = None
+    whole_aligner: LoadedModel | None = None
+    teacher: LoadedModel | None = None
+
+    def __getitem__(self, role: str) -> LoadedModel:
+        found = getattr(self, role)
+        if found is None:
+            raise ValueError(f"no {role} model was loaded.")
+        return found
+
+    def get(self, role: str) -> LoadedModel | None:
+        return getattr(self, role)
+
+
+def load_all(specs: dict[str, ModelSpec]) -> Models:
+    """Load one spec per role (a spec's role is set from its key); a spec that names the same model as
+    one loaded before (same resolved path, dtype, device and map) reuses it."""
+    loaded: dict[tuple, LoadedModel] = {}
+    models = Models()
+    for role, spec in specs.items():
+        spec = replace(spec, role=role).resolved()
+        key = tuple(getattr(spec, f.name) for f in fields(ModelSpec) if f.name not in ("role", "template"))
+        if key not in loaded:
+            loaded[key] = load(spec)
+        setattr(models, role, replace(loaded[key], template=spec.template, spec=spec))
+    return models
+
+
+def default_available(role: str) -> bool:
+    """Whether the role's default model is installed (the shipped aligners may be missing)."""
+    try:
+        return role_default(role)[0] is not None
+    except ValueError:
+        return False
