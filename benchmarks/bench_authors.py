@@ -127,11 +127,12 @@ def main() -> None:
                 run([sys.executable, str(tools / "tiny_models.py"), str(models), "384", "6"], env)
             else:
                 from w2s import defaults
+                from w2s.backends.gguf import strong_model_dir
 
                 models.mkdir()
-                (models / "strong").symlink_to(defaults.strong_model_dir())
+                (models / "strong").symlink_to(strong_model_dir())
                 for guide in ("tuned", "untuned"):
-                    (models / guide).symlink_to(Path(defaults.__file__).parent / "weights" / "sentiment" / guide)
+                    (models / guide).symlink_to(defaults.guide_dir(guide))
             readable = work / f"{name}-authors"
             run([sys.executable, str(tools / "authors_compat.py"), str(models), str(readable)], env)
             entry = report["sets"][name] = {"L": spec["L"], "target_authors_over_w2s": TARGETS[name],

@@ -25,6 +25,7 @@ import torch
 
 import w2s
 from w2s import defaults
+from w2s.backends.gguf import strong_model_dir
 from w2s.backends import SamplingParams
 
 PROMPTS = [f"Once upon a time {i}" for i in range(1, 9)]
@@ -65,7 +66,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     load = lambda path: w2s.load_model(path, device=args.device, dtype=args.dtype)  # noqa: E731
-    strong = load(defaults.strong_model_dir())
+    strong = load(strong_model_dir())
     guides = Path(defaults.__file__).parent / "weights" / "sentiment"
     tuned, untuned = load(guides / "tuned"), load(guides / "untuned")
     T = args.tokens

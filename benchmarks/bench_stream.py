@@ -30,6 +30,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 import w2s
 from w2s import defaults
+from w2s.backends.gguf import strong_model_dir
 from w2s.aligner import first_sentence_end, split_sentences, stream_aligner_input
 from w2s.backends import SamplingParams
 
@@ -56,7 +57,7 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/stream.json")
     args = ap.parse_args()
 
-    upstream = w2s.load_model(defaults.strong_model_dir())
+    upstream = w2s.load_model(strong_model_dir())
     aligner_model = small_aligner(upstream)
 
     def aligner(question, prefix, sentence):  # one real aligner call; keeps the upstream's sentence

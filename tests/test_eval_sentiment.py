@@ -157,9 +157,10 @@ def test_cli_with_model_paths(model_dirs, tmp_path, capsys):
 
 def test_cli_defaults_come_from_w2s_defaults(model_dirs, tmp_path, monkeypatch, capsys):
     from w2s import defaults
+    from w2s.backends import gguf
 
     # the real defaults are the demo models; point them at the tiny fixtures
-    monkeypatch.setattr(defaults, "strong_model_dir", lambda: model_dirs["strong"])
+    monkeypatch.setattr(gguf, "strong_model_dir", lambda: model_dirs["strong"])
     monkeypatch.setattr(defaults, "guide_dir", lambda which: model_dirs[which])
     monkeypatch.setattr(defaults, "GUIDE_TEMPLATE", "Text: {prompt}")
     args = parse(["sentiment", "--out", str(tmp_path), "--prompts", "1", "--seeds", "0",

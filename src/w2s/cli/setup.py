@@ -45,8 +45,9 @@ def run_demo(args) -> None:
 
 def run_setup(args) -> None:
     from .. import defaults
+    from ..backends.gguf import strong_model_dir
 
-    print(f"default strong model ready at {defaults.strong_model_dir()}")
+    print(f"default strong model ready at {strong_model_dir()}")
     for role in ("aligner", "whole_aligner"):  # the first load merges an adapter and caches it (w2s.backends.adapters)
         load(ModelSpec(role=role))
     print(f"shipped aligners merged into it, cached in {defaults.cache_dir() / 'merged'}")

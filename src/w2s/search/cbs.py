@@ -19,8 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
-import numpy as np
-
 from ..backends.base import SamplingParams, check_sampling
 from ..scoring import as_scorer
 from ..validation import check_range, check_template
@@ -61,6 +59,8 @@ class SearchResult:
 
 def prompt_seeds(seed: int, start: int, count: int) -> list[int]:
     """Independent per-prompt seeds: prompt i's randomness depends only on (seed, i), not on batching."""
+    import numpy as np  # here: the command line reads this module's configs for its flags
+
     return [int(np.random.SeedSequence([seed, i]).generate_state(1)[0]) for i in range(start, start + count)]
 
 
