@@ -26,7 +26,11 @@ class AlignerTrainingConfig:
     Attributes:
         kind: ``"stream"`` (records {question, prefix, sentence, correction}) or ``"whole"`` (records
             {question, answer, correction}, the Aligner baseline).
-        epochs, learning_rate, warmup_ratio, weight_decay, batch_size: the schedule.
+        epochs: passes over the records (cosine schedule).
+        learning_rate: the peak learning rate.
+        warmup_ratio: the share of steps the learning rate warms up over.
+        weight_decay: AdamW's weight decay.
+        batch_size: records per step.
         max_length: prompt + correction tokens kept per example.
         lora_rank: 0 fine-tunes every weight; above 0, a LoRA adapter of that rank on the attention and MLP
             projections is trained instead (the output directory then holds only the adapter, which
@@ -36,7 +40,7 @@ class AlignerTrainingConfig:
         seed: seeds the data order (and a LoRA adapter's initial weights).
     """
 
-    kind: str = "stream"
+    kind: str = dataclasses.field(default="stream", metadata={"choices": ("stream", "whole")})
     epochs: float = 3.0
     learning_rate: float = 2e-5
     warmup_ratio: float = 0.03

@@ -27,7 +27,10 @@ class DPOTrainingConfig:
     Attributes:
         beta: DPO's KL strength (the paper's sentiment guides: 0.1; every default is the shipped
             sentiment guide's).
-        epochs, learning_rate, batch_size, warmup_ratio: AdamW with a cosine schedule.
+        epochs: passes over the pairs (AdamW with a cosine schedule).
+        learning_rate: the peak learning rate.
+        batch_size: pairs per step.
+        warmup_ratio: the share of steps the learning rate warms up over.
         max_length: prompt + response tokens kept per example.
         save_steps: checkpoint interval (a rerun resumes from the last checkpoint).
         seed: seeds the data order (and the built pairs' sampling).

@@ -25,9 +25,15 @@ class LMTrainingConfig:
 
     Attributes:
         vocab_size: BPE vocabulary trained on the corpus.
-        hidden_size, num_layers, num_heads, intermediate_size: the Llama's shape.
+        hidden_size: the Llama's width.
+        num_layers: its decoder layers.
+        num_heads: its attention heads.
+        intermediate_size: its MLP width.
         context_length: packed sequence length in tokens.
-        epochs, learning_rate, batch_size, warmup_ratio: AdamW with a cosine schedule.
+        epochs: passes over the corpus (AdamW with a cosine schedule).
+        learning_rate: the peak learning rate.
+        batch_size: sequences per step.
+        warmup_ratio: the share of steps the learning rate warms up over.
         save_steps: checkpoint interval (a rerun resumes from the last checkpoint).
         seed: seeds the initial weights and the data order.
     """
