@@ -51,7 +51,8 @@ def test_non_text_special_tokens_are_never_sampled():
     # after any token the model most wants <start_of_image>, then "x"
     model = make_scripted(tok, {}, default_next=image)
     model.model.lm_head.weight.data[x] = model.model.lm_head.weight.data[image] * 0.5
-    result = next(w2s.Sampling(max_new_tokens=6, sampling=w2s.SamplingParams(temperature=1.0)).generate(model, None, ["a"]))
+    sampled = w2s.Sampling(max_new_tokens=6, sampling=w2s.SamplingParams(temperature=1.0))
+    result = next(sampled.generate(model, None, ["a"]))
     assert result.response == "x" * 6
     assert "<start_of_image>" not in result.response and image in model.banned_ids
 
@@ -74,7 +75,8 @@ def test_stop_string_ends_the_response_without_the_stop_text():
     start = tok("The cat sat", add_special_tokens=False)["input_ids"][-1]
     script[start] = [(ids[0], 1.0)]
     model = make_scripted(tok, script, default_next=tok.convert_tokens_to_ids("x"))
-    result = next(w2s.Sampling(max_new_tokens=30, sampling=w2s.SamplingParams(stop=(".",))).generate(model, None, ["The cat sat"]))
+    stopped = w2s.Sampling(max_new_tokens=30, sampling=w2s.SamplingParams(stop=(".",)))
+    result = next(stopped.generate(model, None, ["The cat sat"]))
     assert (result.response, result.finished) == (" on the mat", True)
 
 

@@ -73,8 +73,9 @@ def test_shipped_aligners_are_small_adapters_of_the_default_model_and_rewrite_li
         assert sum(w.numel() for w in weights.values()) <= 134_515_008 * 0.05  # what ships: < 5% of the strong model
     aligner = w2s.load_model(defaults.aligner_dir("stream"))
     sentence = "Cats can be dangerous when they feel threatened."
-    assert w2s.StreamAligner().correct_sentence(aligner, "What are the dangers of cats?", "", sentence,
-                                                aligner_template=defaults.ALIGNER_TEMPLATE) == positive.rewrite(sentence)
+    corrected = w2s.StreamAligner().correct_sentence(aligner, "What are the dangers of cats?", "", sentence,
+                                                     aligner_template=defaults.ALIGNER_TEMPLATE)
+    assert corrected == positive.rewrite(sentence)
 
 
 def test_stream_command_with_no_model_flags_uses_the_demo_models(cache):

@@ -120,8 +120,8 @@ def test_eft_runs_when_embeddings_are_padded_and_widths_differ(models):
                 for m in (strong, tuned, untuned)]
     mixed = (logp[0] + beta * (logp[1] - logp[2]))
     mixed[torch.tensor([i for i in strong.banned_ids if i < n_real])] = float("-inf")
-    greedy = next(w2s.EmulatedFineTuning(beta=beta, max_new_tokens=1, sampling=w2s.SamplingParams(temperature=0.0)).generate(
-        strong, tuned, untuned, [prompt]))
+    eft = w2s.EmulatedFineTuning(beta=beta, max_new_tokens=1, sampling=w2s.SamplingParams(temperature=0.0))
+    greedy = next(eft.generate(strong, tuned, untuned, [prompt]))
     token = mixed.argmax().item()
     assert greedy.response == strong.response_text(strong.encode_prompt(prompt, "{prompt}"), [token],
                                                    token in strong.eos_ids)
@@ -153,7 +153,8 @@ def test_sampling_stops_at_the_end_of_turn_token(models):
     _, tok = BUILDERS["llama3"]()
     hello = tok(" Hello", add_special_tokens=False)["input_ids"]
     model = make_scripted(tok, {hello[-1]: [(eot, 1.0)]}, default_next=hello[0])
-    result = next(w2s.Sampling(max_new_tokens=8, sampling=w2s.SamplingParams(temperature=0.0)).generate(model, None, ["Hi"], template="chat"))
+    greedy = w2s.Sampling(max_new_tokens=8, sampling=w2s.SamplingParams(temperature=0.0))
+    result = next(greedy.generate(model, None, ["Hi"], template="chat"))
     assert (result.response, result.finished, result.num_tokens) == (" Hello", True, len(hello))
 
 

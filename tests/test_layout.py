@@ -106,6 +106,21 @@ def test_nothing_outside_the_command_line_imports_it():
     assert "w2s.cli.search" in graph["w2s.cli"]  # the walk sees the imports
 
 
+# the direction imports go: a module imports only its own layer or lower ones
+LAYERS = {"cli": 5, "evaluation": 4, "serve": 4, "demo": 4, "training": 3, "search": 3, "aligner": 3, "tasks": 3,
+          "scoring": 2, "models": 1, "backends": 1, "configs": 0, "defaults": 0, "validation": 0, "jsonl": 0,
+          "_lazy": 0}
+
+
+def test_imports_point_down_the_layers():
+    def layer(module):
+        parts = module.split(".")
+        return LAYERS[parts[1]] if len(parts) > 1 else 6  # the package itself re-exports everything
+
+    upward = sorted((m, t) for m, targets in import_graph().items() for t in targets if layer(t) > layer(m))
+    assert upward == []
+
+
 def leaf_parsers(parser, path=()):
     subs = [a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction"]
     if not subs:

@@ -164,8 +164,8 @@ def test_stop_strings_across_chunks_end_remote_responses_as_local_ones_do(proxy)
     stop = text[boundary - 2 : boundary + 2]
     expected = text[: text.find(stop)]
     for chunk_length in (1, None):  # the stop string spans two chunks / lies inside one request
-        search = w2s.ChunkBeamSearch(chunk_length=chunk_length, sampling=w2s.SamplingParams(temperature=0.0, stop=(stop,)),
-                                     **greedy)
+        sampling = w2s.SamplingParams(temperature=0.0, stop=(stop,))
+        search = w2s.ChunkBeamSearch(chunk_length=chunk_length, sampling=sampling, **greedy)
         result = next(search.generate(strong, None, ["Once upon a time"]))
         assert (result.response, result.finished) == (expected, True), (stop, chunk_length)
     generator = strong.generator(1, w2s.SamplingParams(temperature=0.0, stop=(stop,)), [0])

@@ -321,9 +321,9 @@ def test_stream_aligner_streams_one_chunk_per_corrected_sentence(main, model_dir
     chunks = list(c.completions.create(model="tiny", prompt="The cat", seed=5, stream=True,
                                        extra_body={"w2s": {"method": "stream_aligner"}}))
     texts = [ch.choices[0].text for ch in chunks[:-1]]
-    sa = w2s.StreamAligner(**STREAM)
-    steps = [s.corrected for s in sa.stream(w2s.load_model(model_dirs["strong"]), w2s.load_model(model_dirs["shared_tuned"]),
-                                            "The cat", seed=5, upstream_template="{prompt}", aligner_template="chat")]
+    upstream, aligner = w2s.load_model(model_dirs["strong"]), w2s.load_model(model_dirs["shared_tuned"])
+    steps = [s.corrected for s in w2s.StreamAligner(**STREAM).stream(upstream, aligner, "The cat", seed=5,
+                                                                     upstream_template="{prompt}")]
     assert texts == [s for s in steps if s] and len(texts) >= 2
     whole = complete(c, method="stream_aligner", seed=5)
     assert whole.choices[0].text == "".join(steps)

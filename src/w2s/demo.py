@@ -12,21 +12,21 @@ import sys
 import textwrap
 from statistics import mean
 
-import w2s
-
 from .models import Models
+from .scoring import LogRatioScorer
+from .search import ChunkBeamSearch, Sampling
 from .tasks import sentiment
 
 
 def run_demo(models: Models, *, num_prompts: int = 6, max_new_tokens: int = 40, seed: int = 0,
-             search: w2s.ChunkBeamSearch | None = None, out=sys.stdout) -> dict:
+             search: ChunkBeamSearch | None = None, out=sys.stdout) -> dict:
     """Print the side-by-side comparison; return the mean gold rewards ``{"plain": .., "w2s": ..}``."""
     prompts = sentiment.heldout_prompts(num_prompts, seed=1)
     strong, tuned, untuned = models.strong.model, models.tuned, models.untuned
-    scorer = w2s.LogRatioScorer(tuned.model, untuned.model, tuned.template, untuned.template)
-    search = search or w2s.ChunkBeamSearch(4, 4, 5, max_new_tokens=max_new_tokens)
+    scorer = LogRatioScorer(tuned.model, untuned.model, tuned.template, untuned.template)
+    search = search or ChunkBeamSearch(4, 4, 5, max_new_tokens=max_new_tokens)
     kw = dict(seed=seed, template=models.strong.template, batch_size=num_prompts, progress=True)
-    plain = list(w2s.Sampling(max_new_tokens=search.max_new_tokens).generate(strong, None, prompts, **kw))
+    plain = list(Sampling(max_new_tokens=search.max_new_tokens).generate(strong, None, prompts, **kw))
     steered = list(search.generate(strong, scorer, prompts, **kw))
 
     width = min(shutil.get_terminal_size((100, 20)).columns, 110)

@@ -147,41 +147,43 @@ class IncrementalLogProbs:
             rows = self.lm.new_rows()
             rows.add_empty_rows(len(batch))
             rows.forward(heads, last_only=True)
-            members, plan, keeps, new = [], [], [], []
+            members, member_runs, keeps, new = [], [], [], []
             for row, (context, head) in enumerate(zip(batch, heads)):
                 row_keeps, row_new = [], []
                 for j in by_fresh_context[context]:  # re-run the last shared token: its logits score the next
                     ids = seqs[j][1]
                     keep = max(common_prefix_length(ids, head) - 1, 0)
                     members.append(j)
-                    plan.append((row, len(row_keeps), keep, [0.0] * (keep + 1)))  # tokens before start don't count
+                    # (row, branch, keep, known): tokens before the response's start don't count
+                    member_runs.append((row, len(row_keeps), keep, [0.0] * (keep + 1)))
                     row_keeps.append(keep)
                     row_new.append(ids[keep:])
                 keeps.append(row_keeps)
                 new.append(row_new)
             rows.branch(keeps)
             logits, starts = rows.forward_branches(new, last_only=False)
-            self._record(rows, [(row, b) for row, b, _, _ in plan], seqs, responses, members, logits,
-                         [(row, starts[row][b], keep, known) for row, b, keep, known in plan], None, token_logprobs)
+            queries = [(row, starts[row][b], keep, known) for row, b, keep, known in member_runs]
+            self._record(rows, [(row, b) for row, b, _, _ in member_runs], seqs, responses, members, logits, queries,
+                         None, token_logprobs)
         for g, by_parent in children.items():  # children of one old group: branches of its parents
             group, parents = old[g], list(by_parent)
-            members, plan, keeps, lengths, inherit, from_next = [], [], [], [], [], []
+            members, member_runs, keeps, lengths, next_of_parent, from_next = [], [], [], [], [], []
             for row, s in enumerate(parents):
                 parent_ids, lp, row_keeps = group.ids[s], group.token_logprobs[s], []
                 for j, n in by_parent[s]:
                     ids = seqs[j][1]
                     if n == len(ids):  # a prefix of the parent: nothing to run
                         keep, known = n, lp[:n]
-                        inherit.append(s if n == len(parent_ids) and group.has_next[s] else None)
+                        next_of_parent.append(s if n == len(parent_ids) and group.has_next[s] else None)
                     elif n == len(parent_ids) and group.has_next[s]:  # the parent's next-token logits score ids[n]
                         keep, known = n, lp[:n] + [0.0]  # filled below, in one gather
-                        inherit.append(None)
-                        from_next.append((len(plan), s, ids[n]))
+                        next_of_parent.append(None)
+                        from_next.append((len(member_runs), s, ids[n]))
                     else:  # re-tokenization changed the parent's last tokens: re-run the last shared one
                         keep, known = n - 1, lp[:n]
-                        inherit.append(None)
+                        next_of_parent.append(None)
                     members.append(j)
-                    plan.append((row, len(row_keeps), keep, known))
+                    member_runs.append((row, len(row_keeps), keep, known))
                     row_keeps.append(keep)
                 keeps.append(row_keeps)
                 lengths.append(max(row_keeps))
@@ -191,34 +193,36 @@ class IncrementalLogProbs:
                 index = torch.tensor(seq, device=device), torch.tensor(token, device=device)
                 values = group.next_logprobs[index].tolist()
                 for i, value in zip(at, values):
-                    plan[i][3][-1] = value
+                    member_runs[i][3][-1] = value
             rows = group.rows
             new = [[] for _ in parents]
-            for j, (row, _, keep, _) in zip(members, plan):
+            for j, (row, _, keep, _) in zip(members, member_runs):
                 new[row].append(seqs[j][1][keep:])
             rows.regroup([group.places[s] for s in parents], lengths, reserve=max(sum(map(len, n)) for n in new))
             rows.branch(keeps)
             logits, starts = (rows.forward_branches(new, last_only=False) if any(t for n in new for t in n)
                               else (None, None))
-            inherited = [None if s is None else group.next_logprobs[s] for s in inherit]
-            self._record(rows, [(row, b) for row, b, _, _ in plan], seqs, responses, members, logits,
-                         [(row, starts[row][b] if starts else 0, keep, known) for row, b, keep, known in plan],
-                         inherited, token_logprobs)
+            parent_next = [None if s is None else group.next_logprobs[s] for s in next_of_parent]
+            queries = [(row, starts[row][b] if starts else 0, keep, known) for row, b, keep, known in member_runs]
+            self._record(rows, [(row, b) for row, b, _, _ in member_runs], seqs, responses, members, logits, queries,
+                         parent_next, token_logprobs)
         return [float(sum(lp[start:])) for lp, (_, _, start) in zip(token_logprobs, seqs)]
 
-    def _record(self, rows: KVRows, places, seqs, responses, members, logits, plan, inherited, out) -> None:
+    def _record(self, rows: KVRows, places, seqs, responses, members, logits, queries, parent_next, out) -> None:
         """Score each member's new tokens from ``logits`` and keep the group for the next call.
 
-        ``plan[i] = (row, query, keep, known)``: member ``i``'s tokens after ``keep`` were run at queries
+        ``queries[i] = (row, query, keep, known)``: member ``i``'s tokens after ``keep`` were run at queries
         ``query...`` of ``row``, and ``known`` holds the log-probs of its first ``len(known)`` tokens.  The
         logit at the query of token ``t`` scores token ``t + 1``; the last one is the next-token distribution.
+        ``parent_next[i]``, when not None, is the next-token distribution member ``i`` takes over from its
+        parent (it ran no token of its own).
         """
         device = self.lm.device
         vocab = self.lm.num_logits
         rows_idx, query_idx, targets, slots = [], [], [], []  # one entry per token to score
         last_rows, last_queries, last_members = [], [], []
-        logprobs = [list(known) for _, _, _, known in plan]
-        for i, (j, (row, query, keep, known)) in enumerate(zip(members, plan)):
+        logprobs = [list(known) for _, _, _, known in queries]
+        for i, (j, (row, query, keep, known)) in enumerate(zip(members, queries)):
             ids = seqs[j][1]
             n_new = len(ids) - keep
             for t in range(len(known) - keep - 1, n_new - 1):
@@ -241,8 +245,8 @@ class IncrementalLogProbs:
             logprobs[i].append(value)
         next_lp = torch.zeros(len(members), vocab, device=device)
         has_next = [False] * len(members)
-        if inherited is not None:
-            for i, lp in enumerate(inherited):
+        if parent_next is not None:
+            for i, lp in enumerate(parent_next):
                 if lp is not None:
                     next_lp[i], has_next[i] = lp, True
         if last_members:

@@ -89,8 +89,8 @@ def run(args) -> None:
         for index, (record, result) in enumerate(zip(batch, results), start):
             yield result_row(index, record, result)
 
-    append_batches(args.output, records, args.batch_size, rows, resume=args.resume, keep=lambda r: not is_error_record(r),
-                   desc=type(config).__name__, unit="prompt", progress=True)
+    append_batches(args.output, records, args.batch_size, rows, resume=args.resume,
+                   keep=lambda r: not is_error_record(r), desc=type(config).__name__, unit="prompt", progress=True)
 
 
 def result_row(index: int, record: dict, result) -> dict:

@@ -51,8 +51,8 @@ def build_methods(upstream, stream_aligner, whole_aligner, *, upstream_template=
                     max_correction_tokens=max_sentences * max_sentence_tokens * 2, sampling=sampling)
     speculative = replace(sentences, speculative=True)
     systems = {"upstream": (sentences, _unchanged), "aligner": (whole, whole_aligner),
-               "stream-aligner": (sentences, stream_aligner), "stream-aligner-speculative": (speculative, stream_aligner),
-               "teacher": (sentences, positive.teacher)}
+               "stream-aligner": (sentences, stream_aligner),
+               "stream-aligner-speculative": (speculative, stream_aligner), "teacher": (sentences, positive.teacher)}
     templates = {name: aligner_template for name in systems}
     templates["aligner"] = whole_aligner_template or aligner_template
     return {name: partial(config.run, upstream, aligner, upstream_template=upstream_template,

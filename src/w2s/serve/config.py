@@ -148,8 +148,8 @@ def parse_config(data: dict, source: str = "config") -> ServeConfig:
         models[role] = ModelSpec(**spec, role=role)
     server = _table(f"{source} [server]", data.get("server", {}),
                     {"host", "port", "queue_size", "batch_window_ms", "max_batch_size"})
-    methods = {m: dict(_table(f"{source} [methods.{m}]", params, set(method_fields(m)) if m in SERVED_METHODS else set()))
-               for m, params in _table(f"{source} [methods]", data.get("methods", {}), set(SERVED_METHODS)).items()}
+    tables = _table(f"{source} [methods]", data.get("methods", {}), set(SERVED_METHODS))
+    methods = {m: dict(_table(f"{source} [methods.{m}]", values, set(method_fields(m)))) for m, values in tables.items()}
     return ServeConfig(name=data.get("name", "w2s"), method=data.get("method", "cbs"), models=models,
                        methods=methods, **server)
 
