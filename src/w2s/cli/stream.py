@@ -85,6 +85,8 @@ def add_parsers(sub) -> None:
 
 
 def run_stream(args) -> None:
+    from ..backends import transformers  # noqa: F401 - torch and transformers: the start-up's first phase
+
     mark("imported")
     m = load_all(model_specs(args, ("upstream", "aligner")))
     mark("loaded")
