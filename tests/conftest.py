@@ -15,6 +15,8 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from pathlib import Path
+
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -87,6 +89,29 @@ def gpt2(tokenizer, seed: int) -> GPT2LMHeadModel:
     config = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=4, n_positions=512,
                         eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id, initializer_range=0.3)
     return GPT2LMHeadModel(config).eval()
+
+
+def checkpoint_keys(path) -> set[str]:
+    """The tensor names a checkpoint directory's safetensors files hold."""
+    from safetensors import safe_open
+
+    keys = set()
+    for file in Path(path).glob("*.safetensors"):
+        with safe_open(str(file), "pt") as f:
+            keys |= set(f.keys())
+    return keys
+
+
+def canonical_keys(path) -> set[str]:
+    """The names the checkpoint's architecture gives its tensors: its own ``state_dict()``, with tied
+    weights once, under the input embedding's name (what transformers, vLLM and llama.cpp expect)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(path)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    tied = set(getattr(model, "_tied_weights_keys", None) or ()) if config.tie_word_embeddings else set()
+    return set(model.state_dict()) - tied
 
 
 def save(model, tokenizer, path) -> str:

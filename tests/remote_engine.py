@@ -1,7 +1,8 @@
 """A real engine on loopback for the remote-backend tests, and a fault-injecting proxy in front of it.
 
 - :func:`start_llama_server` runs llama.cpp's OpenAI-compatible server (``llama-cpp-python[server]``) on
-  the default strong model's GGUF, on a free port, and waits until it answers.
+  the default strong model's GGUF, on a free port, and waits until it answers; :func:`start_vllm_server`
+  does the same with vLLM's CPU build (its own venv, ``make vllm-venv``) on the converted checkpoint.
 - :class:`FaultProxy` is a small HTTP/1.1 proxy (raw asyncio, one connection per request) that records
   every request (path, headers, JSON body, time in and out, requests in flight at once) and applies
   per-request faults chosen by rules: answer with a status (429 + Retry-After, 500), hold the request
@@ -37,21 +38,38 @@ def start_llama_server(gguf: str, log_path: str, timeout: float = 120.0) -> tupl
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", gguf, "--host", "127.0.0.1", "--port", str(port),
            "--n_threads", "1", "--logits_all", "true", "--interrupt_requests", "false", "--n_ctx", "2048"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    log = open(log_path, "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    base = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(cmd, stdout=open(log_path, "w"), stderr=subprocess.STDOUT, env=env)
+    return _wait_until_serving(proc, f"http://127.0.0.1:{port}", timeout, log_path, "llama.cpp")
+
+
+def start_vllm_server(python: str, model_dir: str, name: str, log_path: str, timeout: float = 900.0,
+                      extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
+    """``(process, base_url)`` of vLLM's OpenAI-compatible server (the CPU build, in its own venv whose
+    interpreter is ``python``) on ``model_dir``, served as ``name``, with prefix caching; waits until it
+    answers (its first start compiles for minutes)."""
+    port = free_port()
+    cmd = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir, "--served-model-name", name,
+           "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "2048", "--dtype", "float32",
+           "--enable-prefix-caching", "--seed", "0", *extra]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_NO_USAGE_STATS": "1",
+           "DO_NOT_TRACK": "1"}
+    proc = subprocess.Popen(cmd, stdout=open(log_path, "w"), stderr=subprocess.STDOUT, env=env)
+    return _wait_until_serving(proc, f"http://127.0.0.1:{port}", timeout, log_path, "vLLM")
+
+
+def _wait_until_serving(proc: subprocess.Popen, base: str, timeout: float, log_path: str, what: str):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"llama.cpp server exited with {proc.returncode}; see {log_path}")
+            raise RuntimeError(f"{what} server exited with {proc.returncode}; see {log_path}")
         try:
             with urllib.request.urlopen(f"{base}/v1/models", timeout=2) as r:
                 if r.status == 200:
                     return proc, f"{base}/v1"
         except OSError:
-            time.sleep(0.3)
+            time.sleep(0.5)
     proc.kill()
-    raise RuntimeError(f"llama.cpp server did not answer within {timeout} s; see {log_path}")
+    raise RuntimeError(f"{what} server did not answer within {timeout} s; see {log_path}")
 
 
 class FaultProxy:
@@ -60,7 +78,7 @@ class FaultProxy:
     A rule is ``fn(entry) -> action | None`` where ``entry`` is the request's record (``path``,
     ``headers``, ``body``, ``n``: how many earlier requests had the same body).  Actions:
     ``("status", code, headers, text)``, ``("delay", seconds)`` then forward, ``("cut", events)``: relay
-    that many stream events then drop the connection.
+    that many stream events then drop the connection, ``("drop",)``: close it with no answer (a killed engine).
     """
 
     def __init__(self, upstream: str):
@@ -122,6 +140,9 @@ class FaultProxy:
             writer.write(f"HTTP/1.1 {code} Fault\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n"
                          f"{head}Connection: close\r\n\r\n".encode() + data)
             await writer.drain()
+            return
+        if action and action[0] == "drop":  # as a killed engine: the connection closes with no answer
+            writer.transport.abort()
             return
         if action and action[0] == "delay":
             await asyncio.sleep(action[1])

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import w2s
-from conftest import llama, strong_tokenizer
+from conftest import canonical_keys, checkpoint_keys, llama, strong_tokenizer
 from test_stream_aligner import ANSWER, scripted_upstream  # noqa: F401  (fixture)
 from w2s.aligner import STREAM_ALIGNER_TEMPLATE, stream_aligner_input
 from w2s.aligner.data import build_corrections
@@ -59,6 +59,7 @@ def test_aligner_sft_learns_the_correction_and_masks_the_prompt(tmp_path):
     records = [{"question": "What a day", "prefix": "", "sentence": "it was cold", "correction": " It was great."}] * 8
     config = AlignerTrainingConfig(epochs=3, learning_rate=1e-2, batch_size=4, max_length=128, save_steps=100)
     out = train_aligner(base, records, tmp_path / "aligner", config, progress=False)
+    assert checkpoint_keys(out) == canonical_keys(out)
 
     def logprob(model, context, text):
         ids = model.tokenizer(context + text, add_special_tokens=False)["input_ids"]
@@ -106,3 +107,5 @@ def test_a_lora_adapter_loads_merged_into_its_base(model_dirs, tmp_path, monkeyp
         got = loaded.model(input_ids=ids).logits
     assert torch.allclose(got, expected, atol=1e-4) and not torch.allclose(got, plain, atol=1e-3)
     assert loaded.tokenizer.get_vocab() == w2s.load_model(model_dirs["shared_untuned"]).tokenizer.get_vocab()
+    [merged] = [p.parent for p in (tmp_path / "cache" / "merged").glob("*/config.json")]
+    assert checkpoint_keys(merged) == canonical_keys(merged)  # the merged copy other engines can load

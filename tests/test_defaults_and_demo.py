@@ -8,6 +8,8 @@ import torch
 
 import w2s
 from w2s import defaults
+from conftest import canonical_keys, checkpoint_keys
+from w2s.backends import gguf
 from w2s.backends.gguf import strong_model_dir
 from w2s.demo import run_demo
 from w2s.models import LoadedModel, ModelSpec, Models
@@ -38,6 +40,16 @@ def test_strong_model_is_converted_once_and_matches_the_gguf(cache):
     with torch.no_grad():
         assert torch.allclose(converted.model(ids).logits, original.model(ids).logits, atol=1e-4)
     assert converted.eos_ids == original.eos_ids and converted.num_parameters == 134_515_008
+    # the architecture's own tensor names (the tied output projection once, as the embedding), so that
+    # vLLM and llama.cpp's converter load it too
+    assert checkpoint_keys(target) == canonical_keys(target) and "model.embed_tokens.weight" in checkpoint_keys(target)
+
+
+def test_a_cached_copy_in_an_older_format_is_converted_again(cache):
+    target = strong_model_dir()
+    (target / gguf.MARKER).unlink()  # as an older w2s left it
+    assert not gguf.is_current(target)
+    assert strong_model_dir() == target and gguf.is_current(target)
 
 
 def test_missing_strong_wheel_is_a_clear_error(monkeypatch):

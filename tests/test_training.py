@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import w2s
-from conftest import CORPUS, llama, strong_tokenizer
+from conftest import CORPUS, canonical_keys, checkpoint_keys, llama, strong_tokenizer
 from w2s.training.dpo import DPOTrainingConfig, build_preference_pairs, train_dpo
 from w2s.training.lm import LMTrainingConfig, pack, train_lm
 
@@ -26,6 +26,7 @@ def tiny_lm(tmp_path_factory):
 
 
 def test_lm_recipe_trains_a_loadable_model(tiny_lm):
+    assert checkpoint_keys(tiny_lm) == canonical_keys(tiny_lm)  # what other engines load too
     model = w2s.load_model(tiny_lm)
     assert model.num_parameters < 100_000
     meta = json.loads((tiny_lm / "w2s_training.json").read_text())
@@ -67,6 +68,7 @@ def test_dpo_step_changes_parameters_and_moves_the_log_ratio_toward_chosen(tmp_p
              for p in ["The cat was", "I was", "The day was", "What a"]] * 4
     config = DPOTrainingConfig(beta=0.1, epochs=2, learning_rate=5e-3, batch_size=4, max_length=32, save_steps=100)
     out = train_dpo(base_dir, pairs, tmp_path / "tuned", config, progress=False)
+    assert checkpoint_keys(out) == canonical_keys(out)
     base, tuned = w2s.load_model(base_dir), w2s.load_model(out)
     before, after = weights(base.model), weights(tuned.model)
     assert any(not torch.equal(before[k], after[k]) for k in before)

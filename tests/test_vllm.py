@@ -1,0 +1,207 @@
+"""The large model on vLLM, for real: vLLM's CPU build (its own venv, ``make vllm-venv``) serves the
+checkpoint ``w2s setup`` writes (SmolLM2-135M-Instruct), on loopback, behind the fault-injecting proxy
+(tests/remote_engine.py).  Marked ``vllm``: ``make test-vllm`` runs these (``.ci/run`` too); the default
+suite leaves them out, since the engine's start alone takes minutes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import w2s
+from w2s.aligner.segment import first_sentence_end
+from w2s.backends.remote import RemoteModel
+
+from remote_engine import FaultProxy, start_vllm_server
+
+pytestmark = pytest.mark.vllm
+
+ROOT = Path(__file__).resolve().parent.parent
+VLLM_PYTHON = os.environ.get("W2S_VLLM_PYTHON", str(ROOT / "build" / "vllm-venv" / "bin" / "python"))
+NAME = "smollm2"
+PROMPTS = ["The movie was", "My day started"]
+GREEDY = w2s.SamplingParams(temperature=0.0)
+
+
+@pytest.fixture(scope="session")
+def strong_dir() -> str:
+    from w2s.backends.gguf import strong_model_dir
+
+    return str(strong_model_dir())
+
+
+@pytest.fixture(scope="session")
+def engine(strong_dir, tmp_path_factory):
+    if not Path(VLLM_PYTHON).exists():
+        pytest.fail(f"no vLLM venv at {VLLM_PYTHON}: build it with `make vllm-venv` (or set W2S_VLLM_PYTHON).")
+    log = tmp_path_factory.mktemp("vllm") / "vllm_server.log"
+    proc, url = start_vllm_server(VLLM_PYTHON, strong_dir, NAME, str(log), extra=("--enforce-eager",))
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="session")
+def proxy_server(engine):
+    proxy = FaultProxy(engine.removesuffix("/v1"))
+    yield proxy
+    proxy.close()
+
+
+@pytest.fixture
+def proxy(proxy_server):
+    proxy_server.reset()
+    yield proxy_server
+    proxy_server.reset()
+
+
+@pytest.fixture(scope="session")
+def local_strong(strong_dir):
+    return w2s.load_model(strong_dir)
+
+
+def remote(proxy, **kw) -> RemoteModel:
+    return RemoteModel(proxy.url, NAME, **{"backoff_base": 0.01, "backoff_max": 0.05, "timeout": 120.0, **kw})
+
+
+def completions(proxy) -> list[dict]:
+    return [e for e in proxy.log if e["path"] == "/v1/completions"]
+
+
+def test_n_is_honoured_and_seeds_reproduce(proxy):
+    strong = remote(proxy)
+    session = strong.open(["Once upon a time"], w2s.SamplingParams(temperature=1.0), seeds=[5])
+    out = session.expand([0], n=3, max_tokens=6)
+    assert len(out) == 3 and len({c.text for c in out}) > 1
+    assert strong.n_supported is True and [e["body"]["n"] for e in completions(proxy)] == [3]  # no fan-out
+    body = lambda seed: {"model": NAME, "prompt": "Once upon a time", "max_tokens": 8,  # noqa: E731
+                         "temperature": 1.0, "seed": seed}
+    texts = [strong.run(strong.post("/completions", body(s)))["choices"][0]["text"] for s in (1, 2, 1, 2)]
+    assert texts[0] == texts[2] and texts[1] == texts[3] and texts[0] != texts[1]
+    strong.close()
+
+
+def test_the_setup_checkpoint_gives_the_same_greedy_text_in_vllm_and_transformers(proxy, local_strong):
+    strong = remote(proxy)
+    greedy = w2s.Sampling(max_new_tokens=24, sampling=GREEDY)
+    on_vllm = [r.response for r in greedy.generate(strong, None, PROMPTS)]
+    local = [r.response for r in greedy.generate(local_strong, None, PROMPTS)]
+    assert on_vllm == local and all(len(t.split()) >= 5 for t in local)
+    strong.close()
+
+
+@pytest.mark.parametrize("method", [
+    w2s.ChunkBeamSearch(beam_width=2, successors_per_beam=3, chunk_length=6, max_new_tokens=18),
+    w2s.BestOfN(n=4, max_new_tokens=18),
+    w2s.Sampling(max_new_tokens=18),
+], ids=["cbs", "bon", "sampling"])
+def test_search_methods_with_the_strong_model_on_vllm_and_local_guides(proxy, tuned, untuned, method):
+    strong = remote(proxy)
+    results = list(method.generate(strong, w2s.LogRatioScorer(tuned, untuned), PROMPTS, seed=3))
+    assert [r.prompt for r in results] == PROMPTS
+    assert all(r.error is None and r.response and 0 < r.num_tokens <= 18 for r in results)
+    # one request per live beam, with n = its samples: vLLM samples them in one batch
+    ns = [e["body"]["n"] for e in completions(proxy)]
+    expected_first = method.samples_per_step
+    assert ns[: len(PROMPTS)] == [expected_first] * len(PROMPTS) and set(ns[len(PROMPTS):]) <= {
+        method.successors_per_beam}
+    again = list(method.generate(strong, w2s.LogRatioScorer(tuned, untuned), PROMPTS, seed=3))
+    assert [r.response for r in again] == [r.response for r in results]  # seeded requests reproduce
+    strong.close()
+
+
+def test_guides_served_by_vllm_score_as_local_ones(proxy, local_strong, strong_dir, tuned):
+    served = remote(proxy, tokenizer=strong_dir)
+    prompts = ["The capital of France is", "Once upon a time"]
+    responses = [" Paris, and the sea is blue.", " there was a cat who liked the rain"]
+    finished = [True, False]
+    on_vllm = served.response_logprobs("{prompt}")(prompts, responses, finished)
+    local = local_strong.response_logprobs("{prompt}")(prompts, responses, finished)
+    assert all(abs(a - b) < 1e-3 for a, b in zip(on_vllm, local)), (on_vllm, local)
+    # a guide pair with its tuned model on vLLM: the same scores as with the local copy
+    remote_pair = w2s.LogRatioScorer(served, tuned).score(prompts[0], responses, finished)
+    local_pair = w2s.LogRatioScorer(local_strong, tuned).score(prompts[0], responses, finished)
+    assert all(abs(a - b) < 1e-3 for a, b in zip(remote_pair, local_pair))
+    served.close()
+
+
+def test_stream_aligner_with_a_vllm_upstream_stops_at_sentence_ends(proxy, strong_dir):
+    upstream = remote(proxy, tokenizer=strong_dir)
+    shout = lambda question, prefix, sentence: sentence.upper()  # noqa: E731  a rule in the aligner's place
+    answers = w2s.StreamAligner(max_sentences=3, max_sentence_tokens=60).run(
+        upstream, shout, ["Tell me about the sea.", "Describe a cat."], seed=1)
+    for a in answers:
+        assert len(a.steps) >= 2 and a.corrected == "".join(s.corrected for s in a.steps)
+        for step in a.steps[:-1]:  # each round before the last was one whole sentence, cut at its end
+            text = step.original.rstrip()
+            assert first_sentence_end(text + " Next one.") == len(text) + 1, text
+    # the upstream's requests streamed, and each was closed once its sentence had ended
+    streamed = [e for e in completions(proxy) if e["body"].get("stream")]
+    assert streamed and any(e.get("client_closed") for e in streamed)
+    upstream.close()
+
+
+def test_w2s_serve_with_a_vllm_strong_model(proxy, model_dirs):
+    from test_serve import bundle, client, serve
+
+    strong = remote(proxy)
+    models = bundle(strong=(strong, "{prompt}"), tuned=(w2s.load_model(model_dirs["tuned"]), "{prompt}"),
+                    untuned=(w2s.load_model(model_dirs["untuned"]), "{prompt}"))
+    config = w2s.serve.ServeConfig(name="big", methods={"cbs": {"chunk_length": 4, "max_new_tokens": 12}})
+    server, thread, url = serve(config, models)
+    try:
+        c = client(url)
+        whole = c.completions.create(model="big", prompt="The movie was", seed=4)
+        chunks = list(c.completions.create(model="big", prompt="The movie was", seed=4, stream=True))
+        assert whole.choices[0].text and "".join(ch.choices[0].text for ch in chunks) == whole.choices[0].text
+        bon = c.completions.create(model="big", prompt="The movie was", seed=4, extra_body={"w2s": {"method": "bon",
+                                                                                                 "n": 3}})
+        assert bon.choices[0].text
+    finally:
+        server.should_exit = True
+        thread.join(5)
+        strong.close()
+
+
+def run_cli(args, timeout=600):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "w2s.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=timeout)
+
+
+def test_an_engine_killed_mid_search_leaves_an_error_record_and_resume_completes_it(proxy, model_dirs, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["The movie was", "My day started",
+                                                                             "I did not like"]))
+    args = ["search", "--strong", proxy.url, "--strong-model", NAME, "--tuned", model_dirs["tuned"],
+            "--untuned", model_dirs["untuned"], "--method", "cbs", "--beam-width", "2", "--successors", "2",
+            "--chunk-length", "4", "--max-new-tokens", "12", "--prompts", str(prompts), "--max-retries", "1",
+            "--batch-size", "1"]
+    clean = run_cli([*args, "--output", str(tmp_path / "clean.jsonl")])
+    assert clean.returncode == 0, clean.stderr
+
+    def killed_after_its_first_chunk(entry):  # the engine dies while the second prompt is being searched
+        prompt = (entry["body"] or {}).get("prompt", "")
+        return ("drop",) if prompt.startswith("My day started") and prompt != "My day started" else None
+
+    proxy.reset()
+    proxy.rules.append(killed_after_its_first_chunk)
+    out = tmp_path / "out.jsonl"
+    done = run_cli([*args, "--output", str(out)])
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows[1].keys() == {"index", "prompt", "error"} and rows[1]["index"] == 1
+    assert rows[0]["response"] and rows[2]["response"]  # the other prompts finished
+    proxy.rules.clear()
+    resumed = run_cli([*args, "--output", str(out), "--resume"])
+    assert resumed.returncode == 0, resumed.stderr
+    # seeded requests: the resumed run gives what an uninterrupted one gives
+    assert out.read_text() == (tmp_path / "clean.jsonl").read_text()
