@@ -145,3 +145,32 @@ def test_chat_template_needs_one(tuned):
             tuned.render("chat", "hi")
     finally:
         tuned.tokenizer.chat_template = saved
+
+
+def test_a_model_split_across_devices_by_a_device_map_samples_as_one_device_does(model_dirs, tmp_path):
+    """accelerate's device map (here one layer offloaded to disk, moved in at each forward): the cached
+    rows, masks and branches work through its hooks, and EFT mixes logits from models on other devices."""
+    from w2s.models import parse_max_memory
+
+    split = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk", "model.norm": "cpu",
+             "model.rotary_emb": "cpu", "lm_head": "cpu"}
+    whole = w2s.load_model(model_dirs["strong"])
+    parted = w2s.load_model(model_dirs["strong"], device_map=split, offload_folder=tmp_path / "offload")
+    assert getattr(parted.model, "hf_device_map", {}).get("model.layers.1") == "disk"
+    greedy = w2s.Sampling(max_new_tokens=10, sampling=w2s.SamplingParams(temperature=0.0))
+    prompts = ["The cat", "I did not like"]
+    assert [r.response for r in greedy.generate(parted, None, prompts)] == \
+        [r.response for r in greedy.generate(whole, None, prompts)]
+    cbs = w2s.ChunkBeamSearch(beam_width=2, successors_per_beam=2, chunk_length=3, max_new_tokens=9)
+    guides = w2s.load_model(model_dirs["shared_tuned"]), w2s.load_model(model_dirs["shared_untuned"])
+    scorer = w2s.LogRatioScorer(*guides)
+    assert [(r.response, round(r.score, 4)) for r in cbs.generate(parted, scorer, prompts, seed=2)] == \
+        [(r.response, round(r.score, 4)) for r in cbs.generate(whole, scorer, prompts, seed=2)]
+    eft = w2s.EmulatedFineTuning(beta=1.0, max_new_tokens=6, sampling=w2s.SamplingParams(temperature=0.0))
+    assert next(eft.generate(parted, *guides, prompts[:1])).response == next(eft.generate(whole, *guides,
+                                                                                          prompts[:1])).response
+    assert parse_max_memory("0=20GiB, cpu=60GiB") == {0: "20GiB", "cpu": "60GiB"}
+    with pytest.raises(ValueError, match="max_memory must be DEVICE=SIZE"):
+        parse_max_memory("lots")
+    with pytest.raises(ValueError, match="need a device_map"):
+        w2s.load_model(model_dirs["strong"], max_memory={"cpu": "1GiB"})

@@ -69,6 +69,8 @@ class ModelSpec:
         device: cpu, cuda, cuda:N or auto.
         device_map: a ``transformers`` device map (e.g. ``auto``) that spreads a large local model over
             the devices; it replaces ``device``.
+        max_memory: with a device map, the memory each device may hold, as ``DEVICE=SIZE`` pairs joined
+            by commas (e.g. ``0=20GiB,1=40GiB,cpu=60GiB``).
         model: the engine's model name (a URL only).
         tokenizer: a local copy of the served model's tokenizer, for its chat template (a URL only).
         concurrency: requests in flight at once (a URL only).
@@ -83,6 +85,7 @@ class ModelSpec:
     dtype: str = field(default="float32", metadata={"choices": DTYPES})
     device: str = "cpu"
     device_map: str | None = None
+    max_memory: str | None = None
     model: str | None = None
     tokenizer: str | None = None
     concurrency: int = 16
@@ -145,8 +148,23 @@ def load(spec: ModelSpec) -> LoadedModel:
         from .backends.transformers import load_model
 
         model = load_model(os.path.expanduser(spec.path), dtype=spec.dtype, device=spec.device,
-                           device_map=spec.device_map)
+                           device_map=spec.device_map, max_memory=parse_max_memory(spec.max_memory))
     return LoadedModel(model, spec.template, spec)
+
+
+def parse_max_memory(text: str | None) -> dict | None:
+    """``"0=20GiB,cpu=60GiB"`` -> ``{0: "20GiB", "cpu": "60GiB"}`` (accelerate's ``max_memory``)."""
+    if text is None:
+        return None
+    found = {}
+    for pair in text.split(","):
+        device, sep, size = pair.partition("=")
+        if not sep or not device.strip() or not size.strip():
+            raise ValueError(f"max_memory must be DEVICE=SIZE pairs joined by commas (e.g. '0=20GiB,cpu=60GiB'), "
+                             f"got {text!r}.")
+        device = device.strip()
+        found[int(device) if device.isdigit() else device] = size.strip()
+    return found
 
 
 def load_callable(path: str):

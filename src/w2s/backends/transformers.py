@@ -43,6 +43,8 @@ def load_model(
     device: str = "cpu",
     gguf_file: str | None = None,
     device_map: str | dict | None = None,
+    max_memory: dict | None = None,
+    offload_folder: str | os.PathLike | None = None,
 ) -> "TransformersModel":
     """Load a causal LM and its tokenizer from a directory, or from a ``.gguf`` file.
 
@@ -52,7 +54,9 @@ def load_model(
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
         gguf_file: a GGUF file name inside ``path`` (alternative to passing the file's path).
         device_map: a ``transformers`` device map (``"auto"``, or module -> device) that spreads a large
-            model over several devices; it replaces ``device``.
+            model over several devices through accelerate; it replaces ``device``.
+        max_memory: with ``device_map``, the memory each device may hold (e.g. ``{0: "20GiB", "cpu": "60GiB"}``).
+        offload_folder: with ``device_map``, where modules mapped to ``"disk"`` keep their weights.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -76,7 +80,9 @@ def load_model(
     else:
         tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
         if device_map is not None:
-            kwargs["device_map"] = device_map
+            kwargs.update(device_map=device_map, max_memory=max_memory, offload_folder=offload_folder)
+        elif max_memory is not None or offload_folder is not None:
+            raise ValueError("max_memory and offload_folder need a device_map (e.g. device_map='auto').")
         model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], **kwargs)
         if torch_device is not None:
             model = model.to(torch_device)

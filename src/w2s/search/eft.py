@@ -101,8 +101,8 @@ class _EFTModel:
         """[rows, strong width]: log-softmax over the real tokens, mixed; padded columns -inf (never drawn)."""
         import torch
 
-        n = self.vocab_size
-        strong, tuned, untuned = (x[:, :n].float().log_softmax(dim=-1) for x in logits)
+        n, device = self.vocab_size, logits[0].device  # the guides may live on other devices
+        strong, tuned, untuned = (x[:, :n].to(device).float().log_softmax(dim=-1) for x in logits)
         mixed = strong + self.beta * (tuned - untuned)
         width = logits[0].shape[-1]
         if width > n:
