@@ -148,6 +148,24 @@ def untuned(model_dirs):
     return w2s.load_model(model_dirs["untuned"])
 
 
+@pytest.fixture(scope="module")
+def proxy_server(engine):
+    """The fault-injecting proxy (tests/remote_engine.py) in front of the module's own ``engine`` fixture
+    (llama.cpp in test_remote.py, vLLM in test_vllm.py): one per module, so each sees its own engine."""
+    from remote_engine import FaultProxy
+
+    proxy = FaultProxy(engine.removesuffix("/v1"))
+    yield proxy
+    proxy.close()
+
+
+@pytest.fixture
+def proxy(proxy_server):
+    proxy_server.reset()
+    yield proxy_server
+    proxy_server.reset()
+
+
 @pytest.fixture
 def scorer(tuned, untuned):
     return w2s.LogRatioScorer(tuned, untuned)

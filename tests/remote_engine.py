@@ -25,6 +25,18 @@ import urllib.request
 import httpx
 
 
+def completions(proxy: "FaultProxy") -> list[dict]:
+    """The proxy's logged ``/v1/completions`` requests."""
+    return [e for e in proxy.log if e["path"] == "/v1/completions"]
+
+
+def run_cli(args, env_extra=None, timeout=300) -> subprocess.CompletedProcess:
+    """``w2s ARGS`` in a fresh process, offline and on one thread."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "w2s.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=timeout)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
-import subprocess
-import sys
 import time
 from email.utils import formatdate
 from pathlib import Path
@@ -21,7 +18,7 @@ from w2s.aligner.segment import first_sentence_end
 from w2s.backends.remote import (RemoteError, RemoteModel, backoff_delay, check_echo_logprobs, derive_seed,
                                  parse_retry_after)
 
-from remote_engine import FaultProxy, start_llama_server
+from remote_engine import completions, run_cli, start_llama_server
 
 PROMPTS = ["The movie was", "My day started"]
 
@@ -45,27 +42,9 @@ def engine(gguf, tmp_path_factory):
     proc.wait()
 
 
-@pytest.fixture(scope="session")
-def proxy_server(engine):
-    proxy = FaultProxy(engine.removesuffix("/v1"))
-    yield proxy
-    proxy.close()
-
-
-@pytest.fixture
-def proxy(proxy_server):
-    proxy_server.reset()
-    yield proxy_server
-    proxy_server.reset()
-
-
 def remote(proxy, **kw) -> RemoteModel:
     kw = {"backoff_base": 0.01, "backoff_max": 0.05, "timeout": 30.0, **kw}
     return RemoteModel(proxy.url, "smollm2", **kw)
-
-
-def completions(proxy) -> list[dict]:
-    return [e for e in proxy.log if e["path"] == "/v1/completions"]
 
 
 # -- pure logic ----------------------------------------------------------------------------------------
@@ -320,12 +299,6 @@ def test_a_failing_prompt_ends_with_an_error_while_the_others_complete(proxy, tu
     assert bad.error and "3 attempt(s)" in bad.error and "HTTP 503" in bad.error and bad.response == ""
     assert all(r.error is None and r.response for r in (results[0], results[2]))
     strong.close()
-
-
-def run_cli(args, env_extra=None, timeout=300):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "w2s.cli", *args], capture_output=True, text=True, env=env,
-                          timeout=timeout)
 
 
 def test_cli_search_with_a_remote_strong_model_error_records_and_resume(proxy, model_dirs, tmp_path):

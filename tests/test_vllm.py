@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ import w2s
 from w2s.aligner.segment import first_sentence_end
 from w2s.backends.remote import RemoteModel
 
-from remote_engine import FaultProxy, start_vllm_server
+from remote_engine import completions, run_cli, start_vllm_server
 
 pytestmark = pytest.mark.vllm
 
@@ -50,30 +49,12 @@ def engine(strong_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def proxy_server(engine):
-    proxy = FaultProxy(engine.removesuffix("/v1"))
-    yield proxy
-    proxy.close()
-
-
-@pytest.fixture
-def proxy(proxy_server):
-    proxy_server.reset()
-    yield proxy_server
-    proxy_server.reset()
-
-
-@pytest.fixture(scope="session")
 def local_strong(strong_dir):
     return w2s.load_model(strong_dir)
 
 
 def remote(proxy, **kw) -> RemoteModel:
     return RemoteModel(proxy.url, NAME, **{"backoff_base": 0.01, "backoff_max": 0.05, "timeout": 120.0, **kw})
-
-
-def completions(proxy) -> list[dict]:
-    return [e for e in proxy.log if e["path"] == "/v1/completions"]
 
 
 def test_n_is_honoured_and_seeds_reproduce(proxy):
@@ -171,12 +152,6 @@ def test_w2s_serve_with_a_vllm_strong_model(proxy, model_dirs):
         strong.close()
 
 
-def run_cli(args, timeout=600):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "w2s.cli", *args], capture_output=True, text=True, env=env,
-                          timeout=timeout)
-
-
 def test_an_engine_killed_mid_search_leaves_an_error_record_and_resume_completes_it(proxy, model_dirs, tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["The movie was", "My day started",
@@ -185,7 +160,7 @@ def test_an_engine_killed_mid_search_leaves_an_error_record_and_resume_completes
             "--untuned", model_dirs["untuned"], "--method", "cbs", "--beam-width", "2", "--successors", "2",
             "--chunk-length", "4", "--max-new-tokens", "12", "--prompts", str(prompts), "--max-retries", "1",
             "--batch-size", "1"]
-    clean = run_cli([*args, "--output", str(tmp_path / "clean.jsonl")])
+    clean = run_cli([*args, "--output", str(tmp_path / "clean.jsonl")], timeout=600)
     assert clean.returncode == 0, clean.stderr
 
     def killed_after_its_first_chunk(entry):  # the engine dies while the second prompt is being searched
@@ -195,13 +170,13 @@ def test_an_engine_killed_mid_search_leaves_an_error_record_and_resume_completes
     proxy.reset()
     proxy.rules.append(killed_after_its_first_chunk)
     out = tmp_path / "out.jsonl"
-    done = run_cli([*args, "--output", str(out)])
+    done = run_cli([*args, "--output", str(out)], timeout=600)
     assert done.returncode == 0, done.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert rows[1].keys() == {"index", "prompt", "error"} and rows[1]["index"] == 1
     assert rows[0]["response"] and rows[2]["response"]  # the other prompts finished
     proxy.rules.clear()
-    resumed = run_cli([*args, "--output", str(out), "--resume"])
+    resumed = run_cli([*args, "--output", str(out), "--resume"], timeout=600)
     assert resumed.returncode == 0, resumed.stderr
     # seeded requests: the resumed run gives what an uninterrupted one gives
     assert out.read_text() == (tmp_path / "clean.jsonl").read_text()

@@ -67,6 +67,7 @@ def _hints(cls) -> dict:
     return typing.get_type_hints(cls)
 
 
+@lru_cache(maxsize=None)  # read at every build (each server request): the annotations are resolved once
 def embedded(cls) -> dict[str, type]:
     """The fields of ``cls`` that hold an embedded config dataclass -> that class."""
     hints = _hints(cls)

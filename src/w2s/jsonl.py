@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -99,6 +100,11 @@ def _resume_by_item(path: Path, batch_size: int, item_of) -> int:
     start = last - last % batch_size
     path.write_text("".join(dumps(r) for r in records if item_of(r) < start), encoding="utf-8")
     return start
+
+
+def finite(x):
+    """A score as JSON can hold it: None for an infinite or NaN one."""
+    return x if x is None or math.isfinite(x) else None
 
 
 def dumps(record: dict) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -57,7 +56,3 @@ def read_corpus(paths) -> list[str]:
 def is_error_record(record: dict) -> bool:
     """A line that says an item failed (a remote model was down): ``--resume`` does it again."""
     return "error" in record and "index" in record and not ({"response", "corrected"} & record.keys())
-
-
-def finite(x):
-    return x if x is None or math.isfinite(x) else None

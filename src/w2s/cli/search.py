@@ -6,10 +6,10 @@ import warnings
 from dataclasses import dataclass, field
 
 from ..configs import param_names
-from ..jsonl import append_batches
+from ..jsonl import append_batches, finite
 from ..models import is_url, load_all
 from ..search import SEARCH_METHODS
-from .common import finite, is_error_record, read_records
+from .common import is_error_record, read_records
 from .flags import add_config_flags, add_model_flags, config_from_args, model_specs
 
 ROLES = {"strong": "strong", "tuned": "tuned", "untuned": "untuned"}
@@ -57,12 +57,9 @@ def add_parser(sub) -> None:
 def method_config(args):
     """The method's config from the flags; a flag the method does not use is warned about."""
     cls = SEARCH_METHODS[args.method]
-    mine = set(param_names(cls))
-    for cls_other in SEARCH_METHODS.values():
-        for name in param_names(cls_other):
-            if name not in mine and hasattr(args, name):
-                warnings.warn(f"--{name.replace('_', '-')} is ignored by --method {args.method}.", stacklevel=2)
-                delattr(args, name)  # warned once
+    others = {name for other in SEARCH_METHODS.values() for name in param_names(other)} - set(param_names(cls))
+    for name in sorted(n for n in others if hasattr(args, n)):
+        warnings.warn(f"--{name.replace('_', '-')} is ignored by --method {args.method}.", stacklevel=2)
     return config_from_args(cls, args)
 
 

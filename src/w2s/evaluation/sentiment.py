@@ -10,13 +10,12 @@ one frozen strong model and the authors' sampling (temperature 0.7, top-k 50, to
 
 from __future__ import annotations
 
-import math
 import statistics
 import time
 from pathlib import Path
 from typing import Sequence
 
-from ..jsonl import append_batches
+from ..jsonl import append_batches, finite
 from .common import figure, read_raw, start_run, write_summary
 from ..tasks.sentiment import gold_reward
 from ..validation import check_range
@@ -105,7 +104,7 @@ def _run(path: Path, name, search, models, templates, scorer, prompts, seed, bat
         results = list(generate(batch, seed=seed, batch_size=len(batch), start_index=start, progress=False))
         seconds = (time.perf_counter() - began) / len(batch)
         return [{"prompt": r.prompt, "response": r.response, "gold_reward": gold_reward(r.response),
-                 "score": r.score if r.score is not None and math.isfinite(r.score) else None,
+                 "score": finite(r.score),
                  "num_tokens": r.num_tokens, "finished": r.finished, "seconds": seconds} for r in results]
 
     append_batches(path, prompts, batch_size, rows, desc=f"{name} seed {seed}", unit="prompt", progress=progress)

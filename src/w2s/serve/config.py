@@ -37,7 +37,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from ..configs import build, params
-from ..models import ModelSpec
+from ..models import PER_ROLE, REMOTE_FIELDS, ModelSpec
 from ..validation import check_choice, check_range
 
 
@@ -73,7 +73,7 @@ SERVER_OWNED = {"return_beams"}
 # keys of a [models.ROLE] table: ModelSpec's fields (role comes from the table's name); `remote` is an
 # older spelling of the remote ones, as a table
 MODEL_KEYS = {f.name for f in fields(ModelSpec)} - {"role"}
-REMOTE_KEYS = {"concurrency", "timeout", "max_retries", "api_key_env"}
+REMOTE_KEYS = set(REMOTE_FIELDS) - set(PER_ROLE)  # concurrency, timeout, max_retries, api_key_env
 
 
 def method_fields(method: str) -> dict[str, object]:
