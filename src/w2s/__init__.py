@@ -16,7 +16,7 @@ from ._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from .aligner import Aligner, StreamAligner, split_sentences
-    from .backends import Conversation, RemoteModel, SamplingParams, TransformersModel, load_model
+    from .backends import ContextLengthError, Conversation, RemoteModel, SamplingParams, TransformersModel, load_model
     from .models import ModelSpec, load
     from .scoring import CallableScorer, LogRatioScorer, RewardModelScorer, Scorer
     from .search import Beam, BestOfN, ChunkBeamSearch, EmulatedFineTuning, Sampling, SearchResult
@@ -29,6 +29,7 @@ __all__ = [
     "BestOfN",
     "CallableScorer",
     "ChunkBeamSearch",
+    "ContextLengthError",
     "Conversation",
     "EmulatedFineTuning",
     "LogRatioScorer",
@@ -48,7 +49,7 @@ __all__ = [
 
 __getattr__, __dir__ = lazy_exports(__name__, {
     ".aligner": ("Aligner", "StreamAligner", "split_sentences"),
-    ".backends": ("Conversation", "RemoteModel", "SamplingParams", "TransformersModel", "load_model"),
+    ".backends": ("ContextLengthError", "Conversation", "RemoteModel", "SamplingParams", "TransformersModel", "load_model"),
     ".models": ("ModelSpec", "load"),
     ".scoring": ("CallableScorer", "LogRatioScorer", "RewardModelScorer", "Scorer"),
     ".search": ("Beam", "BestOfN", "ChunkBeamSearch", "EmulatedFineTuning", "Sampling", "SearchResult"),

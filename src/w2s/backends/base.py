@@ -48,6 +48,39 @@ class Conversation(str):
         return (self.messages,)
 
 
+class ContextLengthError(ValueError):
+    """A sequence would not fit a model's context window (its ``max_position_embeddings``): the prompt is
+    too long for the tokens asked for.  Methods turn it into an error for that prompt only."""
+
+
+CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
+
+
+def context_length_of(config) -> int | None:
+    """A transformers config's context window in tokens (its text config's, for multimodal ones), or None."""
+    if config is None:
+        return None
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    for name in CONTEXT_FIELDS:
+        value = getattr(text, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def context_error(model, template: str, prompt: str, new_tokens: int, who: str | None = None) -> str | None:
+    """Why ``prompt`` (rendered with ``template``) plus ``new_tokens`` tokens do not fit ``model``'s context,
+    or None (also when the model cannot count: a remote engine checks its own context)."""
+    limit = getattr(model, "context_length", None)
+    if limit is None or not hasattr(model, "encode_prompt"):
+        return None
+    n = len(model.encode_prompt(model.render(template, prompt), template))
+    if n + new_tokens <= limit:
+        return None
+    return (f"{who or model.name}'s context is {limit} tokens; the prompt has {n} and up to {new_tokens} more are "
+            "needed; shorten the prompt or lower the token limits.")
+
+
 def stop_index(text: str, stop: Sequence[str]) -> int | None:
     """Where ``text`` is cut by the first occurrence of any stop string (OpenAI semantics: the stop string
     is not part of the response), or None.  The same rule for local sampling, remote engines (whose own

@@ -42,6 +42,8 @@ import torch
 from transformers import AttentionInterface, Cache, DynamicCache
 from transformers.cache_utils import CacheLayerMixin, DynamicLayer, DynamicSlidingWindowLayer
 
+from .base import ContextLengthError, context_length_of
+
 FULL, SLIDING = "full_attention", "sliding_attention"
 MASK_4D_ATTENTION = ("eager", "sdpa")  # attention implementations that take a custom 4-D mask
 ROLLBACK_USERS = (
@@ -273,9 +275,11 @@ class KVRows:
 
     GROWTH = 64  # spare columns allocated beyond what is asked for
 
-    def __init__(self, model: torch.nn.Module, pad_id: int, cache_plan: dict | None = None):
-        """``cache_plan``: what :func:`check_model` returned for ``model`` (checked here when not given)."""
-        self.model = model
+    def __init__(self, model: torch.nn.Module, pad_id: int, cache_plan: dict | None = None, name: str = "the model"):
+        """``cache_plan``: what :func:`check_model` returned for ``model`` (checked here when not given);
+        ``name`` names the model in a :class:`ContextLengthError`."""
+        self.model, self.name = model, name
+        self.context_length = context_length_of(model.config)
         self.pad_id = pad_id
         self.device = next(model.parameters()).device
         plan = cache_plan or check_model(model)
@@ -445,6 +449,7 @@ class KVRows:
         counts = [sum(max(len(t), pad_each) for _, t in segs) for segs in segments]
         width = max(counts, default=0)
         assert width > 0
+        self._check_context(segments)
         start = self.columns
         self.reserve(width)
         # per query: token, owner, position, shared positions seen (< keep); built as lists, moved once
@@ -487,6 +492,21 @@ class KVRows:
         if start == 0:
             self._check_cache_used()
         return out.logits[:, -1] if last_only else out.logits
+
+    def _check_context(self, segments) -> None:
+        """Refuse (before anything changes) a forward that would put a token past the context window."""
+        if self.context_length is None:
+            return
+        for i, segs in enumerate(segments):
+            for owner, toks in segs:
+                if owner == SHARED:
+                    end = len(self.ids[i]) + len(toks)
+                else:
+                    b = self.branches[i][owner]
+                    end = b.keep + len(b.ids) + len(toks)
+                if end > self.context_length:
+                    raise ContextLengthError(f"{self.name}'s context is {self.context_length} tokens and a sequence "
+                                             f"would need {end}; shorten the prompt or lower the token limits.")
 
     def _masks(self, q_owner, q_pos, q_keep, start: int):
         """4-D masks ``[rows, 1, new, columns]`` for the new tokens (see the module docstring)."""

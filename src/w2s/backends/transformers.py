@@ -16,7 +16,7 @@ from typing import Iterable, Sequence
 import torch
 
 from ..validation import check_choice
-from .base import (ANCHOR_TOKENS, Continuation, SamplingParams, chat_turn_end_id, render_prompt,
+from .base import (ANCHOR_TOKENS, Continuation, SamplingParams, chat_turn_end_id, context_length_of, render_prompt,
                    special_token_ids)
 from .kv_rows import KVRows, check_model
 from .sampling import sample_rows
@@ -128,6 +128,7 @@ class TransformersModel:
         self.start_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else self.eos_id
         self.prefix_ids = _prefix_ids(tokenizer)
         self.num_logits = model.get_output_embeddings().weight.shape[0]
+        self.context_length = context_length_of(getattr(model, "config", None))  # tokens; None if unknown
         self.banned_ids = (sorted(_non_text_token_ids(tokenizer, self.num_logits, vocab) - self.eos_ids)
                            if banned_ids is None else banned_ids)
 
@@ -239,7 +240,7 @@ class TransformersModel:
         return IncrementalLogProbs(self, template, incremental=incremental, batch_size=batch_size)
 
     def new_rows(self) -> KVRows:
-        return KVRows(self.model, self.pad_id, self.cache_plan)
+        return KVRows(self.model, self.pad_id, self.cache_plan, name=self.name)
 
     def generator(self, n_rows: int, params: SamplingParams, seeds: Sequence[int], template: str = "{prompt}"
                   ) -> "IncrementalGenerator":
