@@ -200,6 +200,10 @@ class Models:
     def get(self, role: str) -> LoadedModel | None:
         return getattr(self, role)
 
+    def items(self) -> list[tuple[str, LoadedModel]]:
+        """The loaded roles and their models."""
+        return [(f.name, getattr(self, f.name)) for f in fields(self) if getattr(self, f.name) is not None]
+
 
 def load_all(specs: dict[str, ModelSpec]) -> Models:
     """Load one spec per role (a spec's role is set from its key); a spec that names the same model as

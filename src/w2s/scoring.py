@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Callable, Protocol, Sequence, runtime_checkable
 
+from .backends.base import context_error
 from .validation import check_template
 
 
@@ -85,6 +86,12 @@ class LogRatioScorer:
             tuned = self._tuned(prompts, responses, finished)
             untuned = self._untuned(prompts, responses, finished)
         return [a - b for a, b in zip(tuned, untuned)]
+
+    def context_error(self, prompt: str, new_tokens: int) -> str | None:
+        """Why a response of ``new_tokens`` tokens to ``prompt`` (and its scored end token) would not fit a
+        guide's context, or None."""
+        return (context_error(self.tuned, self.tuned_template, prompt, new_tokens + 1, who="the tuned guide")
+                or context_error(self.untuned, self.untuned_template, prompt, new_tokens + 1, who="the untuned guide"))
 
     def reset(self) -> None:
         """Drop the cached rows (they are replaced at every call anyway)."""

@@ -28,8 +28,8 @@ def check_range(
     kind = "an integer" if integer else "a number"
     if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
         raise ValueError(f"{name} must be {kind}, got {value!r}.")
-    if isinstance(value, float) and math.isnan(value):
-        raise ValueError(f"{name} must be {kind}, got nan.")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}.")
     too_low = low is not None and (value <= low if low_open else value < low)
     too_high = high is not None and value > high
     if too_low or too_high:

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
-from ..backends.base import LanguageModel, SamplingParams, TextGenerator, check_sampling
+from ..backends.base import LanguageModel, SamplingParams, TextGenerator, check_sampling, context_error
 from ..validation import check_range, check_template
 from .segment import first_sentence_end, sentences_end
 
@@ -212,6 +212,17 @@ class StreamAligner:
                         yield StreamStep(i, index, original, corrected, t1 - t0, t2 - t1, time.perf_counter() - start,
                                          drafted=i in drafted)
 
+    def context_error(self, upstream, aligner, question: str, *, upstream_template: str = "chat",
+                      aligner_template: str = "chat") -> str | None:
+        """Why ``question``'s longest answer would not fit the upstream's or the aligner's context, or None.
+        The prefix is taken as up to ``max_sentences - 1`` corrections, each as long as the longer of the
+        two per-sentence limits (the models' own tokens)."""
+        prefix = (self.max_sentences - 1) * max(self.max_sentence_tokens, self.max_correction_tokens)
+        return (context_error(upstream, upstream_template, question, prefix + self.max_sentence_tokens,
+                              who="the upstream model")
+                or context_error(aligner, aligner_template, stream_aligner_input(question, "", ""),
+                                 prefix + self.max_sentence_tokens + self.max_correction_tokens, who="the aligner"))
+
     @staticmethod
     def _revisions(job: _Correction, aligner_rows: TextGenerator | None, questions, prefixes, originals, todo
                    ) -> dict[int, str]:
@@ -251,6 +262,13 @@ class Aligner:
         _check_common(self)
         check_range("max_new_tokens", self.max_new_tokens, low=1, integer=True)
         check_range("max_sentences", self.max_sentences, low=1, integer=True, allow_none=True)
+
+    def context_error(self, upstream, aligner, question: str, *, upstream_template: str = "chat",
+                      aligner_template: str = "chat") -> str | None:
+        """Why ``question``'s longest answer and its correction would not fit a model's context, or None."""
+        return (context_error(upstream, upstream_template, question, self.max_new_tokens, who="the upstream model")
+                or context_error(aligner, aligner_template, aligner_input(question, ""),
+                                 self.max_new_tokens + self.max_correction_tokens, who="the aligner"))
 
     def run(self, upstream: LanguageModel, aligner, questions: Sequence[str], *, seed: int = 0,
             start_index: int = 0, upstream_template: str = "chat", aligner_template: str = "chat"

@@ -8,8 +8,10 @@ whatever it can reuse (a local model keeps its KV cache rows; a remote engine ke
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Callable, Protocol, Sequence, runtime_checkable
 
 from ..validation import check_range, check_stop
 
@@ -46,6 +48,28 @@ class Conversation(str):
 
     def __getnewargs__(self):  # copy and pickle rebuild it from its messages, not from its text
         return (self.messages,)
+
+
+_interrupt = threading.local()
+
+
+@contextlib.contextmanager
+def interrupt_when(check: Callable[[], None]):
+    """While in this block, this thread's generation calls ``check()`` at every token (local models) and
+    while it waits for an engine (remote ones); an exception it raises stops the call in flight (``w2s
+    serve``: a client gone, a deadline passed)."""
+    previous, _interrupt.check = getattr(_interrupt, "check", None), check
+    try:
+        yield
+    finally:
+        _interrupt.check = previous
+
+
+def check_interrupt() -> None:
+    """Raise what the innermost :func:`interrupt_when` check raises (nothing outside one)."""
+    check = getattr(_interrupt, "check", None)
+    if check is not None:
+        check()
 
 
 class ContextLengthError(ValueError):

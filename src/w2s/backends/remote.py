@@ -23,6 +23,7 @@ while the other prompts go on.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import email.utils
 import hashlib
 import json
@@ -37,7 +38,7 @@ from typing import Sequence
 import httpx
 
 from ..validation import check_range
-from .base import Continuation, SamplingParams, chat_turn_end_id, render_prompt, stop_index
+from .base import Continuation, SamplingParams, chat_turn_end_id, check_interrupt, render_prompt, stop_index
 
 RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})  # and any other 5xx
 MAX_RETRY_AFTER = 600.0  # seconds: a longer Retry-After is capped (and said so in the error if it fails)
@@ -161,7 +162,16 @@ class RemoteModel:
                 self._thread.start()
         if threading.current_thread() is self._thread:
             raise RuntimeError("RemoteModel.run was called from its own event loop thread.")
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        while True:
+            try:
+                return future.result(timeout=0.05)
+            except concurrent.futures.TimeoutError:
+                try:
+                    check_interrupt()  # a caller's interrupt_when: the requests in flight are cancelled
+                except BaseException:
+                    future.cancel()
+                    raise
 
     def close(self) -> None:
         """Close the HTTP connections and stop the background loop (a later call starts them again)."""

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .base import ANCHOR_TOKENS, SamplingParams, stop_index
+from .base import ANCHOR_TOKENS, SamplingParams, check_interrupt, stop_index
 
 MASK32 = 0xFFFFFFFF
 
@@ -122,6 +122,7 @@ def sample_rows(
                  if live[i]} if check_text else {})
     max_stop = max((len(s) for s in params.stop), default=0)
     for step in range(max_tokens):
+        check_interrupt()
         u = uniforms(seeds, [c + step for c in counters], lanes)
         tokens = lm.sample_next(logits, params, u).cpu()
         ended = torch.isin(tokens, eos).tolist()

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
-from ..backends.base import SamplingParams, check_sampling
+from ..backends.base import ContextLengthError, SamplingParams, check_sampling, context_error
 from ..scoring import as_scorer
 from ..validation import check_range, check_template
 
@@ -144,10 +144,40 @@ class ChunkBeamSearch:
         for start in range(0, len(prompts), batch_size):
             batch = prompts[start : start + batch_size]
             step = None if on_step is None else (lambda p, texts, start=start: on_step(start + p, texts))
-            yield from self._search(model, scorer, batch, prompt_seeds(seed, start_index + start, len(batch)), template,
-                                    step)
+            yield from self._isolated(model, scorer, batch, prompt_seeds(seed, start_index + start, len(batch)),
+                                      template, step)
             bar.update(len(batch))
         bar.close()
+
+    def context_error(self, model, scorer, prompt: str, template: str = "{prompt}") -> str | None:
+        """Why ``prompt`` cannot be searched, or None: it and ``max_new_tokens`` must fit the large model's
+        context, and each guide's (a guide is taken to need as many of its own tokens for the response)."""
+        why = context_error(model, template, prompt, self.max_new_tokens, who="the large model")
+        if why is None and hasattr(scorer, "context_error"):
+            why = scorer.context_error(prompt, self.max_new_tokens)
+        return why
+
+    def _isolated(self, model, scorer, prompts: list[str], seeds: list[int], template: str, on_step
+                  ) -> list[SearchResult]:
+        """:meth:`_search`, where a prompt that does not fit a model's context gets an error result and
+        the others are searched: checked before, and, when a response outgrows a guide's context, by
+        searching the batch's prompts one at a time (each with its own seed)."""
+        errors = {p: self.context_error(model, scorer, prompt, template) for p, prompt in enumerate(prompts)}
+        todo = [p for p in range(len(prompts)) if errors[p] is None]
+        step = None if on_step is None else (lambda i, texts: on_step(todo[i], texts))
+        try:
+            done = dict(zip(todo, self._search(model, scorer, [prompts[p] for p in todo], [seeds[p] for p in todo],
+                                               template, step) if todo else []))
+        except ContextLengthError as err:
+            if len(todo) == 1:
+                done, errors[todo[0]] = {}, str(err)
+            else:
+                done = {}
+                for p in todo:
+                    one = None if on_step is None else (lambda i, texts, p=p: on_step(p, texts))
+                    done[p] = self._isolated(model, scorer, [prompts[p]], [seeds[p]], template, one)[0]
+        return [done[p] if p in done else SearchResult(prompts[p], "", None, False, 0, self.method, error=errors[p])
+                for p in range(len(prompts))]
 
     def _search(self, model, scorer, prompts: list[str], seeds: list[int], template: str,
                 on_step=None) -> list[SearchResult]:

@@ -15,23 +15,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
+import os
+import re
 import secrets
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
+import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..backends.base import Conversation
+from ..backends.base import ContextLengthError, Conversation, context_error
+from ..jsonl import finite
+from ..models import Models
 from ..search.eft import check_same_vocabulary
 from ..validation import check_choice
-from .batching import Batcher, Job, Output, QueueFull
-from ..models import Models
+from .batching import Batcher, DeadlineExceeded, EngineError, Job, Output, QueueFull
 from .config import ALIGNER_METHODS, ALIGNER_ROLE, SERVED_METHODS, ServeConfig, build_method, method_fields
+from .guard import Guard
 from .metrics import Metrics, MetricsMiddleware
+
+log = logging.getLogger("w2s.serve")
+MAX_SEED = 2**63 - 1  # OpenAI's seed is a signed 64-bit integer; w2s takes the non-negative ones
+RETRY_AFTER_S = 1  # what a 503 tells the client to wait
 
 try:  # what a chat template's raise_exception() raises (e.g. "roles must alternate user/assistant")
     from jinja2.exceptions import TemplateError
@@ -48,13 +60,16 @@ class APIError(Exception):
     """An error in OpenAI's schema: ``{"error": {"message", "type", "param", "code"}}``."""
 
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 type: str = "invalid_request_error"):
+                 type: str = "invalid_request_error", headers: dict | None = None):
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
+        self.headers = headers or ({"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None)
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
     def response(self) -> JSONResponse:
-        return JSONResponse({"error": {"message": self.message, "type": self.type, "param": self.param,
-                                       "code": self.code}}, status_code=self.status)
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
 # -- 1. request schemas ---------------------------------------------------------------------------
@@ -62,11 +77,12 @@ class APIError(Exception):
 class _Request(BaseModel):
     """The fields both endpoints take."""
 
-    model_config = ConfigDict(extra="forbid")  # an unsupported OpenAI field is a 400 that names it
+    # an unsupported OpenAI field is a 400 that names it; no coercion: "10" is not an integer, true not a number
+    model_config = ConfigDict(extra="forbid", strict=True)
     model: str
     max_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
+    temperature: float | None = Field(None, allow_inf_nan=False)
+    top_p: float | None = Field(None, allow_inf_nan=False)
     n: int = 1
     stream: bool = False
     stream_options: dict | None = None
@@ -81,11 +97,13 @@ class CompletionRequest(_Request):
 
 
 class TextPart(BaseModel):
+    model_config = ConfigDict(strict=True)
     type: Literal["text"]
     text: str
 
 
 class ChatMessage(BaseModel):
+    model_config = ConfigDict(strict=True)
     role: Literal["system", "user", "assistant", "developer"]
     content: str | list[TextPart]
     name: str | None = None
@@ -183,14 +201,6 @@ def chat_template(model, prompt: Conversation) -> str:
 
 # -- 3. the app -----------------------------------------------------------------------------------
 
-def _context_length(model) -> int | None:
-    config = getattr(getattr(model, "model", None), "config", None)
-    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
-        if isinstance(getattr(config, name, None), int):
-            return getattr(config, name)
-    return None
-
-
 class Server:
     """The models, the worker and the metrics behind one app."""
 
@@ -199,8 +209,18 @@ class Server:
         self.metrics = Metrics()
         self.batcher = Batcher(models, queue_size=config.queue_size, batch_window=config.batch_window_ms / 1000,
                                max_batch_size=config.max_batch_size, metrics=self.metrics)
-        self.context_length = _context_length(models.strong.model)
+        self.checks = ThreadPoolExecutor(1, thread_name_prefix="w2s-serve-check")  # tokenizing: off the loop
         self._eft_error: str | None | bool = False  # False: not checked yet
+        # what clients must not see (paths of the models, engine URLs), replaced by the role's name
+        self._hidden = sorted(((str(v), f"<{role}>") for role, loaded in models.items() for v in
+                               (loaded.spec.path, getattr(loaded.model, "name", None), getattr(loaded.model, "base_url", None))
+                               if isinstance(v, str) and len(v) > 3), key=lambda kv: -len(kv[0]))
+
+    def hide(self, message: str) -> str:
+        """``message`` without the server's model paths and engine URLs."""
+        for secret, role in self._hidden:
+            message = message.replace(secret, role)
+        return re.sub(r"https?://\S+", "<engine>", message)
 
     def methods(self) -> list[str]:
         return [m for m in SERVED_METHODS if self.unavailable(m) is None]
@@ -224,7 +244,8 @@ class Server:
         return None
 
     def prepare(self, body: _Request, prompts: list[str], template: str, prompt_param: str):
-        """Check a request before it is queued: method, parameters, model, context length."""
+        """Check a request before it is queued: method, parameters, limits, seed, model, context length
+        of every model the method uses.  Raises :class:`APIError`."""
         if body.model != self.config.name:
             raise APIError(404, f"model {body.model!r} does not exist; this server serves {self.config.name!r} "
                                 "(see GET /v1/models).", param="model", code="model_not_found")
@@ -232,56 +253,117 @@ class Server:
         why = self.unavailable(method)
         if why:
             raise APIError(400, why, param="w2s.method")
-        m = self.models
-        built = build_method(method, params)
-        budget = getattr(built, "max_new_tokens", None) or built.max_sentence_tokens
+        if body.seed is not None and not 0 <= body.seed <= MAX_SEED:
+            raise APIError(400, f"seed must be in [0, {MAX_SEED}], got {body.seed}.", param="seed")
         if not prompts:
             raise APIError(400, f"{prompt_param} must not be empty.", param=prompt_param)
-        prompt_tokens, strong = [], m.strong.model
-        for prompt in prompts:
+        if len(prompts) > self.config.max_prompts:
+            raise APIError(400, f"{prompt_param} has {len(prompts)} prompts; this server takes at most "
+                                f"{self.config.max_prompts} per request.", param=prompt_param)
+        built = build_method(method, params)
+        rows = getattr(built, "samples_per_step", 1)
+        if rows > self.config.max_rows:
+            names = "n" if method == "bon" else "beam_width * successors_per_beam"
+            raise APIError(400, f"{names} = {rows} large-model rows per prompt; this server allows at most "
+                                f"{self.config.max_rows}.", param="w2s.n" if method == "bon" else "w2s.beam_width")
+        prompt_tokens = []
+        for i, prompt in enumerate(prompts):
+            where = prompt_param if len(prompts) == 1 or prompt_param == "messages" else f"{prompt_param}.{i}"
             try:
-                text = strong.render(template, prompt)
-                # a remote model without a local tokenizer cannot count: the engine checks the context
-                ids = strong.encode_prompt(text, template) if hasattr(strong, "encode_prompt") else []
+                prompt.encode("utf-8")
+                why = self._context_error(method, built, prompt, template)
+                prompt_tokens.append(self._count(prompt, template))
+            except UnicodeEncodeError as err:
+                raise APIError(400, f"{where} is not valid Unicode text ({err.reason} at character {err.start}).",
+                               param=where) from None
             except (ValueError, TemplateError) as err:
-                raise APIError(400, _template_message(err, "the large model"), param=prompt_param) from None
-            if self.context_length is not None and len(ids) + budget > self.context_length:
-                raise APIError(400, f"this model's context is {self.context_length} tokens; the prompt has "
-                                    f"{len(ids)} and up to {budget} new tokens were asked for; shorten the prompt "
-                                    "or lower max_tokens.", param=prompt_param, code="context_length_exceeded")
-            prompt_tokens.append(len(ids))
-        guided = method == "eft" or (method not in ALIGNER_METHODS and built.samples_per_step > 1)
-        for role in ("tuned", "untuned") if guided else ():  # a guide's chat template may refuse the turns
-            if m[role].template == "chat":
-                for prompt in prompts:
-                    try:
-                        m[role].model.render("chat", prompt)
-                    except (ValueError, TemplateError) as err:
-                        raise APIError(400, _template_message(err, f"the {role} guide"), param=prompt_param) from None
+                raise APIError(400, self.hide(_template_message(err, "the large model")), param=where) from None
+            if why:
+                raise APIError(400, why, param=where, code="context_length_exceeded")
         return method, params, prompt_tokens
+
+    def _count(self, prompt: str, template: str) -> int:
+        """The prompt's tokens (0 for a remote model without a local tokenizer: the engine checks)."""
+        strong = self.models.strong.model
+        text = strong.render(template, prompt)
+        return len(strong.encode_prompt(text, template)) if hasattr(strong, "encode_prompt") else 0
+
+    def _context_error(self, method: str, built, prompt: str, template: str) -> str | None:
+        """Why ``prompt`` does not fit a model the method uses, with the method's whole token budget; also
+        renders it with every model's template (a chat template may refuse the turns)."""
+        m = self.models
+        if method in ALIGNER_METHODS:
+            aligner = m[ALIGNER_ROLE[method]]
+            return built.context_error(m.strong.model, aligner.model, prompt, upstream_template=template,
+                                       aligner_template=aligner.template)
+        why = context_error(m.strong.model, template, prompt, built.max_new_tokens, who="the large model")
+        guided = method == "eft" or built.samples_per_step > 1
+        for role in ("tuned", "untuned") if guided else ():
+            guide = m[role]
+            try:
+                why = why or context_error(guide.model, guide.template, prompt, built.max_new_tokens + 1,
+                                           who=f"the {role} guide")
+            except (ValueError, TemplateError) as err:
+                raise ValueError(_template_message(err, f"the {role} guide")) from None
+        return why
+
+    async def engine_state(self) -> str | None:
+        """None when the large model is local or its engine answers; else why not."""
+        base_url = getattr(self.models.strong.model, "base_url", None)
+        if base_url is None:
+            return None
+        try:
+            async with httpx.AsyncClient(timeout=2.0) as client:
+                response = await client.get(base_url + "/models", headers=self.models.strong.model._headers())
+            return None if response.status_code == 200 else f"the engine answers HTTP {response.status_code}"
+        except httpx.HTTPError as err:
+            log.warning("engine health check failed: %r", err)
+            return "the engine does not answer"
 
 
 def create_app(config: ServeConfig, models: Models) -> FastAPI:
     """The app over the loaded models (see :func:`w2s.serve.load_served_models`)."""
     server = Server(config, models)
+    api_key = None
+    if config.server_api_key_env is not None:
+        api_key = os.environ.get(config.server_api_key_env, "")
+        if not api_key:
+            raise ValueError(f"server_api_key_env {config.server_api_key_env!r}: that environment variable is unset "
+                             "or empty.")
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
         yield
         server.batcher.close()
+        server.checks.shutdown(wait=False)
 
+    docs = dict(docs_url="/docs", openapi_url="/openapi.json") if config.docs else \
+        dict(docs_url=None, redoc_url=None, openapi_url=None)
     app = FastAPI(title="w2s", description="weak-to-strong alignment at generation time, OpenAI-compatible",
-                  lifespan=lifespan)
+                  lifespan=lifespan, **docs)
     app.state.server = server
+    app.add_middleware(Guard, api_key=api_key, open_endpoints=config.open_endpoints,
+                       max_body_bytes=config.max_body_bytes, error=lambda e: APIError(*e).response())
     app.add_middleware(MetricsMiddleware, metrics=server.metrics)
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, err: APIError):
         return err.response()
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, err: StarletteHTTPException):
+        codes = {400: "invalid_body", 404: "not_found", 405: "method_not_allowed"}
+        message = {400: "the body could not be read: it must be JSON in UTF-8.", 404: f"no route {request.url.path}",
+                   405: f"{request.method} is not allowed on {request.url.path}"}
+        return APIError(err.status_code, message.get(err.status_code, str(err.detail)),
+                        code=codes.get(err.status_code), headers=getattr(err, "headers", None)).response()
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, err: RequestValidationError):
         first = err.errors()[0] if err.errors() else {}
+        if first.get("type") == "json_invalid":
+            return APIError(400, f"the body is not valid JSON: {first.get('ctx', {}).get('error', 'malformed')}.",
+                            code="invalid_json").response()
         loc = [str(x) for x in first.get("loc", ()) if x != "body"]
         param = ".".join(loc) or None
         message = f"{param}: {first.get('msg', 'invalid request')}" if param else first.get("msg", "invalid body")
@@ -289,11 +371,17 @@ def create_app(config: ServeConfig, models: Models) -> FastAPI:
             message = f"{param} is not supported by this server."
         return APIError(400, message, param=param).response()
 
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, err: Exception):
+        log.exception("unexpected error on %s", request.url.path)
+        return APIError(500, "internal error; the server's log has the details.", type="server_error").response()
+
     @app.get("/health")
     async def health():
-        alive = server.batcher.alive
-        return JSONResponse({"status": "ok" if alive else "worker stopped", "model": config.name,
-                             "queue_depth": server.batcher.depth}, status_code=200 if alive else 503)
+        alive, engine = server.batcher.alive, await server.engine_state()
+        status = "worker stopped" if not alive else (engine or "ok")
+        return JSONResponse({"status": status, "model": config.name, "queue_depth": server.batcher.depth},
+                            status_code=200 if alive and engine is None else 503)
 
     @app.get("/metrics")
     async def metrics():
@@ -303,8 +391,7 @@ def create_app(config: ServeConfig, models: Models) -> FastAPI:
     async def list_models():
         return {"object": "list", "data": [{
             "id": config.name, "object": "model", "created": int(time.time()), "owned_by": "w2s",
-            "w2s": {"default_method": config.method, "methods": server.methods(),
-                    "strong": models.strong.name},
+            "w2s": {"default_method": config.method, "methods": server.methods()},
         }]}
 
     @app.post("/v1/completions")
@@ -323,8 +410,9 @@ def create_app(config: ServeConfig, models: Models) -> FastAPI:
     async def _generate(request: Request, body, prompts: list[str], template: str, prompt_param: str, chat: bool):
         named = (body.w2s or {}).get("method", config.method)
         request.scope["w2s_method"] = named if named in SERVED_METHODS else ""  # the metrics' label
-        method, params, prompt_tokens = server.prepare(body, prompts, template, prompt_param)
         loop, events = asyncio.get_running_loop(), asyncio.Queue()
+        method, params, prompt_tokens = await loop.run_in_executor(server.checks, server.prepare, body, prompts,
+                                                                   template, prompt_param)
 
         def emit(kind, index, payload):  # called from the worker thread
             try:
@@ -333,14 +421,14 @@ def create_app(config: ServeConfig, models: Models) -> FastAPI:
                 pass
 
         seed = body.seed if body.seed is not None else secrets.randbits(31)
-        job = Job(prompts, method, params, seed, template, body.stream, emit)
+        job = Job(prompts, method, params, seed, template, body.stream, emit, deadline_s=config.request_timeout_s)
         try:
             server.batcher.submit(job)
         except QueueFull as err:
             raise APIError(503, str(err), code="queue_full", type="server_overloaded") from None
         reply = _Reply(body, config.name, method, chat, prompt_tokens)
         if body.stream:
-            return StreamingResponse(_stream(server, job, events, reply), media_type="text/event-stream",
+            return StreamingResponse(_stream(server, job, events, reply, request.scope), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
         outputs: dict[int, Output] = {}
         while len(outputs) < len(prompts):
@@ -352,7 +440,7 @@ def create_app(config: ServeConfig, models: Models) -> FastAPI:
                     return Response(status_code=499)
                 continue
             if kind == "error":
-                raise _error_of(payload)
+                raise error_of(server, payload)
             if kind == "done":
                 outputs[index] = payload
         return JSONResponse(reply.whole([outputs[i] for i in range(len(prompts))]))
@@ -364,10 +452,25 @@ def _template_message(err: Exception, who: str) -> str:
     return f"{who}'s chat template refuses these messages: {err}" if isinstance(err, TemplateError) else str(err)
 
 
-def _error_of(err: Exception) -> APIError:
+def error_of(server: Server, err: Exception) -> APIError:
+    """The client's view of a failure in the worker: no paths, URLs or exception types (the log has them)."""
+    if isinstance(err, DeadlineExceeded):
+        return APIError(504, str(err), code="timeout", type="timeout")
+    if isinstance(err, EngineError):
+        if err.timeout:
+            return APIError(504, "the large model's engine did not answer in time; retry later.",
+                            code="engine_timeout", type="upstream_error")
+        status = re.search(r"HTTP (\d{3})", str(err))
+        why = f"it answered HTTP {status.group(1)}" if status else "it could not be reached"
+        return APIError(502, f"the large model's engine failed ({why}); retry later.", code="engine_error",
+                        type="upstream_error")
+    if isinstance(err, ContextLengthError):
+        return APIError(400, server.hide(str(err)), code="context_length_exceeded")
     if isinstance(err, (ValueError, TemplateError)):
-        return APIError(400, str(err))
-    return APIError(500, f"generation failed: {type(err).__name__}: {err}", type="server_error")
+        return APIError(400, server.hide(str(err)))
+    if type(err).__name__ == "RemoteError":  # the Stream Aligner's upstream engine
+        return error_of(server, EngineError(str(err)))
+    return APIError(500, "generation failed; the server's log has the details.", type="server_error")
 
 
 class _Reply:
@@ -396,7 +499,7 @@ class _Reply:
     def whole(self, outputs: list[Output]) -> dict:
         choices = []
         for i, o in enumerate(outputs):
-            choice = {"index": i, "finish_reason": self.finish_reason(o), "w2s": {"score": o.score}}
+            choice = {"index": i, "finish_reason": self.finish_reason(o), "w2s": {"score": finite(o.score)}}
             if self.chat:
                 choice["message"] = {"role": "assistant", "content": o.text}
             else:
@@ -419,9 +522,10 @@ def _sse(data) -> str:
     return f"data: {json.dumps(data) if not isinstance(data, str) else data}\n\n"
 
 
-async def _stream(server: Server, job: Job, events: asyncio.Queue, reply: _Reply):
+async def _stream(server: Server, job: Job, events: asyncio.Queue, reply: _Reply, scope: dict):
     """Server-sent events: text as soon as it is final, a last chunk per prompt, then ``[DONE]``.
-    If the client goes away the generator is cancelled, and so is the job."""
+    If the client goes away the generator is cancelled, and so is the job.  An error event is counted
+    by the metrics with its status (``scope["w2s_status"]``), not as the stream's 200."""
     outputs: dict[int, Output] = {}
     done, first = False, True
     try:
@@ -431,9 +535,9 @@ async def _stream(server: Server, job: Job, events: asyncio.Queue, reply: _Reply
         while len(outputs) < len(job.prompts):
             kind, index, payload = await events.get()
             if kind == "error":
-                err = _error_of(payload)
-                yield _sse({"error": {"message": err.message, "type": err.type, "param": err.param,
-                                      "code": err.code}})
+                err = error_of(server, payload)
+                scope["w2s_status"] = err.status
+                yield _sse(err.body())
                 break
             if kind == "delta":
                 if first:

@@ -5,8 +5,16 @@ call over all their prompts.  Each prompt samples from its own seed, ``prompt_se
 request (as ``generate(prompts, seed=seed)`` would give it alone), so batching never changes an answer.
 Events go back to each request's asyncio queue through ``loop.call_soon_threadsafe``.
 
-Cancellation: a queued request is removed from the queue; a running batch stops at the next step
-boundary (chunk or sentence) once every request in it has been cancelled.
+A request of more prompts than ``max_batch_size`` is queued as parts of at most that many prompts, so
+that one long list never runs as one batch ahead of everyone.
+
+Failures stay with their request: a batch that fails is run again one request at a time, and a
+prompt whose remote engine failed ends only its own request (502, 504 on a timeout).
+
+Cancellation and deadlines: a queued request is removed from the queue; a running batch checks at
+every token (local models) and while it waits for an engine (remote ones) whether its requests are
+still wanted (:func:`w2s.backends.base.interrupt_when`): a request past its deadline gets a 504, and
+the batch stops once none of its requests is left.
 """
 
 from __future__ import annotations
@@ -18,9 +26,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from ..backends.base import interrupt_when
+from ..models import Models
 from ..scoring import LogRatioScorer
 from ..search.cbs import prompt_seeds
-from ..models import Models
 from .config import ALIGNER_METHODS, ALIGNER_ROLE, build_method
 
 log = logging.getLogger("w2s.serve")
@@ -32,6 +41,18 @@ class QueueFull(Exception):
 
 class _Cancelled(Exception):
     """Raised inside a running batch when all of its requests have gone."""
+
+
+class DeadlineExceeded(Exception):
+    """A request ran past the server's per-request deadline (504)."""
+
+
+class EngineError(Exception):
+    """The large model's remote engine failed for a prompt (502; 504 when it timed out)."""
+
+    def __init__(self, detail: str):
+        super().__init__(detail)
+        self.timeout = "Timeout" in detail
 
 
 @dataclass
@@ -59,8 +80,20 @@ class Job:
     strong_template: str
     stream: bool
     emit: Callable[[str, int | None, object], None]
-    cancelled: threading.Event = field(default_factory=threading.Event)
+    deadline_s: float | None = None  # seconds from submission; None: none
+    cancelled: threading.Event = field(default_factory=threading.Event)  # gone, failed or past its deadline
     enqueued: float = field(default_factory=time.perf_counter)
+    sent: dict[int, str] = field(default_factory=dict)  # prompt index -> text already streamed
+
+    @property
+    def overdue(self) -> bool:
+        return self.deadline_s is not None and time.perf_counter() - self.enqueued > self.deadline_s
+
+    def fail(self, err: Exception) -> None:
+        """Send the request its error (once) and stop its work."""
+        if not self.cancelled.is_set():
+            self.cancelled.set()
+            self.emit("error", None, err)
 
     @property
     def key(self):
@@ -74,22 +107,37 @@ def _freeze(value):
     return tuple(value) if isinstance(value, list) else value
 
 
+@dataclass
+class Part:
+    """Prompts ``start`` to ``stop`` of a job: what the queue holds and a batch is made of."""
+
+    job: Job
+    start: int
+    stop: int
+
+    @property
+    def prompts(self) -> list[str]:
+        return self.job.prompts[self.start : self.stop]
+
+
 class _Seeded:
-    """The large model, with explicit per-prompt seeds: a batch of requests keeps each request's seeds."""
+    """The large model, with explicit per-prompt seeds: a batch of requests keeps each request's seeds.
+
+    The method runs with ``seed=0``, so prompt ``i`` of the batch asks for ``prompt_seeds(0, i)``; that
+    is swapped for the request's own seed (also when the method runs a subset of the prompts)."""
 
     def __init__(self, model, seeds: list[int]):
-        self._model, self._seeds = model, seeds
+        self._model = model
+        self._seeds = dict(zip(prompt_seeds(0, 0, len(seeds)), seeds))
 
     def __getattr__(self, name):
         return getattr(self._model, name)
 
     def open(self, prompts, params, seeds, template="{prompt}"):
-        assert len(prompts) == len(self._seeds), "one open() call per batch"
-        return self._model.open(prompts, params, self._seeds, template)
+        return self._model.open(prompts, params, [self._seeds[s] for s in seeds], template)
 
     def generator(self, n_rows, params, seeds, template="{prompt}"):
-        assert n_rows == len(self._seeds), "one generator per batch"
-        return self._model.generator(n_rows, params, self._seeds, template)
+        return self._model.generator(n_rows, params, [self._seeds[s] for s in seeds], template)
 
 
 def common_prefix(texts: list[str]) -> str:
@@ -117,7 +165,7 @@ class Batcher:
     def __init__(self, models: Models, *, queue_size: int, batch_window: float, max_batch_size: int, metrics=None):
         self.models, self.queue_size = models, queue_size
         self.batch_window, self.max_batch_size, self.metrics = batch_window, max_batch_size, metrics
-        self._waiting: collections.deque[Job] = collections.deque()
+        self._waiting: collections.deque[Part] = collections.deque()
         self._cond = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="w2s-serve-worker", daemon=True)
@@ -125,25 +173,31 @@ class Batcher:
 
     # -- the request side (event loop thread) -----------------------------------------------------
     def submit(self, job: Job) -> None:
+        """Queue the job, as parts of at most ``max_batch_size`` prompts."""
         with self._cond:
-            if len(self._waiting) >= self.queue_size:
+            if self.depth >= self.queue_size:
                 raise QueueFull(f"the queue is full ({self.queue_size} requests waiting); retry later.")
-            self._waiting.append(job)
+            n = len(job.prompts)
+            self._waiting.extend(Part(job, lo, min(lo + self.max_batch_size, n))
+                                 for lo in range(0, n, self.max_batch_size))
             self._depth()
             self._cond.notify_all()
 
     def cancel(self, job: Job) -> None:
-        """The client went away: drop the job if it is still queued, else mark it for the worker."""
+        """The client went away: drop the job's queued parts, and mark it for the worker."""
         with self._cond:
             job.cancelled.set()
-            if job in self._waiting:
-                self._waiting.remove(job)
+            queued = [part for part in self._waiting if part.job is job]
+            for part in queued:
+                self._waiting.remove(part)
+            if queued:
                 self._depth()
                 self._count_cancelled("queued")
 
     @property
     def depth(self) -> int:
-        return len(self._waiting)
+        """Requests waiting (a request queued as several parts counts once)."""
+        return len({id(part.job) for part in self._waiting})
 
     @property
     def alive(self) -> bool:
@@ -158,13 +212,13 @@ class Batcher:
     # -- the worker side -------------------------------------------------------------------------
     def _depth(self) -> None:
         if self.metrics:
-            self.metrics.queue_depth.set(len(self._waiting))
+            self.metrics.queue_depth.set(self.depth)
 
     def _count_cancelled(self, stage: str, n: int = 1) -> None:
         if self.metrics:
             self.metrics.cancelled.labels(stage=stage).inc(n)
 
-    def _take_batch(self) -> list[Job] | None:
+    def _take_batch(self) -> list[Part] | None:
         with self._cond:
             while not self._waiting:
                 if self._closed:
@@ -173,12 +227,12 @@ class Batcher:
             first = self._waiting.popleft()
             batch, size = [first], len(first.prompts)
             deadline = time.monotonic() + self.batch_window
-            while size < self.max_batch_size and first.method != "eft":
-                for job in list(self._waiting):
-                    if job.key == first.key and size + len(job.prompts) <= self.max_batch_size:
-                        self._waiting.remove(job)
-                        batch.append(job)
-                        size += len(job.prompts)
+            while size < self.max_batch_size and first.job.method != "eft":
+                for part in list(self._waiting):
+                    if part.job.key == first.job.key and size + len(part.prompts) <= self.max_batch_size:
+                        self._waiting.remove(part)
+                        batch.append(part)
+                        size += len(part.prompts)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self._closed:
                     break
@@ -191,51 +245,78 @@ class Batcher:
             batch = self._take_batch()
             if batch is None:
                 return
-            try:
-                self._run(batch)
-            except _Cancelled:
-                self._count_cancelled("running", len(batch))
-                log.info("batch of %d cancelled: every client went away", len(batch))
-            except Exception as err:  # the requests get the error; the worker goes on
-                log.exception("batch failed")
-                for job in batch:
-                    job.emit("error", None, err)
+            self._run_isolated(batch)
 
-    def _run(self, jobs: list[Job]) -> None:
+    def _run_isolated(self, parts: list[Part]) -> None:
+        """Run a batch; when it fails, run its requests one by one, so that only the failing one fails."""
+        try:
+            self._run(parts)
+        except _Cancelled:
+            self._count_cancelled("running", len({id(p.job) for p in parts}))
+            log.info("batch of %d prompts stopped: none of its requests is wanted any more",
+                     sum(len(p.prompts) for p in parts))
+        except Exception as err:  # the requests get the error; the worker goes on
+            jobs = list({id(p.job): p.job for p in parts if not p.job.cancelled.is_set()}.values())
+            if len(jobs) > 1:
+                log.warning("a batch of %d requests failed (%s); running them one by one", len(jobs), err)
+                for job in jobs:
+                    self._run_isolated([p for p in parts if p.job is job])
+                return
+            log.log(logging.INFO if isinstance(err, ValueError) else logging.ERROR, "request failed",
+                    exc_info=not isinstance(err, ValueError))
+            for job in jobs:
+                job.fail(err)
+
+    def _run(self, parts: list[Part]) -> None:
+        jobs = list({id(p.job): p.job for p in parts}.values())
         method = jobs[0].method
-        prompts = [p for job in jobs for p in job.prompts]
-        owners = [(job, i) for job in jobs for i in range(len(job.prompts))]  # batch row -> (job, index)
-        seeds = [s for job in jobs for s in prompt_seeds(job.seed, 0, len(job.prompts))]
+        prompts = [p for part in parts for p in part.prompts]
+        owners = [(part.job, i) for part in parts for i in range(part.start, part.stop)]  # batch row -> (job, index)
+        seeds = [s for part in parts for s in prompt_seeds(part.job.seed, part.start, len(part.prompts))]
         if self.metrics:
             self.metrics.batches.labels(method=method).inc()
             self.metrics.batch_prompts.labels(method=method).observe(len(prompts))
-        sent = [""] * len(prompts)  # text already streamed, per row
 
-        def check_cancelled() -> None:
+        def check_wanted() -> None:  # at every token and while an engine is waited for
+            for job in jobs:
+                if job.overdue:
+                    job.fail(DeadlineExceeded(f"the request took longer than the server's deadline of "
+                                              f"{job.deadline_s:g} s; retry later or ask for fewer tokens."))
             if all(job.cancelled.is_set() for job in jobs):
                 raise _Cancelled
 
         def stream(row: int, text: str) -> None:
             job, index = owners[row]
-            if job.stream and not job.cancelled.is_set() and len(text) > len(sent[row]):
-                if not text.startswith(sent[row]):  # cannot happen for prefix-stable decoding; never retract
-                    log.warning("streamed text %r is not a prefix of %r", sent[row], text)
+            sent = job.sent.get(index, "")
+            if job.stream and not job.cancelled.is_set() and len(text) > len(sent):
+                if not text.startswith(sent):  # cannot happen for prefix-stable decoding; never retract
+                    log.warning("streamed text %r is not a prefix of %r", sent, text)
                     return
-                job.emit("delta", index, text[len(sent[row]):])
-                sent[row] = text
+                job.emit("delta", index, text[len(sent):])
+                job.sent[index] = text
 
-        def finish(row: int, output: Output) -> None:
+        def finish(row: int, output: Output, error: str | None = None) -> None:
             job, index = owners[row]
+            if error is not None:  # the remote engine failed for this prompt: its request fails
+                log.error("engine failure for a prompt: %s", error)
+                job.fail(EngineError(error))
+                return
             stream(row, output.text)
             if self.metrics:
                 self.metrics.tokens.labels(method=method).inc(output.num_tokens)
             if not job.cancelled.is_set():
                 job.emit("done", index, output)
 
+        with interrupt_when(check_wanted):
+            self._generate(parts, prompts, seeds, check_wanted, stream, finish)
+
+    def _generate(self, parts: list[Part], prompts, seeds, check_wanted, stream, finish) -> None:
+        """Run the batch's method over its prompts, reporting through ``stream`` and ``finish`` (by row)."""
+        method = parts[0].job.method
         m = self.models
         strong = m.strong.model
-        config = build_method(method, jobs[0].params)
-        template = jobs[0].strong_template
+        config = build_method(method, parts[0].job.params)
+        template = parts[0].job.strong_template
         if method in ALIGNER_METHODS:
             aligner = m[ALIGNER_ROLE[method]]
             models = (_Seeded(strong, seeds), aligner.model)
@@ -246,7 +327,7 @@ class Batcher:
                 return
             texts, steps = [""] * len(prompts), [0] * len(prompts)
             for step in config.steps(*models, prompts, **templates):  # one StreamStep per corrected sentence
-                check_cancelled()
+                check_wanted()
                 texts[step.question_index] += step.corrected
                 steps[step.question_index] += 1
                 stream(step.question_index, texts[step.question_index])
@@ -256,9 +337,9 @@ class Batcher:
             return
 
         tuned, untuned = m.tuned, m.untuned
-        if method == "eft":
-            job = jobs[0]
-            results = config.generate(strong, tuned.model, untuned.model, prompts, seed=job.seed,
+        if method == "eft":  # one part per batch (its sampler takes one seed)
+            results = config.generate(strong, tuned.model, untuned.model, prompts, seed=parts[0].job.seed,
+                                      start_index=parts[0].start,
                                       strong_template=template, tuned_template=tuned.template,
                                       untuned_template=untuned.template, batch_size=len(prompts))
         else:
@@ -268,13 +349,13 @@ class Batcher:
                                     untuned.template) if needs_scorer else None
 
             def on_step(row: int, beam_texts: list[str]) -> None:
-                check_cancelled()
+                check_wanted()
                 stream(row, common_prefix(beam_texts))  # every later beam extends one of these
 
             results = config.generate(_Seeded(strong, seeds), scorer, prompts, template=template,
                                       batch_size=len(prompts), on_step=on_step)
         for row, result in enumerate(results):
-            finish(row, Output(result.response, result.finished, result.num_tokens, result.score))
+            finish(row, Output(result.response, result.finished, result.num_tokens, result.score), result.error)
 
 
 def _count_tokens(model, text: str) -> int:

@@ -25,7 +25,14 @@ A TOML file (every key optional; a model left out is the demo's default one)::
     port = 8000
     queue_size = 64                      # requests waiting beyond this get 503
     batch_window_ms = 10                 # how long the worker gathers requests into one batch
-    max_batch_size = 8                   # prompts per batch
+    max_batch_size = 8                   # prompts per batch (a longer request is split)
+    max_prompts = 64                     # prompts per request (400 beyond)
+    max_rows = 256                       # large-model rows per prompt, W*K or n (400 beyond)
+    max_body_bytes = 1048576             # request body size (413 beyond)
+    request_timeout_s = 600              # a request still running after this gets 504
+    server_api_key_env = "W2S_API_KEY"   # clients must send Authorization: Bearer <its value>
+    open_endpoints = ["/health"]         # reachable without the key (also "/metrics")
+    docs = true                          # serve /docs and /openapi.json
 """
 
 from __future__ import annotations
@@ -74,6 +81,9 @@ SERVER_OWNED = {"return_beams"}
 # older spelling of the remote ones, as a table
 MODEL_KEYS = {f.name for f in fields(ModelSpec)} - {"role"}
 REMOTE_KEYS = set(REMOTE_FIELDS) - set(PER_ROLE)  # concurrency, timeout, max_retries, api_key_env
+OPENABLE = ("/health", "/metrics")  # endpoints that may be reachable without the API key
+SERVER_KEYS = ("host", "port", "queue_size", "batch_window_ms", "max_batch_size", "max_prompts", "max_rows",
+               "max_body_bytes", "request_timeout_s", "server_api_key_env", "open_endpoints", "docs")
 
 
 def method_fields(method: str) -> dict[str, object]:
@@ -99,7 +109,16 @@ class ServeConfig:
         port: port to listen on.
         queue_size: requests waiting beyond this get 503.
         batch_window_ms: how long the worker gathers requests into one batch.
-        max_batch_size: prompts per batch.
+        max_batch_size: prompts per batch; a request of more prompts runs as several batches.
+        max_prompts: prompts per request; more is a 400.
+        max_rows: large-model rows a prompt may sample at once (W*K for cbs, n for bon); more is a 400.
+        max_body_bytes: request body size; more is a 413.
+        request_timeout_s: a request still unfinished this many seconds after it arrived ends with a 504
+            and its work stops (also while it waits for a remote engine); none: no deadline.
+        server_api_key_env: environment variable holding the server's API key: clients must then send
+            "Authorization: Bearer KEY" (401 otherwise); none: no key.
+        open_endpoints: endpoints reachable without the API key.
+        docs: serve the interactive API docs (/docs, /openapi.json).
     """
 
     name: str = "w2s"
@@ -111,6 +130,13 @@ class ServeConfig:
     queue_size: int = 64
     batch_window_ms: float = 10.0
     max_batch_size: int = 8
+    max_prompts: int = 64
+    max_rows: int = 256
+    max_body_bytes: int = 1 << 20
+    request_timeout_s: float | None = 600.0
+    server_api_key_env: str | None = None
+    open_endpoints: tuple[str, ...] = field(default=("/health",), metadata={"choices": OPENABLE})
+    docs: bool = True
 
     def __post_init__(self) -> None:
         check_choice("method", self.method, SERVED_METHODS)
@@ -127,6 +153,16 @@ class ServeConfig:
         check_range("queue_size", self.queue_size, low=1, integer=True)
         check_range("batch_window_ms", self.batch_window_ms, low=0.0)
         check_range("max_batch_size", self.max_batch_size, low=1, integer=True)
+        check_range("max_prompts", self.max_prompts, low=1, integer=True)
+        check_range("max_rows", self.max_rows, low=1, integer=True)
+        check_range("max_body_bytes", self.max_body_bytes, low=1, integer=True)
+        check_range("request_timeout_s", self.request_timeout_s, low=0.0, low_open=True, allow_none=True)
+        key = self.server_api_key_env
+        if key is not None and not (isinstance(key, str) and key):
+            raise ValueError(f"server_api_key_env must name an environment variable, got {key!r}.")
+        self.open_endpoints = tuple(self.open_endpoints)
+        for endpoint in self.open_endpoints:
+            check_choice("open_endpoints", endpoint, OPENABLE)
 
 
 def _table(where: str, value, allowed: set[str]) -> dict:
@@ -146,8 +182,7 @@ def parse_config(data: dict, source: str = "config") -> ServeConfig:
         spec = dict(_table(f"{source} [models.{role}]", spec, MODEL_KEYS | {"remote"}))
         spec.update(_table(f"{source} [models.{role}.remote]", spec.pop("remote", {}), REMOTE_KEYS))
         models[role] = ModelSpec(**spec, role=role)
-    server = _table(f"{source} [server]", data.get("server", {}),
-                    {"host", "port", "queue_size", "batch_window_ms", "max_batch_size"})
+    server = _table(f"{source} [server]", data.get("server", {}), set(SERVER_KEYS))
     tables = _table(f"{source} [methods]", data.get("methods", {}), set(SERVED_METHODS))
     methods = {m: dict(_table(f"{source} [methods.{m}]", values, set(method_fields(m)))) for m, values in tables.items()}
     return ServeConfig(name=data.get("name", "w2s"), method=data.get("method", "cbs"), models=models,

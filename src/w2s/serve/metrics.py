@@ -35,7 +35,8 @@ class Metrics:
 class MetricsMiddleware:
     """Pure ASGI middleware: counts every request and times it to its last byte (streams included).
 
-    The handler names the w2s method in ``scope["w2s_method"]``.
+    The handler names the w2s method in ``scope["w2s_method"]`` (and a streamed error's status in
+    ``scope["w2s_status"]``).
     """
 
     def __init__(self, app, metrics: Metrics):
@@ -55,6 +56,8 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_status)
         finally:
             endpoint = scope["path"] if scope["path"] in ENDPOINTS else "other"
+            # a stream that ended with an error event counts with that error's status, not as its 200
+            status = scope.get("w2s_status", status[0])
             self.metrics.requests.labels(endpoint=endpoint, method=scope.get("w2s_method", ""),
-                                         status=str(status[0])).inc()
+                                         status=str(status)).inc()
             self.metrics.latency.labels(endpoint=endpoint).observe(time.perf_counter() - start)

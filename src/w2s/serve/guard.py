@@ -1,0 +1,63 @@
+"""What every request passes before a route sees it: the API key and the body-size limit (pure ASGI)."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Callable
+
+
+class Guard:
+    """Refuse a request without the API key (401) or with a body over ``max_body_bytes`` (413).
+
+    Args:
+        api_key: the key clients send as ``Authorization: Bearer KEY``; None: no key is needed.
+        open_endpoints: paths reachable without the key.
+        max_body_bytes: the largest body read (by ``Content-Length``, and counted as it arrives).
+        error: ``(status, message, param, code, type) -> response`` in the API's error schema.
+    """
+
+    def __init__(self, app, *, api_key: str | None, open_endpoints: tuple[str, ...], max_body_bytes: int,
+                 error: Callable):
+        self.app, self.api_key, self.open_endpoints = app, api_key, set(open_endpoints)
+        self.max_body_bytes, self.error = max_body_bytes, error
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
+        if self.api_key is not None and scope["path"] not in self.open_endpoints:
+            given = headers.get("authorization", "")
+            scheme, _, key = given.partition(" ")
+            if scheme.lower() != "bearer" or not secrets.compare_digest(key.strip().encode(), self.api_key.encode()):
+                what = "no API key was given" if not given else "the API key is not valid"
+                return await self.error((401, f"{what}; send Authorization: Bearer KEY.", None, "invalid_api_key",
+                                         "authentication_error"))(scope, receive, send)
+        length = headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.max_body_bytes:
+            return await self._too_large(scope, receive, send)
+        # the body is read here, up to the limit, and handed on whole: a route never sees a larger one
+        chunks, size, more = [], 0, scope["method"] in ("POST", "PUT", "PATCH")
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_body_bytes:
+                return await self._too_large(scope, receive, send)
+            more = message.get("more_body", False)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()  # then the client's disconnect, when it comes
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, scope, receive, send):
+        response = self.error((413, f"the request body is larger than this server's limit of {self.max_body_bytes} "
+                                    "bytes.", None, "body_too_large", "invalid_request_error"))
+        await response(scope, receive, send)
