@@ -105,7 +105,9 @@ def test_resume_restarts_at_the_batch_boundary(tmp_path):
 
 def aligner_flags(dirs):
     # the shared guide has the strong model's tokenizer and its chat template: a stand-in aligner
-    return ["--upstream", dirs["strong"], "--upstream-template", "{prompt}", "--max-sentences", "2"]
+    # (and a correction budget that fits its context of 512 with the question and answer)
+    return ["--upstream", dirs["strong"], "--upstream-template", "{prompt}", "--max-sentences", "2",
+            "--max-correction-tokens", "64"]
 
 
 def test_stream_prints_one_question_and_writes_a_file_of_them(model_dirs, tmp_path):

@@ -312,7 +312,7 @@ def test_cli_search_with_a_remote_strong_model_error_records_and_resume(proxy, m
             "--chunk-length", "4", "--max-new-tokens", "8", "--prompts", str(prompts), "--output", str(out),
             "--max-retries", "1", "--concurrency", "4", "--api-key-env", "MY_ENGINE_KEY", "--batch-size", "1"]
     done = run_cli(args, {"MY_ENGINE_KEY": "sk-test-123", "OPENAI_API_KEY": "wrong"})
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 1 and "1 of 3 prompts failed" in done.stderr, done.stderr  # an error record
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 3
     assert rows[1].keys() == {"index", "prompt", "error"} and rows[1]["index"] == 1 and "HTTP 503" in rows[1]["error"]
@@ -341,7 +341,7 @@ def test_cli_stream_with_a_remote_upstream_writes_error_records(proxy, model_dir
     done = run_cli(["stream", "--upstream", proxy.url, "--upstream-model", "smollm2", "--upstream-tokenizer", gguf,
                     "--aligner", model_dirs["tuned"], "--aligner-template", "{prompt}", "--max-sentences", "2",
                     "--questions", str(questions), "--output", str(out), "--max-retries", "0"])
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 1 and "1 of 2 questions failed" in done.stderr, done.stderr  # an error record
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert rows[0]["original"] and rows[0]["sentences"]
     assert rows[1]["index"] == 1 and rows[1]["question"] == "POISON question" and "HTTP 503" in rows[1]["error"]

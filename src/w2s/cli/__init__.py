@@ -10,13 +10,17 @@ import argparse
 import sys
 
 from . import evaluate, search, serve, setup, stream, train
-from .common import PHASES, mark
+from .common import FAILED, PHASES, command_name, mark
 
 __all__ = ["build_parser", "main"]
 
+EXIT_STATUS = (f"exit status: 0 done; {FAILED} some items failed (their lines in the output are error records, "
+               "summarized on stderr); 2 a bad input or setting (a one-line error)")
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="w2s", description="Align a large LM at generation time with small ones.")
+    parser = argparse.ArgumentParser(prog="w2s", description="Align a large LM at generation time with small ones.",
+                                     epilog=EXIT_STATUS)
     sub = parser.add_subparsers(dest="command", required=True)
     search.add_parser(sub)
     setup.add_parsers(sub)
@@ -32,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     mark("main")
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
-    except ValueError as err:
-        print(f"w2s {args.command}: error: {err}", file=sys.stderr)
+        return args.func(args) or 0
+    except (ValueError, OSError) as err:  # OSError: a file or model that cannot be read or written
+        message = f"{err.filename}: {err.strerror}" if isinstance(err, OSError) and err.filename else err
+        print(f"{command_name(args)}: error: {message}", file=sys.stderr)
         return 2
-    return 0

@@ -6,10 +6,10 @@ import warnings
 from dataclasses import dataclass, field
 
 from ..configs import param_names
-from ..jsonl import append_batches, finite
+from ..jsonl import finite
 from ..models import is_url, load_all
 from ..search import SEARCH_METHODS
-from .common import is_error_record, read_records
+from .common import read_records, run_settings, start_output, write_output
 from .flags import add_config_flags, add_model_flags, config_from_args, model_specs
 
 ROLES = {"strong": "strong", "tuned": "tuned", "untuned": "untuned"}
@@ -28,9 +28,11 @@ class SearchOptions:
     Attributes:
         method: cbs (chunk-level beam search), bon (Best-of-N), base (plain sampling) or eft (emulated
             fine-tuning).
-        prompts: JSONL with a 'prompt' field, or one prompt per line; - for stdin.
-        output: JSONL, one line per prompt in input order; - for stdout.
-        resume: keep the lines already in the output and do the rest.
+        prompts: JSONL with a 'prompt' field (a .jsonl file, or a first line starting with {), or one
+            prompt per line; - for stdin.
+        output: JSONL, one line per prompt in input order (its settings in OUTPUT.run.json); - for stdout.
+        resume: keep the lines already in the output (a run with the same settings) and do the rest.
+        overwrite: start the output afresh, deleting the lines it holds.
         seed: seeds each prompt's randomness, with its position.
         batch_size: prompts searched together.
     """
@@ -39,6 +41,7 @@ class SearchOptions:
     prompts: str
     output: str
     resume: bool = False
+    overwrite: bool = False
     seed: int = 0
     batch_size: int = 8
 
@@ -63,14 +66,18 @@ def method_config(args):
     return config_from_args(cls, args)
 
 
-def run(args) -> None:
+def run(args) -> int:
     from ..scoring import LogRatioScorer
 
     config = method_config(args)  # validate before loading models
     if args.method == "eft" and is_url(args.strong):
         raise ValueError("--method eft mixes the strong model's next-token logits with the guides' and needs a "
                          "local --strong model; use cbs, bon or base with a remote one.")
+    if args.resume and args.overwrite:
+        raise ValueError("give --resume (go on with the output's run) or --overwrite (start over), not both.")
     records = read_records(args.prompts)
+    start_output(args.output, run_settings(args, config, ROLES, records, "--prompts"), resume=args.resume,
+                 overwrite=args.overwrite)
     m = load_all(model_specs(args, ROLES))
     scorer = LogRatioScorer(m.tuned.model, m.untuned.model, m.tuned.template, m.untuned.template)
 
@@ -86,13 +93,12 @@ def run(args) -> None:
         for index, (record, result) in enumerate(zip(batch, results), start):
             yield result_row(index, record, result)
 
-    append_batches(args.output, records, args.batch_size, rows, resume=args.resume,
-                   keep=lambda r: not is_error_record(r), desc=type(config).__name__, unit="prompt", progress=True)
+    return write_output(args, records, rows, unit="prompt", desc=type(config).__name__)
 
 
 def result_row(index: int, record: dict, result) -> dict:
     """One output line: the input record with the result's fields (or an error record)."""
-    if result.error is not None:  # a remote model failed for this prompt only
+    if result.error is not None:  # a remote model failed for this prompt only, or it overflows a context
         return {"index": index, "prompt": result.prompt, "error": result.error}
     row = {**record, "prompt": result.prompt, "response": result.response, "score": finite(result.score),
            "finished": result.finished, "num_tokens": result.num_tokens, "method": result.method}

@@ -10,9 +10,8 @@ from pathlib import Path
 
 from .. import defaults
 from ..aligner import Aligner, StreamAligner
-from ..jsonl import append_batches
 from ..models import load_all
-from .common import is_error_record, mark, PHASES, read_questions
+from .common import mark, PHASES, read_questions, run_settings, start_output, write_output
 from .flags import add_config_flags, add_model_flags, config_from_args, model_specs
 
 # the demo task's lengths (w2s.tasks.positive), the defaults of these commands
@@ -26,6 +25,10 @@ HELPS = {"upstream": UPSTREAM_HELP,
          "whole_aligner": "the whole-answer aligner (default: the shipped positive-rewrite one)",
          "teacher": "the teacher model (a causal LM directory), or a Python function 'package.module:function' "
                     "(question, prefix, sentence) -> correction"}
+# each command's models: role -> flag name (align's --aligner is the whole-answer aligner)
+STREAM_ROLES = {"upstream": "upstream", "aligner": "aligner"}
+ALIGN_ROLES = {"upstream": "upstream", "whole_aligner": "aligner"}
+CORRECTION_ROLES = {"upstream": "upstream", "teacher": "teacher"}
 
 
 @dataclass
@@ -35,7 +38,9 @@ class AnswerOptions:
     Attributes:
         question: one question: the corrected text is printed as it arrives.
         questions: JSONL with a 'question' field (or one question per line); needs --output.
-        output: JSONL, one record per question (a rerun resumes).
+        output: JSONL, one record per question (its settings in OUTPUT.run.json); a rerun with the same
+            settings goes on with it.
+        overwrite: start the output afresh, deleting the records it holds.
         seed: seeds each question's randomness, with its position.
         batch_size: questions answered together.
     """
@@ -43,6 +48,7 @@ class AnswerOptions:
     question: str | None = None
     questions: str | None = None
     output: str | None = None
+    overwrite: bool = False
     seed: int = 0
     batch_size: int = 8
 
@@ -53,8 +59,10 @@ class CorrectionsOptions:
 
     Attributes:
         questions: JSONL with a 'question' field, or one question per line.
-        out: sentence records {question, prefix, sentence, correction} (a rerun resumes).
+        out: sentence records {question, prefix, sentence, correction} (its settings in OUT.run.json); a
+            rerun with the same settings goes on with it.
         whole_out: also whole-answer records {question, answer, correction} (for the Aligner).
+        overwrite: start the outputs afresh, deleting the records they hold.
         seed: seeds each question's randomness, with its position.
         batch_size: questions answered together.
     """
@@ -62,47 +70,53 @@ class CorrectionsOptions:
     questions: str
     out: str
     whole_out: str | None = None
+    overwrite: bool = False
     seed: int = 0
     batch_size: int = 8
 
 
 def add_parsers(sub) -> None:
     s = sub.add_parser("stream", help="Stream Aligner: correct the upstream's answer sentence by sentence, streaming")
-    add_model_flags(s, {"upstream": "upstream", "aligner": "aligner"}, remote=("upstream",), helps=HELPS)
+    add_model_flags(s, STREAM_ROLES, remote=("upstream",), helps=HELPS)
     add_config_flags(s, AnswerOptions, StreamAligner, defaults=DEMO_LENGTHS)
     s.set_defaults(func=run_stream)
     a = sub.add_parser("align", help="Aligner baseline: correct the upstream's whole answer in one pass")
-    # its --aligner is the whole-answer aligner
-    add_model_flags(a, {"upstream": "upstream", "whole_aligner": "aligner"}, remote=("upstream",), helps=HELPS)
+    add_model_flags(a, ALIGN_ROLES, remote=("upstream",), helps=HELPS)
     add_config_flags(a, AnswerOptions, Aligner, defaults=ALIGN_LENGTHS)
     a.set_defaults(func=run_align)
     data = sub.add_parser("data", help="data builders").add_subparsers(dest="builder", required=True)
     c = data.add_parser("corrections", help="run the Stream Aligner loop with a teacher: training records")
-    add_model_flags(c, {"upstream": "upstream", "teacher": "teacher"}, remote=("upstream",), required=("teacher",),
-                    helps=HELPS)
+    add_model_flags(c, CORRECTION_ROLES, remote=("upstream",), required=("teacher",), helps=HELPS)
     add_config_flags(c, CorrectionsOptions, StreamAligner, defaults=DEMO_LENGTHS)
     c.set_defaults(func=run_corrections)
 
 
-def run_stream(args) -> None:
+def run_stream(args) -> int:
     from ..backends import transformers  # noqa: F401 - torch and transformers: the start-up's first phase
 
     mark("imported")
-    m = load_all(model_specs(args, ("upstream", "aligner")))
-    mark("loaded")
-    _answer(args, config_from_args(StreamAligner, args), m.upstream, m.aligner)
+    status = _answer(args, config_from_args(StreamAligner, args), STREAM_ROLES)
     mark("end")
     if os.environ.get("W2S_TIMINGS"):
         Path(os.environ["W2S_TIMINGS"]).write_text(json.dumps(PHASES) + "\n", encoding="utf-8")
+    return status
 
 
-def run_align(args) -> None:
-    config = config_from_args(Aligner, args)
-    m = load_all(model_specs(args, ("upstream", "whole_aligner")))
-    _answer(args, config, m.upstream, m.whole_aligner)
+def run_align(args) -> int:
+    return _answer(args, config_from_args(Aligner, args), ALIGN_ROLES)
 
 
-def _answer(args, config, upstream, aligner) -> None:
+def _answer(args, config, roles: dict[str, str]) -> int:
+    """One question printed, or a file of them written (checked before the models load); the exit status."""
+    if args.question is None:
+        if not (args.questions and args.output):
+            raise ValueError("give --question TEXT, or --questions FILE with --output FILE.")
+        questions = read_questions(args.questions)
+        start_output(args.output, run_settings(args, config, roles, questions, "--questions"),
+                     overwrite=args.overwrite)
+    m = load_all(model_specs(args, roles))
+    mark("loaded")
+    upstream, aligner = (getattr(m, role) for role in roles)
     models = (upstream.model, aligner.model)
     templates = dict(upstream_template=upstream.template, aligner_template=aligner.template)
     if args.question is not None:
@@ -113,17 +127,13 @@ def _answer(args, config, upstream, aligner) -> None:
             print()
         else:
             print(config.run(*models, [args.question], seed=args.seed, **templates)[0].corrected)
-        return
-    if not (args.questions and args.output):
-        raise ValueError("give --question TEXT, or --questions FILE with --output FILE.")
-    questions = read_questions(args.questions)
+        return 0
 
     def rows(batch: list[str], start: int) -> list[dict]:
         return [answer_row(start + j, batch[j], answer)
                 for j, answer in enumerate(_answer_batch(config, models, templates, batch, args.seed, start))]
 
-    append_batches(args.output, questions, args.batch_size, rows, keep=lambda r: not is_error_record(r),
-                   desc=args.command, unit="question", progress=True)
+    return write_output(args, questions, rows, unit="question", desc=args.command)
 
 
 def answer_row(index: int, question: str, answer) -> dict:
@@ -136,19 +146,21 @@ def answer_row(index: int, question: str, answer) -> dict:
 
 
 def _answer_batch(config, models, templates, batch: list[str], seed: int, start: int) -> list:
-    """Answers of a batch; when a remote upstream fails, the questions are redone one by one (same
-    randomness) so that only the failing ones become errors (returned as the exception)."""
+    """Answers of a batch; when a remote upstream fails, or a question overflows a model's context, the
+    questions are redone one by one (same randomness) so that only the failing ones become errors
+    (returned as the exception)."""
+    from ..backends.base import ContextLengthError
     from ..backends.remote import RemoteError
 
     try:
         return config.run(*models, batch, seed=seed, start_index=start, **templates)
-    except RemoteError:
+    except (RemoteError, ContextLengthError):
         pass
     answers = []
     for j, question in enumerate(batch):
         try:
             answers.append(config.run(*models, [question], seed=seed, start_index=start + j, **templates)[0])
-        except RemoteError as err:
+        except (RemoteError, ContextLengthError) as err:
             answers.append(err)
     return answers
 
@@ -157,8 +169,13 @@ def run_corrections(args) -> None:
     from ..aligner.data import build_corrections
 
     loop = config_from_args(StreamAligner, args)
-    m = load_all(model_specs(args, ("upstream", "teacher")))
-    n = build_corrections(m.upstream.model, m.teacher.model, read_questions(args.questions), args.out,
+    questions = read_questions(args.questions)
+    settings = run_settings(args, loop, CORRECTION_ROLES, questions, "--questions")
+    for flag, path in (("--out", args.out), ("--whole-out", args.whole_out)):
+        if path is not None:
+            start_output(path, settings, overwrite=args.overwrite, flag=flag)
+    m = load_all(model_specs(args, CORRECTION_ROLES))
+    n = build_corrections(m.upstream.model, m.teacher.model, questions, args.out,
                           whole_out_path=args.whole_out, loop=loop, upstream_template=m.upstream.template,
                           teacher_template=m.teacher.template, seed=args.seed, batch_size=args.batch_size)
     print(f"{n} sentence records in {args.out}")

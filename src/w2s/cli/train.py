@@ -5,11 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..jsonl import read_complete
 from ..training.aligner import AlignerTrainingConfig
 from ..training.dpo import DPOTrainingConfig
 from ..training.lm import LMTrainingConfig
-from .common import read_corpus
+from .common import read_corpus, read_records
 from .flags import add_config_flags, config_from_args
 
 
@@ -95,7 +94,7 @@ def run_dpo(args) -> None:
 
     config = config_from_args(DPOTrainingConfig, args)
     if args.pairs:
-        pairs = [r for r in read_complete(args.pairs) if not r.get("skipped")]
+        pairs = [r for r in read_records(args.pairs, "prompt", "--pairs", plain=False) if not r.get("skipped")]
     else:
         prompts = sentiment.training_prompts(args.num_prompts, seed=config.seed)
         pairs = build_preference_pairs(load(ModelSpec(args.base)).model, prompts, sentiment.gold_reward,
@@ -108,4 +107,5 @@ def run_aligner(args) -> None:
     from ..training.aligner import train_aligner
 
     config = config_from_args(AlignerTrainingConfig, args)
-    print(f"aligner in {train_aligner(args.base, read_complete(args.records), args.out, config)}")
+    records = read_records(args.records, "correction", "--records", plain=False)
+    print(f"aligner in {train_aligner(args.base, records, args.out, config)}")
