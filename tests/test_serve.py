@@ -169,9 +169,9 @@ def client(url: str, **kw) -> openai.OpenAI:
     return openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, **kw)
 
 
-def metric(url: str, name: str, **labels) -> float:
+def metric(url: str, name: str, headers=None, **labels) -> float:
     """The value of one Prometheus sample (0 when absent)."""
-    text = httpx.get(url + "/metrics").text
+    text = httpx.get(url + "/metrics", headers=headers).text
     want = ",".join(f'{k}="{v}"' for k, v in labels.items())
     pattern = rf"^{name}{{{re.escape(want)}}} (\S+)$" if labels else rf"^{name} (\S+)$"
     found = re.search(pattern, text, re.M)

@@ -44,7 +44,9 @@ class SearchResult:
     ended by itself (EOS or stop string); ``score`` is the scorer's value of ``response`` (with the end
     token counted when finished).  ``beams`` holds all final beams
     with their own scores when asked for (``return_beams=True``), best first.  ``error`` is set (and the
-    response is empty) when a remote large model failed for this prompt; the other prompts are unaffected.
+    response is empty) when this prompt could not be searched, the other prompts unaffected; ``error_code``
+    says why: ``"engine_error"`` (a remote large model failed) or ``"context_length_exceeded"`` (the prompt
+    and the tokens asked for do not fit a model's context).
     """
 
     prompt: str
@@ -55,6 +57,7 @@ class SearchResult:
     method: str
     beams: list[Beam] | None = None
     error: str | None = None
+    error_code: str | None = None
 
 
 def prompt_seeds(seed: int, start: int, count: int) -> list[int]:
@@ -176,7 +179,8 @@ class ChunkBeamSearch:
                 for p in todo:
                     one = None if on_step is None else (lambda i, texts, p=p: on_step(p, texts))
                     done[p] = self._isolated(model, scorer, [prompts[p]], [seeds[p]], template, one)[0]
-        return [done[p] if p in done else SearchResult(prompts[p], "", None, False, 0, self.method, error=errors[p])
+        return [done[p] if p in done else SearchResult(prompts[p], "", None, False, 0, self.method, error=errors[p],
+                                                       error_code="context_length_exceeded")
                 for p in range(len(prompts))]
 
     def _search(self, model, scorer, prompts: list[str], seeds: list[int], template: str,
@@ -222,7 +226,8 @@ class ChunkBeamSearch:
         results = []
         for p, prompt in enumerate(prompts):
             if p in errors:
-                results.append(SearchResult(prompt, "", None, False, 0, self.method, error=errors[p]))
+                results.append(SearchResult(prompt, "", None, False, 0, self.method, error=errors[p],
+                                            error_code="engine_error"))
                 continue
             final = sorted(beams[p], key=lambda b: -b.score) if scorer is not None else beams[p]
             best = next((b for b in final if b.finished), final[0])  # the best finished beam, if any

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..backends.base import interrupt_when
+from ..backends.base import ContextLengthError, interrupt_when
 from ..models import Models
 from ..scoring import LogRatioScorer
 from ..search.cbs import prompt_seeds
@@ -295,11 +295,12 @@ class Batcher:
                 job.emit("delta", index, text[len(sent):])
                 job.sent[index] = text
 
-        def finish(row: int, output: Output, error: str | None = None) -> None:
+        def finish(row: int, output: Output, result=None) -> None:
             job, index = owners[row]
-            if error is not None:  # the remote engine failed for this prompt: its request fails
-                log.error("engine failure for a prompt: %s", error)
-                job.fail(EngineError(error))
+            if result is not None and result.error is not None:  # this prompt failed: its request fails
+                log.warning("a prompt failed (%s): %s", result.error_code, result.error)
+                context = result.error_code == "context_length_exceeded"
+                job.fail(ContextLengthError(result.error) if context else EngineError(result.error))
                 return
             stream(row, output.text)
             if self.metrics:
@@ -355,7 +356,7 @@ class Batcher:
             results = config.generate(_Seeded(strong, seeds), scorer, prompts, template=template,
                                       batch_size=len(prompts), on_step=on_step)
         for row, result in enumerate(results):
-            finish(row, Output(result.response, result.finished, result.num_tokens, result.score), result.error)
+            finish(row, Output(result.response, result.finished, result.num_tokens, result.score), result)
 
 
 def _count_tokens(model, text: str) -> int:
