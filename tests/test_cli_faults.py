@@ -200,3 +200,17 @@ def test_rerun_of_stream_and_corrections_goes_on_only_with_the_same_settings(cap
     assert status == 2 and "--max-sentences 2, not 1" in err
     assert cli(capsys, *run, "--seed", "4", "--overwrite")[0] == 0
     assert json.loads(run_record(out).read_text())["flags"]["--seed"] == 4
+
+
+def test_an_engine_that_stays_down_is_a_one_line_error(capsys, model_dirs):
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()  # nothing listens there
+    status, _, err = cli(capsys, "stream", "--upstream", f"http://127.0.0.1:{port}/v1", "--upstream-model", "m",
+                         "--upstream-template", "{prompt}", "--aligner", model_dirs["shared_tuned"], "--max-retries",
+                         "0", "--max-sentences", "1", "--question", "Hi")
+    last = err.splitlines()[-1]  # after the aligner's loading bar
+    assert status == 1 and "Traceback" not in err and last.startswith("w2s stream: error: ") and "Connect" in last

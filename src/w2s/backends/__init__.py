@@ -6,16 +6,17 @@ The backends are imported on first use (torch and transformers for the local one
 from typing import TYPE_CHECKING
 
 from .._lazy import lazy_exports
-from .base import ContextLengthError, Continuation, Conversation, LanguageModel, SamplingParams, SearchSession
+from .base import (ContextLengthError, Continuation, Conversation, LanguageModel, RemoteError, SamplingParams,
+                   SearchSession)
 
 if TYPE_CHECKING:
-    from .remote import RemoteError, RemoteModel
+    from .remote import RemoteModel
     from .transformers import TransformersModel, load_model
 
 __all__ = ["ContextLengthError", "Continuation", "Conversation", "LanguageModel", "RemoteError", "RemoteModel", "SamplingParams",
            "SearchSession", "TransformersModel", "load_model"]
 
 __getattr__, __dir__ = lazy_exports(__name__, {
-    ".remote": ("RemoteError", "RemoteModel"),
+    ".remote": ("RemoteModel",),
     ".transformers": ("TransformersModel", "load_model"),
 })

@@ -72,6 +72,10 @@ def check_interrupt() -> None:
         check()
 
 
+class RemoteError(RuntimeError):
+    """A request to a remote engine failed for good (after retries, or with a non-retryable status)."""
+
+
 class ContextLengthError(ValueError):
     """A sequence would not fit a model's context window (its ``max_position_embeddings``): the prompt is
     too long for the tokens asked for.  Methods turn it into an error for that prompt only."""

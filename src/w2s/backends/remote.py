@@ -38,14 +38,11 @@ from typing import Sequence
 import httpx
 
 from ..validation import check_range
-from .base import Continuation, SamplingParams, chat_turn_end_id, check_interrupt, render_prompt, stop_index
+from .base import (Continuation, RemoteError, SamplingParams, chat_turn_end_id, check_interrupt, render_prompt,
+                   stop_index)
 
 RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})  # and any other 5xx
 MAX_RETRY_AFTER = 600.0  # seconds: a longer Retry-After is capped (and said so in the error if it fails)
-
-
-class RemoteError(RuntimeError):
-    """A request to the remote engine failed for good (after retries, or with a non-retryable status)."""
 
 
 def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
@@ -192,7 +189,8 @@ class RemoteModel:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _headers(self) -> dict[str, str]:
+    def auth_headers(self) -> dict[str, str]:
+        """The ``Authorization`` header of the engine's API key (none without one)."""
         key = os.environ.get(self.api_key_env, "")
         return {"Authorization": f"Bearer {key}"} if key else {}
 
@@ -232,7 +230,7 @@ class RemoteModel:
 
         async def once(client: httpx.AsyncClient) -> dict:
             try:
-                response = await client.post(url, json=body, headers=self._headers())
+                response = await client.post(url, json=body, headers=self.auth_headers())
             except (httpx.TimeoutException, httpx.TransportError) as err:
                 raise _Retryable(f"{type(err).__name__}: {err}".rstrip(": ")) from None
             _raise_for_status(response, response.text)
@@ -255,7 +253,7 @@ class RemoteModel:
             text, finish = "", None
             try:
                 async with client.stream("POST", url, json={**body, "stream": True},
-                                         headers=self._headers()) as response:
+                                         headers=self.auth_headers()) as response:
                     if response.status_code != 200:
                         _raise_for_status(response, (await response.aread()).decode("utf-8", "replace"))
                     async for line in response.aiter_lines():

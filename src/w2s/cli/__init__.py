@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from . import evaluate, search, serve, setup, stream, train
+from ..backends.base import RemoteError
 from .common import FAILED, PHASES, command_name, mark
 
 __all__ = ["build_parser", "main"]
@@ -41,3 +42,6 @@ def main(argv: list[str] | None = None) -> int:
         message = f"{err.filename}: {err.strerror}" if isinstance(err, OSError) and err.filename else err
         print(f"{command_name(args)}: error: {message}", file=sys.stderr)
         return 2
+    except RemoteError as err:  # an engine that stayed down (a file of prompts gets error records instead)
+        print(f"{command_name(args)}: error: {err}", file=sys.stderr)
+        return 1

@@ -149,8 +149,7 @@ def _answer_batch(config, models, templates, batch: list[str], seed: int, start:
     """Answers of a batch; when a remote upstream fails, or a question overflows a model's context, the
     questions are redone one by one (same randomness) so that only the failing ones become errors
     (returned as the exception)."""
-    from ..backends.base import ContextLengthError
-    from ..backends.remote import RemoteError
+    from ..backends.base import ContextLengthError, RemoteError
 
     try:
         return config.run(*models, batch, seed=seed, start_index=start, **templates)

@@ -31,7 +31,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..backends.base import ContextLengthError, Conversation, context_error
+from ..backends.base import ContextLengthError, Conversation, RemoteError, context_error
 from ..jsonl import finite
 from ..models import Models
 from ..search.eft import check_same_vocabulary
@@ -314,7 +314,7 @@ class Server:
             return None
         try:
             async with httpx.AsyncClient(timeout=2.0) as client:
-                response = await client.get(base_url + "/models", headers=self.models.strong.model._headers())
+                response = await client.get(base_url + "/models", headers=self.models.strong.model.auth_headers())
             return None if response.status_code == 200 else f"the engine answers HTTP {response.status_code}"
         except httpx.HTTPError as err:
             log.warning("engine health check failed: %r", err)
@@ -468,7 +468,7 @@ def error_of(server: Server, err: Exception) -> APIError:
         return APIError(400, server.hide(str(err)), code="context_length_exceeded")
     if isinstance(err, (ValueError, TemplateError)):
         return APIError(400, server.hide(str(err)))
-    if type(err).__name__ == "RemoteError":  # the Stream Aligner's upstream engine
+    if isinstance(err, RemoteError):  # the Stream Aligner's upstream engine
         return error_of(server, EngineError(str(err)))
     return APIError(500, "generation failed; the server's log has the details.", type="server_error")
 
