@@ -214,7 +214,7 @@ class Server:
         # what clients must not see (paths of the models, engine URLs), replaced by the role's name
         self._hidden = sorted(((str(v), f"<{role}>") for role, loaded in models.items() for v in
                                (loaded.spec.path, getattr(loaded.model, "name", None), getattr(loaded.model, "base_url", None))
-                               if isinstance(v, str) and len(v) > 3), key=lambda kv: -len(kv[0]))
+                               if isinstance(v, str) and ("/" in v or "\\" in v)), key=lambda kv: -len(kv[0]))
 
     def hide(self, message: str) -> str:
         """``message`` without the server's model paths and engine URLs."""
