@@ -212,9 +212,13 @@ class Server:
         self.checks = ThreadPoolExecutor(1, thread_name_prefix="w2s-serve-check")  # tokenizing: off the loop
         self._eft_error: str | None | bool = False  # False: not checked yet
         # what clients must not see (paths of the models, engine URLs), replaced by the role's name
-        self._hidden = sorted(((str(v), f"<{role}>") for role, loaded in models.items() for v in
-                               (loaded.spec.path, getattr(loaded.model, "name", None), getattr(loaded.model, "base_url", None))
-                               if isinstance(v, str) and ("/" in v or "\\" in v)), key=lambda kv: -len(kv[0]))
+        hidden = {}
+        for role, loaded in models.items():
+            model = loaded.model
+            for value in (loaded.spec.path, getattr(model, "name", None), getattr(model, "base_url", None)):
+                if isinstance(value, str) and ("/" in value or "\\" in value):
+                    hidden[value] = f"<{role}>"
+        self._hidden = sorted(hidden.items(), key=lambda kv: -len(kv[0]))  # longest first: a path inside a URL
 
     def hide(self, message: str) -> str:
         """``message`` without the server's model paths and engine URLs."""
