@@ -61,6 +61,7 @@ class Param:
     doc: str
     owner: type  # the dataclass that holds the field (the config, or an embedded one)
     choices: tuple = ()  # the allowed values, when the field's metadata names them
+    positional: bool = False  # a command-line argument without a flag (metadata {"positional": True})
 
 
 def _hints(cls) -> dict:
@@ -87,7 +88,8 @@ def params(cls) -> tuple[Param, ...]:
             continue
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
-        out.append(Param(f.name, hints[f.name], default, docs[f.name], cls, tuple(f.metadata.get("choices", ()))))
+        out.append(Param(f.name, hints[f.name], default, docs[f.name], cls, tuple(f.metadata.get("choices", ())),
+                         bool(f.metadata.get("positional"))))
     names = [p.name for p in out]
     if len(set(names)) != len(names):
         raise TypeError(f"{cls.__name__}'s flat parameters repeat a name: {names}.")

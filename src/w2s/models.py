@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import defaults
-from .backends import gguf
+from .backends import catalog, gguf
 from .validation import check_choice
 
 # role -> the template of a model given by path
@@ -109,9 +109,9 @@ class ModelSpec:
         if self.role is None:
             if self.path is None:
                 raise ValueError("ModelSpec needs a path (or a role whose default model is used).")
-            return replace(self, template=self.template or "{prompt}")
+            return replace(self, template=self.template or catalog_template(self.path) or "{prompt}")
         if self.path is not None:
-            return replace(self, template=self.template or GIVEN_TEMPLATE[self.role])
+            return replace(self, template=self.template or catalog_template(self.path) or GIVEN_TEMPLATE[self.role])
         default_path, default_template = role_default(self.role)
         if default_path is None:
             raise ValueError(f"the {self.role} model has no default: give its path.")
@@ -147,9 +147,14 @@ def load(spec: ModelSpec) -> LoadedModel:
     else:
         from .backends.transformers import load_model
 
-        model = load_model(os.path.expanduser(spec.path), dtype=spec.dtype, device=spec.device,
+        model = load_model(os.path.expanduser(catalog.resolve(spec.path)), dtype=spec.dtype, device=spec.device,
                            device_map=spec.device_map, max_memory=parse_max_memory(spec.max_memory))
     return LoadedModel(model, spec.template, spec)
+
+
+def catalog_template(path: str) -> str | None:
+    """The template of a model set up by name (:mod:`w2s.backends.catalog`), else None."""
+    return catalog.CATALOG[path].template if path in catalog.CATALOG else None
 
 
 def parse_max_memory(text: str | None) -> dict | None:

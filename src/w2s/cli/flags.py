@@ -91,6 +91,12 @@ def add_param(parser, p: Param, *, dest: str | None = None, flag: str | None = N
     shown = "" if default is None or default is dataclasses.MISSING or required else f" (default: {_show(default)})"
     text = p.doc if help is None else help
     kw["help"] = text.replace("``", "").replace("%", "%%") + shown
+    if p.positional:  # no flag: the values follow the command (a tuple takes any number of them)
+        kw.pop("dest")
+        kw.update(nargs="*" if "nargs" in kw else None, default=default, metavar=p.name.upper())
+        kw.pop("action", None)
+        parser.add_argument(dest, **kw)
+        return
     if required or default is dataclasses.MISSING:
         kw["required"] = True
     else:

