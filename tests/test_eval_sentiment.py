@@ -7,7 +7,7 @@ import pytest
 
 import w2s
 from w2s.cli import build_parser
-from w2s.evaluation import sentiment
+from w2s.evaluation.common import make_search
 from w2s.evaluation.sentiment import SENTIMENT_RUNS, evaluate_sentiment
 from w2s.tasks.sentiment import gold_reward
 
@@ -173,9 +173,9 @@ def test_cli_defaults_come_from_w2s_defaults(model_dirs, tmp_path, monkeypatch, 
 
 def test_method_table_covers_the_paper_settings():
     assert SENTIMENT_RUNS == {"base": 1, "bon-4": 4, "bon-16": 16, "cbs-2x2": 4, "cbs-4x4": 16, "eft": 1, "tuned-alone": 1}
-    cbs = sentiment._search("cbs-4x4", 50)
+    cbs = make_search("cbs-4x4", 16, 50, chunk_length=5)
     assert (cbs.beam_width, cbs.successors_per_beam, cbs.chunk_length, cbs.sampling.temperature, cbs.sampling.top_k,
             cbs.sampling.top_p) == (
         4, 4, 5, 0.7, 50, 1.0)
-    assert sentiment._search("bon-16", 50).samples_per_step == 16
-    assert sentiment._search("eft", 50).beta == 1.0
+    assert make_search("bon-16", 16, 50, chunk_length=5).samples_per_step == 16
+    assert make_search("eft", 1, 50, chunk_length=5).beta == 1.0

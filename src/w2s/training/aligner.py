@@ -16,7 +16,7 @@ from typing import Sequence
 from ..aligner.stream import aligner_input, stream_aligner_input
 from ..backends.base import chat_turn_end_id
 from ..validation import check_choice, check_range
-from . import check_schedule, schedule_args, train_and_save
+from . import check_lora, check_schedule, lora_config, no_checkpointing, schedule_args, train_and_save
 
 
 @dataclass(frozen=True)
@@ -54,8 +54,7 @@ class AlignerTrainingConfig:
 
     def __post_init__(self) -> None:
         check_choice("kind", self.kind, ("stream", "whole"))
-        check_range("lora_rank", self.lora_rank, low=0, integer=True)
-        check_range("lora_alpha", self.lora_alpha, low=0, low_open=True)
+        check_lora(self)
         check_range("weight_decay", self.weight_decay, low=0)
         check_schedule(self, ("max_length",))
 
@@ -93,22 +92,10 @@ def build_trainer(base_dir: str | Path, records: Sequence[dict], out_dir: str | 
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    # TRL turns activation checkpointing on by default; off, a CPU step is about 3x faster (transformers 5.23
-    # renamed the argument)
-    fields = {f.name for f in dataclasses.fields(SFTConfig)}
-    no_checkpointing = {"activation_checkpointing" if "activation_checkpointing" in fields
-                        else "gradient_checkpointing": False}
-    args = SFTConfig(max_length=config.max_length, completion_only_loss=True, **no_checkpointing,
+    args = SFTConfig(max_length=config.max_length, completion_only_loss=True, **no_checkpointing(SFTConfig),
                      train_sampling_strategy="group_by_length",
                      **schedule_args(config, out_dir, progress))
-    peft_config = None
-    if config.lora_rank:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, task_type="CAUSAL_LM",
-                                 target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                                                 "down_proj"])
-    return SFTTrainer(model=AutoModelForCausalLM.from_pretrained(base_dir), args=args, peft_config=peft_config,
+    return SFTTrainer(model=AutoModelForCausalLM.from_pretrained(base_dir), args=args, peft_config=lora_config(config),
                       train_dataset=Dataset.from_list(examples(records, config.kind, tokenizer)), processing_class=tokenizer)
 
 

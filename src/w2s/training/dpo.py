@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 
 from ..jsonl import dumps, read_complete
 from ..validation import check_range
-from . import check_schedule, schedule_args, train_and_save
+from . import check_lora, check_schedule, lora_config, no_checkpointing, schedule_args, train_and_save
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,11 @@ class DPOTrainingConfig:
         max_length: prompt + response tokens kept per example.
         save_steps: checkpoint interval (a rerun resumes from the last checkpoint).
         seed: seeds the data order (and the built pairs' sampling).
+        lora_rank: 0 tunes every weight; above 0, a LoRA adapter of that rank on the attention and MLP
+            projections (the output then holds only the adapter, and the reference is the base itself).
+        lora_alpha: the adapter's scale numerator (scale = lora_alpha / lora_rank).
+        chat: the pairs' prompts are user turns of the base's chat template and the responses its
+            assistant turns (as the "chat" template renders them when the guide scores).
     """
 
     beta: float = 0.1
@@ -46,18 +51,23 @@ class DPOTrainingConfig:
     max_length: int = 96
     save_steps: int = 50
     seed: int = 0
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    chat: bool = False
 
     def __post_init__(self) -> None:
         check_range("beta", self.beta, low=0, low_open=True)
+        check_lora(self)
         check_schedule(self, ("max_length",))
 
 
 def build_preference_pairs(
     model,
     prompts: Sequence[str],
-    reward: Callable[[str], float],
+    reward: Callable[[list[str], list[str]], list[float]],
     out_path: str | Path,
     *,
+    template: str = "{prompt}",
     samples: int = 2,
     max_new_tokens: int = 48,
     temperature: float = 1.0,
@@ -66,7 +76,8 @@ def build_preference_pairs(
     batch_size: int = 64,
     progress: bool = True,
 ) -> list[dict]:
-    """Sample continuations per prompt from ``model`` and make one preference pair of them.
+    """Sample continuations per prompt from ``model`` (its prompts rendered with ``template``) and make one
+    preference pair of them; ``reward(prompts, responses)`` scores a batch.
 
     With ``samples=2`` the two are labelled by Bradley–Terry on ``reward``.  With more, the pair is the
     highest- and the lowest-reward sample (then labelled by Bradley–Terry): more contrast per pair, which a
@@ -92,9 +103,12 @@ def build_preference_pairs(
         for start in range(len(done), len(prompts), batch_size):
             batch = list(prompts[start : start + batch_size])
             seeds = prompt_seeds(seed, start, len(batch))
-            drawn = model.open(batch, params, seeds).expand(list(range(len(batch))), samples, max_new_tokens)
+            drawn = model.open(batch, params, seeds, template).expand(list(range(len(batch))), samples,
+                                                                      max_new_tokens)
+            rewards = reward([batch[i // samples] for i in range(len(drawn))], [c.text for c in drawn])
             for i, prompt in enumerate(batch):
-                scored = sorted({c.text: reward(c.text) for c in drawn[i * samples : (i + 1) * samples]}.items(),
+                scored = sorted({c.text: r for c, r in zip(drawn[i * samples : (i + 1) * samples],
+                                                          rewards[i * samples : (i + 1) * samples])}.items(),
                                 key=lambda item: item[1])
                 if len(scored) < 2:
                     record = {"prompt": prompt, "skipped": True}
@@ -121,8 +135,14 @@ def train_dpo(base_dir: str | Path, pairs: Sequence[dict], out_dir: str | Path,
     pairs = [{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs]
     if not pairs:
         raise ValueError("pairs is empty: DPO needs at least one {prompt, chosen, rejected} pair.")
-    args = DPOConfig(beta=config.beta, max_length=config.max_length, **schedule_args(config, out_dir, progress))
+    if config.chat:  # conversational examples: TRL renders them with the tokenizer's chat template
+        pairs = [{"prompt": [{"role": "user", "content": p["prompt"]}],
+                  **{k: [{"role": "assistant", "content": p[k].strip()}] for k in ("chosen", "rejected")}}
+                 for p in pairs]
+    args = DPOConfig(beta=config.beta, max_length=config.max_length, **no_checkpointing(DPOConfig),
+                     **schedule_args(config, out_dir, progress))
     trainer = DPOTrainer(model=AutoModelForCausalLM.from_pretrained(base_dir), args=args,
-                         train_dataset=Dataset.from_list(pairs), processing_class=AutoTokenizer.from_pretrained(base_dir))
+                         train_dataset=Dataset.from_list(pairs), processing_class=AutoTokenizer.from_pretrained(base_dir),
+                         peft_config=lora_config(config))
     return train_and_save(trainer, out_dir, {"recipe": "dpo", "base": str(base_dir), **asdict(config),
                                              "pairs": len(pairs)})

@@ -1,0 +1,122 @@
+"""The reviews task: instructions "Write a short review of {topic}." and a gold that a fluent answer must earn.
+
+The guides are steered toward positive sentiment, which a small model can game with word salad (the
+Austen guides did: ``## The controlled-sentiment experiment``).  So the gold has two columns and a
+combination fixed before any result was looked at:
+
+- ``vader``: VADER's compound score of the response, in [-1, 1].
+- ``fluency``: the mean per-token log-likelihood of the response under Gemma-3-270M (base), a model that
+  takes no part in generation or guidance, after the instruction (``{instruction}\\n\\n``).
+- ``combined`` = ``vader - max(0, floor - fluency)``: VADER while the response is as fluent as the plain
+  large model's answers, minus one per nat/token it falls below them.  ``floor`` is the 10th percentile
+  of the fluency of the *base* row (plain sampling from the same large model) of the same evaluation,
+  so a guided answer keeps its VADER only when it reads like one of the model's own.
+
+Topics: :data:`TRAINING_TOPICS` build the guides' preference pairs, :data:`HELDOUT_TOPICS` are evaluated.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from .sentiment import gold_reward as vader
+
+REVIEW = "Write a short review of {topic}."
+STORY = "Write a short story about {topic}."
+FLUENCY_CONTEXT = "{instruction}\n\n"  # what the fluency model reads the response after
+FLOOR_PERCENTILE = 10
+
+TRAINING_TOPICS = (
+    "a neighbourhood bakery", "a cheap pair of headphones", "a science museum", "a mystery novel", "a city bus line",
+    "a pizza restaurant", "a yoga class", "a camping tent", "a video game about farming", "a coffee shop",
+    "a public library", "a budget hotel", "a cooking class", "a football match", "a used car dealer",
+    "a rock concert", "a hiking trail", "a dentist's office", "a ferry ride", "a board game",
+    "a winter coat", "a thai restaurant", "a language app", "a kitchen blender", "a jazz album",
+    "a theme park", "a bicycle shop", "a train journey", "a children's book", "a documentary about oceans",
+    "a hair salon", "a night market", "a smartphone", "a swimming pool", "a comedy show",
+    "a botanical garden", "a sushi bar", "a laptop bag", "a history podcast", "a gym",
+    "a folk festival", "a car wash", "a pet shop", "a sci-fi film", "a farmers' market",
+    "a ski resort", "an airport lounge", "a vegetarian cookbook", "a running shoe", "a zoo",
+    "a street food stall", "a ballet performance", "a desk lamp", "a tea house", "a mobile game",
+    "a bookshop", "a beach resort", "a photography course", "a fitness tracker", "a wine bar",
+    "a local newspaper", "a garden centre", "a horror film", "a taxi service", "a bowling alley",
+    "a violin teacher", "an ice cream parlour", "a backpack", "a planetarium", "a pottery workshop",
+    "a cinema", "a fishing trip", "a noodle shop", "a crime series", "a dog park",
+    "a music festival", "an electric kettle", "a castle tour", "a burger joint", "a poetry reading",
+)
+HELDOUT_TOPICS = (
+    "a seaside café", "a wireless keyboard", "an art gallery", "a fantasy novel", "a hostel",
+    "an italian restaurant", "a dance class", "a sleeping bag", "a puzzle game", "a bakery chain",
+    "a farm stay", "a boat tour", "a cookbook for beginners", "a basketball game", "a shopping mall",
+    "an opera", "a mountain cabin", "a vet clinic", "a road trip", "a card game",
+    "a rain jacket", "a mexican restaurant", "a meditation app", "a toaster",
+)
+
+
+def review_instructions(topics: Sequence[str] = HELDOUT_TOPICS) -> list[str]:
+    """The evaluated instructions: one review per topic."""
+    return [REVIEW.format(topic=t) for t in topics]
+
+
+def training_instructions(topics: Sequence[str] = TRAINING_TOPICS) -> list[str]:
+    """The guides' training instructions: a review and a story per training topic."""
+    return [form.format(topic=t) for t in topics for form in (REVIEW, STORY)]
+
+
+class Fluency:
+    """Mean per-token log-likelihood of responses under a model that takes no part in generation
+    (Gemma-3-270M: ``w2s setup gemma-3-270m``), after :data:`FLUENCY_CONTEXT`.
+
+    Args:
+        model: a local :class:`w2s.TransformersModel`.
+        batch_size: texts per forward pass.
+    """
+
+    def __init__(self, model, batch_size: int = 16):
+        self.model = model
+        self._logprobs = model.response_logprobs("{prompt}", incremental=False, batch_size=batch_size)
+
+    def __call__(self, instructions: Sequence[str], responses: Sequence[str]) -> list[float]:
+        contexts = [FLUENCY_CONTEXT.format(instruction=i) for i in instructions]
+        sums = self._logprobs(contexts, list(responses), [False] * len(responses))
+        counts = [len(ids) for ids in self.model.encode_many(list(responses))]
+        return [s / n if n else float("-inf") for s, n in zip(sums, counts)]
+
+
+def fluency_floor(base_fluency: Sequence[float]) -> float:
+    """The floor of :func:`combined`: the :data:`FLOOR_PERCENTILE`-th percentile of the base row's fluency."""
+    import numpy as np
+
+    finite = [f for f in base_fluency if f == f and f != float("-inf")]
+    if not finite:
+        raise ValueError("the base row has no fluency score to set the floor from.")
+    return float(np.percentile(finite, FLOOR_PERCENTILE))
+
+
+def combined(vader_score: float, fluency: float, floor: float) -> float:
+    """VADER, less one per nat/token of fluency below ``floor`` (see the module docstring)."""
+    return vader_score - max(0.0, floor - fluency)
+
+
+def gold(instructions: Sequence[str], responses: Sequence[str], fluency: Fluency) -> list[dict]:
+    """``{"vader", "fluency"}`` per response (``combined`` needs the base row's floor)."""
+    return [{"vader": vader(r), "fluency": f} for r, f in zip(responses, fluency(instructions, responses))]
+
+
+FLUENCY_MODEL = "gemma-3-270m"
+
+
+def pair_reward(fluency_model: str = FLUENCY_MODEL):
+    """The reward that labels the guides' preference pairs: :func:`combined`, each batch of samples taking
+    its floor from its own fluency (the samples are the untuned base's, the role the base row has in an
+    evaluation).  A batch is the same on a resumed run, so the labels are too."""
+    from ..models import ModelSpec, load
+
+    fluency = Fluency(load(ModelSpec(fluency_model)).model)
+
+    def reward(instructions: list[str], responses: list[str]) -> list[float]:
+        scores = gold(instructions, responses, fluency)
+        floor = fluency_floor([s["fluency"] for s in scores])
+        return [combined(s["vader"], s["fluency"], floor) for s in scores]
+
+    return reward
