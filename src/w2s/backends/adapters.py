@@ -132,3 +132,17 @@ def _same_source(manifest_file: Path, manifest: dict) -> bool:
     except (OSError, ValueError):
         return False
     return old.get("adapter") == manifest["adapter"] and old.get("dtype") == manifest["dtype"]
+
+
+def ship_adapter(trained, target) -> None:
+    """Copy a LoRA adapter trained on the default strong model (``w2s train aligner|dpo --lora-rank``) into
+    ``target``, its base recorded as ``w2s:default-strong`` so that it loads on any machine."""
+    trained, target = Path(trained), Path(target)
+    config = json.loads((trained / "adapter_config.json").read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = DEFAULT_STRONG_BASE
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    (target / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    for name in ("adapter_model.safetensors", "w2s_training.json"):
+        shutil.copy(trained / name, target / name)

@@ -181,25 +181,6 @@ def austen_records(n: int, seed: int = 0, max_prefix_sentences: int = 1, whole: 
     return out
 
 
-def ship_adapter(trained, target) -> None:
-    """Copy a LoRA adapter trained on the default strong model (``w2s train aligner --lora-rank``) into
-    ``target``, its base recorded as ``w2s:default-strong`` so that it loads on any machine."""
-    import shutil
-    from pathlib import Path
-
-    from ..backends.adapters import DEFAULT_STRONG_BASE
-
-    trained, target = Path(trained), Path(target)
-    config = json.loads((trained / "adapter_config.json").read_text(encoding="utf-8"))
-    config["base_model_name_or_path"] = DEFAULT_STRONG_BASE
-    if target.exists():
-        shutil.rmtree(target)
-    target.mkdir(parents=True)
-    (target / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    for name in ("adapter_model.safetensors", "w2s_training.json"):
-        shutil.copy(trained / name, target / name)
-
-
 def _main(argv: list[str] | None = None) -> None:
     """``python -m w2s.tasks.positive questions SPLIT OUT`` | ``records CORRECTIONS... OUT_DIR`` |
     ``ship TRAINED TARGET``: the data and shipping steps of ``make aligners``."""
@@ -222,6 +203,8 @@ def _main(argv: list[str] | None = None) -> None:
     c.add_argument("target")
     args = p.parse_args(argv)
     if args.step == "ship":
+        from ..backends.adapters import ship_adapter
+
         ship_adapter(args.trained, args.target)
         return
     if args.step == "questions":

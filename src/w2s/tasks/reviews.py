@@ -22,7 +22,9 @@ from typing import Sequence
 from .sentiment import gold_reward as vader
 
 REVIEW = "Write a short review of {topic}."
-STORY = "Write a short story about {topic}."
+# the guides' training instructions: the evaluated form and three others over the training topics
+TRAINING_FORMS = (REVIEW, "Write a short story about {topic}.", "Describe a visit to {topic}.",
+                  "Tell a friend what you think of {topic}.")
 FLUENCY_CONTEXT = "{instruction}\n\n"  # what the fluency model reads the response after
 FLOOR_PERCENTILE = 10
 
@@ -59,8 +61,8 @@ def review_instructions(topics: Sequence[str] = HELDOUT_TOPICS) -> list[str]:
 
 
 def training_instructions(topics: Sequence[str] = TRAINING_TOPICS) -> list[str]:
-    """The guides' training instructions: a review and a story per training topic."""
-    return [form.format(topic=t) for t in topics for form in (REVIEW, STORY)]
+    """The guides' training instructions: each of :data:`TRAINING_FORMS` per training topic."""
+    return [form.format(topic=t) for t in topics for form in TRAINING_FORMS]
 
 
 class Fluency:
