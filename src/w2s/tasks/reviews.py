@@ -71,16 +71,20 @@ class Fluency:
 
     Args:
         model: a local :class:`w2s.TransformersModel`.
-        batch_size: texts per forward pass.
+        batch_size: texts per forward pass.  Gemma's logits are 262k wide (1 MB per token in float32), so
+            a forward of ``batch_size`` answers of 64 tokens holds ``batch_size * 64`` MB of them.
     """
 
-    def __init__(self, model, batch_size: int = 16):
-        self.model = model
+    def __init__(self, model, batch_size: int = 8):
+        self.model, self.batch_size = model, batch_size
         self._logprobs = model.response_logprobs("{prompt}", incremental=False, batch_size=batch_size)
 
     def __call__(self, instructions: Sequence[str], responses: Sequence[str]) -> list[float]:
         contexts = [FLUENCY_CONTEXT.format(instruction=i) for i in instructions]
-        sums = self._logprobs(contexts, list(responses), [False] * len(responses))
+        sums = []
+        for k in range(0, len(responses), self.batch_size):  # answers to one instruction are one forward's rows
+            sums += self._logprobs(contexts[k : k + self.batch_size], list(responses[k : k + self.batch_size]),
+                                   [False] * len(responses[k : k + self.batch_size]))
         counts = [len(ids) for ids in self.model.encode_many(list(responses))]
         return [s / n if n else float("-inf") for s, n in zip(sums, counts)]
 
