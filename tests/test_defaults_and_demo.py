@@ -45,11 +45,22 @@ def test_strong_model_is_converted_once_and_matches_the_gguf(cache):
     assert checkpoint_keys(target) == canonical_keys(target) and "model.embed_tokens.weight" in checkpoint_keys(target)
 
 
-def test_a_cached_copy_in_an_older_format_is_converted_again(cache):
+def test_a_cached_copy_in_an_older_format_is_converted_again(cache, monkeypatch):
     target = strong_model_dir()
+    marker = (target / gguf.MARKER).read_text()
     (target / gguf.MARKER).unlink()  # as an older w2s left it
     assert not gguf.is_current(target)
+    converted = []  # the conversion itself is the test above's; here: that it is asked for, once
+
+    def convert(source, into):
+        converted.append((source, into))
+        (into / gguf.MARKER).write_text(marker)
+        return into
+
+    monkeypatch.setattr(gguf, "convert_gguf", convert)
     assert strong_model_dir() == target and gguf.is_current(target)
+    assert converted == [(defaults.strong_gguf(), target)]
+    assert strong_model_dir() == target and len(converted) == 1
 
 
 def test_missing_strong_wheel_is_a_clear_error(monkeypatch):
