@@ -173,6 +173,18 @@ def hold_worker(url: str, gate: Gated):
     return blocker
 
 
+def batched_behind_worker(url: str, gate: Gated, bodies: list[dict]) -> list[httpx.Response]:
+    """Send ``bodies`` while the worker is held, so that they queue and then run as one batch; their responses."""
+    blocker = hold_worker(url, gate)
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        futures = [pool.submit(post, url, b) for b in bodies]
+        _wait(lambda: metric(url, "w2s_queue_depth") == len(bodies))
+        gate.gate.set()
+        responses = [f.result() for f in futures]
+    blocker.join(30)
+    return responses
+
+
 # -- 1, 2: context lengths and isolation ------------------------------------------------------------
 
 def test_every_model_the_method_uses_is_checked_against_its_context_with_the_whole_budget(guarded):
@@ -200,25 +212,13 @@ def test_a_bad_request_never_fails_the_requests_batched_with_it(guarded):
     alone = [post(url, b).json()["choices"][0]["text"] for b in good]
     batches = metric(url, "w2s_batches_total", method="cbs")
     # a request that only fails inside the batch (its response outgrows a guide's context while scored)
-    blocker = hold_worker(url, gate)
-    with ThreadPoolExecutor(4) as pool:
-        futures = [pool.submit(post, url, b) for b in [*good, body(OUTGROWS, seed=4, w2s=GREEDY)]]
-        _wait(lambda: metric(url, "w2s_queue_depth") == 4)
-        gate.gate.set()
-        responses = [f.result() for f in futures]
-    blocker.join(30)
+    responses = batched_behind_worker(url, gate, [*good, body(OUTGROWS, seed=4, w2s=GREEDY)])
     assert [r.json()["choices"][0]["text"] for r in responses[:3]] == alone
     failed = error(responses[3], 400)
     assert failed["code"] == "context_length_exceeded" and "/" not in failed["message"]  # no model path
     assert metric(url, "w2s_batches_total", method="cbs") == batches + 2  # the blocker, then the four together
     # a request whose batch fails: the batch is run again request by request, and only that one fails
-    blocker = hold_worker(url, gate)
-    with ThreadPoolExecutor(4) as pool:
-        futures = [pool.submit(post, url, b) for b in [*good, body(f"The {FAIL}", seed=4, w2s=GREEDY)]]
-        _wait(lambda: metric(url, "w2s_queue_depth") == 4)
-        gate.gate.set()
-        responses = [f.result() for f in futures]
-    blocker.join(30)
+    responses = batched_behind_worker(url, gate, [*good, body(f"The {FAIL}", seed=4, w2s=GREEDY)])
     assert [r.json()["choices"][0]["text"] for r in responses[:3]] == alone
     internal = error(responses[3], 500)
     assert internal["type"] == "server_error" and "injected" not in internal["message"]  # the log has it

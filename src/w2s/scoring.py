@@ -90,13 +90,19 @@ class LogRatioScorer:
     def context_error(self, prompt: str, new_tokens: int) -> str | None:
         """Why a response of ``new_tokens`` tokens to ``prompt`` (and its scored end token) would not fit a
         guide's context, or None."""
-        return (context_error(self.tuned, self.tuned_template, prompt, new_tokens + 1, who="the tuned guide")
-                or context_error(self.untuned, self.untuned_template, prompt, new_tokens + 1, who="the untuned guide"))
+        return (guide_context_error(self.tuned, self.tuned_template, prompt, new_tokens, "tuned")
+                or guide_context_error(self.untuned, self.untuned_template, prompt, new_tokens, "untuned"))
 
     def reset(self) -> None:
         """Drop the cached rows (they are replaced at every call anyway)."""
         self._tuned.reset()
         self._untuned.reset()
+
+
+def guide_context_error(guide, template: str, prompt: str, new_tokens: int, role: str) -> str | None:
+    """Why a response of ``new_tokens`` tokens to ``prompt``, and the end token a finished one is scored
+    with, would not fit the ``role`` ("tuned" or "untuned") guide's context, or None."""
+    return context_error(guide, template, prompt, new_tokens + 1, who=f"the {role} guide")
 
 
 def _same_tokenizer(a, b) -> bool:

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
+from ..validation import check_range
+
 SAMPLING = dict(temperature=0.7, top_p=1.0, top_k=50)  # the authors' settings
 
 
@@ -53,6 +55,27 @@ def figure(width: float = 6.4, height: float = 4.2):
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     return fig
+
+
+def check_runs(runs: dict, methods, items: list, seeds: list, batch_size: int, max_new_tokens: int,
+               always: tuple[str, ...] = (), what: str = "prompts") -> list[str]:
+    """The run names of ``runs`` to do (``methods``, None: all; plus those ``always`` done), in order,
+    once the arguments shared by the evaluations are checked (``what`` names the items)."""
+    unknown = sorted(set(methods or ()) - set(runs))
+    if unknown:
+        raise ValueError(f"methods must be among {list(runs)}, got {unknown}.")
+    names = [m for m in runs if methods is None or m in methods or m in always]
+    if not items or not seeds or not names:
+        raise ValueError(f"{what}, seeds and methods must not be empty.")
+    check_range("batch_size", batch_size, low=1, integer=True)
+    check_range("max_new_tokens", max_new_tokens, low=1, integer=True)
+    return names
+
+
+def model_settings(models: dict, templates: dict) -> dict:
+    """The models' names and templates as a run's settings record them (``strong``, ``strong_template``, ...)."""
+    return {**{who: getattr(m, "name", type(m).__name__) for who, m in models.items()},
+            **{f"{who}_template": t for who, t in templates.items()}}
 
 
 def make_search(name: str, compute: int, max_new_tokens: int, chunk_length: int):

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Sequence
 
 from ..tasks import reviews
-from ..validation import check_range
-from .common import SAMPLING, figure, make_search, read_raw, run_prompts, seed_stats, start_run, write_summary
+from .common import (SAMPLING, check_runs, figure, make_search, model_settings, read_raw, run_prompts, seed_stats,
+                     start_run, write_summary)
 
 REVIEW_RUNS = {"base": 1, "bon-4": 4, "bon-16": 16, "cbs-2x2": 4, "cbs-4x4": 16, "tuned-alone": 1,
                "untuned-alone": 1}
@@ -39,21 +39,13 @@ def evaluate_reviews(out_dir, strong, tuned, untuned, fluency_model, instruction
     from ..scoring import LogRatioScorer
 
     instructions, seeds = list(instructions), list(dict.fromkeys(seeds))
-    unknown = sorted(set(methods or ()) - set(REVIEW_RUNS))
-    if unknown:
-        raise ValueError(f"methods must be among {list(REVIEW_RUNS)}, got {unknown}.")
-    names = [m for m in REVIEW_RUNS if methods is None or m in methods or m == "base"]
-    if not instructions or not seeds:
-        raise ValueError("instructions and seeds must not be empty.")
-    check_range("batch_size", batch_size, low=1, integer=True)
-    check_range("max_new_tokens", max_new_tokens, low=1, integer=True)
+    names = check_runs(REVIEW_RUNS, methods, instructions, seeds, batch_size, max_new_tokens, always=("base",),
+                       what="instructions")
     models = {"strong": strong, "tuned": tuned, "untuned": untuned}
     templates = {"strong": strong_template, "tuned": tuned_template, "untuned": untuned_template}
     config = {"instructions": instructions, "max_new_tokens": max_new_tokens, **SAMPLING,
-              **{who: getattr(m, "name", type(m).__name__) for who, m in models.items()},
-              "fluency_model": getattr(fluency_model, "name", type(fluency_model).__name__),
-              **{f"{who}_template": t for who, t in templates.items()}, "seeds": seeds, "methods": names,
-              "batch_size": batch_size, "chunk_length": CHUNK_LENGTH}
+              **model_settings({**models, "fluency_model": fluency_model}, templates), "seeds": seeds,
+              "methods": names, "batch_size": batch_size, "chunk_length": CHUNK_LENGTH}
     out = Path(out_dir)
     start_run(out, config, CHECKED)
 

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Sequence
 
 from ..tasks.sentiment import gold_reward
-from ..validation import check_range
-from .common import SAMPLING, figure, make_search, read_raw, run_prompts, seed_stats, start_run, write_summary
+from .common import (SAMPLING, check_runs, figure, make_search, model_settings, read_raw, run_prompts, seed_stats,
+                     start_run, write_summary)
 
 # name: compute N, i.e. strong-model samples per prompt per step (W*K for CBS, n for Best-of-N)
 SENTIMENT_RUNS = {"base": 1, "bon-4": 4, "bon-16": 16, "cbs-2x2": 4, "cbs-4x4": 16, "eft": 1, "tuned-alone": 1}
@@ -35,19 +35,10 @@ def evaluate_sentiment(out_dir, strong, tuned, untuned, prompts: Sequence[str], 
     from ..search.eft import check_same_vocabulary
 
     prompts, seeds = list(prompts), list(dict.fromkeys(seeds))
-    unknown = sorted(set(methods or ()) - set(SENTIMENT_RUNS))
-    if unknown:
-        raise ValueError(f"methods must be among {list(SENTIMENT_RUNS)}, got {unknown}.")
-    names = [m for m in SENTIMENT_RUNS if methods is None or m in methods]
-    if not prompts or not seeds or not names:
-        raise ValueError("prompts, seeds and methods must not be empty.")
-    check_range("batch_size", batch_size, low=1, integer=True)
-    check_range("max_new_tokens", max_new_tokens, low=1, integer=True)
+    names = check_runs(SENTIMENT_RUNS, methods, prompts, seeds, batch_size, max_new_tokens)
     templates = {"strong": strong_template, "tuned": tuned_template, "untuned": untuned_template}
     models = {"strong": strong, "tuned": tuned, "untuned": untuned}
-    config = {"prompts": prompts, "max_new_tokens": max_new_tokens, **SAMPLING,
-              **{who: getattr(m, "name", type(m).__name__) for who, m in models.items()},
-              **{f"{who}_template": t for who, t in templates.items()},
+    config = {"prompts": prompts, "max_new_tokens": max_new_tokens, **SAMPLING, **model_settings(models, templates),
               "seeds": seeds, "methods": names, "batch_size": batch_size}
     out = Path(out_dir)
     start_run(out, config, CHECKED)

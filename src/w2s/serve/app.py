@@ -34,6 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..backends.base import ContextLengthError, Conversation, RemoteError, context_error
 from ..jsonl import finite
 from ..models import Models
+from ..scoring import guide_context_error
 from ..search.eft import check_same_vocabulary
 from ..validation import check_choice
 from .batching import Batcher, DeadlineExceeded, EngineError, Job, Output, QueueFull
@@ -305,8 +306,7 @@ class Server:
         for role in ("tuned", "untuned") if guided else ():
             guide = m[role]
             try:
-                why = why or context_error(guide.model, guide.template, prompt, built.max_new_tokens + 1,
-                                           who=f"the {role} guide")
+                why = why or guide_context_error(guide.model, guide.template, prompt, built.max_new_tokens, role)
             except (ValueError, TemplateError) as err:
                 raise ValueError(_template_message(err, f"the {role} guide")) from None
         return why

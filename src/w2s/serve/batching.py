@@ -140,6 +140,11 @@ class _Seeded:
         return self._model.generator(n_rows, params, [self._seeds[s] for s in seeds], template)
 
 
+def _jobs(parts: list[Part]) -> list[Job]:
+    """The distinct jobs of ``parts``, in order."""
+    return list({id(p.job): p.job for p in parts}.values())
+
+
 def common_prefix(texts: list[str]) -> str:
     if not texts:
         return ""
@@ -252,11 +257,11 @@ class Batcher:
         try:
             self._run(parts)
         except _Cancelled:
-            self._count_cancelled("running", len({id(p.job) for p in parts}))
+            self._count_cancelled("running", len(_jobs(parts)))
             log.info("batch of %d prompts stopped: none of its requests is wanted any more",
                      sum(len(p.prompts) for p in parts))
         except Exception as err:  # the requests get the error; the worker goes on
-            jobs = list({id(p.job): p.job for p in parts if not p.job.cancelled.is_set()}.values())
+            jobs = [job for job in _jobs(parts) if not job.cancelled.is_set()]
             if len(jobs) > 1:
                 log.warning("a batch of %d requests failed (%s); running them one by one", len(jobs), err)
                 for job in jobs:
@@ -268,7 +273,7 @@ class Batcher:
                 job.fail(err)
 
     def _run(self, parts: list[Part]) -> None:
-        jobs = list({id(p.job): p.job for p in parts}.values())
+        jobs = _jobs(parts)
         method = jobs[0].method
         prompts = [p for part in parts for p in part.prompts]
         owners = [(part.job, i) for part in parts for i in range(part.start, part.stop)]  # batch row -> (job, index)
