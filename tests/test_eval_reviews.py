@@ -75,16 +75,19 @@ def test_evaluation_writes_every_run_resumes_and_scores_against_the_base_floor(m
 
 def test_eval_reviews_command(model_dirs, tmp_path, capsys):
     topics = tmp_path / "topics.txt"
-    topics.write_text("a cat\na dog\n")
+    topics.write_text("a cat\na bird\na dog\na fish\n")
     status = main(["eval", "reviews", "--strong", model_dirs["strong"], "--tuned", model_dirs["tuned"], "--untuned",
                    model_dirs["untuned"], "--fluency", model_dirs["shared_untuned"], "--topics", str(topics),
-                   "--out", str(tmp_path / "out"), "--seeds", "0", "--max-new-tokens", "4", "--methods", "bon-4"])
+                   "--prompts", "2", "--out", str(tmp_path / "out"), "--seeds", "0", "--max-new-tokens", "4",
+                   "--methods", "bon-4"])
     assert status == 0
     table = capsys.readouterr().out
     assert "| base | 1 |" in table and "| bon-4 | 4 |" in table
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert config["instructions"] == ["Write a short review of a cat.", "Write a short review of a dog."]
     assert config["strong_template"] == config["tuned_template"] == "chat"
+    assert main(["eval", "reviews", "--topics", str(topics), "--prompts", "5", "--out", str(tmp_path / "o2")]) == 2
+    assert "prompts must be at most 4 (the topics), got 5" in capsys.readouterr().err
 
 
 def test_chat_dpo_with_lora_trains_an_adapter_that_prefers_the_chosen_answers(model_dirs, strong, tmp_path):

@@ -210,6 +210,14 @@ def test_config_file_rejects_unknown_keys_by_name():
         parse_config({"method": "cbd"})
     with pytest.raises(ValueError, match=r"unknown keys \['prot'\]"):
         parse_config({"server": {"prot": 1}})
+    # engine-specific request fields: a TOML table (or JSON text), sent with every request
+    remote = {"path": "http://127.0.0.1:9/v1", "model": "m", "extra_body": {"min_p": 0, "repeat_penalty": 1.0}}
+    spec = parse_config({"models": {"strong": remote}}).models["strong"]
+    assert spec.body() == {"min_p": 0, "repeat_penalty": 1.0}
+    assert w2s.load(spec).model.extra_body == {"min_p": 0, "repeat_penalty": 1.0}
+    for bad in ('{"min_p": ', "[1]"):
+        with pytest.raises(ValueError, match=r"extra_body must be a JSON object, got"):
+            parse_config({"models": {"strong": {**remote, "extra_body": bad}}})
 
 
 def test_chat_messages_become_a_conversation_and_the_fallback_format_and_common_prefix():

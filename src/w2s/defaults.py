@@ -53,6 +53,14 @@ def guide_dir(which: str) -> Path:
     return path
 
 
+def review_guide_dir() -> Path:
+    """The shipped tuned guide of the reviews task: a DPO LoRA adapter of the default strong model."""
+    path = Path(str(resources.files("w2s") / "weights" / "reviews" / "tuned"))
+    if not (path / "adapter_config.json").exists():
+        raise ValueError(f"the shipped reviews guide is missing at {path}; rebuild it with `make review-guides`.")
+    return path
+
+
 def aligner_dir(kind: str) -> Path:
     """``"stream"`` or ``"whole"``: the shipped positive-rewrite aligners (sentence level, whole answer)."""
     if kind not in ("stream", "whole"):

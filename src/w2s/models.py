@@ -9,6 +9,7 @@ template rule ("{prompt}" for the search models, "chat" for the aligners and the
 from __future__ import annotations
 
 import importlib
+import json
 import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -40,7 +41,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 # ModelSpec fields given once per role (w2s's flags --strong, --strong-template, ...) and those that
 # only a model behind an engine uses
 PER_ROLE = ("path", "template", "model", "tokenizer")
-REMOTE_FIELDS = ("model", "tokenizer", "concurrency", "timeout", "max_retries", "api_key_env")
+REMOTE_FIELDS = ("model", "tokenizer", "concurrency", "timeout", "max_retries", "api_key_env", "extra_body")
 
 
 def is_url(path) -> bool:
@@ -77,6 +78,8 @@ class ModelSpec:
         timeout: seconds per request (a URL only).
         max_retries: retries after a timeout, connection error, 429 or 5xx, with backoff (a URL only).
         api_key_env: environment variable holding the engine's API key (a URL only; never the key itself).
+        extra_body: a JSON object of engine-specific fields sent with every request (a URL only), e.g.
+            ``{"min_p": 0, "repeat_penalty": 1}`` for plain sampling on llama.cpp's server.
     """
 
     path: str | None = None
@@ -92,13 +95,28 @@ class ModelSpec:
     timeout: float = 60.0
     max_retries: int = 5
     api_key_env: str = "OPENAI_API_KEY"
+    extra_body: str | None = None
 
     def __post_init__(self) -> None:
         if self.path is not None:
             self.path = os.fspath(self.path)
+        if self.extra_body is not None:
+            self.body()
         if self.role is not None:
             check_choice("role", self.role, ROLES)
         check_choice("dtype", self.dtype, DTYPES)
+
+    def body(self) -> dict | None:
+        """:attr:`extra_body` parsed (None when not given)."""
+        if self.extra_body is None:
+            return None
+        try:
+            body = json.loads(self.extra_body)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"extra_body must be a JSON object, got {self.extra_body!r} ({err.msg}).") from None
+        if not isinstance(body, dict):
+            raise ValueError(f"extra_body must be a JSON object, got {self.extra_body!r}.")
+        return body
 
     @property
     def remote(self) -> bool:
@@ -141,7 +159,8 @@ def load(spec: ModelSpec) -> LoadedModel:
             flag = f"--{spec.role.replace('_', '-')}-model" if spec.role else "model"
             raise ValueError(f"model path {spec.path} is a URL: give the engine's model name ({flag} NAME).")
         model = RemoteModel(spec.path, spec.model, tokenizer=spec.tokenizer, concurrency=spec.concurrency,
-                            timeout=spec.timeout, max_retries=spec.max_retries, api_key_env=spec.api_key_env)
+                            timeout=spec.timeout, max_retries=spec.max_retries, api_key_env=spec.api_key_env,
+                            extra_body=spec.body())
     elif spec.role == "teacher" and is_callable_path(spec.path):
         model = load_callable(spec.path)
     else:

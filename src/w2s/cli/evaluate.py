@@ -70,6 +70,7 @@ class ReviewsOptions:
         out: output directory (rerun to resume).
         topics: a file of topics, one per line ("Write a short review of {topic}." each); none: the task's
             held-out topics.
+        prompts: how many of the topics to evaluate, spread evenly over them; 0: all.
         seeds: the seeds, each a full run.
         max_new_tokens: length limit in generator tokens.
         methods: the compared runs (base always runs: it sets the fluency floor); none: all.
@@ -79,6 +80,7 @@ class ReviewsOptions:
 
     out: str
     topics: str | None = None
+    prompts: int = 0
     seeds: tuple[int, ...] = (0, 1, 2)
     max_new_tokens: int = 64
     methods: tuple[str, ...] = field(default=(), metadata={"choices": tuple(REVIEW_RUNS)})
@@ -88,10 +90,12 @@ class ReviewsOptions:
 
 STREAM_ROLES = {"upstream": "upstream", "aligner": "aligner", "whole_aligner": "whole_aligner"}
 # w2s eval reviews: the models of the weak-to-strong claim (each a flag away)
-REVIEW_DEFAULTS = {"strong": "qwen2.5-coder-0.5b-instruct", "untuned": "w2s:default-strong"}
+REVIEW_DEFAULTS = {"strong": "qwen2.5-coder-0.5b-instruct", "tuned": "w2s:reviews-tuned",
+                   "untuned": "w2s:default-strong"}
 REVIEW_HELPS = {"strong": "the large model: a model directory, a set-up name or an engine URL (default: "
                           "qwen2.5-coder-0.5b-instruct, `w2s setup qwen2.5-coder-0.5b-instruct`)",
-                "tuned": "the tuned guide, e.g. a DPO adapter of the untuned one (`w2s train dpo --task reviews`)",
+                "tuned": "the tuned guide (default: the shipped DPO adapter of SmolLM2-135M-Instruct, "
+                         "`make review-guides`; `w2s train dpo --task reviews` trains another)",
                 "untuned": "the untuned guide (default: SmolLM2-135M-Instruct, the default strong model)"}
 
 
@@ -135,13 +139,8 @@ def run_stream(args) -> None:
     from ..evaluation.stream import evaluate_stream
     from ..tasks import positive
 
-    check_range("questions", args.questions, low=1, integer=True)
-    held_out = positive.questions("heldout")
-    if args.questions > len(held_out):
-        raise ValueError(f"questions must be at most {len(held_out)} (held-out questions), got {args.questions}.")
+    questions = spread("questions", positive.questions("heldout"), args.questions, "held-out questions")
     m = load_all(model_specs(args, STREAM_ROLES))
-    step = len(held_out) / args.questions  # spread over topics and templates
-    questions = [held_out[int(i * step)] for i in range(args.questions)]
     evaluate_stream(args.out, m.upstream.model, m.aligner.model, m.whole_aligner.model, questions,
                     upstream_template=m.upstream.template, aligner_template=m.aligner.template,
                     max_sentences=args.max_sentences, max_sentence_tokens=args.max_sentence_tokens,
@@ -150,19 +149,30 @@ def run_stream(args) -> None:
     print((Path(args.out) / "summary.md").read_text(encoding="utf-8"), end="")
 
 
+def spread(name: str, items: list, count: int, what: str) -> list:
+    """``count`` of ``items``, spread evenly over them (over topics and templates)."""
+    check_range(name, count, low=1, integer=True)
+    if count > len(items):
+        raise ValueError(f"{name} must be at most {len(items)} ({what}), got {count}.")
+    step = len(items) / count
+    return [items[int(i * step)] for i in range(count)]
+
+
 def run_reviews(args) -> None:
     from ..backends.gguf import strong_model_dir
+    from ..defaults import review_guide_dir
     from ..evaluation.reviews import evaluate_reviews
     from ..models import ModelSpec, load
     from ..tasks import reviews
 
-    topics = [r["topic"] for r in read_records(args.topics, "topic")] if args.topics else reviews.HELDOUT_TOPICS
+    topics = [r["topic"] for r in read_records(args.topics, "topic")] if args.topics else list(reviews.HELDOUT_TOPICS)
+    if args.prompts:
+        topics = spread("prompts", topics, args.prompts, "the topics")
     specs = model_specs(args, ROLES)
+    shipped = {"w2s:default-strong": strong_model_dir, "w2s:reviews-tuned": review_guide_dir}
     for role, spec in specs.items():
-        path = spec.path or REVIEW_DEFAULTS.get(role)
-        if path is None:
-            raise ValueError(f"give --{role}: w2s eval reviews has no default {role} guide yet.")
-        path = str(strong_model_dir()) if path == "w2s:default-strong" else path
+        path = spec.path or REVIEW_DEFAULTS[role]
+        path = str(shipped[path]()) if path in shipped else path
         specs[role] = replace(spec, path=path, template=spec.template or "chat")
     m = load_all(specs)
     evaluate_reviews(args.out, m.strong.model, m.tuned.model, m.untuned.model, load(ModelSpec(args.fluency)).model,

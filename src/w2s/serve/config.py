@@ -15,6 +15,7 @@ A TOML file (every key optional; a model left out is the demo's default one)::
     # model = "NAME"                     # the engine's model name
     # tokenizer = "path/to/tokenizer"    # optional: its chat template
     # concurrency = 16                  # also timeout, max_retries, api_key_env (or a remote = {...} table)
+    # extra_body = {min_p = 0, repeat_penalty = 1.0}   # engine-specific request fields (llama.cpp: plain sampling)
 
     [methods.cbs]                        # server defaults of a method's parameters
     beam_width = 2
@@ -38,6 +39,7 @@ A TOML file (every key optional; a model left out is the demo's default one)::
 from __future__ import annotations
 
 import importlib
+import json
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -80,7 +82,7 @@ SERVER_OWNED = {"return_beams"}
 # keys of a [models.ROLE] table: ModelSpec's fields (role comes from the table's name); `remote` is an
 # older spelling of the remote ones, as a table
 MODEL_KEYS = {f.name for f in fields(ModelSpec)} - {"role"}
-REMOTE_KEYS = set(REMOTE_FIELDS) - set(PER_ROLE)  # concurrency, timeout, max_retries, api_key_env
+REMOTE_KEYS = set(REMOTE_FIELDS) - set(PER_ROLE)  # concurrency, timeout, max_retries, api_key_env, extra_body
 OPENABLE = ("/health", "/metrics")  # endpoints that may be reachable without the API key
 SERVER_KEYS = ("host", "port", "queue_size", "batch_window_ms", "max_batch_size", "max_prompts", "max_rows",
                "max_body_bytes", "request_timeout_s", "server_api_key_env", "open_endpoints", "docs")
@@ -181,6 +183,8 @@ def parse_config(data: dict, source: str = "config") -> ServeConfig:
     for role, spec in _table(f"{source} [models]", data.get("models", {}), set(ROLES)).items():
         spec = dict(_table(f"{source} [models.{role}]", spec, MODEL_KEYS | {"remote"}))
         spec.update(_table(f"{source} [models.{role}.remote]", spec.pop("remote", {}), REMOTE_KEYS))
+        if isinstance(spec.get("extra_body"), dict):  # a TOML table, as ModelSpec's JSON text
+            spec["extra_body"] = json.dumps(spec["extra_body"])
         models[role] = ModelSpec(**spec, role=role)
     server = _table(f"{source} [server]", data.get("server", {}), set(SERVER_KEYS))
     tables = _table(f"{source} [methods]", data.get("methods", {}), set(SERVED_METHODS))
