@@ -71,6 +71,37 @@ def test_best_of_n_and_cbs_spend_equal_compute_at_equal_wk(strong, scorer):
     assert rows_per_step["cbs"][0] == 4 and all(n in (2, 4) for n in rows_per_step["cbs"])
 
 
+def test_sampled_tokens_count_every_large_model_token_drawn(strong, scorer):
+    drawn = []
+
+    class Counting:  # counts from each continuation's token ids less its parent beam's
+        def open(self, prompts, *args, **kwargs):
+            session, live = strong.open(prompts, *args, **kwargs), [[] for _ in prompts]
+            expand, select = session.expand, session.select
+
+            def counted(parents, n, max_tokens):
+                got = expand(parents, n, max_tokens)
+                for c in got:
+                    drawn[-1][c.prompt_index] += len(c.token_ids) - len(live[c.parent])
+                session.last = got
+                return got
+
+            def selected(indices):
+                live[:] = [session.last[i].token_ids for i in indices]
+                return select(indices)
+
+            session.expand, session.select = counted, selected
+            return session
+
+    for search in (w2s.Sampling(max_new_tokens=7), w2s.BestOfN(n=4, max_new_tokens=7),
+                   w2s.ChunkBeamSearch(2, 2, 3, max_new_tokens=8)):
+        drawn.append([0] * len(PROMPTS))
+        results = list(search.generate(Counting(), scorer, PROMPTS, seed=1, batch_size=len(PROMPTS)))
+        assert [r.sampled_tokens for r in results] == drawn[-1]
+        assert all(r.num_tokens <= r.sampled_tokens <= search.samples_per_step * 8 for r in results)
+    assert all(r.sampled_tokens == r.num_tokens for r in w2s.Sampling(max_new_tokens=7).generate(strong, None, PROMPTS))
+
+
 def test_cbs_beams_are_distinct_and_truncated_responses_are_scored_without_eos(strong, tuned, untuned, scorer):
     search = w2s.ChunkBeamSearch(beam_width=3, successors_per_beam=2, chunk_length=2, max_new_tokens=6,
                                  return_beams=True)

@@ -46,7 +46,9 @@ class SearchResult:
     with their own scores when asked for (``return_beams=True``), best first.  ``error`` is set (and the
     response is empty) when this prompt could not be searched, the other prompts unaffected; ``error_code``
     says why: ``"engine_error"`` (a remote large model failed) or ``"context_length_exceeded"`` (the prompt
-    and the tokens asked for do not fit a model's context).
+    and the tokens asked for do not fit a model's context).  ``sampled_tokens`` counts the large-model
+    tokens drawn for this prompt over all its beams and chunks (the search's cost: W·K·L per chunk at most,
+    fewer when samples finish early).
     """
 
     prompt: str
@@ -58,6 +60,7 @@ class SearchResult:
     beams: list[Beam] | None = None
     error: str | None = None
     error_code: str | None = None
+    sampled_tokens: int = 0
 
 
 def prompt_seeds(seed: int, start: int, count: int) -> list[int]:
@@ -192,6 +195,7 @@ class ChunkBeamSearch:
         beams = [[Beam("", False, 0, row=p)] for p in range(n_prompts)]  # W copies of the prompt, as one
         budget_used, first = 0, True  # tokens of max_new_tokens the chunks so far have allowed
         errors: dict[int, str] = {}  # prompt -> why a remote model could not sample for it: it ends there
+        sampled = [0] * n_prompts  # large-model tokens drawn per prompt
         while budget_used < self.max_new_tokens:
             live = [b for p in range(n_prompts) for b in beams[p] if not b.finished]
             if not live:
@@ -206,6 +210,7 @@ class ChunkBeamSearch:
             for i, c in enumerate(continuations):
                 if c.error is not None:
                     errors.setdefault(c.prompt_index, c.error)
+                sampled[c.prompt_index] += c.num_tokens - live[i // n].num_tokens  # grouped by parent
                 pools[c.prompt_index].append(Beam(c.text, c.finished, c.num_tokens, row=i))
             pools = [[] if p in errors else _distinct(pool) for p, pool in enumerate(pools)]
             ranked = [p for p in range(n_prompts) if len(pools[p]) > width]
@@ -227,14 +232,14 @@ class ChunkBeamSearch:
         for p, prompt in enumerate(prompts):
             if p in errors:
                 results.append(SearchResult(prompt, "", None, False, 0, self.method, error=errors[p],
-                                            error_code="engine_error"))
+                                            error_code="engine_error", sampled_tokens=sampled[p]))
                 continue
             final = sorted(beams[p], key=lambda b: -b.score) if scorer is not None else beams[p]
             best = next((b for b in final if b.finished), final[0])  # the best finished beam, if any
             results.append(
                 SearchResult(
                     prompt, best.text, best.score, best.finished, best.num_tokens, self.method,
-                    final if self.return_beams else None,
+                    final if self.return_beams else None, sampled_tokens=sampled[p],
                 )
             )
         return results
