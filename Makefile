@@ -111,7 +111,7 @@ review-guides: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s setup gemma-3-270m
 	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s train dpo --task reviews --chat --lora-rank 8 --lora-alpha 16 \
 	  --base $(HOME)/.cache/w2s/smollm2-135m-instruct --out build/reviews-tuned --pair-samples 8 --pair-tokens 64 \
-	  --bt-scale 10 --epochs 3 --learning-rate 5e-4 --batch-size 8 --max-length 192 --save-steps 20
+	  --bt-scale 10 --epochs 2 --learning-rate 5e-4 --batch-size 8 --max-length 192 --save-steps 20
 	$(PY) -c "from w2s.backends.adapters import ship_adapter; ship_adapter('build/reviews-tuned', '$(REVIEW_GUIDE)')"
 
 clean:
