@@ -101,6 +101,20 @@ def test_shipped_aligners_are_small_adapters_of_the_default_model_and_rewrite_li
     assert corrected == positive.rewrite(sentence)
 
 
+def test_shipped_reviews_guide_is_a_small_chat_adapter_that_prefers_warm_fluent_reviews(cache):
+    from safetensors.torch import load_file
+
+    path = defaults.review_guide_dir()
+    weights = load_file(path / "adapter_model.safetensors")
+    assert sum(w.numel() for w in weights.values()) <= 134_515_008 * 0.05
+    scorer = w2s.LogRatioScorer(w2s.load_model(path), w2s.load_model(strong_model_dir()), "chat", "chat")
+    prompt = "Write a short review of a seaside café."
+    warm = "A lovely little café by the sea. The coffee was excellent and the staff were so friendly."
+    cold = "A dreary café by the sea. The coffee was bitter and the staff were rude and slow."
+    good, bad = scorer.score([prompt, prompt], [warm, cold], [True, True])
+    assert good > bad
+
+
 def test_stream_command_with_no_model_flags_uses_the_demo_models(cache):
     import subprocess
     import sys
