@@ -1,4 +1,4 @@
-"""``w2s eval sentiment | stream``: the evaluations, with their tables and plots (resumable)."""
+"""``w2s eval sentiment | reviews | stream``: the evaluations, with their tables and plots (resumable)."""
 
 from __future__ import annotations
 
@@ -150,7 +150,7 @@ def run_stream(args) -> None:
 
 
 def spread(name: str, items: list, count: int, what: str) -> list:
-    """``count`` of ``items``, spread evenly over them (over topics and templates)."""
+    """``count`` of ``items``, evenly spaced over the whole list (its topics and forms all represented)."""
     check_range(name, count, low=1, integer=True)
     if count > len(items):
         raise ValueError(f"{name} must be at most {len(items)} ({what}), got {count}.")
