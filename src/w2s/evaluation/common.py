@@ -106,7 +106,8 @@ def run_prompts(path: Path, name: str, generate, prompts: Sequence[str], seed: i
         seconds = (time.perf_counter() - began) / len(batch)
         golds = gold([r.prompt for r in results], [r.response for r in results])
         return [{"prompt": r.prompt, "response": r.response, **g, "score": finite(r.score), "num_tokens": r.num_tokens,
-                 "sampled_tokens": r.sampled_tokens, "finished": r.finished, "seconds": seconds} for r, g in zip(results, golds)]
+                 "sampled_tokens": r.sampled_tokens, "finished": r.finished, "seconds": seconds}
+                for r, g in zip(results, golds)]
 
     append_batches(path, prompts, batch_size, rows, desc=f"{name} seed {seed}", unit="prompt", progress=progress)
 
