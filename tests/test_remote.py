@@ -179,6 +179,33 @@ def test_n_is_fanned_out_when_the_engine_ignores_it(proxy):
     strong.close()
 
 
+def test_step_chunks_of_a_remote_strong_model_end_at_sentence_ends(proxy, tuned, untuned):
+    """Each sample streams, and the stream is closed where its first sentence ends: the chunk's text ends
+    exactly there (the lookahead sent back is dropped), or the chunk reached its token cap."""
+    from test_budgets import Recorded, children
+    from w2s.search.cbs import chunk_end_rule
+
+    strong = Recorded(remote(proxy))
+    search = w2s.ChunkBeamSearch(beam_width=2, successors_per_beam=2, chunk_length=24, chunk_end="sentence",
+                                 max_new_tokens=60)
+    results = list(search.generate(strong, w2s.LogRatioScorer(tuned, untuned), ["The sea is deep. It"], seed=2))
+    sentence = chunk_end_rule("sentence")
+    cuts = 0
+    for expansion in strong.expansions:
+        for parent, cap, child in children(expansion):
+            new = child.text[len(parent.text):]
+            assert child.text.startswith(parent.text) and 0 <= child.drawn <= cap  # (0: an end token at once)
+            if not child.finished and child.drawn < cap:  # cut: one whole sentence, nothing after it
+                assert sentence(new + " Next.") == len(new), new
+                cuts += 1
+    assert cuts >= 2 and results[0].error is None and results[0].sampled_tokens == sum(
+        c.drawn for e in strong.expansions for _, _, c in children(e))
+    streams = [e for e in completions(proxy) if e["body"].get("stream")]
+    assert streams and all(e["body"]["n"] == 1 and e["body"]["max_tokens"] <= 24 for e in streams)
+    assert any(e.get("client_closed") for e in streams)
+    strong.model.close()
+
+
 def test_all_requests_of_a_step_are_in_flight_at_once_within_the_limit(proxy, tuned, untuned):
     scorer = w2s.LogRatioScorer(tuned, untuned)
     cbs = w2s.ChunkBeamSearch(beam_width=2, successors_per_beam=3, chunk_length=3, max_new_tokens=9)

@@ -280,10 +280,12 @@ def test_models_health_and_each_method(main, model_dirs):
     c = client(main)
     [model] = c.models.list().data
     assert model.id == "tiny" and set(model.model_extra["w2s"]["methods"]) == {
-        "cbs", "bon", "sampling", "eft", "stream_aligner", "aligner"}
+        "cbs", "bon", "sampling", "eft", "stream_aligner", "aligner", "adaptive", "pruned_bon"}
     assert httpx.get(main + "/health").json()["status"] == "ok"
-    for method in ("cbs", "bon", "sampling", "eft", "stream_aligner", "aligner"):
-        block = {"method": method, **({"n": 3} if method == "bon" else {})}
+    extra = {"bon": {"n": 3}, "pruned_bon": {"n": 4, "checkpoints": [2], "prune_fraction": 0.5},
+             "adaptive": {"schedule": [3, 1], "patience": 1}, "cbs": {"chunk_end": " "}}
+    for method in ("cbs", "bon", "sampling", "eft", "stream_aligner", "aligner", "adaptive", "pruned_bon"):
+        block = {"method": method, **extra.get(method, {})}
         r = complete(c, **block)
         assert r.object == "text_completion" and r.model_extra["w2s"]["method"] == method
         assert r.choices[0].text and r.choices[0].finish_reason in ("stop", "length")

@@ -19,11 +19,13 @@ if TYPE_CHECKING:
     from .backends import ContextLengthError, Conversation, RemoteModel, SamplingParams, TransformersModel, load_model
     from .models import ModelSpec, load
     from .scoring import CallableScorer, LogRatioScorer, RewardModelScorer, Scorer
-    from .search import Beam, BestOfN, ChunkBeamSearch, EmulatedFineTuning, Sampling, SearchResult
+    from .search import (AdaptiveSearch, Beam, BestOfN, ChunkBeamSearch, EmulatedFineTuning, PrunedBestOfN, Sampling,
+                         SearchResult)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdaptiveSearch",
     "Aligner",
     "Beam",
     "BestOfN",
@@ -34,6 +36,7 @@ __all__ = [
     "EmulatedFineTuning",
     "LogRatioScorer",
     "ModelSpec",
+    "PrunedBestOfN",
     "RemoteModel",
     "RewardModelScorer",
     "Sampling",
@@ -52,5 +55,6 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     ".backends": ("ContextLengthError", "Conversation", "RemoteModel", "SamplingParams", "TransformersModel", "load_model"),
     ".models": ("ModelSpec", "load"),
     ".scoring": ("CallableScorer", "LogRatioScorer", "RewardModelScorer", "Scorer"),
-    ".search": ("Beam", "BestOfN", "ChunkBeamSearch", "EmulatedFineTuning", "Sampling", "SearchResult"),
+    ".search": ("AdaptiveSearch", "Beam", "BestOfN", "ChunkBeamSearch", "EmulatedFineTuning", "PrunedBestOfN",
+                "Sampling", "SearchResult"),
 })

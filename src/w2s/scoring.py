@@ -87,6 +87,13 @@ class LogRatioScorer:
             untuned = self._untuned(prompts, responses, finished)
         return [a - b for a, b in zip(tuned, untuned)]
 
+    @property
+    def last_tokens(self) -> list[int] | None:
+        """Guide tokens run for each response of the last :meth:`score` call, both guides summed (what the
+        KV caches held already not counted); None when a guide cannot tell (a remote one)."""
+        counts = [getattr(lp, "last_tokens", None) for lp in (self._tuned, self._untuned)]
+        return None if None in counts else [a + b for a, b in zip(*counts)]
+
     def context_error(self, prompt: str, new_tokens: int) -> str | None:
         """Why a response of ``new_tokens`` tokens to ``prompt`` (and its scored end token) would not fit a
         guide's context, or None."""

@@ -117,6 +117,16 @@ def stop_index(text: str, stop: Sequence[str]) -> int | None:
     return min(hits) if hits else None
 
 
+def per_row(value, rows: int) -> list:
+    """``value`` for each of ``rows`` rows: a list or tuple as it is (it must have one entry per row), anything
+    else repeated."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != rows:
+            raise ValueError(f"expected one value per row ({rows}), got {len(value)}.")
+        return list(value)
+    return [value] * rows
+
+
 def special_token_ids(tokenizer) -> set[int]:
     """The tokenizer's special tokens: its named ones and the added tokens flagged special (not the added
     tokens that are text, such as Qwen3's ``<think>``)."""
@@ -195,9 +205,11 @@ class Continuation:
     ``text`` is the whole response so far (not only the new chunk), decoded from whole characters only:
     bytes of a character that a chunk boundary split are held back until the character is complete.
     ``finished`` is true only when the response really ended (end-of-sequence token or a stop string),
-    never when it was cut by a length limit.  ``error`` is set when a remote backend could not sample for
-    this prompt (after retries): every continuation of that prompt then carries it, and the search ends
-    the prompt with that error instead of a response.
+    never when it was cut by a length limit.  ``drawn`` counts the tokens sampled for it in this
+    expansion (tokens sampled past a chunk-end cut and rolled back included; None when the backend cannot
+    tell, and then the search counts ``num_tokens`` minus the parent's).  ``error`` is set when a remote
+    backend could not sample for this prompt (after retries): every continuation of that prompt then
+    carries it, and the search ends the prompt with that error instead of a response.
     """
 
     prompt_index: int
@@ -207,17 +219,22 @@ class Continuation:
     num_tokens: int
     token_ids: list[int] = field(default_factory=list, repr=False)
     error: str | None = None
+    drawn: int | None = None
 
 
 @runtime_checkable
 class SearchSession(Protocol):
     """A batch of prompts being generated, with a set of live (unfinished) beams per prompt."""
 
-    def expand(self, parents: Sequence[int], n: int, max_tokens: int) -> list[Continuation]:
+    def expand(self, parents: Sequence[int], n: int | Sequence[int], max_tokens: int | Sequence[int],
+               end: Callable[[str], int | None] | None = None) -> list[Continuation]:
         """Sample ``n`` continuations of at most ``max_tokens`` tokens for each live beam in ``parents``.
 
         ``parents`` index the live beams (initially one empty beam per prompt, index = prompt index).
-        Returns ``len(parents) * n`` continuations, grouped by parent in the order given.
+        ``n`` and ``max_tokens`` are one number for all parents or one per parent.  ``end(new_text)``, when
+        given, ends a continuation's chunk early: it sees the text sampled in this expansion and returns
+        where to cut it (the continuation's text then ends exactly there, unfinished) or None to go on.
+        Returns ``sum(n)`` continuations, grouped by parent in the order given.
         """
         ...
 

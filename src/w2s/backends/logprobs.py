@@ -70,6 +70,7 @@ class IncrementalLogProbs:
         self.lead, self.end_id = lm.context_prefix(template), lm.end_id(template)  # BOS and end-token rules
         self.groups: list[_Group] = []
         self._context_ids: dict[str, list[int]] = {}
+        self.last_tokens: list[int] = []  # tokens run for each response of the last call (its prompt's not counted)
 
     def reset(self) -> None:
         self.groups = []
@@ -104,6 +105,7 @@ class IncrementalLogProbs:
             raise ValueError("prompts, responses and finished must have the same length.")
         seqs = seqs if seqs is not None else self.sequences(prompts, responses, finished)
         old, self.groups = (self.groups if self.incremental else []), []
+        self.last_tokens = [0] * len(seqs)
         try:
             return self._score(seqs, list(responses), old)
         except BaseException:
@@ -225,6 +227,7 @@ class IncrementalLogProbs:
         for i, (j, (row, query, keep, known)) in enumerate(zip(members, queries)):
             ids = seqs[j][1]
             n_new = len(ids) - keep
+            self.last_tokens[j] = n_new
             for t in range(len(known) - keep - 1, n_new - 1):
                 rows_idx.append(row)
                 query_idx.append(query + t)

@@ -7,6 +7,8 @@ search, Best-of-N, plain sampling and the Stream Aligner run unchanged with the 
   beam's response so far, ``max_tokens`` = the chunk length, ``n`` = the successors.  Engines that ignore
   ``n`` (llama.cpp's server) return fewer choices; the missing ones are sampled by separate requests.
   A remote engine keeps nothing for us between chunks but text (vLLM's prefix cache does the rest).
+  With a chunk-end rule (step-level chunks) every sample is its own streamed request instead, closed as
+  soon as the rule cuts its text.
 - ``generator()`` streams (``stream: true``) and closes the stream as soon as ``stop(text)`` cuts it, so
   the Stream Aligner's upstream really stops at the sentence end.
 - ``response_logprobs()`` scores texts with ``echo`` + ``logprobs`` where the engine gets them right, so
@@ -38,8 +40,8 @@ from typing import Sequence
 import httpx
 
 from ..validation import check_range
-from .base import (Continuation, RemoteError, SamplingParams, chat_turn_end_id, check_interrupt, render_prompt,
-                   stop_index)
+from .base import (Continuation, RemoteError, SamplingParams, chat_turn_end_id, check_interrupt, per_row,
+                   render_prompt, stop_index)
 
 RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})  # and any other 5xx
 MAX_RETRY_AFTER = 600.0  # seconds: a longer Retry-After is capped (and said so in the error if it fails)
@@ -241,16 +243,17 @@ class RemoteModel:
 
         return await self._with_retries(f"POST {path}", once)
 
-    async def stream_completion(self, body: dict, stop) -> tuple[str, bool]:
-        """One streamed completion: (text, ended).  ``stop(text)`` is asked after each delta; a cut closes
-        the stream at once.  The body's stop strings are checked here too (an end, as in local sampling),
-        whatever the engine does with them.  A stream that breaks off (no finish_reason) is retried from
-        the start."""
+    async def stream_completion(self, body: dict, stop) -> CompletionChoice:
+        """One streamed completion.  ``stop(text)`` is asked after each delta; a cut closes the stream at
+        once (finish reason ``"cut"``).  The body's stop strings are checked here too (an end, ``"stop"``, as
+        in local sampling), whatever the engine does with them.  The token count is the number of deltas
+        that carried text (engines stream one token per delta).  A stream that breaks off (no
+        finish_reason) is retried from the start."""
         stop_strings = body.get("stop") or ()
         url = f"{self.base_url}/completions"
 
-        async def once(client: httpx.AsyncClient) -> tuple[str, bool]:
-            text, finish = "", None
+        async def once(client: httpx.AsyncClient) -> CompletionChoice:
+            text, finish, deltas = "", None, 0
             try:
                 async with client.stream("POST", url, json={**body, "stream": True},
                                          headers=self.auth_headers()) as response:
@@ -269,19 +272,20 @@ class RemoteModel:
                         if "error" in chunk and not chunk.get("choices"):
                             raise _Retryable(f"error event in the stream: {chunk['error']}")
                         choice = chunk["choices"][0]
-                        text += choice.get("text") or ""
+                        delta = choice.get("text") or ""
+                        text, deltas = text + delta, deltas + bool(delta)
                         finish = choice.get("finish_reason") or finish
                         if (at := stop_index(text, stop_strings)) is not None:
-                            return text[:at], True
+                            return CompletionChoice(text[:at], "stop", deltas)
                         if stop is not None and (cut := stop(text)) is not None:
-                            return text[:cut], False  # leaving the block closes the stream
+                            return CompletionChoice(text[:cut], "cut", deltas)  # leaving the block closes the stream
                         if finish is not None:
                             break
             except (httpx.TimeoutException, httpx.TransportError) as err:
                 raise _Retryable(f"stream broke off: {type(err).__name__}: {err}".rstrip(": ")) from None
             if finish is None:
                 raise _Retryable("stream ended without a finish_reason (cut mid-way)")
-            return text, finish == "stop"
+            return CompletionChoice(text, finish, deltas)
 
         return await self._with_retries("streamed POST /completions", once)
 
@@ -296,11 +300,17 @@ class RemoteModel:
         return {**body, **self.extra_body}
 
     async def sample_choices(self, prompt: str, params: SamplingParams, max_tokens: int, n: int,
-                             seed_keys: tuple[int, ...]) -> list[CompletionChoice]:
-        """``n`` continuations of ``prompt``; sample k is seeded with ``derive_seed(*seed_keys, k)``."""
+                             seed_keys: tuple[int, ...], end=None) -> list[CompletionChoice]:
+        """``n`` continuations of ``prompt``; sample k is seeded with ``derive_seed(*seed_keys, k)``.  With a
+        chunk-end rule ``end`` each sample is its own stream, closed where ``end`` cuts it."""
         def request(choices: int, k: int):  # asks for ``choices`` samples, seeded as sample k
             return self.post("/completions", self.completion_body(prompt, params, max_tokens, choices,
                                                                   derive_seed(*seed_keys, k)))
+
+        if end is not None:
+            return list(await asyncio.gather(*[
+                self.stream_completion(self.completion_body(prompt, params, max_tokens, 1, derive_seed(*seed_keys, k)),
+                                       end) for k in range(n)]))
 
         if self.n_supported is False or n == 1:
             singles = [request(1, k) for k in range(n)]
@@ -388,8 +398,9 @@ class RemoteSearchSession:
         self.live = [Continuation(p, p, "", False, 0) for p in range(len(contexts))]
         self.candidates: list[Continuation] = []
 
-    def expand(self, parents: Sequence[int], n: int, max_tokens: int) -> list[Continuation]:
-        assert max_tokens >= 1 and n >= 1 and parents
+    def expand(self, parents: Sequence[int], n, max_tokens, end=None) -> list[Continuation]:
+        ns, limits = per_row(n, len(parents)), per_row(max_tokens, len(parents))
+        assert parents and min(ns) >= 1 and min(limits) >= 1
         beams = [self.live[i] for i in parents]
         rank: dict[int, int] = {}  # parent's position among its prompt's parents: part of the seed
         seed_keys = []
@@ -400,17 +411,17 @@ class RemoteSearchSession:
         for p in rank:
             self.steps[p] += 1
 
-        async def sample_beam(beam: Continuation, keys: tuple[int, ...]):
+        async def sample_beam(beam: Continuation, keys: tuple[int, ...], n: int, max_tokens: int):
             try:
                 return await self.lm.sample_choices(self.contexts[beam.prompt_index] + beam.text, self.params,
-                                                    max_tokens, n, keys)
+                                                    max_tokens, n, keys, end)
             except RemoteError as err:
                 return err
 
-        results = self.lm.run(_gather([sample_beam(beam, keys) for beam, keys in zip(beams, seed_keys)]))
+        results = self.lm.run(_gather([sample_beam(*args) for args in zip(beams, seed_keys, ns, limits)]))
         failed = {beam.prompt_index: str(r) for beam, r in zip(beams, results) if isinstance(r, RemoteError)}
         self.candidates = []
-        for parent, beam, choices in zip(parents, beams, results):
+        for parent, beam, choices, n in zip(parents, beams, results, ns):
             p = beam.prompt_index
             for k in range(n):
                 if p in failed:  # the whole prompt ends with the error, its other beams included
@@ -420,7 +431,8 @@ class RemoteSearchSession:
                     text, finished = beam.text + choice.text, choice.finish_reason == "stop"
                     if (at := stop_index(text, self.params.stop)) is not None:  # a stop string across chunks
                         text, finished = text[:at], True
-                    continuation = Continuation(p, parent, text, finished, beam.num_tokens + choice.num_tokens)
+                    continuation = Continuation(p, parent, text, finished, beam.num_tokens + choice.num_tokens,
+                                                drawn=choice.num_tokens)
                 self.candidates.append(continuation)
         return self.candidates
 
@@ -470,7 +482,7 @@ class RemoteGenerator:
         failed = [f"row {i}: {r}" for i, r in zip(rows, results) if isinstance(r, RemoteError)]
         if failed:
             raise RemoteError("; ".join(failed))
-        return dict(zip(rows, results))
+        return {i: (c.text, c.finish_reason == "stop") for i, c in zip(rows, results)}
 
 
 class RemoteLogProbs:

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .base import ANCHOR_TOKENS, SamplingParams, check_interrupt, stop_index
+from .base import ANCHOR_TOKENS, SamplingParams, check_interrupt, per_row, stop_index
 
 MASK32 = 0xFFFFFFFF
 
@@ -90,10 +90,10 @@ def sample_rows(
     forward: Callable[[list[int | None]], torch.Tensor],
     keys: tuple[Sequence[int], Sequence[int], Sequence[int]],
     contexts: Sequence[Sequence[int]],
-    max_tokens: int,
+    max_tokens: int | Sequence[int],
     prefixes: Sequence[list[int]] | None = None,
     active: Sequence[bool] | None = None,
-    stop: Callable[[str], int | None] | None = None,
+    stop: Callable[[str], int | None] | Sequence[Callable[[str], int | None] | None] | None = None,
 ) -> list[Drawn | None]:
     """Sample up to ``max_tokens`` tokens for each row, all rows in lock step.
 
@@ -105,23 +105,27 @@ def sample_rows(
         keys: ``(seeds, counters, lanes)``: row ``i`` draws its ``t``-th token with key
             ``(seeds[i], counters[i] + t, lanes[i])``.
         contexts: each row's ids before its response (to decode it).
+        max_tokens: the most tokens a row samples (one number for all rows, or one per row).
         prefixes: each row's response ids so far (default none): stop strings and ``stop`` see the text of
             prefix + new tokens, and a ``Drawn.text`` is that whole text.
         active: which rows sample (default all); the others get None.
-        stop: ``stop(text)`` -> where to cut the response text so far, or None to go on.
+        stop: ``stop(text)`` -> where to cut the response text so far, or None to go on (one function for
+            all rows, or one per row, None where a row has none).
     """
     rows = len(contexts)
     live = list(active) if active is not None else [True] * rows
+    limits = per_row(max_tokens, rows)
+    stops = per_row(stop, rows)
     seeds, counters, lanes = keys
     eos = torch.tensor(sorted(lm.eos_ids), dtype=torch.long)
     sampled_ids: list[list[int]] = [[] for _ in range(rows)]
     reasons: list[str | None] = [None if a else "inactive" for a in live]
     texts: dict[int, str] = {}
-    check_text = stop is not None or bool(params.stop)
+    check_text = any(f is not None for f in stops) or bool(params.stop)
     trackers = ({i: _Text(lm, contexts[i], prefixes[i] if prefixes is not None else []) for i in range(rows)
                  if live[i]} if check_text else {})
     max_stop = max((len(s) for s in params.stop), default=0)
-    for step in range(max_tokens):
+    for step in range(max(limits)):
         check_interrupt()
         u = uniforms(seeds, [c + step for c in counters], lanes)
         tokens = lm.sample_next(logits, params, u).cpu()
@@ -134,16 +138,18 @@ def sample_rows(
                 reasons[i] = "end"
                 continue
             sampled_ids[i].append(tokens[i])
+            if len(sampled_ids[i]) == limits[i]:
+                reasons[i] = "length"  # (the text checks below may still end or cut it)
             if not check_text:
                 continue
             tracker = trackers[i]
             before = len(tracker.text)
             text = tracker.add(tokens[i])
             at = _stop_in(text, params.stop, max(0, before - max_stop))
-            cut = stop(text) if stop is not None else None
+            cut = stops[i](text) if stops[i] is not None else None
             if at is not None or cut is not None:  # confirm on the whole decoded text
                 text = lm.response_text(contexts[i], tracker.ids, finished=False)
-                at, cut = stop_index(text, params.stop), (stop(text) if stop is not None else None)
+                at, cut = stop_index(text, params.stop), (stops[i](text) if stops[i] is not None else None)
             if at is not None and (cut is None or at <= cut):
                 reasons[i], texts[i] = "stop", text[:at]
             elif cut is not None:
@@ -151,10 +157,10 @@ def sample_rows(
             else:
                 texts[i] = text
         going = [r is None for r in reasons]
-        if step == max_tokens - 1 or not any(going):
+        if not any(going):
             break
         logits = forward([tokens[i] if going[i] else None for i in range(rows)])
-    return [None if reasons[i] == "inactive" else Drawn(sampled_ids[i], reasons[i] or "length", texts.get(i))
+    return [None if reasons[i] == "inactive" else Drawn(sampled_ids[i], reasons[i], texts.get(i))
             for i in range(rows)]
 
 

@@ -16,9 +16,10 @@ from typing import Iterable, Sequence
 import torch
 
 from ..validation import check_choice
-from .base import (ANCHOR_TOKENS, Continuation, SamplingParams, chat_turn_end_id, context_length_of, render_prompt,
-                   special_token_ids)
+from .base import (ANCHOR_TOKENS, Continuation, SamplingParams, chat_turn_end_id, context_length_of, per_row,
+                   render_prompt, special_token_ids)
 from .kv_rows import KVRows, check_model
+from .logprobs import common_prefix_length
 from .sampling import sample_rows
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -282,6 +283,13 @@ class LocalSearchSession:
     that share its keys and values (:class:`KVRows`) and samples them in lock step; :meth:`select` makes
     the surviving continuations the next rows, with one gather.  When a chunk ends, its last sampled token
     is *pending*: it is forwarded only if the beam survives, so rejected candidates cost nothing for it.
+    A chunk cut by a chunk-end rule (``expand(..., end=...)``) ends exactly at the cut: the tokens sampled
+    past it are rolled back, and a token the cut fell inside is replaced by the encoding of its part
+    before the cut (pending too).
+
+    Randomness: a branch draws its t-th token of the response with key ``(prompt seed, t, lane)``, where
+    its lane is its rank among its prompt's branches in this expansion, or its parent's lane when the
+    parent has only this one branch (so a sample continued chunk after chunk draws as one long sample).
 
     Several models may run in lock step over the same token ids (``streams``), their next-token logits
     merged by ``combine``: that is how EFT samples from strong + beta * (tuned - untuned).
@@ -300,6 +308,7 @@ class LocalSearchSession:
             raise ValueError(f"seeds must have one entry per prompt ({n_prompts}), got {len(seeds)}.")
         self.lm, self.params, self.combine = lm, params, combine or (lambda logits: logits[0])
         self.contexts = streams[0][1]  # each prompt's ids in the sampling model: response text is decoded after them
+        self.stream_contexts = [ids for _, ids in streams]
         self.seeds = [int(s) for s in seeds]
         self.stream_rows = []  # each stream's KV cache rows: one row per live beam
         for model, _ in streams:
@@ -308,71 +317,127 @@ class LocalSearchSession:
             self.stream_rows.append(rows)
         self.next_logits = self.combine([rows.forward(ids, last_only=True)
                                          for rows, (_, ids) in zip(self.stream_rows, streams)])
-        self.pending: list[int | None] = [None] * n_prompts
+        self.pending: list[list[int]] = [[] for _ in range(n_prompts)]  # each row's tokens not yet forwarded
         self.prompt_index = list(range(n_prompts))
         self.response_ids: list[list[int]] = [[] for _ in range(n_prompts)]
+        self.response_texts = [""] * n_prompts
+        self.lanes = [0] * n_prompts  # each row's random-number lane (see expand)
         self.candidates: list[Continuation] = []
-        self.candidate_pending: list[int | None] = []  # each candidate's last sampled token, if it may go on
-        self.n_branches = 1  # continuations per parent in the last expand
+        self.candidate_places: list[tuple[int, int, list[int], int]] = []  # (row, branch, ids sampled, lane)
 
     def _regroup(self, sources: Sequence[tuple[int, int | None]]) -> None:
         for rows in self.stream_rows:
             rows.regroup(sources)
 
-    def expand(self, parents: Sequence[int], n: int, max_tokens: int) -> list[Continuation]:
-        assert max_tokens >= 1 and n >= 1 and parents
+    def expand(self, parents: Sequence[int], n, max_tokens, end=None) -> list[Continuation]:
         parents = list(parents)
+        ns, limits = per_row(n, len(parents)), per_row(max_tokens, len(parents))
+        assert parents and min(ns) >= 1 and min(limits) >= 1
         if parents != list(range(len(self.prompt_index))):
             self._regroup([(p, None) for p in parents])
             self.next_logits = self.next_logits[torch.as_tensor(parents, device=self.next_logits.device)]
             self.pending = [self.pending[p] for p in parents]
             self.prompt_index = [self.prompt_index[p] for p in parents]
             self.response_ids = [self.response_ids[p] for p in parents]
+            self.response_texts = [self.response_texts[p] for p in parents]
+            self.lanes = [self.lanes[p] for p in parents]
         for rows in self.stream_rows:
-            rows.reserve(1 + n * max_tokens)
-        if any(t is not None for t in self.pending):  # only the surviving beams' last tokens are forwarded
-            pending_tokens = [[t] if t is not None else [] for t in self.pending]
-            logits = self.combine([rows.forward(pending_tokens, last_only=True) for rows in self.stream_rows])
-            has_pending = torch.tensor([t is not None for t in self.pending], device=logits.device)
+            rows.reserve(max(len(t) for t in self.pending) + max(ns) * max(limits))  # a column per branch per step
+        if any(self.pending):  # only the surviving beams' last tokens are forwarded
+            logits = self.combine([rows.forward(self.pending, last_only=True) for rows in self.stream_rows])
+            has_pending = torch.tensor([bool(t) for t in self.pending], device=logits.device)
             self.next_logits = torch.where(has_pending.unsqueeze(1), logits, self.next_logits)
-            self.pending = [None] * len(self.pending)
+            self.pending = [[] for _ in self.pending]
         for rows in self.stream_rows:
-            rows.branch([[len(ids)] * n for ids in rows.ids])
-        n_rows = len(parents)
+            rows.branch([[len(ids)] * k for ids, k in zip(rows.ids, ns)])
+        places = [(r, k) for r, count in enumerate(ns) for k in range(count)]  # (row, branch) of each sample
+        at = torch.tensor([r * max(ns) + k for r, k in places], device=self.next_logits.device)
 
         def forward(tokens: list[int | None]) -> torch.Tensor:
-            new = [[[] if t is None else [t] for t in tokens[r * n : (r + 1) * n]] for r in range(n_rows)]
-            logits = [rows.forward_branches(new, last_only=True)[:, :n] for rows in self.stream_rows]
-            return self.combine([x.reshape(n_rows * n, x.shape[-1]) for x in logits])
+            new = [[] for _ in parents]
+            for (r, _), t in zip(places, tokens):
+                new[r].append([] if t is None else [t])
+            logits = [rows.forward_branches(new, last_only=True)[:, : max(ns)] for rows in self.stream_rows]
+            return self.combine([x.reshape(-1, x.shape[-1])[at] for x in logits])
 
-        prompts = [self.prompt_index[r] for r in range(n_rows) for _ in range(n)]
+        prompts = [self.prompt_index[r] for r, _ in places]
         lanes, seen = [], {}
-        for p in prompts:  # a branch's lane: its rank among its prompt's branches
-            lanes.append(seen.get(p, 0))
-            seen[p] = lanes[-1] + 1
-        keys = ([self.seeds[p] for p in prompts], [len(self.response_ids[r // n]) for r in range(n_rows * n)], lanes)
+        for (r, _), p in zip(places, prompts):  # a branch's lane: its rank among its prompt's branches, or its
+            lanes.append(self.lanes[r] if ns[r] == 1 else seen.get(p, 0))  # parent's when it is the only one
+            seen[p] = seen.get(p, 0) + 1
+        keys = ([self.seeds[p] for p in prompts], [len(self.response_ids[r]) for r, _ in places], lanes)
         contexts = [self.contexts[p] for p in prompts]
-        drawn = sample_rows(self.lm, self.params, self.next_logits.repeat_interleave(n, dim=0), forward, keys,
-                            contexts, max_tokens, prefixes=[self.response_ids[i // n] for i in range(n_rows * n)])
-        self.candidates, self.candidate_pending, self.n_branches = [], [], n
-        for i, draw in enumerate(drawn):
-            ids = self.response_ids[i // n] + draw.ids
-            text = draw.text if draw.reason == "stop" else self.lm.response_text(contexts[i], ids, draw.ended)
-            self.candidates.append(Continuation(prompts[i], parents[i // n], text, draw.ended, len(ids), ids))
-            self.candidate_pending.append(None if draw.ended else draw.ids[-1])
+        stops = None if end is None else [_chunk_end(end, len(self.response_texts[r])) for r, _ in places]
+        drawn = sample_rows(self.lm, self.params, self.next_logits[[r for r, _ in places]], forward, keys, contexts,
+                            [limits[r] for r, _ in places], prefixes=[self.response_ids[r] for r, _ in places],
+                            stop=stops)
+        self.candidates, self.candidate_places = [], []
+        for i, ((r, k), draw) in enumerate(zip(places, drawn)):
+            ids = self.response_ids[r] + draw.ids
+            if draw.reason == "cut":
+                ids, text = self._ids_of(contexts[i], ids, draw.text, len(self.response_ids[r]))
+            elif draw.reason == "stop":
+                text = draw.text
+            else:
+                text = self.lm.response_text(contexts[i], ids, draw.ended)
+            self.candidates.append(Continuation(prompts[i], parents[r], text, draw.ended, len(ids), ids,
+                                                drawn=len(draw.ids)))
+            self.candidate_places.append((r, k, self.response_ids[r] + draw.ids, lanes[i]))
         return self.candidates
+
+    def _ids_of(self, context: list[int], ids: list[int], text: str, start: int) -> tuple[list[int], str]:
+        """Response ids whose text is ``text``, a cut of ``ids``' text, and that text: the longest prefix of
+        ``ids`` (at least ``start`` long) whose text begins ``text``, then the rest of ``text`` encoded.  When
+        that encoding does not give ``text`` back (a tokenizer that puts a space in front, bytes that are not
+        valid UTF-8), the token the cut fell in is kept whole, and the chunk ends a little past the cut."""
+        k = len(ids)
+        while k > start:
+            head = self.lm.response_text(context, ids[:k], finished=False)
+            if text.startswith(head):
+                break
+            k -= 1
+        else:
+            head = self.lm.response_text(context, ids[:k], finished=False)
+        if head == text:
+            return ids[:k], text
+        candidate = ids[:k] + self.lm.encode(text[len(head):])
+        if self.lm.response_text(context, candidate, finished=False) == text:
+            return candidate, text
+        return ids[: k + 1], self.lm.response_text(context, ids[: k + 1], finished=False)
 
     def select(self, indices: Sequence[int]) -> None:
         for i in indices:
             if self.candidates[i].finished:
                 raise ValueError(f"continuation {i} is finished and cannot be selected for expansion.")
-        n = self.n_branches
-        self._regroup([divmod(i, n) for i in indices])
-        self.pending = [self.candidate_pending[i] for i in indices]
+        sources, keeps = [], []
+        for i in indices:
+            r, k, sampled, _ = self.candidate_places[i]
+            ids = self.candidates[i].token_ids
+            # the branch's cache holds all it sampled but the last token; the survivor keeps what it shares
+            # with that (all of it, unless a cut re-encoded the end) and the rest is pending: at least one
+            # token, whose logits sample next
+            keep = min(common_prefix_length(ids, sampled[:-1]), len(ids) - 1)
+            sources.append((r, k))
+            keeps.append(keep)
+        for rows, contexts in zip(self.stream_rows, self.stream_contexts):
+            rows.regroup(sources, [len(contexts[self.candidates[i].prompt_index]) + keep
+                                   for i, keep in zip(indices, keeps)])
+        self.pending = [self.candidates[i].token_ids[keep:] for i, keep in zip(indices, keeps)]
         self.prompt_index = [self.candidates[i].prompt_index for i in indices]
         self.response_ids = [self.candidates[i].token_ids for i in indices]
+        self.response_texts = [self.candidates[i].text for i in indices]
+        self.lanes = [self.candidate_places[i][3] for i in indices]
         self.next_logits = self.next_logits.new_zeros(len(indices), self.next_logits.shape[-1])  # every row is pending
         self.candidates = []
+
+
+def _chunk_end(end, start: int):
+    """A stop function on a whole response text from a chunk-end rule ``end`` on the text after ``start``."""
+    def stop(text: str) -> int | None:
+        cut = end(text[start:])
+        return None if cut is None else start + cut
+
+    return stop
 
 
 class IncrementalGenerator:
@@ -408,8 +473,6 @@ class IncrementalGenerator:
         returns row -> (new text, ended) where ``ended`` is true at end-of-sequence or at one of the sampling
         parameters' stop strings (cut off, as remote engines do); a cut by ``stop`` or by
         ``max_new_tokens`` is not an end."""
-        from .logprobs import common_prefix_length
-
         if not contexts:
             return {}
         rows = self.rows

@@ -102,7 +102,7 @@ def result_row(index: int, record: dict, result) -> dict:
         return {"index": index, "prompt": result.prompt, "error": result.error}
     row = {**record, "prompt": result.prompt, "response": result.response, "score": finite(result.score),
            "finished": result.finished, "num_tokens": result.num_tokens,
-           "sampled_tokens": result.sampled_tokens, "method": result.method}
+           "sampled_tokens": result.sampled_tokens, "guide_tokens": result.guide_tokens, "method": result.method}
     if result.beams is not None:
         row["beams"] = [{"response": b.text, "score": finite(b.score), "finished": b.finished,
                          "num_tokens": b.num_tokens} for b in result.beams]

@@ -79,18 +79,44 @@ def model_settings(models: dict, templates: dict) -> dict:
 
 
 def make_search(name: str, compute: int, max_new_tokens: int, chunk_length: int):
-    """The search of a compared run named ``base``, ``bon-N``, ``cbs-WxK``, ``eft`` or ``*-alone`` (plain
-    sampling of its generator), with the authors' sampling."""
+    """The search of a compared run, with the authors' sampling, by its name:
+
+    - ``base``, ``*-alone``: plain sampling (of the strong model, or of the named small model);
+    - ``bon-N``: Best-of-N; ``pruned-bon-N``: Best-of-N pruned by half at :func:`prune_checkpoints`;
+    - ``cbs-WxK``: CBS with chunks of ``chunk_length`` tokens; ``cbs-WxK-sentence``: step-level chunks that
+      end at sentence ends, capped at twice that;
+    - ``front-WxK``: CBS with the front-loaded schedule of successors (the same budget as ``cbs-WxK``);
+      ``adaptive-WxK``: that, plus the adaptive stop after :data:`PATIENCE` chunks of a stable best beam;
+    - ``eft``: EFT with beta 1.
+    """
     from ..backends.base import SamplingParams
-    from ..search import BestOfN, ChunkBeamSearch, EmulatedFineTuning, Sampling
+    from ..search import AdaptiveSearch, BestOfN, ChunkBeamSearch, EmulatedFineTuning, PrunedBestOfN, Sampling
 
     kw = dict(max_new_tokens=max_new_tokens, sampling=SamplingParams(**SAMPLING))
     if name.startswith("bon-"):
         return BestOfN(n=compute, **kw)
-    if name.startswith("cbs-"):
-        width, successors = map(int, name[4:].split("x"))
-        return ChunkBeamSearch(beam_width=width, successors_per_beam=successors, chunk_length=chunk_length, **kw)
+    if name.startswith("pruned-bon-"):
+        return PrunedBestOfN(n=compute, checkpoints=prune_checkpoints(max_new_tokens), prune_fraction=0.5, **kw)
+    family, _, rest = name.partition("-")
+    if family in ("cbs", "front", "adaptive"):
+        shape, _, chunks = rest.partition("-")
+        width, successors = map(int, shape.split("x"))
+        kw.update(beam_width=width, successors_per_beam=successors, chunk_length=chunk_length)
+        if chunks == "sentence":
+            kw.update(chunk_end="sentence", chunk_length=2 * chunk_length)
+        if family == "cbs":
+            return ChunkBeamSearch(**kw)
+        return AdaptiveSearch(patience=PATIENCE if family == "adaptive" else None, **kw)
     return EmulatedFineTuning(beta=1.0, **kw) if name == "eft" else Sampling(**kw)
+
+
+PATIENCE = 2  # chunks of a stable best beam after which the evaluations' adaptive CBS stops searching
+
+
+def prune_checkpoints(max_new_tokens: int) -> tuple[int, ...]:
+    """Where the evaluations' pruned Best-of-N scores and halves its samples: at a fifth and two fifths of
+    the length limit (16 samples: 8 go on after the first, 4 after the second)."""
+    return tuple(sorted({max(1, max_new_tokens // 5), max(1, 2 * max_new_tokens // 5)}))
 
 
 def run_prompts(path: Path, name: str, generate, prompts: Sequence[str], seed: int, batch_size: int, progress: bool,
@@ -106,10 +132,17 @@ def run_prompts(path: Path, name: str, generate, prompts: Sequence[str], seed: i
         seconds = (time.perf_counter() - began) / len(batch)
         golds = gold([r.prompt for r in results], [r.response for r in results])
         return [{"prompt": r.prompt, "response": r.response, **g, "score": finite(r.score), "num_tokens": r.num_tokens,
-                 "sampled_tokens": r.sampled_tokens, "finished": r.finished, "seconds": seconds}
+                 "sampled_tokens": r.sampled_tokens, "guide_tokens": r.guide_tokens, "finished": r.finished,
+                 "seconds": seconds}
                 for r, g in zip(results, golds)]
 
     append_batches(path, prompts, batch_size, rows, desc=f"{name} seed {seed}", unit="prompt", progress=progress)
+
+
+def mean_of(records: list[dict], column: str) -> float | None:
+    """The mean of ``column`` over ``records``, None when a record lacks it (a run older than the column)."""
+    values = [r.get(column) for r in records]
+    return None if not values or None in values else statistics.fmean(values)
 
 
 def seed_stats(per_seed: list[list[dict]], column: str) -> tuple[float, float]:

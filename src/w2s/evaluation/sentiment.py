@@ -6,24 +6,28 @@ one frozen strong model and the authors' sampling (temperature 0.7, top-k 50, to
     out_dir/raw/{method}/seed{s}.jsonl one line per prompt, appended batch by batch (resumable)
     out_dir/summary.csv, summary.md   one row per method
     out_dir/reward_vs_compute.png     gold reward against compute N (log2 axis)
+    out_dir/reward_vs_tokens.png      gold reward against the strong-model tokens sampled per prompt
+
+Beyond the paper's runs: pruned Best-of-16 (halved at two checkpoints), CBS 4x4 with sentence chunks, and
+CBS 4x4 with the front-loaded schedule, without and with the adaptive stop (:func:`make_search`).
 """
 
 from __future__ import annotations
 
-import statistics
 from pathlib import Path
 from typing import Sequence
 
 from ..tasks.sentiment import gold_reward
-from .common import (SAMPLING, check_runs, figure, make_search, model_settings, read_raw, run_prompts, seed_stats,
-                     start_run, write_summary)
+from .common import (SAMPLING, check_runs, figure, make_search, mean_of, model_settings, read_raw, run_prompts,
+                     seed_stats, start_run, write_summary)
 
 # name: compute N, i.e. strong-model samples per prompt per step (W*K for CBS, n for Best-of-N)
-SENTIMENT_RUNS = {"base": 1, "bon-4": 4, "bon-16": 16, "cbs-2x2": 4, "cbs-4x4": 16, "eft": 1, "tuned-alone": 1}
+SENTIMENT_RUNS = {"base": 1, "bon-4": 4, "bon-16": 16, "cbs-2x2": 4, "cbs-4x4": 16, "eft": 1, "tuned-alone": 1,
+                  "pruned-bon-16": 16, "cbs-4x4-sentence": 16, "front-4x4": 16, "adaptive-4x4": 16}
 CHECKED = ("prompts", "max_new_tokens", "temperature", "top_p", "top_k", "strong", "tuned", "untuned",
            "strong_template", "tuned_template", "untuned_template")  # settings a resumed run must share
-COLUMNS = ("method", "compute_N", "gold_reward_mean", "gold_reward_std", "mean_tokens", "seconds_per_prompt",
-           "prompts", "seeds", "skipped")
+COLUMNS = ("method", "compute_N", "gold_reward_mean", "gold_reward_std", "mean_tokens", "sampled_tokens",
+           "guide_tokens", "seconds_per_prompt", "prompts", "seeds", "skipped")
 
 
 def evaluate_sentiment(out_dir, strong, tuned, untuned, prompts: Sequence[str], *, strong_template="{prompt}",
@@ -59,6 +63,7 @@ def evaluate_sentiment(out_dir, strong, tuned, untuned, prompts: Sequence[str], 
     rows = [_summary_row(out, name, seeds, len(prompts), skipped.get(name)) for name in names]
     write_summary(out, rows, COLUMNS, markdown_table(rows))
     _plot(rows, out / "reward_vs_compute.png")
+    _plot_tokens(rows, out / "reward_vs_tokens.png")
     return rows
 
 
@@ -86,23 +91,28 @@ def _summary_row(out: Path, name: str, seeds, n_prompts: int, skipped: str | Non
     per_seed = [read_raw(out / "raw" / name / f"seed{s}.jsonl") for s in seeds]
     flat = [r for records in per_seed for r in records]
     mean, std = seed_stats(per_seed, "gold_reward")
-    row.update(gold_reward_mean=mean, gold_reward_std=std,
-               mean_tokens=statistics.fmean(r["num_tokens"] for r in flat),
-               seconds_per_prompt=statistics.fmean(r["seconds"] for r in flat))
+    row.update(gold_reward_mean=mean, gold_reward_std=std, mean_tokens=mean_of(flat, "num_tokens"),
+               sampled_tokens=mean_of(flat, "sampled_tokens"), guide_tokens=mean_of(flat, "guide_tokens"),
+               seconds_per_prompt=mean_of(flat, "seconds"))
     return row
 
 
 def markdown_table(rows: list[dict]) -> str:
-    lines = ["| method | compute N | gold reward | response tokens | s / prompt | prompts | seeds |",
-             "|:--|--:|--:|--:|--:|--:|--:|"]
+    lines = ["| method | compute N | gold reward | response tokens | sampled tokens | guide tokens | s / prompt "
+             "| prompts | seeds |",
+             "|:--|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    number = lambda x, digits=0: "–" if x is None else f"{x:.{digits}f}"  # noqa: E731  (older runs lack a column)
     for r in rows:
         if not r["skipped"]:
             reward = f"{r['gold_reward_mean']:.3f} ± {r['gold_reward_std']:.3f}"
             lines.append(f"| {r['method']} | {r['compute_N']} | {reward} | {r['mean_tokens']:.1f} "
+                         f"| {number(r['sampled_tokens'])} | {number(r['guide_tokens'])} "
                          f"| {r['seconds_per_prompt']:.3f} | {r['prompts']} | {r['seeds']} |")
     lines += ["", "Gold reward: VADER compound sentiment of the response in [-1, 1], mean over prompts, "
               "± std across seeds of the per-seed mean. Compute N: strong-model samples per prompt per step "
-              "(W·K for CBS, n for Best-of-N). Response tokens are the generator's tokens."]
+              "(W·K for CBS, n for Best-of-N). Response tokens are the generator's tokens; sampled tokens, "
+              "the generator's tokens drawn per prompt over all samples and chunks (the strong model's cost); "
+              "guide tokens, the tokens both guides ran to score them (their KV caches' reuse not counted)."]
     skipped = [r for r in rows if r["skipped"]]
     if skipped:
         lines += ["", "Skipped:", ""] + [f"- `{r['method']}`: {r['skipped']}" for r in skipped]
@@ -138,4 +148,39 @@ def _plot(rows: list[dict], path: Path) -> None:
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend()
+    fig.savefig(path, dpi=120)
+
+
+# the runs of reward_vs_tokens.png: lines through a family's budgets, single markers for the variants
+TOKEN_FAMILIES = [(["base", "bon-4", "bon-16"], "o-", "Best-of-N"), (["base", "cbs-2x2", "cbs-4x4"], "s-", "CBS (L=5)")]
+TOKEN_VARIANTS = [("pruned-bon-16", "v", "pruned Best-of-16"), ("cbs-4x4-sentence", "P", "CBS 4x4, sentence chunks"),
+                  ("front-4x4", ">", "CBS 4x4, front-loaded"), ("adaptive-4x4", "X", "CBS 4x4, front-loaded + stop")]
+
+
+def _plot_tokens(rows: list[dict], path: Path) -> None:
+    got = {r["method"]: r for r in rows if not r["skipped"] and r["sampled_tokens"] is not None}
+    fig = figure()
+    ax = fig.add_subplot()
+    lines = 0
+    for names, fmt, label in TOKEN_FAMILIES:
+        pts = [got[n] for n in names if n in got]
+        if len(pts) > 1:
+            ax.errorbar([p["sampled_tokens"] for p in pts], [p["gold_reward_mean"] for p in pts],
+                        yerr=[p["gold_reward_std"] for p in pts], fmt=fmt, capsize=3, label=label)
+            lines += 1
+    singles = TOKEN_VARIANTS + [("eft", "D", "EFT (β=1)")] + ([] if lines else [("base", "o", "base (sampling)")])
+    for name, marker, label in singles:
+        if name in got:
+            p = got[name]
+            ax.errorbar([p["sampled_tokens"]], [p["gold_reward_mean"]], yerr=[p["gold_reward_std"]], fmt=marker,
+                        capsize=3, markersize=8, label=label)
+    if "tuned-alone" in got:
+        ax.axhline(got["tuned-alone"]["gold_reward_mean"], ls="--", color="gray", label="tuned small model alone")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("strong-model tokens sampled per prompt (log scale)")
+    ax.set_ylabel("gold reward (VADER compound)")
+    ax.set_title("Controlled sentiment: gold reward vs tokens sampled")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     fig.savefig(path, dpi=120)

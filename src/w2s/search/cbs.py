@@ -11,7 +11,10 @@ with :class:`w2s.LogRatioScorer` it is log pi_tuned(y|x) - log pi_untuned(y|x) (
         beams = the W best distinct candidates by score
     return the best finished beam (the best unfinished one when none finished within max_new_tokens)
 
-Best-of-N (W=1, K=N, L=inf) and plain sampling (W=K=1, L=inf) are special cases of the same code.
+Best-of-N (W=1, K=N, L=inf) and plain sampling (W=K=1, L=inf) are special cases of the same code.  So are
+the variants of :mod:`w2s.search.adaptive` (a schedule of K, an adaptive stop, pruned Best-of-N): each
+changes the plan (:meth:`ChunkBeamSearch._successors`, ``_limit``, ``_keep``), not the loop.  With
+``chunk_end`` a chunk ends at a delimiter (a sentence end, a newline...) before its L tokens.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ class Beam:
     num_tokens: int
     score: float | None = None
     row: int | None = field(default=None, repr=False)  # index among the session's live rows
+    prompt: int = field(default=0, repr=False)  # index of its prompt in the batch
 
 
 @dataclass
@@ -48,7 +52,9 @@ class SearchResult:
     says why: ``"engine_error"`` (a remote large model failed) or ``"context_length_exceeded"`` (the prompt
     and the tokens asked for do not fit a model's context).  ``sampled_tokens`` counts the large-model
     tokens drawn for this prompt over all its beams and chunks (the search's cost: W·K·L per chunk at most,
-    fewer when samples finish early).
+    fewer when samples finish early), and ``guide_tokens`` the guide tokens its scoring ran, both guides
+    summed, what their KV caches already held not counted (0 when nothing was scored; None when the
+    scorer cannot count, e.g. a callable or a remote guide).
     """
 
     prompt: str
@@ -61,6 +67,7 @@ class SearchResult:
     error: str | None = None
     error_code: str | None = None
     sampled_tokens: int = 0
+    guide_tokens: int | None = 0
 
 
 def prompt_seeds(seed: int, start: int, count: int) -> list[int]:
@@ -77,7 +84,12 @@ class ChunkBeamSearch:
     Attributes:
         beam_width: W, beams kept per prompt after each chunk.
         successors_per_beam: K, continuations sampled from each unfinished beam per chunk.
-        chunk_length: L, large-model tokens per chunk; None means unlimited (one chunk).
+        chunk_length: L, large-model tokens per chunk; None means unlimited (one chunk).  With ``chunk_end``
+            it caps a chunk that reaches no delimiter.
+        chunk_end: where a chunk ends before its L tokens (step-level chunks): ``"sentence"`` (after a
+            sentence, by the Stream Aligner's streaming rule), ``"line"`` (after a newline),
+            ``"paragraph"`` (after a blank line), or any other text, a delimiter of your own (kept in the
+            chunk); None: chunks of exactly L tokens.
         max_new_tokens: length limit of a response, in large-model tokens.
         sampling: the large model's sampling: temperature, top_p, top_k and stop strings (the authors'
             settings by default: 0.7, 1.0, 50).
@@ -87,6 +99,7 @@ class ChunkBeamSearch:
     beam_width: int = 4
     successors_per_beam: int = 4
     chunk_length: int | None = 5
+    chunk_end: str | None = None
     max_new_tokens: int = 50
     sampling: SamplingParams = field(default_factory=SamplingParams)
     return_beams: bool = False
@@ -98,6 +111,9 @@ class ChunkBeamSearch:
         check_range("successors_per_beam", self.successors_per_beam, low=1, integer=True)
         check_range("chunk_length", self.chunk_length, low=1, integer=True, allow_none=True)
         check_range("max_new_tokens", self.max_new_tokens, low=1, integer=True)
+        if self.chunk_end is not None and (not isinstance(self.chunk_end, str) or not self.chunk_end):
+            raise ValueError(f"chunk_end must be 'sentence', 'line', 'paragraph', a delimiter (a non-empty string) "
+                             f"or None, got {self.chunk_end!r}.")
         check_sampling(self.sampling)
         if not isinstance(self.return_beams, bool):
             raise ValueError(f"return_beams must be true or false, got {self.return_beams!r}.")
@@ -186,73 +202,164 @@ class ChunkBeamSearch:
                                                        error_code="context_length_exceeded")
                 for p in range(len(prompts))]
 
+    # -- the plan of a search: CBS's, overridden by its variants ---------------------------------------
+    def _successors(self, step: int, settled: bool) -> int:
+        """Continuations sampled from each live beam of a prompt at ``step`` (the first expands the prompt)."""
+        return self.samples_per_step if step == 0 else self.successors_per_beam
+
+    def _limit(self, num_tokens: int) -> int:
+        """The token cap of the next chunk of a beam that has ``num_tokens`` tokens."""
+        return min(self.chunk_length or self.max_new_tokens, self.max_new_tokens - num_tokens)
+
+    def _keep(self, step: int, pool: int, settled: bool) -> int:
+        """How many of a prompt's ``pool`` distinct candidates are kept after ``step``."""
+        return 1 if settled else self.beam_width
+
+    merges_duplicates = True  # equal candidates are one beam (distinct beams, as the paper's CBS keeps)
+    follows_leader = False  # whether _settles is asked after every chunk (the candidates scored even when all are kept)
+
+    def _settles(self, track: "_Track", best: Beam) -> bool:
+        """After a chunk, whether a prompt whose best candidate is now ``best`` stops searching (adaptive
+        variants); from then on its best beam alone is continued, one sample per chunk."""
+        return False
+
     def _search(self, model, scorer, prompts: list[str], seeds: list[int], template: str,
                 on_step=None) -> list[SearchResult]:
-        width, n_prompts = self.beam_width, len(prompts)
+        n_prompts = len(prompts)
         if hasattr(scorer, "reset"):  # each batch is scored on its own: results depend on the batch, not the run
             scorer.reset()
         session = model.open(prompts, self.sampling, seeds, template)
-        beams = [[Beam("", False, 0, row=p)] for p in range(n_prompts)]  # W copies of the prompt, as one
-        budget_used, first = 0, True  # tokens of max_new_tokens the chunks so far have allowed
+        beams = [[Beam("", False, 0, row=p, prompt=p)] for p in range(n_prompts)]  # W copies of the prompt, as one
+        end = chunk_end_rule(self.chunk_end)
         errors: dict[int, str] = {}  # prompt -> why a remote model could not sample for it: it ends there
         sampled = [0] * n_prompts  # large-model tokens drawn per prompt
-        while budget_used < self.max_new_tokens:
-            live = [b for p in range(n_prompts) for b in beams[p] if not b.finished]
+        guide: list[int | None] = [0] * n_prompts  # guide tokens run per prompt (None: the scorer cannot tell)
+        tracks = [_Track() for _ in range(n_prompts)]
+        step = 0
+        while True:
+            live = [b for p in range(n_prompts) for b in beams[p]
+                    if not b.finished and b.num_tokens < self.max_new_tokens]
             if not live:
                 break
-            length = min(self.chunk_length or self.max_new_tokens, self.max_new_tokens - budget_used)
-            n = self.samples_per_step if first else self.successors_per_beam
-            continuations = session.expand([b.row for b in live], n, length)
-            budget_used, first = budget_used + length, False
+            rows = [b.row for b in live]
+            ns = [self._successors(step, tracks[p].settled) for p in range(n_prompts)]
+            counts = [ns[b.prompt] for b in live]
+            kw = {} if end is None else {"end": end}
+            continuations = session.expand(rows, _uniform(counts), _uniform([self._limit(b.num_tokens) for b in live]),
+                                           **kw)
+            parents = [b for b, k in zip(live, counts) for _ in range(k)]
 
-            # candidates = finished beams carried once + all new continuations, without duplicates
-            pools = [[b for b in beams[p] if b.finished] for p in range(n_prompts)]
-            for i, c in enumerate(continuations):
+            # candidates = finished beams (and any at the length limit) carried once + all new continuations,
+            # without duplicates
+            pools = [[b for b in beams[p] if b.finished or b.num_tokens >= self.max_new_tokens]
+                     for p in range(n_prompts)]
+            for i, (c, parent) in enumerate(zip(continuations, parents)):
                 if c.error is not None:
                     errors.setdefault(c.prompt_index, c.error)
-                sampled[c.prompt_index] += c.num_tokens - live[i // n].num_tokens  # grouped by parent
-                pools[c.prompt_index].append(Beam(c.text, c.finished, c.num_tokens, row=i))
-            pools = [[] if p in errors else _distinct(pool) for p, pool in enumerate(pools)]
-            ranked = [p for p in range(n_prompts) if len(pools[p]) > width]
-            self._score(scorer, prompts, [(p, b) for p in ranked for b in pools[p]])
+                sampled[c.prompt_index] += c.drawn if c.drawn is not None else c.num_tokens - parent.num_tokens
+                pools[c.prompt_index].append(Beam(c.text, c.finished, c.num_tokens, row=i, prompt=c.prompt_index))
+            pools = [[] if p in errors else _distinct(pool) if self.merges_duplicates else pool
+                     for p, pool in enumerate(pools)]
+            keep = [self._keep(step, len(pools[p]), tracks[p].settled) for p in range(n_prompts)]
+            ranked = [p for p in range(n_prompts)
+                      if len(pools[p]) > keep[p] or (self.follows_leader and not tracks[p].settled)]
+            self._score(scorer, prompts, [(p, b) for p in ranked for b in pools[p]], guide)
             for p in ranked:
-                pools[p] = sorted(pools[p], key=lambda b: -b.score)[:width]  # stable: ties keep order
+                pools[p] = sorted(pools[p], key=lambda b: -b.score)[: keep[p]]  # stable: ties keep order
+                if self.follows_leader and pools[p] and not tracks[p].settled:
+                    tracks[p].settled = self._settles(tracks[p], pools[p][0])
+                    pools[p] = pools[p][: self._keep(step, len(pools[p]), tracks[p].settled)]
             beams = pools
-            survivors = [b for p in range(n_prompts) for b in beams[p] if not b.finished]
-            session.select([b.row for b in survivors])
+            survivors = [b for p in range(n_prompts) for b in beams[p]
+                         if not b.finished and b.num_tokens < self.max_new_tokens]
+            if survivors:
+                session.select([b.row for b in survivors])
             for row, b in enumerate(survivors):
                 b.row = row
             if on_step is not None:
                 for p in range(n_prompts):
                     on_step(p, [b.text for b in beams[p]])
+            step += 1
 
         if scorer is not None:
-            self._score(scorer, prompts, [(p, b) for p in range(n_prompts) for b in beams[p]])
+            self._score(scorer, prompts, [(p, b) for p in range(n_prompts) for b in beams[p]], guide)
         results = []
         for p, prompt in enumerate(prompts):
             if p in errors:
                 results.append(SearchResult(prompt, "", None, False, 0, self.method, error=errors[p],
-                                            error_code="engine_error", sampled_tokens=sampled[p]))
+                                            error_code="engine_error", sampled_tokens=sampled[p],
+                                            guide_tokens=guide[p]))
                 continue
             final = sorted(beams[p], key=lambda b: -b.score) if scorer is not None else beams[p]
+            final = final[: self.beam_width]  # the final selection (a no-op for CBS; Best-of-N's best one)
             best = next((b for b in final if b.finished), final[0])  # the best finished beam, if any
             results.append(
                 SearchResult(
                     prompt, best.text, best.score, best.finished, best.num_tokens, self.method,
-                    final if self.return_beams else None, sampled_tokens=sampled[p],
+                    final if self.return_beams else None, sampled_tokens=sampled[p], guide_tokens=guide[p],
                 )
             )
         return results
 
     @staticmethod
-    def _score(scorer, prompts: list[str], items: list[tuple[int, Beam]]) -> None:
-        """Score the beams that have no score yet, in one batched call across prompts."""
+    def _score(scorer, prompts: list[str], items: list[tuple[int, Beam]], guide: list[int | None]) -> None:
+        """Score the beams that have no score yet, in one batched call across prompts, adding the guide
+        tokens that took to each prompt's count in ``guide`` (None once the scorer could not tell)."""
         todo = [(p, b) for p, b in items if b.score is None]
         if not todo:
             return
         scores = scorer.score([prompts[p] for p, _ in todo], [b.text for _, b in todo], [b.finished for _, b in todo])
         for (_, b), s in zip(todo, scores):
             b.score = float(s)
+        counts = getattr(scorer, "last_tokens", None) or [None] * len(todo)
+        for (p, _), n in zip(todo, counts):
+            guide[p] = None if guide[p] is None or n is None else guide[p] + n
+
+
+@dataclass
+class _Track:
+    """What an adaptive search follows of one prompt: its best beam so far, for how many chunks running the
+    best has extended the previous best, and whether the prompt has stopped searching."""
+
+    leader: str | None = None
+    streak: int = 0
+    settled: bool = False
+
+
+def _uniform(values: list[int]) -> int | list[int]:
+    """One number when all ``values`` are equal (what sessions take most simply), else the list."""
+    return values[0] if len(set(values)) == 1 else values
+
+
+def chunk_end_rule(name: str | None):
+    """The chunk-end rule ``end(new_text) -> cut | None`` named by a search's ``chunk_end`` (None: no rule).
+
+    ``"sentence"`` cuts after the first complete sentence by :func:`w2s.split_sentences`' streaming rule
+    (:func:`w2s.first_sentence_end`), before the whitespace that follows it, so that the next chunk starts
+    with the space its first token carries; ``"line"`` and ``"paragraph"`` cut after the first newline or
+    blank line (``"\\n"``, ``"\\n\\n"``), and any other string after its first occurrence (kept in the chunk).
+    """
+    if name is None:
+        return None
+    if name == "sentence":
+        from ..aligner.segment import first_sentence_end
+
+        def sentence(text: str) -> int | None:
+            at = first_sentence_end(text)
+            cut = None if at is None else len(text[:at].rstrip())
+            return cut or None
+
+        return sentence
+    delimiter = CHUNK_DELIMITERS.get(name, name)
+
+    def delimited(text: str) -> int | None:
+        at = text.find(delimiter)
+        return None if at < 0 else at + len(delimiter)
+
+    return delimited
+
+
+CHUNK_DELIMITERS = {"line": "\n", "paragraph": "\n\n"}
 
 
 def _distinct(pool: list[Beam]) -> list[Beam]:
@@ -282,6 +389,7 @@ class BestOfN(ChunkBeamSearch):
     beam_width: int = field(default=1, init=False)
     successors_per_beam: int = field(default=16, init=False)
     chunk_length: int | None = field(default=None, init=False)
+    chunk_end: str | None = field(default=None, init=False)
 
     method = "bon"
 
@@ -298,5 +406,6 @@ class Sampling(ChunkBeamSearch):
     beam_width: int = field(default=1, init=False)
     successors_per_beam: int = field(default=1, init=False)
     chunk_length: int | None = field(default=None, init=False)
+    chunk_end: str | None = field(default=None, init=False)
 
     method = "base"

@@ -85,6 +85,8 @@ class EmulatedFineTuning:
         for result in search.generate(sampler, scorer, prompts, seed=seed, batch_size=batch_size,
                                         progress=progress, start_index=start_index):
             result.method = self.method
+            if result.guide_tokens is not None:  # the guides run every sampled token beside the strong model
+                result.guide_tokens += 2 * result.sampled_tokens
             yield result
 
 
