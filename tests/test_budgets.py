@@ -210,3 +210,30 @@ def test_pruned_best_of_n_checks_its_parameters():
     with pytest.raises(ValueError, match="checkpoints"):
         w2s.PrunedBestOfN(checkpoints=(0,))
     assert w2s.PrunedBestOfN(checkpoints=(8, 4, 8)).checkpoints == (4, 8)
+
+
+# -- compute accounting -------------------------------------------------------------------------------
+def test_guide_tokens_count_the_tokens_the_guides_ran(strong, tuned, untuned):
+    scored = []
+
+    class Recording(w2s.LogRatioScorer):
+        def score(self, prompt, responses, finished):
+            scored.extend(zip(prompt, responses, finished))
+            return super().score(prompt, responses, finished)
+
+    cbs = w2s.ChunkBeamSearch(2, 2, 3, max_new_tokens=9)
+    scratch = list(cbs.generate(strong, Recording(tuned, untuned, incremental=False), PROMPTS, seed=1))
+    # from scratch, a guide runs each response's tokens (and its end token) plus the context's last token
+    for i, r in enumerate(scratch):
+        mine = [(p, text, done) for p, text, done in scored if p == PROMPTS[i]]
+        expected = 0
+        for guide in (tuned, untuned):
+            lp = guide.response_logprobs("{prompt}")
+            for _, ids, start in lp.sequences(*zip(*mine)):
+                expected += len(ids) - start + 1
+        assert r.guide_tokens == expected
+    incremental = list(cbs.generate(strong, w2s.LogRatioScorer(tuned, untuned), PROMPTS, seed=1))
+    assert [r.response for r in incremental] == [r.response for r in scratch]
+    assert all(0 < a.guide_tokens < b.guide_tokens for a, b in zip(incremental, scratch))  # the caches save
+    assert all(r.guide_tokens is None for r in cbs.generate(strong, lambda p, r: float(len(r)), PROMPTS))
+    assert all(r.guide_tokens == 0 for r in w2s.Sampling(max_new_tokens=4).generate(strong, None, PROMPTS))

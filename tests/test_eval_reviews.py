@@ -44,11 +44,12 @@ def models(model_dirs):
 
 def test_evaluation_writes_every_run_resumes_and_scores_against_the_base_floor(model_dirs, tmp_path):
     strong, tuned, untuned, judge = models(model_dirs)
-    kw = dict(seeds=(0, 1), max_new_tokens=6, methods=("bon-4", "cbs-2x2", "tuned-alone", "untuned-alone"),
-              batch_size=2, progress=False)
+    kw = dict(seeds=(0, 1), max_new_tokens=6, methods=("bon-4", "cbs-2x2", "tuned-alone", "untuned-alone",
+                                                       "pruned-bon-16", "adaptive-4x4"), batch_size=2, progress=False)
     instructions = reviews.review_instructions(["a cat", "a dog", "the park"])
     rows = evaluate_reviews(tmp_path, strong, tuned, untuned, judge, instructions, **kw)
-    assert [r["method"] for r in rows] == ["base", "bon-4", "cbs-2x2", "tuned-alone", "untuned-alone"]
+    assert [r["method"] for r in rows] == ["base", "bon-4", "cbs-2x2", "tuned-alone", "untuned-alone", "pruned-bon-16",
+                                           "adaptive-4x4"]
     base = [json.loads(line) for s in (0, 1) for line in (tmp_path / "raw" / "base" / f"seed{s}.jsonl").open()]
     floor = reviews.fluency_floor([r["fluency"] for r in base])
     raw = [json.loads(line) for line in (tmp_path / "raw" / "bon-4" / "seed0.jsonl").open()]

@@ -351,14 +351,17 @@ class LocalSearchSession:
         for rows in self.stream_rows:
             rows.branch([[len(ids)] * k for ids, k in zip(rows.ids, ns)])
         places = [(r, k) for r, count in enumerate(ns) for k in range(count)]  # (row, branch) of each sample
-        at = torch.tensor([r * max(ns) + k for r, k in places], device=self.next_logits.device)
+        # the samples' rows in the [rows * max(ns)] logits (all of them, in order, when every parent has max(ns))
+        at = None if len(set(ns)) == 1 else torch.tensor([r * max(ns) + k for r, k in places],
+                                                          device=self.next_logits.device)
 
         def forward(tokens: list[int | None]) -> torch.Tensor:
             new = [[] for _ in parents]
             for (r, _), t in zip(places, tokens):
                 new[r].append([] if t is None else [t])
             logits = [rows.forward_branches(new, last_only=True)[:, : max(ns)] for rows in self.stream_rows]
-            return self.combine([x.reshape(-1, x.shape[-1])[at] for x in logits])
+            flat = [x.reshape(-1, x.shape[-1]) for x in logits]
+            return self.combine(flat if at is None else [x[at] for x in flat])
 
         prompts = [self.prompt_index[r] for r, _ in places]
         lanes, seen = [], {}

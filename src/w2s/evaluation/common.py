@@ -119,6 +119,22 @@ def prune_checkpoints(max_new_tokens: int) -> tuple[int, ...]:
     return tuple(sorted({max(1, max_new_tokens // 5), max(1, 2 * max_new_tokens // 5)}))
 
 
+# the budget variants on the reward-against-tokens plots: run -> (marker, label)
+VARIANT_MARKERS = {"pruned-bon-16": ("v", "pruned Best-of-16"), "cbs-4x4-sentence": ("P", "CBS 4x4, sentence chunks"),
+                   "front-4x4": (">", "CBS 4x4, front-loaded"), "adaptive-4x4": ("X", "CBS 4x4, front-loaded + stop")}
+
+
+def draw_points(ax, got: dict, names, column: str) -> None:
+    """One marker per run of ``names`` present in ``got`` (run -> summary row): its ``{column}_mean`` ± std
+    against its mean strong-model tokens sampled per prompt."""
+    for name in names:
+        if name in got:
+            p = got[name]
+            marker, label = VARIANT_MARKERS.get(name, ("o", name))
+            ax.errorbar([p["sampled_tokens"]], [p[f"{column}_mean"]], yerr=[p[f"{column}_std"]], fmt=marker,
+                        capsize=3, markersize=8, label=label)
+
+
 def run_prompts(path: Path, name: str, generate, prompts: Sequence[str], seed: int, batch_size: int, progress: bool,
                 gold: Callable[[list[str], list[str]], list[dict]]) -> None:
     """Generate the prompts that ``path`` does not hold yet (``generate(batch, seed=, batch_size=,

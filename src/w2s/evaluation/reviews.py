@@ -7,7 +7,8 @@ larger instruct model of another family, judged by VADER *and* fluency under a m
     out_dir/gold_vs_compute.png         combined gold against strong-model tokens sampled, the guides alone as lines
 
 Runs: ``base`` (plain sampling of the strong model), Best-of-4/16, CBS 2x2 and 4x4 (chunks of
-:data:`CHUNK_LENGTH` tokens), and the tuned and untuned guides alone.  The combined gold's fluency floor
+:data:`CHUNK_LENGTH` tokens), the tuned and untuned guides alone, and the budget variants: pruned
+Best-of-16, CBS 4x4 with sentence chunks, and CBS 4x4 front-loaded with the adaptive stop.  The combined gold's fluency floor
 comes from the ``base`` run (all its seeds), so ``base`` always runs.
 """
 
@@ -18,11 +19,11 @@ from pathlib import Path
 from typing import Sequence
 
 from ..tasks import reviews
-from .common import (SAMPLING, check_runs, figure, make_search, model_settings, read_raw, run_prompts, seed_stats,
-                     start_run, write_summary)
+from .common import (SAMPLING, VARIANT_MARKERS, check_runs, draw_points, figure, make_search, model_settings,
+                     read_raw, run_prompts, seed_stats, start_run, write_summary)
 
 REVIEW_RUNS = {"base": 1, "bon-4": 4, "bon-16": 16, "cbs-2x2": 4, "cbs-4x4": 16, "tuned-alone": 1,
-               "untuned-alone": 1}
+               "untuned-alone": 1, "pruned-bon-16": 16, "cbs-4x4-sentence": 16, "adaptive-4x4": 16}
 CHUNK_LENGTH = 16  # strong-model tokens per CBS chunk: about a clause of a review
 CHECKED = ("instructions", "max_new_tokens", "temperature", "top_p", "top_k", "strong", "tuned", "untuned",
            "fluency_model", "strong_template", "tuned_template", "untuned_template")
@@ -114,6 +115,7 @@ def _plot(rows: list[dict], path: Path) -> None:
         if name in got:
             ax.axhline(got[name]["combined_mean"], ls=style, color="gray", label=name.replace("-", " ") + " (guide)")
     ax.plot([got["base"]["sampled_tokens"]], [got["base"]["combined_mean"]], "k*", label="base")
+    draw_points(ax, got, VARIANT_MARKERS, "combined")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("strong-model tokens sampled per prompt")
     ax.set_ylabel("combined gold (VADER less the fluency penalty)")

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Sequence
 
 from ..tasks.sentiment import gold_reward
-from .common import (SAMPLING, check_runs, figure, make_search, mean_of, model_settings, read_raw, run_prompts,
-                     seed_stats, start_run, write_summary)
+from .common import (SAMPLING, VARIANT_MARKERS, check_runs, draw_points, figure, make_search, mean_of,
+                     model_settings, read_raw, run_prompts, seed_stats, start_run, write_summary)
 
 # name: compute N, i.e. strong-model samples per prompt per step (W*K for CBS, n for Best-of-N)
 SENTIMENT_RUNS = {"base": 1, "bon-4": 4, "bon-16": 16, "cbs-2x2": 4, "cbs-4x4": 16, "eft": 1, "tuned-alone": 1,
@@ -119,6 +119,9 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+FAMILIES = [(["base", "bon-4", "bon-16"], "o-", "Best-of-N"), (["base", "cbs-2x2", "cbs-4x4"], "s-", "CBS (L=5)")]
+
+
 def _plot(rows: list[dict], path: Path) -> None:
     got = {r["method"]: r for r in rows if not r["skipped"]}
     fig = figure()
@@ -129,8 +132,7 @@ def _plot(rows: list[dict], path: Path) -> None:
         ax.errorbar([p["compute_N"] for p in pts], [p["gold_reward_mean"] for p in pts],
                     yerr=[p["gold_reward_std"] for p in pts], fmt=fmt, capsize=3, label=label)
 
-    families = [(["base", "bon-4", "bon-16"], "o-", "Best-of-N"), (["base", "cbs-2x2", "cbs-4x4"], "s-", "CBS (L=5)")]
-    drawn = [f for f in families if any(n in got for n in f[0][1:])]  # a family needs more than base
+    drawn = [f for f in FAMILIES if any(n in got for n in f[0][1:])]  # a family needs more than base
     for family in drawn:
         draw(*family)
     if "base" in got and not drawn:
@@ -151,29 +153,18 @@ def _plot(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-# the runs of reward_vs_tokens.png: lines through a family's budgets, single markers for the variants
-TOKEN_FAMILIES = [(["base", "bon-4", "bon-16"], "o-", "Best-of-N"), (["base", "cbs-2x2", "cbs-4x4"], "s-", "CBS (L=5)")]
-TOKEN_VARIANTS = [("pruned-bon-16", "v", "pruned Best-of-16"), ("cbs-4x4-sentence", "P", "CBS 4x4, sentence chunks"),
-                  ("front-4x4", ">", "CBS 4x4, front-loaded"), ("adaptive-4x4", "X", "CBS 4x4, front-loaded + stop")]
-
-
 def _plot_tokens(rows: list[dict], path: Path) -> None:
     got = {r["method"]: r for r in rows if not r["skipped"] and r["sampled_tokens"] is not None}
     fig = figure()
     ax = fig.add_subplot()
     lines = 0
-    for names, fmt, label in TOKEN_FAMILIES:
+    for names, fmt, label in FAMILIES:
         pts = [got[n] for n in names if n in got]
         if len(pts) > 1:
             ax.errorbar([p["sampled_tokens"] for p in pts], [p["gold_reward_mean"] for p in pts],
                         yerr=[p["gold_reward_std"] for p in pts], fmt=fmt, capsize=3, label=label)
             lines += 1
-    singles = TOKEN_VARIANTS + [("eft", "D", "EFT (β=1)")] + ([] if lines else [("base", "o", "base (sampling)")])
-    for name, marker, label in singles:
-        if name in got:
-            p = got[name]
-            ax.errorbar([p["sampled_tokens"]], [p["gold_reward_mean"]], yerr=[p["gold_reward_std"]], fmt=marker,
-                        capsize=3, markersize=8, label=label)
+    draw_points(ax, got, [*VARIANT_MARKERS, "eft", *([] if lines else ["base"])], "gold_reward")
     if "tuned-alone" in got:
         ax.axhline(got["tuned-alone"]["gold_reward_mean"], ls="--", color="gray", label="tuned small model alone")
     ax.set_xscale("log", base=2)
