@@ -67,6 +67,15 @@ def check_template(name: str, template) -> None:
         ) from None
 
 
+def check_counts(name: str, values, low: int = 1) -> tuple[int, ...]:
+    """A list of integers, each at least ``low``, as a tuple; a single number is refused by name."""
+    if not isinstance(values, (tuple, list)):
+        raise ValueError(f"{name} must be a list of integers (e.g. [4, 2]), got {values!r}.")
+    for v in values:
+        check_range(name, v, low=low, integer=True)
+    return tuple(values)
+
+
 def check_stop(stop) -> tuple[str, ...]:
     """Stop strings as a tuple; a bare string is refused (it would otherwise be split into characters)."""
     if isinstance(stop, str) or not all(isinstance(s, str) and s for s in stop):

@@ -394,12 +394,9 @@ class LocalSearchSession:
         that encoding does not give ``text`` back (a tokenizer that puts a space in front, bytes that are not
         valid UTF-8), the token the cut fell in is kept whole, and the chunk ends a little past the cut."""
         k = len(ids)
-        while k > start:
-            head = self.lm.response_text(context, ids[:k], finished=False)
-            if text.startswith(head):
-                break
+        head = self.lm.response_text(context, ids, finished=False)
+        while k > start and not text.startswith(head):
             k -= 1
-        else:
             head = self.lm.response_text(context, ids[:k], finished=False)
         if head == text:
             return ids[:k], text

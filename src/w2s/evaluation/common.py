@@ -124,6 +124,19 @@ VARIANT_MARKERS = {"pruned-bon-16": ("v", "pruned Best-of-16"), "cbs-4x4-sentenc
                    "front-4x4": (">", "CBS 4x4, front-loaded"), "adaptive-4x4": ("X", "CBS 4x4, front-loaded + stop")}
 
 
+def draw_lines(ax, got: dict, families, column: str) -> int:
+    """A line per family ``(names, fmt, label)`` with at least two of its runs in ``got`` (run -> summary
+    row): ``{column}_mean`` ± std against the mean strong-model tokens sampled per prompt; returns how many."""
+    drawn = 0
+    for names, fmt, label in families:
+        pts = [got[n] for n in names if n in got]
+        if len(pts) > 1:
+            ax.errorbar([p["sampled_tokens"] for p in pts], [p[f"{column}_mean"] for p in pts],
+                        yerr=[p[f"{column}_std"] for p in pts], fmt=fmt, capsize=3, label=label)
+            drawn += 1
+    return drawn
+
+
 def draw_points(ax, got: dict, names, column: str) -> None:
     """One marker per run of ``names`` present in ``got`` (run -> summary row): its ``{column}_mean`` ± std
     against its mean strong-model tokens sampled per prompt."""

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Sequence
 
 from ..tasks import reviews
-from .common import (SAMPLING, VARIANT_MARKERS, check_runs, draw_points, figure, make_search, model_settings,
-                     read_raw, run_prompts, seed_stats, start_run, write_summary)
+from .common import (SAMPLING, VARIANT_MARKERS, check_runs, draw_lines, draw_points, figure, make_search,
+                     model_settings, read_raw, run_prompts, seed_stats, start_run, write_summary)
 
 REVIEW_RUNS = {"base": 1, "bon-4": 4, "bon-16": 16, "cbs-2x2": 4, "cbs-4x4": 16, "tuned-alone": 1,
                "untuned-alone": 1, "pruned-bon-16": 16, "cbs-4x4-sentence": 16, "adaptive-4x4": 16}
@@ -105,12 +105,8 @@ def _plot(rows: list[dict], path: Path) -> None:
     got = {r["method"]: r for r in rows}
     fig = figure()
     ax = fig.add_subplot()
-    for names, fmt, label in ((["base", "bon-4", "bon-16"], "o-", "Best-of-N"),
-                              (["base", "cbs-2x2", "cbs-4x4"], "s-", f"CBS (L={CHUNK_LENGTH})")):
-        pts = [got[n] for n in names if n in got]
-        if len(pts) > 1:
-            ax.errorbar([p["sampled_tokens"] for p in pts], [p["combined_mean"] for p in pts],
-                        yerr=[p["combined_std"] for p in pts], fmt=fmt, capsize=3, label=label)
+    draw_lines(ax, got, [(["base", "bon-4", "bon-16"], "o-", "Best-of-N"),
+                         (["base", "cbs-2x2", "cbs-4x4"], "s-", f"CBS (L={CHUNK_LENGTH})")], "combined")
     for name, style in (("tuned-alone", "--"), ("untuned-alone", ":")):
         if name in got:
             ax.axhline(got[name]["combined_mean"], ls=style, color="gray", label=name.replace("-", " ") + " (guide)")

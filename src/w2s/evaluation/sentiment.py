@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..tasks.sentiment import gold_reward
-from .common import (SAMPLING, VARIANT_MARKERS, check_runs, draw_points, figure, make_search, mean_of,
+from .common import (SAMPLING, VARIANT_MARKERS, check_runs, draw_lines, draw_points, figure, make_search, mean_of,
                      model_settings, read_raw, run_prompts, seed_stats, start_run, write_summary)
 
 # name: compute N, i.e. strong-model samples per prompt per step (W*K for CBS, n for Best-of-N)
@@ -157,13 +157,7 @@ def _plot_tokens(rows: list[dict], path: Path) -> None:
     got = {r["method"]: r for r in rows if not r["skipped"] and r["sampled_tokens"] is not None}
     fig = figure()
     ax = fig.add_subplot()
-    lines = 0
-    for names, fmt, label in FAMILIES:
-        pts = [got[n] for n in names if n in got]
-        if len(pts) > 1:
-            ax.errorbar([p["sampled_tokens"] for p in pts], [p["gold_reward_mean"] for p in pts],
-                        yerr=[p["gold_reward_std"] for p in pts], fmt=fmt, capsize=3, label=label)
-            lines += 1
+    lines = draw_lines(ax, got, FAMILIES, "gold_reward")
     draw_points(ax, got, [*VARIANT_MARKERS, "eft", *([] if lines else ["base"])], "gold_reward")
     if "tuned-alone" in got:
         ax.axhline(got["tuned-alone"]["gold_reward_mean"], ls="--", color="gray", label="tuned small model alone")

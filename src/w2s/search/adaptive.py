@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..validation import check_range
+from ..validation import check_counts, check_range
 from .cbs import Beam, BestOfN, ChunkBeamSearch, _Track
 
 
@@ -61,11 +61,7 @@ class AdaptiveSearch(ChunkBeamSearch):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not isinstance(self.schedule, (tuple, list)):
-            raise ValueError(f"schedule must be a list of successor counts, got {self.schedule!r}.")
-        object.__setattr__(self, "schedule", tuple(self.schedule))
-        for k in self.schedule:
-            check_range("schedule", k, low=1, integer=True)
+        object.__setattr__(self, "schedule", check_counts("schedule", self.schedule))
         check_range("patience", self.patience, low=1, integer=True, allow_none=True)
         if not self.schedule:
             steps = math.ceil(self.max_new_tokens / (self.chunk_length or self.max_new_tokens))
@@ -108,11 +104,7 @@ class PrunedBestOfN(BestOfN):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not isinstance(self.checkpoints, (tuple, list)):
-            raise ValueError(f"checkpoints must be a list of token counts, got {self.checkpoints!r}.")
-        for c in self.checkpoints:
-            check_range("checkpoints", c, low=1, integer=True)
-        object.__setattr__(self, "checkpoints", tuple(sorted(set(self.checkpoints))))
+        object.__setattr__(self, "checkpoints", tuple(sorted(set(check_counts("checkpoints", self.checkpoints)))))
         check_range("prune_fraction", self.prune_fraction, low=0.0, high=1.0)
 
     @property

@@ -231,6 +231,7 @@ class ChunkBeamSearch:
         session = model.open(prompts, self.sampling, seeds, template)
         beams = [[Beam("", False, 0, row=p, prompt=p)] for p in range(n_prompts)]  # W copies of the prompt, as one
         end = chunk_end_rule(self.chunk_end)
+        chunk_end = {} if end is None else {"end": end}  # (sessions that know no chunk ends are called as before)
         errors: dict[int, str] = {}  # prompt -> why a remote model could not sample for it: it ends there
         sampled = [0] * n_prompts  # large-model tokens drawn per prompt
         guide: list[int | None] = [0] * n_prompts  # guide tokens run per prompt (None: the scorer cannot tell)
@@ -244,9 +245,8 @@ class ChunkBeamSearch:
             rows = [b.row for b in live]
             ns = [self._successors(step, tracks[p].settled) for p in range(n_prompts)]
             counts = [ns[b.prompt] for b in live]
-            kw = {} if end is None else {"end": end}
             continuations = session.expand(rows, _uniform(counts), _uniform([self._limit(b.num_tokens) for b in live]),
-                                           **kw)
+                                           **chunk_end)
             parents = [b for b, k in zip(live, counts) for _ in range(k)]
 
             # candidates = finished beams (and any at the length limit) carried once + all new continuations,
@@ -260,15 +260,14 @@ class ChunkBeamSearch:
                 pools[c.prompt_index].append(Beam(c.text, c.finished, c.num_tokens, row=i, prompt=c.prompt_index))
             pools = [[] if p in errors else _distinct(pool) if self.merges_duplicates else pool
                      for p, pool in enumerate(pools)]
-            keep = [self._keep(step, len(pools[p]), tracks[p].settled) for p in range(n_prompts)]
-            ranked = [p for p in range(n_prompts)
-                      if len(pools[p]) > keep[p] or (self.follows_leader and not tracks[p].settled)]
+            ranked = [p for p in range(n_prompts) if len(pools[p]) > self._keep(step, len(pools[p]), tracks[p].settled)
+                      or (self.follows_leader and not tracks[p].settled)]
             self._score(scorer, prompts, [(p, b) for p in ranked for b in pools[p]], guide)
             for p in ranked:
-                pools[p] = sorted(pools[p], key=lambda b: -b.score)[: keep[p]]  # stable: ties keep order
+                pools[p] = sorted(pools[p], key=lambda b: -b.score)  # stable: ties keep order
                 if self.follows_leader and pools[p] and not tracks[p].settled:
                     tracks[p].settled = self._settles(tracks[p], pools[p][0])
-                    pools[p] = pools[p][: self._keep(step, len(pools[p]), tracks[p].settled)]
+                pools[p] = pools[p][: self._keep(step, len(pools[p]), tracks[p].settled)]
             beams = pools
             survivors = [b for p in range(n_prompts) for b in beams[p]
                          if not b.finished and b.num_tokens < self.max_new_tokens]
@@ -331,6 +330,9 @@ def _uniform(values: list[int]) -> int | list[int]:
     return values[0] if len(set(values)) == 1 else values
 
 
+CHUNK_DELIMITERS = {"line": "\n", "paragraph": "\n\n"}
+
+
 def chunk_end_rule(name: str | None):
     """The chunk-end rule ``end(new_text) -> cut | None`` named by a search's ``chunk_end`` (None: no rule).
 
@@ -357,9 +359,6 @@ def chunk_end_rule(name: str | None):
         return None if at < 0 else at + len(delimiter)
 
     return delimited
-
-
-CHUNK_DELIMITERS = {"line": "\n", "paragraph": "\n\n"}
 
 
 def _distinct(pool: list[Beam]) -> list[Beam]:
