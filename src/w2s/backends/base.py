@@ -13,7 +13,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence, runtime_checkable
 
-from ..validation import check_range, check_stop
+from ..validation import check_choice, check_range, check_stop
 
 # context tokens decoded in front of a response to recover its leading space (TransformersModel.decode_after)
 ANCHOR_TOKENS = 4
@@ -172,23 +172,66 @@ def render_prompt(tokenizer, name: str, template: str, prompt: str, hint: str = 
 class SamplingParams:
     """How the large model samples tokens.
 
+    The repetition controls have the meanings users know: ``repetition_penalty`` and
+    ``no_repeat_ngram_size`` those of ``transformers`` (over the prompt and the response so far),
+    ``frequency_penalty`` and ``presence_penalty`` those of the OpenAI API (over the response so far).
+    They act on the logits before the temperature, top-k and top-p, in that order.
+
     Attributes:
         temperature: softmax temperature; 0 means greedy decoding.
         top_p: nucleus sampling mass in (0, 1]; 1 disables it.
         top_k: keep the k most likely tokens; 0 disables it.
         stop: strings that end a response (OpenAI semantics: the stop string is not part of the text).
+        repetition_penalty: divides the positive logits, and multiplies the negative ones, of every token
+            already in the prompt or the response (``transformers``' and vLLM's meaning); 1 disables it,
+            above 1 discourages repeats.
+        frequency_penalty: subtracted from a token's logit once per time it occurs in the response so far
+            (the OpenAI API's meaning), in [-2, 2]; 0 disables it.
+        presence_penalty: subtracted from the logit of every token that occurs in the response so far (the
+            OpenAI API's meaning), in [-2, 2]; 0 disables it.
+        no_repeat_ngram_size: never draw a token that would repeat an n-gram of this many tokens already in
+            the prompt or the response (``transformers``' meaning); 0 disables it.
     """
 
     temperature: float = 0.7
     top_p: float = 1.0
     top_k: int = 50
     stop: tuple[str, ...] = ()
+    repetition_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    no_repeat_ngram_size: int = 0
 
     def __post_init__(self) -> None:
         check_range("temperature", self.temperature, low=0.0)
         check_range("top_p", self.top_p, low=0.0, high=1.0, low_open=True)
         check_range("top_k", self.top_k, low=0, integer=True)
         object.__setattr__(self, "stop", check_stop(self.stop))
+        check_range("repetition_penalty", self.repetition_penalty, low=0.0, low_open=True)
+        check_range("frequency_penalty", self.frequency_penalty, low=-2.0, high=2.0)
+        check_range("presence_penalty", self.presence_penalty, low=-2.0, high=2.0)
+        check_range("no_repeat_ngram_size", self.no_repeat_ngram_size, low=0, integer=True)
+
+    @property
+    def repetition_controls(self) -> dict:
+        """The repetition controls that are on (name -> value); empty when none is."""
+        off = {"repetition_penalty": 1.0, "frequency_penalty": 0.0, "presence_penalty": 0.0, "no_repeat_ngram_size": 0}
+        return {name: getattr(self, name) for name, value in off.items() if getattr(self, name) != value}
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "SamplingParams":
+        """The named settings of :data:`SAMPLING_PRESETS`, with ``overrides`` on top."""
+        check_choice("preset", name, SAMPLING_PRESETS)
+        return cls(**{**SAMPLING_PRESETS[name], **overrides})
+
+
+# named sampling settings: the authors' own, as their code sets them
+SAMPLING_PRESETS = {
+    # Weak-to-Strong Search (Zhou et al. 2024): the sampling of their scripts (also SamplingParams' defaults)
+    "weak-to-strong": {"temperature": 0.7, "top_p": 1.0, "top_k": 50},
+    # Stream Aligner (Lou et al. 2025): their upstream's vLLM sampling (generation/generation.py)
+    "stream-aligner": {"temperature": 0.7, "top_p": 0.95, "top_k": 40, "frequency_penalty": 1.2},
+}
 
 
 def check_sampling(sampling) -> None:
