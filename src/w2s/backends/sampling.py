@@ -61,6 +61,85 @@ class Drawn:
         return self.reason in ("end", "stop")
 
 
+class Penalties:
+    """The repetition controls of :class:`SamplingParams`, applied to each row's next-token logits.
+
+    Row ``i``'s *history* is its context and response ids (``repetition_penalty`` and
+    ``no_repeat_ngram_size`` look at it, as ``transformers``' processors look at ``input_ids``); its
+    *response* is the response ids alone (``frequency_penalty`` and ``presence_penalty`` count those, as
+    the OpenAI API does).  Both grow by each sampled token (:meth:`add`).  The counts are held as
+    ``[rows, vocab]`` tensors, so a step costs one pass over the logits whatever the length.
+    """
+
+    def __init__(self, params: SamplingParams, histories: Sequence[Sequence[int]],
+                 responses: Sequence[Sequence[int]], vocab: int, device):
+        self.params, self.vocab = params, vocab
+        rows = len(histories)
+        self.seen = self.counts = None
+        if params.repetition_penalty != 1.0:
+            self.seen = torch.zeros(rows, vocab, dtype=torch.bool, device=device)
+            for i, ids in enumerate(histories):
+                self.seen[i, _in_vocab(ids, vocab, device)] = True
+        if params.frequency_penalty or params.presence_penalty:
+            self.counts = torch.zeros(rows, vocab, dtype=torch.float32, device=device)
+            for i, ids in enumerate(responses):
+                at = _in_vocab(ids, vocab, device)
+                self.counts[i].index_add_(0, at, torch.ones(len(at), device=device))
+        self.n = params.no_repeat_ngram_size
+        self.tails: list[list[int]] = []  # each row's last n-1 ids
+        self.followers: list[dict[tuple, set[int]]] = []  # each row's (n-1)-gram -> the ids that followed it
+        if self.n:
+            for ids in histories:
+                ids, grams = list(ids), {}
+                for j in range(len(ids) - self.n + 1):
+                    grams.setdefault(tuple(ids[j : j + self.n - 1]), set()).add(ids[j + self.n - 1])
+                self.followers.append(grams)
+                self.tails.append(ids[len(ids) - self.n + 1 :] if self.n > 1 else [])
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        """The logits (float32) with the penalties on and the banned n-gram ends at -inf."""
+        logits = logits.float()
+        p = self.params
+        if self.seen is not None:
+            penalized = torch.where(logits < 0, logits * p.repetition_penalty, logits / p.repetition_penalty)
+            logits = torch.where(self.seen, penalized, logits)
+        if self.counts is not None:
+            logits = logits - p.frequency_penalty * self.counts - p.presence_penalty * (self.counts > 0).float()
+        if self.n:
+            at = [(i, t) for i, tail in enumerate(self.tails) if len(tail) == self.n - 1
+                  for t in self.followers[i].get(tuple(tail), ()) if t < logits.shape[-1]]
+            if at:  # out of place: the logits may be an inference tensor
+                rows, tokens = torch.tensor(at, device=logits.device).T
+                logits = logits.index_put((rows, tokens), torch.tensor(float("-inf"), device=logits.device))
+        return logits
+
+    def add(self, tokens: Sequence[int], rows: Sequence[int]) -> None:
+        """Row ``rows[j]`` drew ``tokens[j]``."""
+        if not rows:
+            return
+        if self.seen is not None or self.counts is not None:
+            at = torch.tensor(list(rows), device=(self.seen if self.seen is not None else self.counts).device)
+            ids = torch.tensor([t if t < self.vocab else 0 for t in tokens], device=at.device)
+            real = torch.tensor([t < self.vocab for t in tokens], device=at.device)
+            if self.seen is not None:
+                self.seen[at[real], ids[real]] = True
+            if self.counts is not None:
+                self.counts.index_put_((at[real], ids[real]), torch.ones(int(real.sum()), device=at.device),
+                                       accumulate=True)
+        if self.n:
+            for i, t in zip(rows, tokens):
+                tail = self.tails[i]
+                if len(tail) == self.n - 1:
+                    self.followers[i].setdefault(tuple(tail), set()).add(t)
+                if self.n > 1:
+                    tail.append(t)
+                    del tail[: len(tail) - (self.n - 1)]
+
+
+def _in_vocab(ids: Sequence[int], vocab: int, device) -> torch.Tensor:
+    return torch.tensor([t for t in ids if 0 <= t < vocab], dtype=torch.long, device=device)
+
+
 class _Text:
     """A row's response (prefix + sampled ids) and its text, decoded incrementally: only the tokens after
     the last complete character, with the few tokens before them as context."""
@@ -125,9 +204,16 @@ def sample_rows(
     trackers = ({i: _Text(lm, contexts[i], prefixes[i] if prefixes is not None else []) for i in range(rows)
                  if live[i]} if check_text else {})
     max_stop = max((len(s) for s in params.stop), default=0)
+    penalties = None
+    if params.repetition_controls:
+        responses = [list(prefixes[i]) if prefixes is not None else [] for i in range(rows)]
+        penalties = Penalties(params, [list(contexts[i]) + responses[i] for i in range(rows)], responses,
+                              logits.shape[-1], logits.device)
     for step in range(max(limits)):
         check_interrupt()
         u = uniforms(seeds, [c + step for c in counters], lanes)
+        if penalties is not None:
+            logits = penalties.apply(logits)
         tokens = lm.sample_next(logits, params, u).cpu()
         ended = torch.isin(tokens, eos).tolist()
         tokens = tokens.tolist()
@@ -159,6 +245,8 @@ def sample_rows(
         going = [r is None for r in reasons]
         if not any(going):
             break
+        if penalties is not None:
+            penalties.add([tokens[i] for i in range(rows) if going[i]], [i for i in range(rows) if going[i]])
         logits = forward([tokens[i] if going[i] else None for i in range(rows)])
     return [None if reasons[i] == "inactive" else Drawn(sampled_ids[i], reasons[i], texts.get(i))
             for i in range(rows)]
