@@ -142,3 +142,56 @@ def test_data_corrections_then_train_aligner(model_dirs, tmp_path):
                    "--out", str(tmp_path / "aligner"), "--epochs", "1", "--batch-size", "2")
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "aligner" / "w2s_training.json").read_text())["records"] == len(rows)
+
+
+# -- sampling presets and repetition controls on the command line -------------------------------------
+def _configs(argv):
+    """The config each sampling command builds from ``argv`` (its own flags after the command's)."""
+    from w2s.cli import build_parser
+    from w2s.cli.flags import config_from_args
+    from w2s.cli.search import method_config
+
+    parser = build_parser()
+    search = parser.parse_args(["search", "--method", "cbs", "--max-new-tokens", "4", "--prompts", "-",
+                                "--output", "-", *argv])
+    out = {"search": method_config(search)}
+    for command, cls in (("stream", w2s.StreamAligner), ("align", w2s.Aligner)):
+        out[command] = config_from_args(cls, parser.parse_args([command, "--question", "Q", *argv]))
+    corrections = parser.parse_args(["data", "corrections", "--questions", "q", "--out", "o", "--teacher", "t", *argv])
+    out["data corrections"] = config_from_args(w2s.StreamAligner, corrections)
+    return {command: config.sampling for command, config in out.items()}
+
+
+def test_a_sampling_preset_sets_the_sampling_flags_defaults_and_given_flags_override_it():
+    for command, sampling in _configs([]).items():
+        assert sampling == w2s.SamplingParams(), command
+    for command, sampling in _configs(["--sampling-preset", "stream-aligner"]).items():
+        assert sampling == w2s.SamplingParams.preset("stream-aligner"), command
+    given = ["--sampling-preset", "stream-aligner", "--top-p", "1.0", "--frequency-penalty", "0",
+             "--repetition-penalty", "1.3", "--no-repeat-ngram-size", "3", "--presence-penalty", "0.5"]
+    for command, sampling in _configs(given).items():
+        assert sampling == w2s.SamplingParams(temperature=0.7, top_p=1.0, top_k=40, frequency_penalty=0.0,
+                                              repetition_penalty=1.3, no_repeat_ngram_size=3,
+                                              presence_penalty=0.5), command
+
+
+def test_an_unknown_sampling_preset_or_bad_control_is_named():
+    proc = run_cli("search", "--method", "base", "--max-new-tokens", "4", "--prompts", "-", "--output", "-",
+                   "--sampling-preset", "stream_aligner", stdin="x\n")
+    assert proc.returncode == 2 and "--sampling-preset" in proc.stderr and "'stream_aligner'" in proc.stderr
+    assert "weak-to-strong" in proc.stderr and "stream-aligner" in proc.stderr
+    proc = run_cli("stream", "--question", "Q", "--frequency-penalty", "3")
+    assert proc.returncode == 2 and "frequency_penalty must be in [-2, 2], got 3" in proc.stderr
+
+
+def test_the_engine_flag_reaches_the_model_spec():
+    from w2s.cli import build_parser
+    from w2s.cli.flags import model_specs
+    from w2s.cli.search import ROLES
+
+    args = build_parser().parse_args(["search", "--method", "base", "--max-new-tokens", "4", "--prompts", "-",
+                                      "--output", "-", "--strong", "http://h:8000/v1", "--strong-model", "m",
+                                      "--engine", "vllm"])
+    assert model_specs(args, ROLES)["strong"].engine == "vllm"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["stream", "--question", "Q", "--engine", "tgi"])

@@ -33,7 +33,14 @@ def test_tiny_run_writes_tables_plot_and_gold_rewards(strong, shared, tmp_path):
     assert [(r["method"], int(r["compute_N"]), r["prompts"], r["seeds"], r["skipped"]) for r in table] == [
         (m, n, "3", "2", "") for m, n in expected.items()]
     md = (tmp_path / "summary.md").read_text()
-    assert md.startswith("| method | compute N | gold reward |") and "| cbs-4x4 | 16 |" in md and "±" in md
+    assert md.startswith("| method | compute N | gold reward [95% CI] | seed sd | loops |") and "| cbs-4x4 | 16 |" in md
+    assert "±" not in md and "95% t-interval over prompts" in md
+    assert "| cbs-2x2 − bon-4 | gold reward (VADER) |" in (tmp_path / "comparisons.md").read_text()
+    # the tables rewritten from the raw files alone are the same tables
+    before = {f: (tmp_path / f).read_text() for f in ("summary.csv", "summary.md", "comparisons.csv")}
+    from w2s.evaluation.sentiment import rewrite_from_raw
+    assert rewrite_from_raw(tmp_path) == rows
+    assert {f: (tmp_path / f).read_text() for f in before} == before
     assert (tmp_path / "reward_vs_compute.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["prompts"] == PROMPTS and config["max_new_tokens"] == 4 and config["top_k"] == 50
@@ -46,6 +53,9 @@ def test_tiny_run_writes_tables_plot_and_gold_rewards(strong, shared, tmp_path):
                 assert r["seconds"] >= 0 and isinstance(r["finished"], bool)
         means = [sum(r["gold_reward"] for r in records) / 3 for records in per_seed]
         assert row["gold_reward_mean"] == pytest.approx(sum(means) / 2)
+        assert row["gold_reward_seed_sd"] == pytest.approx(abs(means[0] - means[1]) / 2 ** 0.5)
+        assert row["gold_reward_low"] <= row["gold_reward_mean"] <= row["gold_reward_high"]
+        assert 0 <= row["looping"] <= 1 and 0 <= row["truncated"] <= 1
     # different seeds draw different samples somewhere
     assert any(raw(tmp_path, m, 0) != raw(tmp_path, m, 1) for m in expected)
 
@@ -76,6 +86,13 @@ def test_eft_is_skipped_with_a_reason_when_vocabularies_differ(strong, tuned, un
     md = (tmp_path / "summary.md").read_text()
     assert "| eft |" not in md and "- `eft`: EFT needs one shared vocabulary" in md
     assert (tmp_path / "reward_vs_compute.png").exists()
+    # the reason is kept in the settings, for --from-raw, and survives a later run of other methods
+    evaluate_sentiment(tmp_path, strong, tuned, untuned, PROMPTS[:2], seeds=(0,), max_new_tokens=3,
+                       methods=["base"], progress=False)
+    from w2s.evaluation.sentiment import rewrite_from_raw
+    rows = rewrite_from_raw(tmp_path)
+    assert [(r["method"], bool(r["skipped"])) for r in rows] == [("base", False), ("eft", True)]
+    assert "- `eft`: EFT needs one shared vocabulary" in (tmp_path / "summary.md").read_text()
 
 
 def _records(path):

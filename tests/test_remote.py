@@ -99,6 +99,65 @@ def test_bad_arguments_are_named():
         RemoteModel("http://h/v1", "m").render("chat", "hi")
 
 
+def test_request_bodies_per_engine():
+    """The sampling settings under each engine's names (pure: no request is sent to the unreachable port)."""
+    P = w2s.SamplingParams
+    sampling = lambda engine, params, **kw: RemoteModel("http://127.0.0.1:9/v1", "m", engine=engine,  # noqa: E731
+                                                         **kw).completion_body("x", params, 4, 2, 7)
+    base = {"model": "m", "prompt": "x", "max_tokens": 4, "n": 2, "seed": 7, "temperature": 0.7, "top_p": 1.0}
+    controls = P(repetition_penalty=1.3, frequency_penalty=0.5, presence_penalty=-0.25, stop=("\n",))
+    assert sampling("vllm", P()) == {**base, "top_k": 50}
+    assert sampling("vllm", P(top_k=0)) == base  # vLLM's own default is no top-k
+    assert sampling("vllm", controls) == {**base, "stop": ["\n"], "top_k": 50, "repetition_penalty": 1.3,
+                                          "frequency_penalty": 0.5, "presence_penalty": -0.25}
+    # llama.cpp: always repeat_penalty (1.0 when off), min_p 0 and top_k (0 when off): its server defaults
+    # to 1.1, 0.05 and 40; extra_body still overrides them
+    neutral = {"repeat_penalty": 1.0, "min_p": 0.0}
+    assert sampling("llama.cpp", P()) == {**base, "top_k": 50, **neutral}
+    assert sampling("llama.cpp", P(top_k=0)) == {**base, "top_k": 0, **neutral}
+    assert sampling("llama.cpp", controls) == {**base, "stop": ["\n"], "top_k": 50, "repeat_penalty": 1.3,
+                                               "min_p": 0.0, "frequency_penalty": 0.5, "presence_penalty": -0.25}
+    assert sampling("llama.cpp", P(), extra_body={"min_p": 0.1})["min_p"] == 0.1
+    # the hosted API: no top_k, only its own two penalties; also when told by its address
+    assert sampling("openai", P(frequency_penalty=1.0)) == {**base, "frequency_penalty": 1.0}
+    hosted = RemoteModel("https://api.openai.com/v1", "gpt").completion_body("x", P(presence_penalty=1.0), 4, 1, 0)
+    assert "top_k" not in hosted and hosted["presence_penalty"] == 1.0
+    # auto: the shared names without asking the engine (nothing listens on port 9)
+    assert sampling("auto", P(frequency_penalty=1.0)) == {**base, "top_k": 50, "frequency_penalty": 1.0}
+    # the older send_top_k still decides when given
+    assert "top_k" not in sampling("vllm", P(), send_top_k=False)
+    assert sampling("openai", P(), send_top_k=True)["top_k"] == 50
+
+
+@pytest.mark.parametrize("engine, params, said", [
+    ("openai", {"repetition_penalty": 1.3}, r"repetition_penalty must be 1.0 \(off\) with engine 'openai', which "
+                                            r"has no such control, got 1.3; it takes frequency_penalty, presence_penalty"),
+    ("vllm", {"no_repeat_ngram_size": 2}, r"no_repeat_ngram_size must be 0 \(off\) with engine 'vllm'.*got 2; it "
+                                          r"takes repetition_penalty, frequency_penalty, presence_penalty"),
+    ("llama.cpp", {"no_repeat_ngram_size": 3}, r"no_repeat_ngram_size .* engine 'llama.cpp'.*got 3; it takes "
+                                               r"repetition_penalty \(as repeat_penalty\)"),
+    ("auto", {"no_repeat_ngram_size": 2}, r"no_repeat_ngram_size must be 0 \(off\) on a remote engine, got 2: none "
+                                          r"of 'vllm', 'llama.cpp', 'openai' has it"),
+])
+def test_a_control_the_engine_lacks_is_refused_by_name(engine, params, said):
+    strong = RemoteModel("http://127.0.0.1:9/v1", "m", engine=engine)
+    with pytest.raises(ValueError, match=said):
+        strong.open(["x"], w2s.SamplingParams(**params), [0])
+    with pytest.raises(ValueError, match=said):
+        strong.generator(1, w2s.SamplingParams(**params), [0])
+
+
+def test_engine_and_send_top_k_are_checked():
+    with pytest.raises(ValueError, match=r"engine must be one of 'auto', 'vllm', 'llama.cpp', 'openai', got 'vlm'"):
+        RemoteModel("http://h/v1", "m", engine="vlm")
+    with pytest.raises(ValueError, match="send_top_k must be True, False or None"):
+        RemoteModel("http://h/v1", "m", send_top_k="yes")
+    with pytest.raises(ValueError, match="engine must be one of"):
+        w2s.ModelSpec("http://h/v1", model="m", engine="tgi")
+    spec = w2s.ModelSpec("http://h/v1", role="strong", model="m", engine="llama.cpp")
+    assert w2s.load(spec).model.engine == "llama.cpp"
+
+
 # -- against the engine --------------------------------------------------------------------------------
 def test_cbs_and_best_of_n_with_a_remote_strong_model(proxy, tuned, untuned):
     strong = remote(proxy)
@@ -424,3 +483,70 @@ def test_echo_logprobs_checked_against_a_local_computation(proxy, gguf):
     with pytest.raises(RemoteError, match="echo"):
         strong.run(check_echo_logprobs(strong))
     strong.close()
+
+
+# -- the repetition controls on llama.cpp ---------------------------------------------------------------
+REPEATS = "The cat sat on the mat. The cat sat on the mat. The cat sat on the mat. The cat"
+
+
+def _greedy(strong, **controls) -> str:
+    sampling = w2s.SamplingParams(temperature=0.0, **controls)
+    return next(w2s.Sampling(max_new_tokens=24, sampling=sampling).generate(strong, None, [REPEATS])).response
+
+
+def test_repeat_penalty_reaches_llama_cpp_and_acts(proxy):
+    strong = remote(proxy, engine="llama.cpp")
+    plain = _greedy(strong)
+    assert completions(proxy)[-1]["body"]["repeat_penalty"] == 1.0  # its 1.1 default turned off
+    penalised = _greedy(strong, repetition_penalty=1.8)
+    assert completions(proxy)[-1]["body"]["repeat_penalty"] == 1.8
+    assert penalised != plain, plain
+    frequency = _greedy(strong, frequency_penalty=2.0)
+    assert completions(proxy)[-1]["body"]["frequency_penalty"] == 2.0 and frequency != plain
+    strong.close()
+
+
+def test_auto_asks_llama_cpp_which_engine_it_is_once(proxy):
+    strong = remote(proxy)  # engine "auto"
+    _greedy(strong, frequency_penalty=1.0)  # a shared name: nothing asked
+    assert [e["path"] for e in proxy.log] == ["/v1/completions"] and "repeat_penalty" not in proxy.log[0]["body"]
+    _greedy(strong, repetition_penalty=1.8)
+    _greedy(strong, repetition_penalty=1.5)
+    assert [e["path"] for e in proxy.log if e["path"] != "/v1/completions"] == ["/v1/models"]  # cached
+    assert strong.detected[0] == "llama.cpp" and "'me'" in strong.detected[1]
+    bodies = [e["body"] for e in completions(proxy)]
+    assert bodies[1]["repeat_penalty"] == 1.8 and bodies[2]["repeat_penalty"] == 1.5
+    assert "repetition_penalty" not in bodies[1]
+    named = remote(proxy, engine="llama.cpp")  # once detected, a request goes as with the engine named
+    _greedy(named, repetition_penalty=1.8)
+    assert completions(proxy)[-1]["body"] == bodies[1]
+    named.close()
+    strong.close()
+
+
+def test_a_refused_control_never_reaches_llama_cpp(proxy):
+    strong = remote(proxy, engine="llama.cpp")
+    with pytest.raises(ValueError, match="no_repeat_ngram_size must be 0 .*'llama.cpp'.*got 2"):
+        _greedy(strong, no_repeat_ngram_size=2)
+    upstream = w2s.StreamAligner(max_sentences=1, sampling=w2s.SamplingParams(no_repeat_ngram_size=2))
+    with pytest.raises(ValueError, match="no_repeat_ngram_size"):
+        upstream.run(strong, lambda q, p, s: s, ["Hi"], upstream_template="{prompt}")
+    assert proxy.log == []
+    strong.close()
+
+
+def test_cli_engine_preset_and_controls_reach_llama_cpp(proxy, tmp_path):
+    out, prompts = tmp_path / "out.jsonl", tmp_path / "prompts.txt"
+    prompts.write_text("The movie was\n")
+    args = ["search", "--strong", proxy.url, "--strong-model", "smollm2", "--engine", "llama.cpp", "--method",
+            "base", "--max-new-tokens", "6", "--prompts", str(prompts), "--output", str(out)]
+    done = run_cli(args + ["--sampling-preset", "stream-aligner", "--top-k", "7", "--repetition-penalty", "1.3"])
+    assert done.returncode == 0, done.stderr
+    body = completions(proxy)[0]["body"]
+    # the preset's values (top_p 0.95, frequency_penalty 1.2), the flags given over it (top_k 7)
+    assert (body["temperature"], body["top_p"], body["top_k"], body["frequency_penalty"], body["repeat_penalty"],
+            body["min_p"]) == (0.7, 0.95, 7, 1.2, 1.3, 0.0)
+    proxy.log.clear()
+    refused = run_cli(args + ["--no-repeat-ngram-size", "2", "--overwrite"])
+    assert refused.returncode == 2 and "no_repeat_ngram_size must be 0 (off) with engine 'llama.cpp'" in refused.stderr
+    assert proxy.log == []

@@ -549,3 +549,97 @@ def _chat_message(c, messages) -> str:
     with pytest.raises(openai.APIStatusError) as caught:
         c.chat.completions.create(model="tiny", messages=messages)
     return caught.value.body["message"]
+
+
+# -- repetition controls and sampling presets ---------------------------------------------------------
+
+def test_repetition_controls_as_request_fields_change_the_answer(main):
+    c = client(main)
+    greedy = dict(model="tiny", prompt="The cat sat on the mat. The cat", max_tokens=12, temperature=0, seed=1,
+                  extra_body={"w2s": {"method": "sampling"}})
+    plain = c.completions.create(**greedy).choices[0].text
+    assert c.completions.create(**greedy).choices[0].text == plain
+    # the official client's own fields, and vLLM's extra ones (extra_body: top-level fields of the request)
+    changed = {
+        "frequency_penalty": c.completions.create(**greedy, frequency_penalty=2.0),
+        "presence_penalty": c.completions.create(**greedy, presence_penalty=2.0),
+        "repetition_penalty": c.completions.create(**{**greedy, "extra_body": {**greedy["extra_body"],
+                                                                               "repetition_penalty": 10.0}}),
+        "no_repeat_ngram_size": c.completions.create(**{**greedy, "extra_body": {**greedy["extra_body"],
+                                                                                 "no_repeat_ngram_size": 1}}),
+    }
+    for field, reply in changed.items():
+        assert reply.choices[0].text != plain, field
+    chat = c.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "The cat"}], max_tokens=8,
+                                     temperature=0, seed=1, frequency_penalty=2.0,
+                                     extra_body={"w2s": {"method": "sampling"}, "no_repeat_ngram_size": 1})
+    assert chat.choices[0].message.content is not None
+    # a field and the w2s block that say the same thing agree; two values are a 400
+    same = c.completions.create(**{**greedy, "extra_body": {"w2s": {"method": "sampling", "frequency_penalty": 2.0}}})
+    assert same.choices[0].text == changed["frequency_penalty"].choices[0].text
+    with pytest.raises(openai.BadRequestError) as caught:
+        c.completions.create(**{**greedy, "frequency_penalty": 1.0,
+                                "extra_body": {"w2s": {"method": "sampling", "frequency_penalty": 2.0}}})
+    assert caught.value.body["param"] == "frequency_penalty"
+
+
+@pytest.mark.parametrize("fields, param, said", [
+    ({"frequency_penalty": 3.0}, "frequency_penalty", "frequency_penalty must be in [-2, 2], got 3"),
+    ({"presence_penalty": -2.5}, "presence_penalty", "presence_penalty must be in [-2, 2], got -2.5"),
+    ({"repetition_penalty": 0.0}, "repetition_penalty", "repetition_penalty must be in (0, "),
+    ({"no_repeat_ngram_size": -1}, "no_repeat_ngram_size", "no_repeat_ngram_size must be"),
+    ({"no_repeat_ngram_size": 1.5}, "no_repeat_ngram_size", "no_repeat_ngram_size"),
+    ({"repetition_penalty": "2"}, "repetition_penalty", "repetition_penalty"),
+], ids=["frequency", "presence", "repetition", "ngram", "ngram-float", "repetition-text"])
+def test_bad_repetition_controls_are_400s_naming_the_field(main, fields, param, said):
+    extra = {k: v for k, v in fields.items() if k in ("repetition_penalty", "no_repeat_ngram_size")}
+    kw = {k: v for k, v in fields.items() if k not in extra}
+    with pytest.raises(openai.BadRequestError) as caught:
+        client(main).completions.create(model="tiny", prompt="The cat", max_tokens=4, extra_body=extra, **kw)
+    body = caught.value.body
+    assert body["param"] == param and said in body["message"], body
+
+
+def test_a_remote_engine_that_lacks_a_control_is_a_400_before_any_request(model_dirs):
+    """A large model on an engine that has no n-gram ban (nothing listens on its port: no request is sent)."""
+    strong = w2s.RemoteModel("http://127.0.0.1:9/v1", "big", engine="llama.cpp", max_retries=0)
+    served = bundle(strong=(strong, "{prompt}"), tuned=(w2s.load_model(model_dirs["tuned"]), "{prompt}"),
+                    untuned=(w2s.load_model(model_dirs["untuned"]), "{prompt}"))
+    server, thread, url = serve(ServeConfig(name="tiny"), served)
+    try:
+        with pytest.raises(openai.BadRequestError) as caught:
+            client(url).completions.create(model="tiny", prompt="The cat", max_tokens=4,
+                                           extra_body={"no_repeat_ngram_size": 2})
+        body = caught.value.body
+        assert body["param"] == "no_repeat_ngram_size" and "127.0.0.1" not in body["message"]
+        assert "with engine 'llama.cpp', which has no such control, got 2" in body["message"], body
+    finally:
+        server.should_exit = True
+        thread.join(5)
+
+
+def test_a_sampling_preset_gives_the_servers_defaults(tmp_path):
+    config = parse_config({"sampling_preset": "stream-aligner", "methods": {"cbs": {"top_k": 5}}})
+    _, params = resolve_method(CompletionRequest(model="w2s", prompt="x"), config)
+    # the preset's values, under [methods.cbs]'s own
+    assert params == {"temperature": 0.7, "top_p": 0.95, "top_k": 5, "frequency_penalty": 1.2}
+    _, params = resolve_method(CompletionRequest(model="w2s", prompt="x", top_p=0.5, frequency_penalty=0.0,
+                                                 w2s={"method": "stream_aligner"}), config)
+    assert (params["top_p"], params["top_k"], params["frequency_penalty"]) == (0.5, 40, 0.0)  # the request's first
+    assert parse_config({}).method_defaults("cbs") == {}
+    with pytest.raises(ValueError, match=r"sampling_preset must be one of 'weak-to-strong', 'stream-aligner', got "
+                                         r"'stream_aligner'"):
+        parse_config({"sampling_preset": "stream_aligner"})
+    # the same key from a file, and the flag over it
+    path = tmp_path / "serve.toml"
+    path.write_text('sampling_preset = "stream-aligner"\n[models.strong]\npath = "http://127.0.0.1:9/v1"\n'
+                    'model = "m"\nengine = "vllm"\n')
+    parser = build_parser()
+    args = parser.parse_args(["serve", "--config", str(path)])
+    config = config_from_args(args)
+    assert config.sampling_preset == "stream-aligner" and config.models["strong"].engine == "vllm"
+    assert w2s.load(config.models["strong"]).model.engine == "vllm"
+    args = parser.parse_args(["serve", "--config", str(path), "--sampling-preset", "weak-to-strong",
+                              "--engine", "llama.cpp", "--strong", "http://127.0.0.1:9/v1", "--strong-model", "m"])
+    config = config_from_args(args)
+    assert config.sampling_preset == "weak-to-strong" and config.models["strong"].engine == "llama.cpp"

@@ -146,6 +146,11 @@ def test_w2s_serve_with_a_vllm_strong_model(proxy, model_dirs):
         bon = c.completions.create(model="big", prompt="The movie was", seed=4, extra_body={"w2s": {"method": "bon",
                                                                                                  "n": 3}})
         assert bon.choices[0].text
+        proxy.log.clear()  # a repetition control of the request reaches vLLM under its name
+        c.completions.create(model="big", prompt="The movie was", seed=4, max_tokens=4, frequency_penalty=0.5,
+                             extra_body={"repetition_penalty": 1.3, "w2s": {"method": "sampling"}})
+        body = completions(proxy)[-1]["body"]
+        assert (body["repetition_penalty"], body["frequency_penalty"]) == (1.3, 0.5)
     finally:
         server.should_exit = True
         thread.join(5)
@@ -180,3 +185,35 @@ def test_an_engine_killed_mid_search_leaves_an_error_record_and_resume_completes
     assert resumed.returncode == 0, resumed.stderr
     # seeded requests: the resumed run gives what an uninterrupted one gives
     assert out.read_text() == (tmp_path / "clean.jsonl").read_text()
+
+
+REPEATS = "The cat sat on the mat. The cat sat on the mat. The cat sat on the mat. The cat"
+
+
+@pytest.mark.parametrize("control", [{"repetition_penalty": 1.5}, {"frequency_penalty": 1.0},
+                                     {"presence_penalty": 1.5}], ids=lambda c: next(iter(c)))
+def test_repetition_controls_reach_vllm_and_give_the_local_greedy_text(proxy, local_strong, control):
+    strong = remote(proxy)  # engine "auto": vLLM answers GET /models with owned_by "vllm"
+    greedy = lambda sampling, model: next(w2s.Sampling(max_new_tokens=16, sampling=sampling).generate(  # noqa: E731
+        model, None, [REPEATS]))
+    plain = greedy(GREEDY, strong)
+    sampling = w2s.SamplingParams(temperature=0.0, **control)
+    on_vllm, local = greedy(sampling, strong), greedy(sampling, local_strong)
+    name, value = next(iter(control.items()))
+    assert completions(proxy)[-1]["body"][name] == value
+    assert on_vllm.response != plain.response, plain.response  # the control acts
+    assert (on_vllm.response, on_vllm.num_tokens) == (local.response, local.num_tokens)  # as transformers' loop
+    asked = [e["path"] for e in proxy.log if e["path"] != "/v1/completions"]
+    assert asked == (["/v1/models"] if name == "repetition_penalty" else [])  # only the engine's own name asks
+    assert strong.detected in (None, ("vllm", "owned_by 'vllm'"))
+    strong.close()
+
+
+@pytest.mark.parametrize("engine", ["auto", "vllm"])
+def test_an_n_gram_ban_is_refused_before_vllm_sees_a_request(proxy, engine):
+    strong = remote(proxy, engine=engine)
+    search = w2s.Sampling(max_new_tokens=8, sampling=w2s.SamplingParams(temperature=0.0, no_repeat_ngram_size=2))
+    with pytest.raises(ValueError, match="no_repeat_ngram_size must be 0 \\(off\\).*got 2"):
+        list(search.generate(strong, None, PROMPTS))
+    assert proxy.log == []
+    strong.close()

@@ -41,7 +41,9 @@ DTYPES = ("float32", "bfloat16", "float16")
 # ModelSpec fields given once per role (w2s's flags --strong, --strong-template, ...) and those that
 # only a model behind an engine uses
 PER_ROLE = ("path", "template", "model", "tokenizer")
-REMOTE_FIELDS = ("model", "tokenizer", "concurrency", "timeout", "max_retries", "api_key_env", "extra_body")
+REMOTE_FIELDS = ("model", "tokenizer", "concurrency", "timeout", "max_retries", "api_key_env", "extra_body", "engine")
+# the engines a URL may name (w2s.backends.remote.ENGINES, without importing httpx here)
+ENGINES = ("auto", "vllm", "llama.cpp", "openai")
 
 
 def is_url(path) -> bool:
@@ -79,7 +81,10 @@ class ModelSpec:
         max_retries: retries after a timeout, connection error, 429 or 5xx, with backoff (a URL only).
         api_key_env: environment variable holding the engine's API key (a URL only; never the key itself).
         extra_body: a JSON object of engine-specific fields sent with every request (a URL only), e.g.
-            ``{"min_p": 0, "repeat_penalty": 1}`` for plain sampling on llama.cpp's server.
+            ``{"min_p": 0}``; they override what w2s sends.
+        engine: the engine behind the URL, which decides the names the sampling settings are sent as: vllm,
+            llama.cpp (llama-cpp-python's server), openai (the hosted API) or auto (asks the engine when a
+            setting needs its own name); a URL only.
     """
 
     path: str | None = None
@@ -96,6 +101,7 @@ class ModelSpec:
     max_retries: int = 5
     api_key_env: str = "OPENAI_API_KEY"
     extra_body: str | None = None
+    engine: str = field(default="auto", metadata={"choices": ENGINES})
 
     def __post_init__(self) -> None:
         if self.path is not None:
@@ -105,6 +111,7 @@ class ModelSpec:
         if self.role is not None:
             check_choice("role", self.role, ROLES)
         check_choice("dtype", self.dtype, DTYPES)
+        check_choice("engine", self.engine, ENGINES)
 
     def body(self) -> dict | None:
         """:attr:`extra_body` parsed (None when not given)."""
@@ -160,7 +167,7 @@ def load(spec: ModelSpec) -> LoadedModel:
             raise ValueError(f"model path {spec.path} is a URL: give the engine's model name ({flag} NAME).")
         model = RemoteModel(spec.path, spec.model, tokenizer=spec.tokenizer, concurrency=spec.concurrency,
                             timeout=spec.timeout, max_retries=spec.max_retries, api_key_env=spec.api_key_env,
-                            extra_body=spec.body())
+                            extra_body=spec.body(), engine=spec.engine)
     elif spec.role == "teacher" and is_callable_path(spec.path):
         model = load_callable(spec.path)
     else:

@@ -20,6 +20,10 @@ in a background thread (so the model works from sync code and from any thread). 
 errors, 429 and 5xx are retried with exponential backoff and full jitter, honouring ``Retry-After``; a
 request that still fails ends *its prompt* with a :class:`RemoteError` carried on the continuations,
 while the other prompts go on.
+
+Engines name their sampling settings differently: :data:`ENGINE_CONTROLS` holds what each engine takes for
+:class:`SamplingParams`' repetition controls, and a control an engine lacks is refused (``ValueError``)
+before any request is sent.
 """
 
 from __future__ import annotations
@@ -39,9 +43,28 @@ from typing import Sequence
 
 import httpx
 
-from ..validation import check_range
+from ..validation import check_choice, check_range
 from .base import (Continuation, RemoteError, SamplingParams, chat_turn_end_id, check_interrupt, per_row,
                    render_prompt, stop_index)
+
+# SamplingParams' repetition control -> the request field each engine takes it as (a control missing: refused).
+# vLLM 0.32 (entrypoints/openai/completion/protocol.py) and llama-cpp-python's server (server/types.py) take
+# these top-level fields; the hosted OpenAI API only its own two.  None has an n-gram ban.
+ENGINE_CONTROLS = {
+    "vllm": {"repetition_penalty": "repetition_penalty", "frequency_penalty": "frequency_penalty",
+             "presence_penalty": "presence_penalty"},
+    "llama.cpp": {"repetition_penalty": "repeat_penalty", "frequency_penalty": "frequency_penalty",
+                  "presence_penalty": "presence_penalty"},
+    "openai": {"frequency_penalty": "frequency_penalty", "presence_penalty": "presence_penalty"},
+}
+ENGINES = ("auto", *ENGINE_CONTROLS)
+REPETITION_CONTROLS = ("repetition_penalty", "frequency_penalty", "presence_penalty", "no_repeat_ngram_size")
+# fields sent to an engine with every completion, so that it samples as the local loop does: llama-cpp-python's
+# server applies repeat_penalty 1.1, min_p 0.05 and top_k 40 unless told otherwise (extra_body still overrides)
+ENGINE_NEUTRAL = {"llama.cpp": {"repeat_penalty": 1.0, "min_p": 0.0}}
+# GET /models' owned_by -> the engine ("me": llama-cpp-python's server; "llamacpp": llama.cpp's own llama-server)
+OWNERS = {"vllm": "vllm", "me": "llama.cpp", "llamacpp": "llama.cpp", "openai": "openai", "system": "openai",
+          "openai-internal": "openai"}
 
 RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})  # and any other 5xx
 MAX_RETRY_AFTER = 600.0  # seconds: a longer Retry-After is capped (and said so in the error if it fails)
@@ -107,14 +130,55 @@ class RemoteModel:
             ``[0, min(backoff_max, backoff_base * 2**a)]``, or ``Retry-After`` when the engine sends one.
         tokenizer: a local tokenizer of the served model (a directory, a hub id, or a ``.gguf`` file);
             needed for the ``"chat"`` template and for scoring finished responses (its EOS token).
-        extra_body: more request fields sent with every completion (engine-specific sampling settings,
-            e.g. ``{"min_p": 0, "repeat_penalty": 1.0}`` for llama.cpp).
-        send_top_k: send ``top_k`` (vLLM and llama.cpp accept it; hosted OpenAI does not).
+        extra_body: more request fields sent with every completion (engine-specific sampling settings);
+            they override what w2s sends.
+        engine: the engine behind ``base_url``, which decides the names the sampling settings are sent as:
+            ``"vllm"``, ``"llama.cpp"`` (llama-cpp-python's server), ``"openai"`` (the hosted API) or
+            ``"auto"``.  ``"auto"`` is ``"openai"`` at ``api.openai.com``; elsewhere it sends the fields
+            every engine shares, and asks ``GET /models`` (once, cached: vLLM says ``owned_by: "vllm"``,
+            llama-cpp-python ``"me"``) only when a request needs an engine's own name
+            (``repetition_penalty``), and then sends that request as to that engine; an engine it cannot
+            tell apart is an error naming this parameter.
+        send_top_k: send ``top_k``; None (the default): unless the engine is ``"openai"``, whose API has
+            no ``top_k``.
+
+    What each engine is sent (a control only when it is on, see :attr:`SamplingParams.repetition_controls`):
+
+    ========================  ===================  ==================  =================
+    SamplingParams            vLLM                 llama.cpp           OpenAI
+    ========================  ===================  ==================  =================
+    ``top_k``                 ``top_k`` (when >0)  ``top_k`` (always)  not sent
+    ``repetition_penalty``    same name            ``repeat_penalty``  refused
+    ``frequency_penalty``     same name            same name           same name
+    ``presence_penalty``      same name            same name           same name
+    ``no_repeat_ngram_size``  refused              refused             refused
+    ========================  ===================  ==================  =================
+
+    With ``engine="llama.cpp"`` every request also carries ``repeat_penalty`` (1.0 when off), ``min_p``
+    0 and ``top_k`` (0 when off), since that server would otherwise apply 1.1, 0.05 and 40 (with ``"auto"``
+    only the requests that needed detecting do: name the engine).  A refused
+    control raises ``ValueError`` (naming it, its value, the engine and what the engine takes) when a
+    session or generator opens, before any request.
+
+    The controls do not mean quite what they mean locally (:class:`SamplingParams`), in three ways:
+
+    - **Each request counts alone.**  The engines count ``frequency_penalty`` and ``presence_penalty``
+      over the tokens *this request* generated.  In chunked search (CBS) every chunk is a request whose
+      prompt holds the beam's text so far, so those tokens are not counted: the penalties see one chunk
+      (the Stream Aligner's upstream: one sentence), where the local loop counts the whole response.
+      vLLM's ``repetition_penalty`` covers prompt and output, as locally, so it does see earlier chunks
+      (and the prompt).
+    - **llama.cpp's window.**  llama-cpp-python's penalties look only at the last 64 tokens the request
+      generated (its ``last_n_tokens_size``), never at the prompt: ``repeat_penalty`` there does not
+      see the prompt nor earlier chunks.
+    - **Order.**  vLLM applies the penalties before temperature, top-k and top-p, as the local loop does;
+      llama.cpp applies them first too, but then top-k, top-p and min-p *before* the temperature.
     """
 
     def __init__(self, base_url: str, model: str, *, api_key_env: str = "OPENAI_API_KEY", concurrency: int = 16,
                  timeout: float = 60.0, max_retries: int = 5, backoff_base: float = 0.5, backoff_max: float = 30.0,
-                 tokenizer: str | None = None, extra_body: dict | None = None, send_top_k: bool = True):
+                 tokenizer: str | None = None, extra_body: dict | None = None, engine: str = "auto",
+                 send_top_k: bool | None = None):
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must start with http:// or https://, got {base_url!r}.")
         if not isinstance(model, str) or not model:
@@ -126,10 +190,15 @@ class RemoteModel:
         check_range("backoff_max", backoff_max, low=0)
         if not isinstance(api_key_env, str) or not api_key_env:
             raise ValueError(f"api_key_env must name an environment variable, got {api_key_env!r}.")
+        check_choice("engine", engine, ENGINES)
+        if send_top_k not in (None, True, False):
+            raise ValueError(f"send_top_k must be True, False or None (by the engine), got {send_top_k!r}.")
         self.base_url, self.model, self.name = base_url.rstrip("/"), model, f"{model} @ {base_url}"
         self.api_key_env, self.concurrency, self.timeout = api_key_env, concurrency, timeout
         self.max_retries, self.backoff_base, self.backoff_max = max_retries, backoff_base, backoff_max
-        self.extra_body, self.send_top_k = dict(extra_body or {}), send_top_k
+        self.extra_body, self.engine, self.send_top_k = dict(extra_body or {}), engine, send_top_k
+        self.detected: tuple[str | None, str] | None = None  # engine="auto": (engine or None, what /models said)
+        self._fields: dict[SamplingParams, dict] = {}  # sampling settings -> their request fields
         self.tokenizer = None
         if tokenizer is not None:
             from pathlib import Path
@@ -226,13 +295,17 @@ class RemoteModel:
         raise RemoteError(f"{what} failed after {len(failures)} attempt(s) to {self.base_url}: "
                           f"{'; '.join(_dedupe(failures))}")
 
-    async def post(self, path: str, body: dict) -> dict:
-        """``POST`` the JSON ``body`` to ``path`` under the API root (with retries); the JSON response."""
+    async def post(self, path: str, body: dict | None) -> dict:
+        """``POST`` the JSON ``body`` to ``path`` under the API root (with retries); the JSON response.
+        A ``body`` of None sends ``GET`` instead."""
         url = f"{self.base_url}{path}"
 
         async def once(client: httpx.AsyncClient) -> dict:
             try:
-                response = await client.post(url, json=body, headers=self.auth_headers())
+                if body is None:
+                    response = await client.get(url, headers=self.auth_headers())
+                else:
+                    response = await client.post(url, json=body, headers=self.auth_headers())
             except (httpx.TimeoutException, httpx.TransportError) as err:
                 raise _Retryable(f"{type(err).__name__}: {err}".rstrip(": ")) from None
             _raise_for_status(response, response.text)
@@ -241,7 +314,7 @@ class RemoteModel:
             except ValueError:
                 raise _Retryable(f"HTTP {response.status_code} with a body that is not JSON") from None
 
-        return await self._with_retries(f"POST {path}", once)
+        return await self._with_retries(f"{'GET' if body is None else 'POST'} {path}", once)
 
     async def stream_completion(self, body: dict, stop) -> CompletionChoice:
         """One streamed completion.  ``stop(text)`` is asked after each delta; a cut closes the stream at
@@ -291,13 +364,70 @@ class RemoteModel:
 
     def completion_body(self, prompt: str, params: SamplingParams, max_tokens: int, n: int, seed: int) -> dict:
         """The ``/completions`` request for ``n`` samples of ``prompt`` (the engine's extra fields last)."""
-        body = {"model": self.model, "prompt": prompt, "max_tokens": max_tokens, "temperature": params.temperature,
-                "top_p": params.top_p, "n": n, "seed": seed}
-        if params.stop:
-            body["stop"] = list(params.stop)
-        if self.send_top_k and params.top_k:
-            body["top_k"] = params.top_k
+        body = {"model": self.model, "prompt": prompt, "max_tokens": max_tokens, "n": n, "seed": seed,
+                **self.sampling_fields(params)}
         return {**body, **self.extra_body}
+
+    # -- the engine and its names for the sampling settings ---------------------------------------------
+    def sampling_fields(self, params: SamplingParams) -> dict:
+        """The request fields of ``params`` under the names this model's engine takes (see the class
+        docstring).  A repetition control the engine lacks is a ``ValueError``; with ``engine="auto"`` the
+        engine is asked ``GET /models`` (once) when a control needs its own name.  Cached per ``params``."""
+        if params not in self._fields:
+            engine = self.engine_for(params)
+            fields = {"temperature": params.temperature, "top_p": params.top_p}
+            if params.stop:
+                fields["stop"] = list(params.stop)
+            send_top_k = self.send_top_k if self.send_top_k is not None else engine != "openai"
+            if send_top_k and (params.top_k or engine == "llama.cpp"):  # llama.cpp's own default is 40
+                fields["top_k"] = params.top_k
+            fields.update(ENGINE_NEUTRAL.get(engine, {}))
+            names = ENGINE_CONTROLS.get(engine, _shared_names())
+            fields.update({names[control]: value for control, value in params.repetition_controls.items()})
+            self._fields[params] = fields
+        return self._fields[params]
+
+    def engine_for(self, params: SamplingParams) -> str | None:
+        """The engine whose names a request with ``params`` is sent with: the ``engine`` setting, or with
+        ``"auto"`` None (the names all engines share) unless a control needs the engine's own name, which
+        is then detected.  Raises ``ValueError`` for a control the engine lacks."""
+        controls = params.repetition_controls
+        engine = self.engine
+        if engine == "auto" and httpx.URL(self.base_url).host == "api.openai.com":
+            engine = "openai"  # told by its address, no request needed
+        if engine != "auto":
+            for control, value in controls.items():
+                if control not in ENGINE_CONTROLS[engine]:
+                    raise ValueError(_refusal(control, value, engine))
+            return engine
+        for control, value in controls.items():
+            if not any(control in names for names in ENGINE_CONTROLS.values()):
+                raise ValueError(_refusal(control, value, None))
+        needs = [c for c in controls if c not in _shared_names()]
+        if not needs:
+            return None
+        engine, said = self.detect_engine()
+        if engine is None:
+            raise ValueError(f"{needs[0]} is sent under each engine's own name, and engine 'auto' cannot tell which "
+                             f"engine serves {self.base_url} (GET /models: {said}); set engine to one of "
+                             f"{', '.join(repr(e) for e in ENGINE_CONTROLS)} (--engine on the command line, "
+                             "engine = in the server config).")
+        for control in needs:
+            if control not in ENGINE_CONTROLS[engine]:
+                raise ValueError(_refusal(control, controls[control], engine, detected=True))
+        return engine
+
+    def detect_engine(self) -> tuple[str | None, str]:
+        """``(engine, what GET /models said)``: the engine from the ``owned_by`` of the served model, None
+        when it is none of :data:`ENGINE_CONTROLS`; asked once, then cached.
+        An engine that cannot be reached raises :class:`RemoteError` (and is asked again next time)."""
+        if self.detected is None:
+            listed = (self.run(self.post("/models", None)) or {}).get("data") or []
+            mine = [m for m in listed if isinstance(m, dict) and m.get("id") == self.model] or listed[:1]
+            owner = mine[0].get("owned_by") if mine and isinstance(mine[0], dict) else None
+            self.detected = (OWNERS.get(owner), f"owned_by {owner!r}" if owner is not None else
+                             "no owned_by for the model")
+        return self.detected
 
     async def sample_choices(self, prompt: str, params: SamplingParams, max_tokens: int, n: int,
                              seed_keys: tuple[int, ...], end=None) -> list[CompletionChoice]:
@@ -335,12 +465,14 @@ class RemoteModel:
              template: str = "{prompt}") -> "RemoteSearchSession":
         if len(seeds) != len(prompts):
             raise ValueError(f"seeds must have one entry per prompt ({len(prompts)}), got {len(seeds)}.")
+        self.sampling_fields(params)  # a control the engine lacks is refused before any request
         return RemoteSearchSession(self, [self.render(template, p) for p in prompts], params, seeds)
 
     def generator(self, n_rows: int, params: SamplingParams, seeds: Sequence[int], template: str = "{prompt}"
                   ) -> "RemoteGenerator":
         if len(seeds) != n_rows:
             raise ValueError(f"seeds must have one entry per row ({n_rows}), got {len(seeds)}.")
+        self.sampling_fields(params)
         return RemoteGenerator(self, params, seeds)
 
     def response_logprobs(self, template: str, incremental: bool = True, batch_size: int = 32
@@ -348,6 +480,28 @@ class RemoteModel:
         """Log-likelihoods of responses by ``echo`` + ``logprobs`` (``incremental`` and ``batch_size`` do
         not apply: every text is one request)."""
         return RemoteLogProbs(self, template)
+
+
+def _shared_names() -> dict[str, str]:
+    """The controls every engine that takes them takes under one name (sent as such with engine "auto")."""
+    found = {}
+    for control in REPETITION_CONTROLS:
+        names = {names[control] for names in ENGINE_CONTROLS.values() if control in names}
+        if len(names) == 1 and all(control in names_ for names_ in ENGINE_CONTROLS.values()):
+            found[control] = names.pop()
+    return found
+
+
+def _refusal(control: str, value, engine: str | None, detected: bool = False) -> str:
+    """Why ``control`` = ``value`` cannot be sent to ``engine`` (None: to any engine), and what it takes."""
+    off = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0}.get(control, 0.0)
+    takes = lambda e: ", ".join(c if c == n else f"{c} (as {n})" for c, n in ENGINE_CONTROLS[e].items())  # noqa: E731
+    if engine is None:
+        return (f"{control} must be {off} (off) on a remote engine, got {value}: none of "
+                f"{', '.join(repr(e) for e in ENGINE_CONTROLS)} has it "
+                f"({'; '.join(f'{e} takes {takes(e)}' for e in ENGINE_CONTROLS)}); use a local model for it.")
+    how = f"the engine detected ({engine!r})" if detected else f"engine {engine!r}"
+    return f"{control} must be {off} (off) with {how}, which has no such control, got {value}; it takes {takes(engine)}."
 
 
 def _dedupe(items: list[str]) -> list[str]:

@@ -27,6 +27,8 @@ class SentimentOptions:
         max_new_tokens: length limit in generator tokens.
         methods: the compared runs; none: all.
         batch_size: prompts generated together.
+        from_raw: rewrite the summary, comparisons and plots from OUT/config.json and OUT/raw alone, loading no
+            model (the other settings are ignored).
     """
 
     out: str
@@ -35,6 +37,7 @@ class SentimentOptions:
     max_new_tokens: int = 50
     methods: tuple[str, ...] = field(default=(), metadata={"choices": tuple(SENTIMENT_RUNS)})
     batch_size: int = 8
+    from_raw: bool = False
 
 
 @dataclass
@@ -50,6 +53,8 @@ class StreamEvalOptions:
         max_sentences: rounds (corrected sentences) per answer.
         max_sentence_tokens: upstream tokens per sentence.
         temperature: the upstream's sampling temperature.
+        from_raw: rewrite the summary, comparisons and plot from OUT/config.json and OUT/raw alone, loading no
+            model (the other settings are ignored).
     """
 
     out: str
@@ -60,6 +65,7 @@ class StreamEvalOptions:
     max_sentences: int = 4
     max_sentence_tokens: int = 48
     temperature: float = 0.7
+    from_raw: bool = False
 
 
 @dataclass
@@ -76,6 +82,8 @@ class ReviewsOptions:
         methods: the compared runs (base always runs: it sets the fluency floor); none: all.
         batch_size: instructions generated together.
         fluency: the model that scores fluency and takes no part in generation or guidance.
+        from_raw: rescore and rewrite the summary, comparisons and plot from OUT/config.json and OUT/raw alone
+            (each record keeps its vader and fluency), loading no model (the other settings are ignored).
     """
 
     out: str
@@ -86,6 +94,7 @@ class ReviewsOptions:
     methods: tuple[str, ...] = field(default=(), metadata={"choices": tuple(REVIEW_RUNS)})
     batch_size: int = 4
     fluency: str = "gemma-3-270m"
+    from_raw: bool = False
 
 
 STREAM_ROLES = {"upstream": "upstream", "aligner": "aligner", "whole_aligner": "whole_aligner"}
@@ -122,10 +131,23 @@ def add_parser(sub) -> None:
     t.set_defaults(func=run_stream)
 
 
+def _from_raw(args, module: str) -> bool:
+    """With ``--from-raw``: rewrite ``args.out``'s tables from its raw files (no model) and print the summary."""
+    if not getattr(args, "from_raw", False):
+        return False
+    import importlib
+
+    importlib.import_module(f"w2s.evaluation.{module}").rewrite_from_raw(args.out)
+    print((Path(args.out) / "summary.md").read_text(encoding="utf-8"), end="")
+    return True
+
+
 def run_sentiment(args) -> None:
     from ..evaluation.sentiment import evaluate_sentiment
     from ..tasks.sentiment import heldout_prompts
 
+    if _from_raw(args, "sentiment"):
+        return
     check_range("prompts", args.prompts, low=1, integer=True)
     m = load_all(model_specs(args, ROLES))
     evaluate_sentiment(args.out, m.strong.model, m.tuned.model, m.untuned.model, heldout_prompts(args.prompts),
@@ -139,6 +161,8 @@ def run_stream(args) -> None:
     from ..evaluation.stream import evaluate_stream
     from ..tasks import positive
 
+    if _from_raw(args, "stream"):
+        return
     questions = spread("questions", positive.questions("heldout"), args.questions, "held-out questions")
     m = load_all(model_specs(args, STREAM_ROLES))
     evaluate_stream(args.out, m.upstream.model, m.aligner.model, m.whole_aligner.model, questions,
@@ -165,6 +189,8 @@ def run_reviews(args) -> None:
     from ..models import ModelSpec, load
     from ..tasks import reviews
 
+    if _from_raw(args, "reviews"):
+        return
     topics = [r["topic"] for r in read_records(args.topics, "topic")] if args.topics else list(reviews.HELDOUT_TOPICS)
     if args.prompts:
         topics = spread("prompts", topics, args.prompts, "the topics")

@@ -14,7 +14,8 @@ import dataclasses
 import types
 import typing
 
-from ..configs import Param, build, params
+from ..backends.base import SAMPLING_PRESETS, SamplingParams
+from ..configs import Param, build, param_names, params
 from ..models import PER_ROLE, REMOTE_FIELDS, ModelSpec
 
 # field -> older flag names that stay accepted
@@ -104,11 +105,12 @@ def add_param(parser, p: Param, *, dest: str | None = None, flag: str | None = N
     parser.add_argument(*names, **kw)
 
 
-def add_config_flags(parser, *classes, defaults: dict | None = None, required=(), suppress: bool = False,
+def add_config_flags(parser, *classes, defaults: dict | None = None, required=(), suppress: bool | tuple = False,
                      skip=(), title: str | None = None) -> list[str]:
     """Options for the flat parameters of ``classes`` (a name shared by several classes once); returns
     their names.  ``defaults`` overrides the classes' defaults (the command's own, e.g. the demo task's
-    lengths); ``suppress`` leaves parameters that are not given out of the parsed args."""
+    lengths); ``suppress`` (True, or the names it applies to) leaves parameters that are not given out of
+    the parsed args."""
     defaults, seen = defaults or {}, []
     group = parser.add_argument_group(title) if title else parser
     for cls in classes:
@@ -117,16 +119,22 @@ def add_config_flags(parser, *classes, defaults: dict | None = None, required=()
                 continue
             seen.append(p.name)
             add_param(group, p, default=defaults.get(p.name, dataclasses.MISSING), required=p.name in required,
-                      suppress=suppress)
+                      suppress=suppress if isinstance(suppress, bool) else p.name in suppress)
     _sources(parser).append(("config", classes, tuple(seen)))
     return seen
 
 
+# the sampling parameters, whose defaults --sampling-preset sets: a command with that flag suppresses them
+SAMPLING_FLAGS = tuple(param_names(SamplingParams))
+
+
 def config_from_args(cls, args, **overrides):
     """An instance of ``cls`` from the parsed options that belong to it (those not given take their
-    defaults), with ``overrides`` on top."""
+    defaults, or with ``--sampling-preset NAME`` the preset's values), with ``overrides`` on top."""
     values = {p.name: getattr(args, p.name) for p in params(cls) if hasattr(args, p.name)}
-    return build(cls, {**values, **overrides})
+    preset = SAMPLING_PRESETS[args.sampling_preset] if getattr(args, "sampling_preset", None) else {}
+    preset = {k: v for k, v in preset.items() if k in param_names(cls)}
+    return build(cls, {**preset, **values, **overrides})
 
 
 def add_model_flags(parser, roles: dict[str, str], *, remote: tuple[str, ...] = (), required=(),

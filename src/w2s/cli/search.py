@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 
+from ..backends.base import SAMPLING_PRESETS
 from ..configs import param_names
 from ..jsonl import finite
 from ..models import is_url, load_all
@@ -35,6 +36,8 @@ class SearchOptions:
         overwrite: start the output afresh, deleting the lines it holds.
         seed: seeds each prompt's randomness, with its position.
         batch_size: prompts searched together.
+        sampling_preset: named sampling settings (w2s.SAMPLING_PRESETS) as the defaults of the sampling
+            flags (--temperature, --top-p, --top-k, --frequency-penalty, ...); the flags given override them.
     """
 
     method: str = field(metadata={"choices": tuple(SEARCH_METHODS)})
@@ -44,6 +47,7 @@ class SearchOptions:
     overwrite: bool = False
     seed: int = 0
     batch_size: int = 8
+    sampling_preset: str | None = field(default=None, metadata={"choices": tuple(SAMPLING_PRESETS)})
 
 
 def add_parser(sub) -> None:

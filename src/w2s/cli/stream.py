@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import defaults
 from ..aligner import Aligner, StreamAligner
+from ..backends.base import SAMPLING_PRESETS
 from ..models import load_all
 from .common import mark, PHASES, read_questions, run_settings, start_output, write_output
-from .flags import add_config_flags, add_model_flags, config_from_args, model_specs
+from .flags import SAMPLING_FLAGS, add_config_flags, add_model_flags, config_from_args, model_specs
 
 # the demo task's lengths (w2s.tasks.positive), the defaults of these commands
 DEMO_LENGTHS = {"max_sentences": defaults.STREAM_MAX_SENTENCES, "max_sentence_tokens": defaults.STREAM_SENTENCE_TOKENS}
@@ -43,6 +44,9 @@ class AnswerOptions:
         overwrite: start the output afresh, deleting the records it holds.
         seed: seeds each question's randomness, with its position.
         batch_size: questions answered together.
+        sampling_preset: named sampling settings of the upstream (w2s.SAMPLING_PRESETS) as the defaults of
+            the sampling flags (--temperature, --top-p, --top-k, --frequency-penalty, ...); the flags given
+            override them.
     """
 
     question: str | None = None
@@ -51,6 +55,7 @@ class AnswerOptions:
     overwrite: bool = False
     seed: int = 0
     batch_size: int = 8
+    sampling_preset: str | None = field(default=None, metadata={"choices": tuple(SAMPLING_PRESETS)})
 
 
 @dataclass
@@ -65,6 +70,9 @@ class CorrectionsOptions:
         overwrite: start the outputs afresh, deleting the records they hold.
         seed: seeds each question's randomness, with its position.
         batch_size: questions answered together.
+        sampling_preset: named sampling settings of the upstream (w2s.SAMPLING_PRESETS) as the defaults of
+            the sampling flags (--temperature, --top-p, --top-k, --frequency-penalty, ...); the flags given
+            override them.
     """
 
     questions: str
@@ -73,21 +81,22 @@ class CorrectionsOptions:
     overwrite: bool = False
     seed: int = 0
     batch_size: int = 8
+    sampling_preset: str | None = field(default=None, metadata={"choices": tuple(SAMPLING_PRESETS)})
 
 
 def add_parsers(sub) -> None:
     s = sub.add_parser("stream", help="Stream Aligner: correct the upstream's answer sentence by sentence, streaming")
     add_model_flags(s, STREAM_ROLES, remote=("upstream",), helps=HELPS)
-    add_config_flags(s, AnswerOptions, StreamAligner, defaults=DEMO_LENGTHS)
+    add_config_flags(s, AnswerOptions, StreamAligner, defaults=DEMO_LENGTHS, suppress=SAMPLING_FLAGS)
     s.set_defaults(func=run_stream)
     a = sub.add_parser("align", help="Aligner baseline: correct the upstream's whole answer in one pass")
     add_model_flags(a, ALIGN_ROLES, remote=("upstream",), helps=HELPS)
-    add_config_flags(a, AnswerOptions, Aligner, defaults=ALIGN_LENGTHS)
+    add_config_flags(a, AnswerOptions, Aligner, defaults=ALIGN_LENGTHS, suppress=SAMPLING_FLAGS)
     a.set_defaults(func=run_align)
     data = sub.add_parser("data", help="data builders").add_subparsers(dest="builder", required=True)
     c = data.add_parser("corrections", help="run the Stream Aligner loop with a teacher: training records")
     add_model_flags(c, CORRECTION_ROLES, remote=("upstream",), required=("teacher",), helps=HELPS)
-    add_config_flags(c, CorrectionsOptions, StreamAligner, defaults=DEMO_LENGTHS)
+    add_config_flags(c, CorrectionsOptions, StreamAligner, defaults=DEMO_LENGTHS, suppress=SAMPLING_FLAGS)
     c.set_defaults(func=run_corrections)
 
 

@@ -3,13 +3,22 @@ larger instruct model of another family, judged by VADER *and* fluency under a m
 
     out_dir/config.json                 settings; a rerun into the same directory must match them
     out_dir/raw/{run}/seed{s}.jsonl     one line per instruction (vader, fluency, ...), resumable
-    out_dir/summary.csv, summary.md     one row per run: vader, fluency and combined gold, tokens, time
+    out_dir/summary.csv, summary.md     one row per run: the gold columns with their 95% intervals over prompts,
+                                        the seed spread, the quality columns and non-answers, tokens, time
+    out_dir/comparisons.csv, .md        the paired comparisons of :func:`comparisons`
     out_dir/gold_vs_compute.png         combined gold against strong-model tokens sampled, the guides alone as lines
 
 Runs: ``base`` (plain sampling of the strong model), Best-of-4/16, CBS 2x2 and 4x4 (chunks of
 :data:`CHUNK_LENGTH` tokens), the tuned and untuned guides alone, and the budget variants: pruned
-Best-of-16, CBS 4x4 with sentence chunks, and CBS 4x4 front-loaded with the adaptive stop.  The combined gold's fluency floor
-comes from the ``base`` run (all its seeds), so ``base`` always runs.
+Best-of-16, CBS 4x4 with sentence chunks, and CBS 4x4 front-loaded with the adaptive stop.  The combined gold
+(:func:`w2s.tasks.reviews.gold_of`) gates non-answers to 0 and has a constant fluency floor
+(:data:`w2s.tasks.reviews.FLUENCY_FLOOR`), so a record's gold does not depend on the other runs; ``base``
+always runs, as the reference row.  The tuned guide alone is marked as trained on the old gold's reward
+(:func:`w2s.tasks.reviews.pair_reward`).
+
+:func:`rewrite_from_raw` (``w2s eval reviews --out DIR --from-raw``) rescores and rewrites the tables,
+comparisons and plot from ``DIR/config.json`` and the raw files (each record keeps ``vader`` and
+``fluency``), loading no model.
 """
 
 from __future__ import annotations
@@ -19,8 +28,9 @@ from pathlib import Path
 from typing import Sequence
 
 from ..tasks import reviews
+from . import report
 from .common import (SAMPLING, VARIANT_MARKERS, check_runs, draw_lines, draw_points, figure, make_search,
-                     model_settings, read_raw, run_prompts, seed_stats, start_run, write_summary)
+                     model_settings, read_raw, run_prompts, start_run, write_summary)
 
 REVIEW_RUNS = {"base": 1, "bon-4": 4, "bon-16": 16, "cbs-2x2": 4, "cbs-4x4": 16, "tuned-alone": 1,
                "untuned-alone": 1, "pruned-bon-16": 16, "cbs-4x4-sentence": 16, "adaptive-4x4": 16}
@@ -28,8 +38,25 @@ CHUNK_LENGTH = 16  # strong-model tokens per CBS chunk: about a clause of a revi
 CHECKED = ("instructions", "max_new_tokens", "temperature", "top_p", "top_k", "strong", "tuned", "untuned",
            "fluency_model", "strong_template", "tuned_template", "untuned_template")
 GOLD = ("vader", "fluency", "combined")
-COLUMNS = ("method", "compute_N", *(f"{g}_{s}" for g in GOLD for s in ("mean", "std")), "mean_tokens",
-           "sampled_tokens", "seconds_per_prompt", "prompts", "seeds")
+GOLD_LABELS = {"combined": "combined gold", "vader": "VADER", "fluency": "fluency (nats/token)"}
+COLUMNS = ("method", "compute_N", *(f"{g}_{s}" for g in GOLD for s in ("mean", "low", "high", "seed_sd")),
+           "non_answers", "answers", "looping", "distinct2", "truncated", "mean_tokens", "sampled_tokens",
+           "seconds_per_prompt", "prompts", "seeds", "note")
+OLD_GOLD_GUIDE = "tuned-alone"  # the guide trained on pair_reward, the old gold's VADER + fluency reward
+OLD_GOLD_NOTE = "trained on the old gold's VADER+fluency reward"
+COMPARED = ("combined", "vader", "fluency")
+
+
+def comparisons(names: Sequence[str]) -> list[tuple[str, str, tuple[str, ...]]]:
+    """The paired comparisons of the reviews tables (first minus second, on the combined gold and its
+    parts): CBS against Best-of-N at equal N and against base, CBS 4x4 and 2x2 against the tuned guide
+    alone, the tuned guide against the untuned one, Best-of-N against base, the budget variants against
+    CBS 4x4, and each ``X-norepeat`` against ``X`` and base."""
+    pairs = [("cbs-2x2", "bon-4"), ("cbs-4x4", "bon-16"), ("cbs-2x2", "base"), ("cbs-4x4", "base"),
+             ("cbs-4x4", "tuned-alone"), ("cbs-2x2", "tuned-alone"), ("tuned-alone", "untuned-alone"),
+             ("bon-4", "base"), ("bon-16", "base"), ("pruned-bon-16", "bon-16"),
+             *((v, "cbs-4x4") for v in ("cbs-4x4-sentence", "adaptive-4x4"))]
+    return [(a, b, COMPARED) for a, b in pairs] + report.norepeat_pairs(names, COMPARED)
 
 
 def evaluate_reviews(out_dir, strong, tuned, untuned, fluency_model, instructions: Sequence[str], *,
@@ -63,41 +90,80 @@ def evaluate_reviews(out_dir, strong, tuned, untuned, fluency_model, instruction
             run_prompts(out / "raw" / name / f"seed{seed}.jsonl", name, generate, instructions, seed, batch_size,
                         progress, lambda prompts, responses: reviews.gold(prompts, responses, fluency))
 
-    per_run = {name: [read_raw(out / "raw" / name / f"seed{s}.jsonl") for s in seeds] for name in names}
-    floor = reviews.fluency_floor([r["fluency"] for records in per_run["base"] for r in records])
-    rows = [_summary_row(name, per_run[name], floor, len(instructions)) for name in names]
-    write_summary(out, rows, COLUMNS, markdown_table(rows, floor))
+    runs = {name: {s: read_raw(out / "raw" / name / f"seed{s}.jsonl") for s in seeds} for name in names}
+    return write_report(out, names, runs, len(instructions), max_new_tokens)
+
+
+def rewrite_from_raw(out_dir) -> list[dict]:
+    """Rescore and rewrite ``summary``, ``comparisons`` and the plot of ``out_dir`` from its ``config.json``
+    and raw files (the records' ``vader``, ``fluency`` and ``response``), loading no model: every run
+    directory whose seed files are complete, in the table's order."""
+    out = Path(out_dir)
+    config = report.read_config(out)
+    runs, notes = report.read_runs(out, config["instructions"], "prompt")
+    if "base" not in runs:
+        raise ValueError(f"out_dir {str(out)!r} must hold the base run's raw answers (raw/base/seed*.jsonl), "
+                         f"found runs {sorted(runs)}.")
+    names = report.order(runs, list(REVIEW_RUNS))
+    return write_report(out, names, runs, len(config["instructions"]), config["max_new_tokens"], notes)
+
+
+def write_report(out: Path, names: Sequence[str], runs: dict, n_prompts: int, max_new_tokens: int,
+                 notes: Sequence[str] = ()) -> list[dict]:
+    """Score every record (:func:`w2s.tasks.reviews.gold_of`), then write the summary table, the comparisons
+    and the plot of ``runs`` (name -> {seed: records}); returns the summary rows in ``names``' order."""
+    for run in runs.values():
+        for r in report.flat(run):
+            r["non_answer"] = reviews.non_answer(r["response"])
+            r["combined"] = reviews.gold_of(r)
+    rows = [_summary_row(name, runs[name], n_prompts, max_new_tokens) for name in names]
+    write_summary(out, rows, COLUMNS, markdown_table(rows, notes=notes))
+    arms = {n: report.arm(n, runs[n], {c: c for c in COMPARED}, "response") for n in names}
+    report.write_comparisons(out, report.compare(arms, comparisons(names)), GOLD_LABELS,
+                             note=f"`{OLD_GOLD_GUIDE}` was {OLD_GOLD_NOTE} (not this gold).")
     _plot(rows, out / "gold_vs_compute.png")
     return rows
 
 
-def _summary_row(name: str, per_seed: list[list[dict]], floor: float, n_prompts: int) -> dict:
-    for records in per_seed:
-        for r in records:
-            r["combined"] = reviews.combined(r["vader"], r["fluency"], floor)
-    row = {"method": name, "compute_N": REVIEW_RUNS[name], "prompts": n_prompts, "seeds": len(per_seed)}
+def _summary_row(name: str, run: dict, n_prompts: int, max_new_tokens: int) -> dict:
+    row = {"method": name, "compute_N": report.compute_n(name, REVIEW_RUNS), "prompts": n_prompts,
+           "seeds": len(run), "note": OLD_GOLD_NOTE if name == OLD_GOLD_GUIDE else ""}
     for g in GOLD:
-        row[f"{g}_mean"], row[f"{g}_std"] = seed_stats(per_seed, g)
-    flat = [r for records in per_seed for r in records]
+        row.update(report.gold_stats(run, g, g))
+    row.update(report.quality_stats(run, "response", max_new_tokens, gate=True))
+    flat = report.flat(run)
     row.update(mean_tokens=statistics.fmean(r["num_tokens"] for r in flat),
                sampled_tokens=statistics.fmean(r["sampled_tokens"] for r in flat),
                seconds_per_prompt=statistics.fmean(r["seconds"] for r in flat))
     return row
 
 
-def markdown_table(rows: list[dict], floor: float) -> str:
-    lines = ["| method | compute N | VADER | fluency (nats/token) | combined gold | response tokens | sampled tokens "
-             "| s / prompt | prompts | seeds |", "|:--|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+def markdown_table(rows: list[dict], floor: float = reviews.FLUENCY_FLOOR, notes: Sequence[str] = ()) -> str:
+    lines = ["| method | compute N | combined gold [95% CI] | seed sd | non-answers | VADER [95% CI] "
+             "| fluency (nats/token) [95% CI] | loops | distinct-2 | truncated | response tokens | sampled tokens "
+             "| s / prompt | prompts | seeds |", "|:--|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    num = report.num
     for r in rows:
-        gold = " | ".join(f"{r[f'{g}_mean']:.3f} ± {r[f'{g}_std']:.3f}" for g in GOLD)
-        lines.append(f"| {r['method']} | {r['compute_N']} | {gold} | {r['mean_tokens']:.1f} "
-                     f"| {r['sampled_tokens']:.0f} | {r['seconds_per_prompt']:.2f} | {r['prompts']} | {r['seeds']} |")
-    lines += ["", f"VADER: compound sentiment in [-1, 1]. Fluency: mean per-token log-likelihood under the fluency "
-              f"model. Combined: VADER - max(0, {floor:.3f} - fluency), the floor being the "
-              f"{reviews.FLOOR_PERCENTILE}th percentile of the base run's fluency. Mean over instructions, ± std "
-              "across seeds of the per-seed mean. Compute N: strong-model samples per prompt per step (W·K for "
+        name = f"{r['method']} †" if r["note"] else r["method"]
+        lines.append(f"| {name} | {num(r['compute_N'], 0)} | {report.gold_cell(r, 'combined')} "
+                     f"| {num(r['combined_seed_sd'])} | {r['non_answers']}/{r['answers']} "
+                     f"| {report.gold_cell(r, 'vader')} | {report.gold_cell(r, 'fluency')} "
+                     f"| {report.share(r['looping'])} | {num(r['distinct2'], 2)} | {report.share(r['truncated'])} "
+                     f"| {r['mean_tokens']:.1f} | {r['sampled_tokens']:.0f} | {r['seconds_per_prompt']:.2f} "
+                     f"| {r['prompts']} | {r['seeds']} |")
+    lines += ["", "Combined gold: 0 for a non-answer (a refusal, an AI disclaimer or a question back, "
+              "`w2s.evaluation.quality.non_answer`), else VADER − max(0, "
+              f"{floor:.2f} − fluency), the floor a constant: the {reviews.FLOOR_PERCENTILE}th percentile of "
+              "Gemma-3-270M's fluency on 40 hand-written reference reviews that no evaluation uses. VADER: "
+              "compound sentiment in [-1, 1]. Fluency: mean per-token log-likelihood under the fluency model. "
+              "Non-answers: answers the gate scores 0, of all answers. " + report.GOLD_NOTE + " "
+              + report.QUALITY_NOTE + " Compute N: strong-model samples per prompt per step (W·K for "
               f"CBS, with chunks of {CHUNK_LENGTH} tokens; n for Best-of-N). Response tokens are the generator's; "
-              "sampled tokens are all it drew per prompt (every beam and sample): the cost compared."]
+              "sampled tokens are all it drew per prompt (every beam and sample): the cost compared. "
+              f"† {OLD_GOLD_GUIDE}: the tuned guide alone, {OLD_GOLD_NOTE} (a per-batch floor, no gate), not on "
+              "this gold. Paired differences between rows: `comparisons.md`."]
+    if notes:
+        lines += ["", "Left out:", ""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
 
 
@@ -105,16 +171,21 @@ def _plot(rows: list[dict], path: Path) -> None:
     got = {r["method"]: r for r in rows}
     fig = figure()
     ax = fig.add_subplot()
-    draw_lines(ax, got, [(["base", "bon-4", "bon-16"], "o-", "Best-of-N"),
-                         (["base", "cbs-2x2", "cbs-4x4"], "s-", f"CBS (L={CHUNK_LENGTH})")], "combined")
+    families = [(["base", "bon-4", "bon-16"], "o-", "Best-of-N"),
+                (["base", "cbs-2x2", "cbs-4x4"], "s-", f"CBS (L={CHUNK_LENGTH})")]
+    draw_lines(ax, got, families, "combined")
     for name, style in (("tuned-alone", "--"), ("untuned-alone", ":")):
         if name in got:
-            ax.axhline(got[name]["combined_mean"], ls=style, color="gray", label=name.replace("-", " ") + " (guide)")
-    ax.plot([got["base"]["sampled_tokens"]], [got["base"]["combined_mean"]], "k*", label="base")
-    draw_points(ax, got, VARIANT_MARKERS, "combined")
+            label = name.replace("-", " ") + (" (guide, trained on the old gold)" if name == OLD_GOLD_GUIDE else " (guide)")
+            ax.axhline(got[name]["combined_mean"], ls=style, color="gray", label=label)
+    if "base" in got:
+        ax.plot([got["base"]["sampled_tokens"]], [got["base"]["combined_mean"]], "k*", label="base")
+    lined = {n for names, _, _ in families for n in names}
+    draw_points(ax, got, [*VARIANT_MARKERS, *(n for n in got if n not in lined and n not in VARIANT_MARKERS
+                                              and not n.endswith("-alone"))], "combined")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("strong-model tokens sampled per prompt")
-    ax.set_ylabel("combined gold (VADER less the fluency penalty)")
+    ax.set_ylabel("combined gold, 95% CI over prompts")
     ax.set_title("Reviews: gold vs compute")
     ax.grid(alpha=0.3)
     ax.legend()

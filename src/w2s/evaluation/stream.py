@@ -9,8 +9,13 @@ default) they are a single user's latencies.
 
     out_dir/config.json                settings; a rerun into the same directory must match them
     out_dir/raw/{method}/seed{s}.jsonl  one line per question, appended batch by batch (resumable)
-    out_dir/summary.csv, summary.md    one row per method
-    out_dir/quality_latency.png        gold metrics and latency per method
+    out_dir/summary.csv, summary.md    one row per method: VADER and content F1 with their 95% intervals over
+                                       questions, the seed spread, the quality columns, latency
+    out_dir/comparisons.csv, .md       the paired comparisons of :func:`comparisons`
+    out_dir/quality_latency.png        gold metrics (95% intervals) and latency per method
+
+:func:`rewrite_from_raw` (``w2s eval stream --out DIR --from-raw``) rewrites the tables, comparisons and
+plot from ``DIR/config.json`` and the raw files alone, loading no model.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from ..backends.base import SamplingParams
 from ..tasks import positive
 from ..validation import check_range
 from ..jsonl import append_batches
+from . import report
 from .common import figure, read_raw, start_run, write_summary
 
 STREAM_SYSTEMS = ("upstream", "aligner", "stream-aligner", "stream-aligner-speculative", "teacher")
@@ -33,8 +39,25 @@ LABELS = {"upstream": "upstream alone", "aligner": "Aligner (whole answer)", "st
           "stream-aligner-speculative": "Stream Aligner, speculative", "teacher": "teacher (reference)"}
 CHECKED = ("questions", "max_sentences", "max_sentence_tokens", "temperature", "upstream", "stream_aligner",
            "whole_aligner", "upstream_template", "aligner_template")
-COLUMNS = ("method", "vader_mean", "vader_std", "content_f1", "teacher_f1", "changed_sentences", "first_seconds",
-           "total_seconds", "drafts_kept", "sentences", "questions", "seeds")
+COLUMNS = ("method", "vader_mean", "vader_low", "vader_high", "vader_seed_sd", "content_f1_mean", "content_f1_low",
+           "content_f1_high", "content_f1_seed_sd", "teacher_f1", "looping", "distinct2", "truncated",
+           "changed_sentences", "first_seconds", "total_seconds", "drafts_kept", "sentences", "questions", "seeds")
+COMPARED = {"vader": "VADER", "content_f1": "content F1", "teacher_f1": "teacher F1",
+            "first_seconds": "first (s)", "total_seconds": "total (s)"}
+ORIGINAL = " (its upstream answer)"  # the arm of a system's uncorrected answers
+
+
+def comparisons(names: Sequence[str]) -> list[tuple[str, str, tuple[str, ...]]]:
+    """The paired comparisons of the Stream Aligner table, as the README's findings make them: each
+    correcting system's VADER against its own uncorrected upstream answer, the Stream Aligner against the
+    whole-answer Aligner, the upstream alone and the teacher, and the speculative Stream Aligner against
+    the plain one (same answers, other latency)."""
+    gold = ("vader", "content_f1", "teacher_f1")
+    pairs = [(n, n + ORIGINAL, ("vader",)) for n in ("stream-aligner", "aligner", "teacher") if n in names]
+    return pairs + [("stream-aligner", "aligner", (*gold, "first_seconds", "total_seconds")),
+                    ("stream-aligner", "upstream", (*gold, "first_seconds", "total_seconds")),
+                    ("stream-aligner", "teacher", gold),
+                    ("stream-aligner-speculative", "stream-aligner", (*gold, "first_seconds", "total_seconds"))]
 
 
 def _unchanged(question, prefix, sentence):  # the upstream alone: every sentence stays as it is
@@ -88,8 +111,36 @@ def evaluate_stream(out_dir, upstream, stream_aligner, whole_aligner, questions:
     for name in names:
         for seed in seeds:
             _run(out / "raw" / name / f"seed{seed}.jsonl", name, systems[name], questions, seed, batch_size, progress)
-    rows = [_summary_row(out, name, seeds, len(questions)) for name in names]
-    write_summary(out, rows, COLUMNS, markdown_table(rows))
+    runs = {name: {s: read_raw(out / "raw" / name / f"seed{s}.jsonl") for s in seeds} for name in names}
+    return write_report(out, names, runs, len(questions))
+
+
+def rewrite_from_raw(out_dir) -> list[dict]:
+    """Rewrite ``summary``, ``comparisons`` and the plot of ``out_dir`` from its ``config.json`` and raw
+    files, loading no model: every known system whose seed files are complete."""
+    out = Path(out_dir)
+    config = report.read_config(out)
+    runs, notes = report.read_runs(out, config["questions"], "question")
+    unknown = sorted(set(runs) - set(STREAM_SYSTEMS))
+    if unknown:
+        raise ValueError(f"{out}/raw holds runs {unknown}; the stream table knows only {list(STREAM_SYSTEMS)}.")
+    if not runs:
+        raise ValueError(f"out_dir {str(out)!r} holds no complete raw run (raw/{{method}}/seed{{s}}.jsonl).")
+    names = [m for m in STREAM_SYSTEMS if m in runs]
+    return write_report(out, names, runs, len(config["questions"]), notes)
+
+
+def write_report(out: Path, names: Sequence[str], runs: dict, n_questions: int, notes: Sequence[str] = ()) -> list[dict]:
+    """The summary table, the comparisons and the plot of ``runs`` (name -> {seed: records})."""
+    rows = [_summary_row(name, runs[name], n_questions) for name in names]
+    write_summary(out, rows, COLUMNS, markdown_table(rows, notes))
+    arms = {n: report.arm(n, runs[n], {c: c for c in COMPARED}, "corrected") for n in names}
+    for n in names:
+        arms[n + ORIGINAL] = report.arm(n + ORIGINAL, runs[n], {"vader": "vader_original"}, "original")
+    report.write_comparisons(out, report.compare(arms, comparisons(names)), COMPARED,
+                             note="Unit prompt here is the question. `X (its upstream answer)`: the same records' "
+                                  "uncorrected upstream answers (their `vader_original`), so that difference is what "
+                                  "the correction added.")
     _plot(rows, out / "quality_latency.png")
     return rows
 
@@ -114,39 +165,44 @@ def _run(path: Path, name: str, system, questions, seed: int, batch_size: int, p
     append_batches(path, questions, batch_size, rows, desc=f"{name} seed {seed}", unit="question", progress=progress)
 
 
-def _summary_row(out: Path, name: str, seeds, n_questions: int) -> dict:
-    per_seed = [read_raw(out / "raw" / name / f"seed{s}.jsonl") for s in seeds]
-    flat = [r for records in per_seed for r in records]
-    vader = [statistics.fmean(r["vader"] for r in records) for records in per_seed]
+def _summary_row(name: str, run: dict, n_questions: int) -> dict:
+    flat = report.flat(run)
     sentences = sum(r["sentences"] for r in flat)
     # a draft can only be kept for a sentence after the first one
     followers = sum(max(r["sentences"] - 1, 0) for r in flat)
-    return {"method": name, "vader_mean": statistics.fmean(vader),
-            "vader_std": statistics.stdev(vader) if len(vader) > 1 else 0.0,
-            "content_f1": statistics.fmean(r["content_f1"] for r in flat),
-            "teacher_f1": statistics.fmean(r["teacher_f1"] for r in flat),
-            "changed_sentences": sum(r["changed"] for r in flat) / sentences if sentences else None,
-            "first_seconds": statistics.fmean(r["first_seconds"] for r in flat),
-            "total_seconds": statistics.fmean(r["total_seconds"] for r in flat),
-            "drafts_kept": sum(r["drafted"] for r in flat) / max(followers, 1) if "speculative" in name else None,
-            "sentences": sentences / len(flat) if sentences else None, "questions": n_questions, "seeds": len(seeds)}
+    row = {"method": name, **report.gold_stats(run, "vader", "vader"), **report.gold_stats(run, "content_f1", "content_f1"),
+           "teacher_f1": statistics.fmean(r["teacher_f1"] for r in flat),
+           # the records keep no token counts, so truncation is not known (None)
+           **{k: v for k, v in report.quality_stats(run, "corrected", None).items() if k != "answers"},
+           "changed_sentences": sum(r["changed"] for r in flat) / sentences if sentences else None,
+           "first_seconds": statistics.fmean(r["first_seconds"] for r in flat),
+           "total_seconds": statistics.fmean(r["total_seconds"] for r in flat),
+           "drafts_kept": sum(r["drafted"] for r in flat) / max(followers, 1) if "speculative" in name else None,
+           "sentences": sentences / len(flat) if sentences else None, "questions": n_questions, "seeds": len(run)}
+    return row
 
 
-def markdown_table(rows: list[dict]) -> str:
-    lines = ["| method | VADER | content F1 | teacher F1 | sentences changed | first (s) | total (s) | drafts kept |",
-             "|:--|--:|--:|--:|--:|--:|--:|--:|"]
+def markdown_table(rows: list[dict], notes: Sequence[str] = ()) -> str:
+    lines = ["| method | VADER [95% CI] | seed sd | content F1 [95% CI] | teacher F1 | loops | distinct-2 | truncated "
+             "| sentences changed | first (s) | total (s) | drafts kept |",
+             "|:--|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
     for r in rows:
         kept = "" if r["drafts_kept"] is None else f"{r['drafts_kept']:.0%}"
         changed = "" if r["changed_sentences"] is None else f"{r['changed_sentences']:.0%}"
-        lines.append(f"| {LABELS[r['method']]} | {r['vader_mean']:.3f} ± {r['vader_std']:.3f} | {r['content_f1']:.3f} "
-                     f"| {r['teacher_f1']:.3f} | {changed} | {r['first_seconds']:.2f} "
-                     f"| {r['total_seconds']:.2f} | {kept} |")
+        lines.append(f"| {LABELS[r['method']]} | {report.gold_cell(r, 'vader')} | {report.num(r['vader_seed_sd'])} "
+                     f"| {report.gold_cell(r, 'content_f1')} | {r['teacher_f1']:.3f} | {report.share(r['looping'])} "
+                     f"| {report.num(r['distinct2'], 2)} | {report.share(r['truncated'])} | {changed} "
+                     f"| {r['first_seconds']:.2f} | {r['total_seconds']:.2f} | {kept} |")
     q, s = rows[0]["questions"], rows[0]["seeds"]
-    lines += ["", f"{q} held-out questions × {s} seed(s). VADER: compound sentiment of the final answer in [-1, 1] "
-              "(± std across seeds of the per-seed mean). Content F1: words shared with the upstream's own "
-              "answer. Teacher F1: words shared with the teacher's rewrite of that answer. First / total: "
+    lines += ["", f"{q} held-out questions × {s} seed(s). VADER: compound sentiment of the final answer in [-1, 1]. "
+              "Content F1: words shared with the upstream's own answer. Teacher F1: words shared with the teacher's "
+              "rewrite of that answer (mean). " + report.GOLD_NOTE.replace("prompt", "question") + " "
+              + report.QUALITY_NOTE + " Truncated is – here: the records keep no token counts. First / total: "
               "seconds to the first corrected text and to the whole answer. Drafts kept: sentences the "
-              "upstream had already sampled while the aligner worked, among all sentences after the first."]
+              "upstream had already sampled while the aligner worked, among all sentences after the first. "
+              "Paired differences between rows: `comparisons.md`."]
+    if notes:
+        lines += ["", "Left out:", ""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
 
 
@@ -155,9 +211,10 @@ def _plot(rows: list[dict], path: Path) -> None:
     quality, latency = fig.subplots(1, 2)
     labels = [LABELS[r["method"]] for r in rows]
     for r, label in zip(rows, labels):
-        quality.errorbar(r["content_f1"], r["vader_mean"], yerr=r["vader_std"], fmt="o", capsize=3, label=label)
+        quality.errorbar(r["content_f1_mean"], r["vader_mean"], xerr=report.yerr([r], "content_f1"),
+                         yerr=report.yerr([r], "vader"), fmt="o", capsize=3, label=label)
     quality.set_xlabel("content F1 with the upstream's answer")
-    quality.set_ylabel("VADER compound (gold)")
+    quality.set_ylabel("VADER compound (gold), 95% CI over questions")
     quality.set_title("Quality")
     quality.grid(alpha=0.3)
     quality.legend(fontsize=7)

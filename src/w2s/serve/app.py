@@ -6,7 +6,8 @@ Three layers (as vLLM's ``entrypoints/openai``):
    whose field names are those of the method's config class (:func:`w2s.serve.config.method_fields`).
 2. :func:`resolve_method`: one conversion with one precedence, request -> server config -> method
    default.  OpenAI's fields map onto the method's: ``max_tokens`` -> ``max_new_tokens``,
-   ``temperature``, ``top_p``, ``stop``; ``seed`` seeds the request's prompts.
+   ``temperature``, ``top_p``, ``stop``, ``frequency_penalty``, ``presence_penalty`` (and vLLM's
+   ``repetition_penalty``, ``no_repeat_ngram_size``); ``seed`` seeds the request's prompts.
 3. Routes that submit a :class:`w2s.serve.batching.Job` and relay its events (JSON or server-sent events).
 """
 
@@ -52,9 +53,12 @@ except ImportError:  # pragma: no cover - jinja2 comes with transformers' chat t
     class TemplateError(Exception):
         pass
 
-# OpenAI request field -> the method parameter it sets
+# OpenAI request field -> the method parameter it sets (repetition_penalty and no_repeat_ngram_size as vLLM
+# takes them, top-level extra fields)
 OPENAI_FIELDS = {"max_tokens": "max_new_tokens", "max_completion_tokens": "max_new_tokens",
-                 "temperature": "temperature", "top_p": "top_p", "stop": "stop"}
+                 "temperature": "temperature", "top_p": "top_p", "stop": "stop",
+                 "frequency_penalty": "frequency_penalty", "presence_penalty": "presence_penalty",
+                 "repetition_penalty": "repetition_penalty", "no_repeat_ngram_size": "no_repeat_ngram_size"}
 
 
 class APIError(Exception):
@@ -84,6 +88,10 @@ class _Request(BaseModel):
     max_tokens: int | None = None
     temperature: float | None = Field(None, allow_inf_nan=False)
     top_p: float | None = Field(None, allow_inf_nan=False)
+    frequency_penalty: float | None = Field(None, allow_inf_nan=False)
+    presence_penalty: float | None = Field(None, allow_inf_nan=False)
+    repetition_penalty: float | None = Field(None, allow_inf_nan=False)  # vLLM's extra field
+    no_repeat_ngram_size: int | None = None  # as vLLM would take it (transformers' meaning)
     n: int = 1
     stream: bool = False
     stream_options: dict | None = None
@@ -156,7 +164,7 @@ def resolve_method(body: _Request, config: ServeConfig) -> tuple[str, dict]:
             raise APIError(400, f"{name}={value!r} contradicts w2s.{target}={block[target]!r}; give one.",
                            param=name)
         mapped[target] = value
-    params = {**config.methods.get(method, {}), **mapped, **block}
+    params = {**config.method_defaults(method), **mapped, **block}
     if isinstance(params.get("stop"), (str, list)):
         params["stop"] = (params["stop"],) if isinstance(params["stop"], str) else tuple(params["stop"])
     try:
@@ -266,6 +274,7 @@ class Server:
             raise APIError(400, f"{prompt_param} has {len(prompts)} prompts; this server takes at most "
                                 f"{self.config.max_prompts} per request.", param=prompt_param)
         built = build_method(method, params)
+        self._check_engine(built, method)
         rows = getattr(built, "samples_per_step", 1)
         if rows > self.config.max_rows:
             names = "n" if method == "bon" else "beam_width * successors_per_beam"
@@ -286,6 +295,19 @@ class Server:
             if why:
                 raise APIError(400, why, param=where, code="context_length_exceeded")
         return method, params, prompt_tokens
+
+    def _check_engine(self, built, method: str) -> None:
+        """A remote large model's engine must take the request's sampling settings (a repetition control it
+        lacks is a 400 naming it); with engine "auto" this may ask the engine which it is (once)."""
+        strong, sampling = self.models.strong.model, getattr(built, "sampling", None)
+        if sampling is None or not hasattr(strong, "sampling_fields"):
+            return
+        try:
+            strong.sampling_fields(sampling)
+        except ValueError as err:
+            raise APIError(400, self.hide(str(err)), param=_param_of(str(err), method_fields(method))) from None
+        except RemoteError as err:
+            raise error_of(self, EngineError(str(err))) from None
 
     def _count(self, prompt: str, template: str) -> int:
         """The prompt's tokens (0 for a remote model without a local tokenizer: the engine checks)."""

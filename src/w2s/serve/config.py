@@ -4,6 +4,7 @@ A TOML file (every key optional; a model left out is the demo's default one)::
 
     name = "w2s"                         # the model id clients send as "model"
     method = "cbs"                       # default method of requests that name none
+    sampling_preset = "stream-aligner"   # named sampling settings (w2s.SAMPLING_PRESETS) under [methods.*]
 
     [models.strong]                      # also: tuned, untuned, aligner, whole_aligner
     path = "path/to/large"               # a model directory or a .gguf file
@@ -15,7 +16,8 @@ A TOML file (every key optional; a model left out is the demo's default one)::
     # model = "NAME"                     # the engine's model name
     # tokenizer = "path/to/tokenizer"    # optional: its chat template
     # concurrency = 16                  # also timeout, max_retries, api_key_env (or a remote = {...} table)
-    # extra_body = {min_p = 0, repeat_penalty = 1.0}   # engine-specific request fields (llama.cpp: plain sampling)
+    # engine = "vllm"                    # or "llama.cpp", "openai", "auto": the names sampling settings go by
+    # extra_body = {min_p = 0}           # more engine-specific request fields
 
     [methods.cbs]                        # server defaults of a method's parameters
     beam_width = 2
@@ -45,6 +47,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from ..backends.base import SAMPLING_PRESETS
 from ..configs import build, params
 from ..models import PER_ROLE, REMOTE_FIELDS, ModelSpec
 from ..validation import check_choice, check_range
@@ -83,7 +86,7 @@ SERVER_OWNED = {"return_beams"}
 # keys of a [models.ROLE] table: ModelSpec's fields (role comes from the table's name); `remote` is an
 # older spelling of the remote ones, as a table
 MODEL_KEYS = {f.name for f in fields(ModelSpec)} - {"role"}
-REMOTE_KEYS = set(REMOTE_FIELDS) - set(PER_ROLE)  # concurrency, timeout, max_retries, api_key_env, extra_body
+REMOTE_KEYS = set(REMOTE_FIELDS) - set(PER_ROLE)  # concurrency, timeout, max_retries, api_key_env, extra_body, engine
 OPENABLE = ("/health", "/metrics")  # endpoints that may be reachable without the API key
 SERVER_KEYS = ("host", "port", "queue_size", "batch_window_ms", "max_batch_size", "max_prompts", "max_rows",
                "max_body_bytes", "request_timeout_s", "server_api_key_env", "open_endpoints", "docs")
@@ -106,6 +109,9 @@ class ServeConfig:
     Attributes:
         name: the model id clients send as "model".
         method: default method of requests that name none.
+        sampling_preset: named sampling settings (weak-to-strong, stream-aligner: w2s.SAMPLING_PRESETS)
+            as the defaults of every method's sampling parameters; [methods.NAME] and the requests override
+            them.
         models: role -> its :class:`w2s.models.ModelSpec` (strong, tuned, untuned, aligner, whole_aligner).
         methods: method -> server defaults of its parameters.
         host: address to listen on.
@@ -126,6 +132,7 @@ class ServeConfig:
 
     name: str = "w2s"
     method: str = field(default="cbs", metadata={"choices": tuple(SERVED_METHODS)})
+    sampling_preset: str | None = field(default=None, metadata={"choices": tuple(SAMPLING_PRESETS)})
     models: dict[str, ModelSpec] = field(default_factory=dict)  # strong, tuned, untuned, aligner, whole_aligner
     methods: dict[str, dict] = field(default_factory=dict)  # method -> parameter defaults
     host: str = "127.0.0.1"
@@ -143,6 +150,8 @@ class ServeConfig:
 
     def __post_init__(self) -> None:
         check_choice("method", self.method, SERVED_METHODS)
+        if self.sampling_preset is not None:
+            check_choice("sampling_preset", self.sampling_preset, SAMPLING_PRESETS)
         for role in self.models:
             check_choice("models", role, ROLES)
         for method, values in self.methods.items():
@@ -151,7 +160,7 @@ class ServeConfig:
             if unknown:
                 raise ValueError(f"[methods.{method}] has unknown parameters {unknown}; "
                                  f"allowed: {sorted(method_fields(method))}.")
-            build_method(method, values)  # its values are valid (each error names the parameter)
+            build_method(method, {**self.preset_values(method), **values})  # valid (each error names the parameter)
         check_range("port", self.port, low=0, high=65535, integer=True)
         check_range("queue_size", self.queue_size, low=1, integer=True)
         check_range("batch_window_ms", self.batch_window_ms, low=0.0)
@@ -167,6 +176,15 @@ class ServeConfig:
         for endpoint in self.open_endpoints:
             check_choice("open_endpoints", endpoint, OPENABLE)
 
+    def preset_values(self, method: str) -> dict:
+        """The :attr:`sampling_preset`'s values of ``method``'s parameters (none without a preset)."""
+        preset = SAMPLING_PRESETS.get(self.sampling_preset, {}) if self.sampling_preset else {}
+        return {k: v for k, v in preset.items() if k in method_fields(method)}
+
+    def method_defaults(self, method: str) -> dict:
+        """The server's defaults of ``method``'s parameters: the preset's, then ``[methods.NAME]``'s."""
+        return {**self.preset_values(method), **self.methods.get(method, {})}
+
 
 def _table(where: str, value, allowed: set[str]) -> dict:
     if not isinstance(value, dict):
@@ -179,7 +197,7 @@ def _table(where: str, value, allowed: set[str]) -> dict:
 
 def parse_config(data: dict, source: str = "config") -> ServeConfig:
     """A :class:`ServeConfig` from parsed TOML; unknown keys are errors that name them."""
-    _table(source, data, {"name", "method", "models", "methods", "server"})
+    _table(source, data, {"name", "method", "sampling_preset", "models", "methods", "server"})
     models = {}
     for role, spec in _table(f"{source} [models]", data.get("models", {}), set(ROLES)).items():
         spec = dict(_table(f"{source} [models.{role}]", spec, MODEL_KEYS | {"remote"}))
@@ -190,8 +208,8 @@ def parse_config(data: dict, source: str = "config") -> ServeConfig:
     server = _table(f"{source} [server]", data.get("server", {}), set(SERVER_KEYS))
     tables = _table(f"{source} [methods]", data.get("methods", {}), set(SERVED_METHODS))
     methods = {m: dict(_table(f"{source} [methods.{m}]", values, set(method_fields(m)))) for m, values in tables.items()}
-    return ServeConfig(name=data.get("name", "w2s"), method=data.get("method", "cbs"), models=models,
-                       methods=methods, **server)
+    return ServeConfig(name=data.get("name", "w2s"), method=data.get("method", "cbs"),
+                       sampling_preset=data.get("sampling_preset"), models=models, methods=methods, **server)
 
 
 def load_config(path: str | Path) -> ServeConfig:

@@ -1,24 +1,37 @@
 """The reviews task: instructions "Write a short review of {topic}." and a gold that a fluent answer must earn.
 
 The guides are steered toward positive sentiment, which a small model can game with word salad (the
-Austen guides did: ``## The controlled-sentiment experiment``).  So the gold has two columns and a
-combination fixed before any result was looked at:
+Austen guides did: ``## The controlled-sentiment experiment``).  So the gold has two columns, a gate and a
+combination, all fixed outside any run (written down on 2026-12-03, before the committed answers were
+rescored with it):
 
 - ``vader``: VADER's compound score of the response, in [-1, 1].
 - ``fluency``: the mean per-token log-likelihood of the response under Gemma-3-270M (base), a model that
-  takes no part in generation or guidance, after the instruction (``{instruction}\\n\\n``).
-- ``combined`` = ``vader - max(0, floor - fluency)``: VADER while the response is as fluent as the plain
-  large model's answers, minus one per nat/token it falls below them.  ``floor`` is the 10th percentile
-  of the fluency of the *base* row (plain sampling from the same large model) of the same evaluation,
-  so a guided answer keeps its VADER only when it reads like one of the model's own.
+  takes no part in generation or guidance, after the instruction (``{instruction}\n\n``).
+- the **gate** (:func:`w2s.evaluation.quality.non_answer`): a refusal ("I'm sorry, but I can't ..."), an AI
+  disclaimer ("As an AI language model, I don't have personal experiences ...") or a question back
+  ("Could you please tell me which one?") is not a review.
+- ``combined`` = 0 for a non-answer, else ``vader - max(0, FLUENCY_FLOOR - fluency)``: VADER while the
+  response is about as fluent as a plain human-written review, minus one per nat/token below that.
+  :data:`FLUENCY_FLOOR` is a constant: the 10th percentile, rounded to 2 decimals, of Gemma-3-270M's
+  fluency on :data:`REFERENCE_FILE`, 40 plain short reviews of training topics written for this project
+  (part of no evaluation; ``tests/test_eval_reviews.py``'s slow test recomputes it).  So the same text gets
+  the same gold in every run.
+
+The earlier gold (the floor being the base run's own 10th percentile, no gate) is kept as
+:func:`pair_reward`: it labelled the shipped tuned guide's preference pairs, so the tuned guide was trained
+on that old VADER + fluency reward, and the tables say so.
 
 Topics: :data:`TRAINING_TOPICS` build the guides' preference pairs, :data:`HELDOUT_TOPICS` are evaluated.
 """
 
 from __future__ import annotations
 
+import json
+from importlib import resources
 from typing import Sequence
 
+from ..evaluation.quality import non_answer
 from .sentiment import gold_reward as vader
 
 REVIEW = "Write a short review of {topic}."
@@ -27,6 +40,10 @@ TRAINING_FORMS = (REVIEW, "Write a short story about {topic}.", "Describe a visi
                   "Tell a friend what you think of {topic}.")
 FLUENCY_CONTEXT = "{instruction}\n\n"  # what the fluency model reads the response after
 FLOOR_PERCENTILE = 10
+# the combined gold's fluency floor (nats/token): the FLOOR_PERCENTILE-th percentile of Gemma-3-270M's fluency
+# on the reference reviews (REFERENCE_FILE), rounded to 2 decimals; `reference_floor` recomputes it
+FLUENCY_FLOOR = -3.64
+REFERENCE_FILE = "reference_reviews.json"  # in w2s/tasks/data: hand-written reviews of training topics
 
 TRAINING_TOPICS = (
     "a neighbourhood bakery", "a cheap pair of headphones", "a science museum", "a mystery novel", "a city bus line",
@@ -90,22 +107,45 @@ class Fluency:
 
 
 def fluency_floor(base_fluency: Sequence[float]) -> float:
-    """The floor of :func:`combined`: the :data:`FLOOR_PERCENTILE`-th percentile of the base row's fluency."""
+    """The :data:`FLOOR_PERCENTILE`-th percentile of ``base_fluency`` (the finite values): the floor
+    :func:`pair_reward` takes from each batch of samples, and :func:`reference_floor` from the reference set."""
     import numpy as np
 
     finite = [f for f in base_fluency if f == f and f != float("-inf")]
     if not finite:
-        raise ValueError("the base row has no fluency score to set the floor from.")
+        raise ValueError("base_fluency has no finite fluency score to set the floor from.")
     return float(np.percentile(finite, FLOOR_PERCENTILE))
 
 
-def combined(vader_score: float, fluency: float, floor: float) -> float:
-    """VADER, less one per nat/token of fluency below ``floor`` (see the module docstring)."""
-    return vader_score - max(0.0, floor - fluency)
+def reference_reviews() -> list[dict]:
+    """The reference set of :data:`FLUENCY_FLOOR`: ``{"topic", "review"}`` records (training topics only)."""
+    text = resources.files("w2s.tasks").joinpath("data", REFERENCE_FILE).read_text(encoding="utf-8")
+    return json.loads(text)["reviews"]
+
+
+def reference_floor(fluency: "Fluency") -> float:
+    """:data:`FLUENCY_FLOOR` recomputed: the :data:`FLOOR_PERCENTILE`-th percentile of ``fluency`` (Gemma-3-270M's)
+    on :func:`reference_reviews`, each after its instruction, rounded to 2 decimals."""
+    refs = reference_reviews()
+    scores = fluency([REVIEW.format(topic=r["topic"]) for r in refs], [r["review"] for r in refs])
+    return round(fluency_floor(scores), 2)
+
+
+def combined(vader_score: float, fluency: float, floor: float = FLUENCY_FLOOR, gated: str | None = None) -> float:
+    """VADER, less one per nat/token of fluency below ``floor``; 0 when ``gated`` names a non-answer kind
+    (see the module docstring)."""
+    if gated is not None and gated not in ("refusal", "disclaimer", "question"):
+        raise ValueError(f"gated must be None or a non-answer kind (refusal, disclaimer, question), got {gated!r}.")
+    return 0.0 if gated else vader_score - max(0.0, floor - fluency)
+
+
+def gold_of(record: dict) -> float:
+    """The combined gold of one raw record (``response``, ``vader``, ``fluency``): gate, then floor."""
+    return combined(record["vader"], record["fluency"], FLUENCY_FLOOR, non_answer(record["response"]))
 
 
 def gold(instructions: Sequence[str], responses: Sequence[str], fluency: Fluency) -> list[dict]:
-    """``{"vader", "fluency"}`` per response (``combined`` needs the base row's floor)."""
+    """``{"vader", "fluency"}`` per response (:func:`gold_of` combines them with the gate)."""
     return [{"vader": vader(r), "fluency": f} for r, f in zip(responses, fluency(instructions, responses))]
 
 
@@ -113,9 +153,10 @@ FLUENCY_MODEL = "gemma-3-270m"
 
 
 def pair_reward(fluency_model: str = FLUENCY_MODEL):
-    """The reward that labels the guides' preference pairs: :func:`combined`, each batch of samples taking
-    its floor from its own fluency (the samples are the untuned base's, the role the base row has in an
-    evaluation).  A batch is the same on a resumed run, so the labels are too."""
+    """The reward that labelled the shipped tuned guide's preference pairs (the *old* gold, kept as it was:
+    the guide was trained on it): VADER less the fluency penalty, each batch of samples taking its floor
+    from its own fluency (the samples are the untuned base's, the role the base row had in an evaluation),
+    no gate.  A batch is the same on a resumed run, so the labels are too."""
     from ..models import ModelSpec, load
 
     fluency = Fluency(load(ModelSpec(fluency_model)).model)
