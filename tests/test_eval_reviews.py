@@ -24,6 +24,36 @@ def test_topics_instructions_and_the_combined_gold():
     assert reviews.combined(0.8, -2.0, floor=-3.0) == 0.8  # as fluent as the base: VADER kept
     assert reviews.combined(0.8, -5.0, floor=-3.0) == pytest.approx(-1.2)  # 2 nats/token below: -2
     assert reviews.fluency_floor([float(x) for x in range(-10, 0)] + [float("-inf")]) == pytest.approx(-9.1)
+    # the gate: a non-answer scores 0, whatever its VADER and fluency
+    assert reviews.combined(0.9, -1.0, floor=-3.0, gated="refusal") == 0.0
+    assert reviews.combined(-0.5, -9.0, gated="question") == 0.0
+    with pytest.raises(ValueError, match="gated must be None or a non-answer kind"):
+        reviews.combined(0.5, -2.0, gated="rude")
+    # the gold of a record: gate, then the constant floor
+    refusal = {"response": "I'm sorry, but I can't assist with that.", "vader": 0.3, "fluency": -1.0}
+    disfluent = {"response": "Lovely lovely great wow.", "vader": 0.9, "fluency": reviews.FLUENCY_FLOOR - 2.0}
+    fluent = {"response": "The tea was fresh and the staff were kind.", "vader": 0.7, "fluency": -2.0}
+    assert [reviews.gold_of(r) for r in (refusal, disfluent, fluent)] == pytest.approx([0.0, -1.1, 0.7])
+
+
+def test_the_floor_is_a_constant_from_a_reference_set_of_training_topics():
+    refs = reviews.reference_reviews()
+    assert len(refs) == 40 and len({r["topic"] for r in refs}) == 40
+    assert {r["topic"] for r in refs} <= set(reviews.TRAINING_TOPICS)  # none is evaluated
+    assert not {r["topic"] for r in refs} & set(reviews.HELDOUT_TOPICS)
+    assert all(20 < len(r["review"].split()) < 60 for r in refs)
+    assert reviews.FLUENCY_FLOOR == round(reviews.FLUENCY_FLOOR, 2)
+
+
+@pytest.mark.slow
+def test_the_fluency_floor_is_the_10th_percentile_of_gemma_on_the_reference_reviews():
+    from w2s import defaults
+    from w2s.models import ModelSpec, load
+
+    if not (defaults.cache_dir() / "gemma-3-270m").exists():
+        pytest.skip("needs Gemma-3-270M: `w2s setup gemma-3-270m`")
+    fluency = reviews.Fluency(load(ModelSpec("gemma-3-270m")).model)
+    assert reviews.reference_floor(fluency) == reviews.FLUENCY_FLOOR
 
 
 def test_fluency_is_the_mean_log_likelihood_per_response_token(strong):
@@ -54,13 +84,18 @@ def test_evaluation_writes_every_run_resumes_and_scores_against_the_fixed_gold(m
     raw = [json.loads(line) for line in (tmp_path / "raw" / "bon-4" / "seed0.jsonl").open()]
     assert [r["prompt"] for r in raw] == instructions and all({"vader", "fluency", "num_tokens"} <= set(r) for r in raw)
     for row in rows:
-        assert row["combined_mean"] <= row["vader_mean"] + 1e-12 and row["prompts"] == 3 and row["seeds"] == 2
+        assert row["prompts"] == 3 and row["seeds"] == 2 and 0 <= row["non_answers"] <= row["answers"] == 6
+        assert row["note"] == ("trained on the old gold's VADER+fluency reward" if row["method"] == "tuned-alone" else "")
     by_name = {r["method"]: r for r in rows}
     seed_means = [sum(reviews.gold_of(r) for r in chunk) / 3 for chunk in (base[:3], base[3:])]
     assert by_name["base"]["combined_mean"] == pytest.approx(sum(seed_means) / 2)
     with open(tmp_path / "summary.csv") as f:
         assert [r["method"] for r in csv.DictReader(f)] == list(by_name)
-    assert "combined gold" in (tmp_path / "summary.md").read_text() and (tmp_path / "gold_vs_compute.png").exists()
+    md = (tmp_path / "summary.md").read_text()
+    assert "combined gold [95% CI]" in md and "| tuned-alone † |" in md and (tmp_path / "gold_vs_compute.png").exists()
+    assert "| cbs-2x2 − bon-4 | combined gold |" in (tmp_path / "comparisons.md").read_text()
+    from w2s.evaluation.reviews import rewrite_from_raw
+    assert rewrite_from_raw(tmp_path) == rows  # the same table from the raw files alone
     # resumable: a torn file is completed with the same lines; other settings are refused
     path = tmp_path / "raw" / "cbs-2x2" / "seed1.jsonl"
     full = path.read_text()

@@ -55,7 +55,7 @@ def test_tiny_run_writes_gold_metrics_latency_table_and_plot(models, tmp_path):
     with open(tmp_path / "summary.csv", newline="") as f:
         assert [r["method"] for r in csv.DictReader(f)] == list(STREAM_SYSTEMS)
     md = (tmp_path / "summary.md").read_text()
-    assert md.startswith("| method | VADER |") and "| Stream Aligner |" in md and "teacher (reference)" in md
+    assert md.startswith("| method | VADER [95% CI] | seed sd |") and "| Stream Aligner |" in md and "teacher (reference)" in md
     assert (tmp_path / "quality_latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for name in STREAM_SYSTEMS:
         records = raw(tmp_path, name)
@@ -71,7 +71,13 @@ def test_tiny_run_writes_gold_metrics_latency_table_and_plot(models, tmp_path):
     assert [[r[k] for k in same] for r in raw(tmp_path, "stream-aligner-speculative")] == \
         [[r[k] for k in same] for r in raw(tmp_path, "stream-aligner")]
     by = {r["method"]: r for r in rows}
-    assert by["upstream"]["content_f1"] == 1.0 and by["upstream"]["drafts_kept"] is None
+    assert by["upstream"]["content_f1_mean"] == 1.0 and by["upstream"]["drafts_kept"] is None
+    assert by["upstream"]["truncated"] is None and 0 <= by["aligner"]["looping"] <= 1
+    assert by["teacher"]["vader_low"] <= by["teacher"]["vader_mean"] <= by["teacher"]["vader_high"]
+    comparisons = (tmp_path / "comparisons.md").read_text()
+    assert "| stream-aligner − stream-aligner (its upstream answer) | VADER |" in comparisons
+    from w2s.evaluation.stream import rewrite_from_raw
+    assert rewrite_from_raw(tmp_path) == rows
     assert 0 <= by["stream-aligner-speculative"]["drafts_kept"] <= 1
 
 

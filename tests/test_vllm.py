@@ -187,7 +187,7 @@ def test_an_engine_killed_mid_search_leaves_an_error_record_and_resume_completes
     assert out.read_text() == (tmp_path / "clean.jsonl").read_text()
 
 
-REPEATS = "The cat sat on the mat. The cat sat on the mat. The cat sat on the mat. The cat"
+REPEATS = "Repeat after me: yes yes yes yes yes yes"  # greedy, the model says "yes" on and on
 
 
 @pytest.mark.parametrize("control", [{"repetition_penalty": 1.5}, {"frequency_penalty": 1.0},
@@ -209,9 +209,9 @@ def test_repetition_controls_reach_vllm_and_give_the_local_greedy_text(proxy, lo
     strong.close()
 
 
-@pytest.mark.parametrize("engine", ["auto", "vllm"])
-def test_an_n_gram_ban_is_refused_before_vllm_sees_a_request(proxy, engine):
-    strong = remote(proxy, engine=engine)
+@pytest.mark.parametrize("setting", ["auto", "vllm"])
+def test_an_n_gram_ban_is_refused_before_vllm_sees_a_request(proxy, setting):
+    strong = remote(proxy, engine=setting)
     search = w2s.Sampling(max_new_tokens=8, sampling=w2s.SamplingParams(temperature=0.0, no_repeat_ngram_size=2))
     with pytest.raises(ValueError, match="no_repeat_ngram_size must be 0 \\(off\\).*got 2"):
         list(search.generate(strong, None, PROMPTS))

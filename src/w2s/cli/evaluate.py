@@ -79,7 +79,7 @@ class ReviewsOptions:
         prompts: how many of the topics to evaluate, spread evenly over them; 0: all.
         seeds: the seeds, each a full run.
         max_new_tokens: length limit in generator tokens.
-        methods: the compared runs (base always runs: it sets the fluency floor); none: all.
+        methods: the compared runs (base always runs: the reference row); none: all.
         batch_size: instructions generated together.
         fluency: the model that scores fluency and takes no part in generation or guidance.
         from_raw: rescore and rewrite the summary, comparisons and plot from OUT/config.json and OUT/raw alone

@@ -82,7 +82,8 @@ def truncated(record: dict, max_new_tokens: int) -> bool:
 
 # --- non-answers -------------------------------------------------------------------------------------------
 _I = r"(?:i'm|i am|i’m)"
-_CANT = r"(?:can't|can’t|cannot|can not|am unable to|am not able to|'m unable to|'m not able to|’m unable to|’m not able to)"
+_CANT = (r"(?:can't|can’t|cannot|can not|am unable to|am not able to|'m unable to|'m not able to|’m unable to"
+         r"|’m not able to)")
 # the answer's opening (after quotes and spaces): an apology that declines, not one inside a review
 _REFUSAL_OPENING = re.compile(
     rf"^(?:{_I} (?:really |so |very )?sorry|sorry)\s*[,.!]?\s*(?:but\b|as an?\b|i\b|i'm\b|i’m\b)"
@@ -98,7 +99,8 @@ _DISCLAIMER = re.compile(
     r"\bas an? (?:ai|artificial intelligence|language model|large language model|virtual assistant|ai assistant)\b"
     r"|\bas an? (?:ai|artificial intelligence) (?:language )?model\b"
     r"|\bi(?:'m| am|’m) (?:just )?an? (?:ai|artificial intelligence|language model)\b"
-    r"|\bi (?:don't|do not|don’t) have (?:any )?(?:personal (?:experiences?|opinions?|preferences|feelings|emotions|tastes)"
+    r"|\bi (?:don't|do not|don’t) have (?:any )?"
+    r"(?:personal (?:experiences?|opinions?|preferences|feelings|emotions|tastes)"
     r"|the (?:ability|capability|capacity) to|access to (?:real-time|specific|any|personal))",
     re.IGNORECASE)
 # a request for what the instruction left open, addressed to the user

@@ -212,7 +212,9 @@ def compare(arms: Mapping[str, Arm], pairs: Sequence[tuple[str, str, Sequence[st
     return rows
 
 
-def comparisons_markdown(rows: list[dict], labels: Mapping[str, str] | None = None, note: str = "") -> str:
+def comparisons_markdown(rows: list[dict], labels: Mapping[str, str] | None = None, note: str = "",
+                         item: str = "prompt") -> str:
+    """The comparisons as a markdown table (``item`` names what a prompt is in the task, e.g. "question")."""
     labels = labels or {}
     lines = ["| comparison | column | mean difference [95% CI] | n | wins / losses / ties | identical answers |",
              "|:--|:--|--:|--:|--:|--:|"]
@@ -224,7 +226,8 @@ def comparisons_markdown(rows: list[dict], labels: Mapping[str, str] | None = No
         pair = f"{r['a']} − {r['b']}" if first else ""
         same = f"{r['identical']} of {r['answers']}" if first else ""
         lines.append(f"| {pair} | {labels.get(r['column'], r['column'])} | {num(r['mean'], sign=True)}{ci} "
-                     f"| {r['n']} {r['unit']}s | {r['wins']} / {r['losses']} / {r['ties']} | {same} |")
+                     f"| {r['n']} {item if r['unit'] == 'prompt' else r['unit']}s "
+                     f"| {r['wins']} / {r['losses']} / {r['ties']} | {same} |")
     lines += ["", "Paired differences (first run minus second) over the (prompt, seed) pairs both runs answered. "
               "Unit prompt: each prompt's difference is its mean over seeds, and the 95% t-interval is over "
               "prompts (seeds of one prompt are correlated); unit answer: every (prompt, seed) pair. Wins / losses "
@@ -235,13 +238,14 @@ def comparisons_markdown(rows: list[dict], labels: Mapping[str, str] | None = No
     return "\n".join(lines) + "\n"
 
 
-def write_comparisons(out: Path, rows: list[dict], labels: Mapping[str, str] | None = None, note: str = "") -> None:
+def write_comparisons(out: Path, rows: list[dict], labels: Mapping[str, str] | None = None, note: str = "",
+                      item: str = "prompt") -> None:
     out = Path(out)
     with open(out / "comparisons.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=list(COMPARISON_COLUMNS))
         writer.writeheader()
         writer.writerows(rows)
-    (out / "comparisons.md").write_text(comparisons_markdown(rows, labels, note), encoding="utf-8")
+    (out / "comparisons.md").write_text(comparisons_markdown(rows, labels, note, item), encoding="utf-8")
 
 
 def norepeat_pairs(names: Sequence[str], columns: Sequence[str], base: str = "base") -> list:

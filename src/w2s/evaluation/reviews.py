@@ -176,7 +176,8 @@ def _plot(rows: list[dict], path: Path) -> None:
     draw_lines(ax, got, families, "combined")
     for name, style in (("tuned-alone", "--"), ("untuned-alone", ":")):
         if name in got:
-            label = name.replace("-", " ") + (" (guide, trained on the old gold)" if name == OLD_GOLD_GUIDE else " (guide)")
+            old = name == OLD_GOLD_GUIDE
+            label = name.replace("-", " ") + (" (guide, trained on the old gold)" if old else " (guide)")
             ax.axhline(got[name]["combined_mean"], ls=style, color="gray", label=label)
     if "base" in got:
         ax.plot([got["base"]["sampled_tokens"]], [got["base"]["combined_mean"]], "k*", label="base")

@@ -10,7 +10,8 @@ observation is:
   seeds of one prompt share it and are correlated;
 - ``"seed"``: the mean over prompts of each seed first.
 
-The interval is the t-interval ``mean ± t(0.975, n - 1) · sd / √n`` over the n units (None below 2 units).
+The interval is the t-interval ``mean ± t(0.975, n - 1) · sd / √n`` over the n units (None below 2 units,
+or when a value is not finite, e.g. the -inf fluency of an empty answer).
 Wins, losses and ties count units whose (mean) difference is above, below or equal to 0 (within
 :data:`TIE`).
 """
@@ -162,7 +163,7 @@ def interval(observations: list[float], level: float = LEVEL) -> tuple[float, fl
         raise ValueError(f"level must be in (0, 1), got {level!r}.")
     mean = statistics.fmean(observations)
     n = len(observations)
-    if n < 2:
+    if n < 2 or not all(map(math.isfinite, observations)):  # e.g. the -inf fluency of an empty answer
         return mean, None, None
     half = t_quantile(0.5 + level / 2, n - 1) * statistics.stdev(observations) / math.sqrt(n)
     return mean, mean - half, mean + half
@@ -176,11 +177,14 @@ def mean_interval(values: Mapping[Key, float], unit: str = DEFAULT_UNIT) -> Inte
     return Interval(unit, len(obs), *interval(obs))
 
 
-def seed_spread(values: Mapping[Key, float]) -> float:
-    """The seed-to-seed spread: the standard deviation of the per-seed means (0 for one seed)."""
+def seed_spread(values: Mapping[Key, float]) -> float | None:
+    """The seed-to-seed spread: the standard deviation of the per-seed means (0 for one seed; None when a
+    mean is not finite)."""
     means = units(values, "seed")
     if not means:
         raise ValueError("values must not be empty.")
+    if not all(map(math.isfinite, means)):
+        return None
     return statistics.stdev(means) if len(means) > 1 else 0.0
 
 

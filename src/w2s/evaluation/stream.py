@@ -130,7 +130,8 @@ def rewrite_from_raw(out_dir) -> list[dict]:
     return write_report(out, names, runs, len(config["questions"]), notes)
 
 
-def write_report(out: Path, names: Sequence[str], runs: dict, n_questions: int, notes: Sequence[str] = ()) -> list[dict]:
+def write_report(out: Path, names: Sequence[str], runs: dict, n_questions: int,
+                 notes: Sequence[str] = ()) -> list[dict]:
     """The summary table, the comparisons and the plot of ``runs`` (name -> {seed: records})."""
     rows = [_summary_row(name, runs[name], n_questions) for name in names]
     write_summary(out, rows, COLUMNS, markdown_table(rows, notes))
@@ -138,9 +139,9 @@ def write_report(out: Path, names: Sequence[str], runs: dict, n_questions: int, 
     for n in names:
         arms[n + ORIGINAL] = report.arm(n + ORIGINAL, runs[n], {"vader": "vader_original"}, "original")
     report.write_comparisons(out, report.compare(arms, comparisons(names)), COMPARED,
-                             note="Unit prompt here is the question. `X (its upstream answer)`: the same records' "
-                                  "uncorrected upstream answers (their `vader_original`), so that difference is what "
-                                  "the correction added.")
+                             note="Unit prompt (in the csv) is the question here. `X (its upstream answer)`: the "
+                                  "same records' uncorrected upstream answers (their `vader_original`), so that "
+                                  "difference is what the correction added.", item="question")
     _plot(rows, out / "quality_latency.png")
     return rows
 
@@ -170,7 +171,8 @@ def _summary_row(name: str, run: dict, n_questions: int) -> dict:
     sentences = sum(r["sentences"] for r in flat)
     # a draft can only be kept for a sentence after the first one
     followers = sum(max(r["sentences"] - 1, 0) for r in flat)
-    row = {"method": name, **report.gold_stats(run, "vader", "vader"), **report.gold_stats(run, "content_f1", "content_f1"),
+    row = {"method": name, **report.gold_stats(run, "vader", "vader"),
+           **report.gold_stats(run, "content_f1", "content_f1"),
            "teacher_f1": statistics.fmean(r["teacher_f1"] for r in flat),
            # the records keep no token counts, so truncation is not known (None)
            **{k: v for k, v in report.quality_stats(run, "corrected", None).items() if k != "answers"},
