@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from w2s.cli import main
-from w2s.evaluation import quality, report, reviews as eval_reviews, sentiment, stream
+from w2s.evaluation import report, reviews as eval_reviews, sentiment, stream
+from w2s.tasks import quality
 from w2s.tasks import reviews
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"

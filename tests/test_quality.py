@@ -1,4 +1,4 @@
-"""The shared quality rules (w2s.evaluation.quality) on real answers from results/."""
+"""The shared quality rules (w2s.tasks.quality) on real answers from results/."""
 
 import json
 import re
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from w2s.evaluation import quality
+from w2s.tasks import quality
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 

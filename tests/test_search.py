@@ -272,7 +272,9 @@ def test_flat_parameters_build_the_config_and_its_embedded_sampling():
     cbs = build(w2s.ChunkBeamSearch, {"beam_width": 2, "temperature": 0.1, "stop": ["x"]})
     assert cbs == w2s.ChunkBeamSearch(beam_width=2, sampling=SamplingParams(temperature=0.1, stop=("x",)))
     assert flatten(cbs)["temperature"] == 0.1 and build(w2s.ChunkBeamSearch, flatten(cbs)) == cbs
-    assert param_names(w2s.BestOfN) == ["max_new_tokens", "temperature", "top_p", "top_k", "stop", "return_beams", "n"]
+    assert param_names(w2s.BestOfN) == ["max_new_tokens", "temperature", "top_p", "top_k", "stop", "repetition_penalty",
+                                          "frequency_penalty", "presence_penalty", "no_repeat_ngram_size",
+                                          "return_beams", "n"]
     with pytest.raises(ValueError, match="has no parameter beam_widht; its parameters are beam_width"):
         build(w2s.ChunkBeamSearch, {"beam_widht": 2})
     with pytest.raises(ValueError, match="sampling must be a w2s.SamplingParams"):

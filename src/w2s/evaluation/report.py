@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from . import quality, stats
+from . import stats
+from ..tasks import quality
 
 Run = dict  # seed -> list of records
 NOREPEAT = "-norepeat"  # a run name's suffix: the same search with a repetition control on

@@ -152,7 +152,7 @@ def markdown_table(rows: list[dict], floor: float = reviews.FLUENCY_FLOOR, notes
                      f"| {r['mean_tokens']:.1f} | {r['sampled_tokens']:.0f} | {r['seconds_per_prompt']:.2f} "
                      f"| {r['prompts']} | {r['seeds']} |")
     lines += ["", "Combined gold: 0 for a non-answer (a refusal, an AI disclaimer or a question back, "
-              "`w2s.evaluation.quality.non_answer`), else VADER − max(0, "
+              "`w2s.tasks.quality.non_answer`), else VADER − max(0, "
               f"{floor:.2f} − fluency), the floor a constant: the {reviews.FLOOR_PERCENTILE}th percentile of "
               "Gemma-3-270M's fluency on 40 hand-written reference reviews that no evaluation uses. VADER: "
               "compound sentiment in [-1, 1]. Fluency: mean per-token log-likelihood under the fluency model. "

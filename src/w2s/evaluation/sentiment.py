@@ -5,7 +5,7 @@ one frozen strong model and the authors' sampling (temperature 0.7, top-k 50, to
     out_dir/config.json               settings; a rerun into the same directory must match them
     out_dir/raw/{method}/seed{s}.jsonl one line per prompt, appended batch by batch (resumable)
     out_dir/summary.csv, summary.md   one row per method: gold with its 95% interval over prompts, the seed
-                                      spread, the quality columns (:mod:`w2s.evaluation.quality`), tokens, time
+                                      spread, the quality columns (:mod:`w2s.tasks.quality`), tokens, time
     out_dir/comparisons.csv, .md      the paired comparisons of :data:`COMPARISONS` (:mod:`w2s.evaluation.stats`)
     out_dir/reward_vs_compute.png     gold reward against compute N (log2 axis)
     out_dir/reward_vs_tokens.png      gold reward against the strong-model tokens sampled per prompt

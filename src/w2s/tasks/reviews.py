@@ -8,7 +8,7 @@ rescored with it):
 - ``vader``: VADER's compound score of the response, in [-1, 1].
 - ``fluency``: the mean per-token log-likelihood of the response under Gemma-3-270M (base), a model that
   takes no part in generation or guidance, after the instruction (``{instruction}\n\n``).
-- the **gate** (:func:`w2s.evaluation.quality.non_answer`): a refusal ("I'm sorry, but I can't ..."), an AI
+- the **gate** (:func:`w2s.tasks.quality.non_answer`): a refusal ("I'm sorry, but I can't ..."), an AI
   disclaimer ("As an AI language model, I don't have personal experiences ...") or a question back
   ("Could you please tell me which one?") is not a review.
 - ``combined`` = 0 for a non-answer, else ``vader - max(0, FLUENCY_FLOOR - fluency)``: VADER while the
@@ -31,7 +31,7 @@ import json
 from importlib import resources
 from typing import Sequence
 
-from ..evaluation.quality import non_answer
+from .quality import non_answer
 from .sentiment import gold_reward as vader
 
 REVIEW = "Write a short review of {topic}."
