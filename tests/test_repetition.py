@@ -38,20 +38,13 @@ def _steps(penalties, histories, reference, steps=6):
         ids = torch.cat([ids, torch.tensor(drawn).unsqueeze(1)], dim=1)
 
 
-@pytest.mark.parametrize("penalty", [0.7, 1.3, 2.0])
-def test_repetition_penalty_matches_transformers(penalty):
+@pytest.mark.parametrize("control, processor", [
+    *((dict(repetition_penalty=p), RepetitionPenaltyLogitsProcessor(p)) for p in (0.7, 1.3, 2.0)),
+    *((dict(no_repeat_ngram_size=n), NoRepeatNGramLogitsProcessor(n)) for n in (1, 2, 3))])
+def test_repetition_penalty_and_ngram_ban_match_transformers(control, processor):
     hist = _histories()
-    params = w2s.SamplingParams(repetition_penalty=penalty)
-    penalties = Penalties(params, hist.tolist(), [[] for _ in hist], VOCAB, "cpu")
-    _steps(penalties, hist, RepetitionPenaltyLogitsProcessor(penalty))
-
-
-@pytest.mark.parametrize("n", [1, 2, 3])
-def test_no_repeat_ngram_matches_transformers(n):
-    hist = _histories()
-    params = w2s.SamplingParams(no_repeat_ngram_size=n)
-    penalties = Penalties(params, hist.tolist(), [[] for _ in hist], VOCAB, "cpu")
-    _steps(penalties, hist, NoRepeatNGramLogitsProcessor(n))
+    penalties = Penalties(w2s.SamplingParams(**control), hist.tolist(), [[] for _ in hist], VOCAB, "cpu")
+    _steps(penalties, hist, processor)
 
 
 def test_frequency_and_presence_follow_the_openai_formula():

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..validation import check_range
+from . import report
 
 SAMPLING = dict(temperature=0.7, top_p=1.0, top_k=50)  # the authors' settings
 # a run name ending in NO_REPEAT is that run sampled with REPETITION_CONTROL on top of the authors' settings;
@@ -151,7 +152,7 @@ def draw_lines(ax, got: dict, families, column: str) -> int:
         pts = [got[n] for n in names if n in got]
         if len(pts) > 1:
             ax.errorbar([p["sampled_tokens"] for p in pts], [p[f"{column}_mean"] for p in pts],
-                        yerr=yerr(pts, column), fmt=fmt, capsize=3, label=label)
+                        yerr=report.yerr(pts, column), fmt=fmt, capsize=3, label=label)
             drawn += 1
     return drawn
 
@@ -163,7 +164,7 @@ def draw_points(ax, got: dict, names, column: str) -> None:
         if name in got:
             p = got[name]
             marker, label = VARIANT_MARKERS.get(name, ("o", name))
-            ax.errorbar([p["sampled_tokens"]], [p[f"{column}_mean"]], yerr=yerr([p], column), fmt=marker,
+            ax.errorbar([p["sampled_tokens"]], [p[f"{column}_mean"]], yerr=report.yerr([p], column), fmt=marker,
                         capsize=3, markersize=8, label=label)
 
 
@@ -191,16 +192,3 @@ def mean_of(records: list[dict], column: str) -> float | None:
     """The mean of ``column`` over ``records``, None when a record lacks it (a run older than the column)."""
     values = [r.get(column) for r in records]
     return None if not values or None in values else statistics.fmean(values)
-
-
-def yerr(points, column: str) -> list[list[float]]:
-    """matplotlib's asymmetric error bars: each point's 95% interval of ``column`` (0 where it has none)."""
-    from .report import yerr as interval_bars
-
-    return interval_bars(points, column)
-
-
-def seed_stats(per_seed: list[list[dict]], column: str) -> tuple[float, float]:
-    """The mean over seeds of each seed's mean of ``column``, and the std of those means (0 for one seed)."""
-    means = [statistics.fmean(r[column] for r in records) for records in per_seed]
-    return statistics.fmean(means), statistics.stdev(means) if len(means) > 1 else 0.0
