@@ -59,7 +59,7 @@ def test_sentiment_from_raw_rewrites_the_committed_tables(tmp_path, capsys):
     assert main(["eval", "sentiment", "--out", str(out), "--from-raw"]) == 0
     printed = capsys.readouterr().out
     assert printed == (out / "summary.md").read_text(encoding="utf-8")
-    assert "| method | compute N | gold reward [95% CI] | seed sd | loops | distinct-2 | truncated |" in printed
+    assert "| method | compute N | gold reward [95% CI] | seed sd | loops | padded | distinct-2 | truncated |" in printed
     assert "cbs-2x2-norepeat seed 0: incomplete (5 of 120 records), left out" in printed
     rows = {r["method"]: r for r in read_csv(out / "summary.csv")}
     assert list(rows) == [n for n in sentiment.SENTIMENT_RUNS if n in SENTIMENT]
@@ -75,6 +75,7 @@ def test_sentiment_from_raw_rewrites_the_committed_tables(tmp_path, capsys):
         seed_means = [statistics.fmean(r["gold_reward"] for r in per_seed[s]) for s in per_seed]
         assert float(row["gold_reward_seed_sd"]) == pytest.approx(statistics.stdev(seed_means))
         assert float(row["looping"]) == sum(map(quality.loops, texts)) / 360
+        assert float(row["padded"]) == sum(map(quality.padded, texts)) / 360
         assert row["seeds"] == "3" and row["compute_N"] == str(sentiment.SENTIMENT_RUNS[name])
     assert round(100 * float(rows["cbs-4x4"]["looping"])) == 16 and round(100 * float(rows["front-4x4"]["looping"])) == 22
     comparisons = read_csv(out / "comparisons.csv")

@@ -72,6 +72,19 @@ def test_distinct_2_per_answer():
     assert s["looping"] == 0 and s["truncated"] is None and s["answers"] == 3
 
 
+def test_padding_rule_on_real_answers_of_the_repetition_penalised_search():
+    """repetition_penalty 1.2 pushes some answers into runs of spaces, which the trigram rule cannot see."""
+    records = answers("sentiment/raw/cbs-4x4-norepeat")
+    liar = next(r["response"] for r in records if r["response"].startswith("'d be ready to make a joke"))
+    assert quality.padded(liar) and not quality.loops(liar)
+    assert sum(quality.padded(r["response"]) for r in records) == 16  # of 360; none in the rows without the control
+    assert not any(quality.padded(r["response"]) for r in answers("sentiment/raw/cbs-4x4"))
+    assert not quality.padded("seven  " + " " * 5 + "spaces\n\n\n\n\n\n\n\n\n") and quality.padded("a\t" + " " * 7 + "b")
+    assert quality.summarize(["x" + " " * 8, "y"])["padded"] == 0.5
+    with pytest.raises(TypeError, match="text must be a str"):
+        quality.padded(None)
+
+
 def test_truncated_at_the_token_cap_on_real_records():
     base = answers("sentiment/raw/base")  # 50 new tokens
     capped = [r for r in base if quality.truncated(r, 50)]

@@ -126,11 +126,11 @@ def gold_stats(run: Run, column: str | Callable[[dict], float], prefix: str) -> 
 
 
 def quality_stats(run: Run, text_field: str, max_new_tokens: int | None, gate: bool = False) -> dict:
-    """The quality columns of one run: ``looping``, ``distinct2``, ``truncated`` (shares and a mean) and,
+    """The quality columns of one run: ``looping``, ``padded``, ``distinct2``, ``truncated`` (shares and a mean) and,
     with ``gate``, ``non_answers`` (count) and ``answers``."""
     records = flat(run)
     q = quality.summarize([r[text_field] for r in records], records, max_new_tokens, gate=gate)
-    out = {"looping": q["looping"], "distinct2": q["distinct2"], "truncated": q["truncated"], "answers": q["answers"]}
+    out = {k: q[k] for k in ("looping", "padded", "distinct2", "truncated", "answers")}
     if gate:
         out["non_answers"] = q["non_answers"]
     return out
@@ -145,6 +145,12 @@ def num(x, digits: int = 3, sign: bool = False) -> str:
 
 def share(x) -> str:
     return "–" if x is None else f"{x:.0%}"
+
+
+def quality_cells(row: dict) -> str:
+    """The cells under :data:`QUALITY_HEADER`, joined by ``" | "``."""
+    return (f"{share(row['looping'])} | {share(row['padded'])} | {num(row['distinct2'], 2)} "
+            f"| {share(row['truncated'])}")
 
 
 def gold_cell(row: dict, prefix: str, digits: int = 3) -> str:
@@ -162,8 +168,10 @@ def yerr(points: Sequence[dict], prefix: str) -> list[list[float]]:
     return [low, high]
 
 
+QUALITY_HEADER = "loops | padded | distinct-2 | truncated"
 QUALITY_NOTE = ("Loops: share of answers in which more than 30% of the word trigrams are repeats "
-                "(1 − distinct/total over lower-cased whitespace-separated words). Distinct-2: distinct/total word "
+                "(1 − distinct/total over lower-cased whitespace-separated words). Padded: share of answers with "
+                f"a run of {quality.PAD_RUN} or more spaces or tabs. Distinct-2: distinct/total word "
                 "bigrams of an answer, mean over answers. Truncated: share of answers that did not finish and used "
                 "the whole token budget.")
 GOLD_NOTE = ("Mean over prompts with its 95% t-interval over prompts (each prompt's mean over seeds first); "

@@ -40,7 +40,7 @@ CHECKED = ("instructions", "max_new_tokens", "temperature", "top_p", "top_k", "s
 GOLD = ("vader", "fluency", "combined")
 GOLD_LABELS = {"combined": "combined gold", "vader": "VADER", "fluency": "fluency (nats/token)"}
 COLUMNS = ("method", "compute_N", *(f"{g}_{s}" for g in GOLD for s in ("mean", "low", "high", "seed_sd")),
-           "non_answers", "answers", "looping", "distinct2", "truncated", "mean_tokens", "sampled_tokens",
+           "non_answers", "answers", "looping", "padded", "distinct2", "truncated", "mean_tokens", "sampled_tokens",
            "seconds_per_prompt", "prompts", "seeds", "note")
 OLD_GOLD_GUIDE = "tuned-alone"  # the guide trained on pair_reward, the old gold's VADER + fluency reward
 OLD_GOLD_NOTE = "trained on the old gold's VADER+fluency reward"
@@ -140,15 +140,15 @@ def _summary_row(name: str, run: dict, n_prompts: int, max_new_tokens: int) -> d
 
 def markdown_table(rows: list[dict], floor: float = reviews.FLUENCY_FLOOR, notes: Sequence[str] = ()) -> str:
     lines = ["| method | compute N | combined gold [95% CI] | seed sd | non-answers | VADER [95% CI] "
-             "| fluency (nats/token) [95% CI] | loops | distinct-2 | truncated | response tokens | sampled tokens "
-             "| s / prompt | prompts | seeds |", "|:--|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+             f"| fluency (nats/token) [95% CI] | {report.QUALITY_HEADER} | response tokens | sampled tokens "
+             "| s / prompt | prompts | seeds |", "|:--|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
     num = report.num
     for r in rows:
         name = f"{r['method']} †" if r["note"] else r["method"]
         lines.append(f"| {name} | {num(r['compute_N'], 0)} | {report.gold_cell(r, 'combined')} "
                      f"| {num(r['combined_seed_sd'])} | {r['non_answers']}/{r['answers']} "
                      f"| {report.gold_cell(r, 'vader')} | {report.gold_cell(r, 'fluency')} "
-                     f"| {report.share(r['looping'])} | {num(r['distinct2'], 2)} | {report.share(r['truncated'])} "
+                     f"| {report.quality_cells(r)} "
                      f"| {r['mean_tokens']:.1f} | {r['sampled_tokens']:.0f} | {r['seconds_per_prompt']:.2f} "
                      f"| {r['prompts']} | {r['seeds']} |")
     lines += ["", "Combined gold: 0 for a non-answer (a refusal, an AI disclaimer or a question back, "

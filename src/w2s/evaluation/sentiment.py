@@ -37,7 +37,7 @@ SENTIMENT_RUNS.update({f"{name}{NO_REPEAT}": SENTIMENT_RUNS[name]  # with the re
 CHECKED = ("prompts", "max_new_tokens", "temperature", "top_p", "top_k", "strong", "tuned", "untuned",
            "strong_template", "tuned_template", "untuned_template")  # settings a resumed run must share
 COLUMNS = ("method", "compute_N", "gold_reward_mean", "gold_reward_low", "gold_reward_high", "gold_reward_seed_sd",
-           "looping", "distinct2", "truncated", "mean_tokens", "sampled_tokens", "guide_tokens", "seconds_per_prompt",
+           "looping", "padded", "distinct2", "truncated", "mean_tokens", "sampled_tokens", "guide_tokens", "seconds_per_prompt",
            "prompts", "seeds", "skipped")
 GOLD_COLUMNS = {"gold_reward": "gold reward (VADER)"}
 CBS_VARIANTS = ("cbs-4x4-sentence", "front-4x4", "adaptive-4x4")
@@ -159,15 +159,14 @@ def _summary_row(name: str, run: dict | None, n_prompts: int, max_new_tokens: in
 
 
 def markdown_table(rows: list[dict], notes: Sequence[str] = ()) -> str:
-    lines = ["| method | compute N | gold reward [95% CI] | seed sd | loops | distinct-2 | truncated | response tokens "
+    lines = [f"| method | compute N | gold reward [95% CI] | seed sd | {report.QUALITY_HEADER} | response tokens "
              "| sampled tokens | guide tokens | s / prompt | prompts | seeds |",
-             "|:--|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+             "|:--|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
     number = report.num
     for r in rows:
         if not r["skipped"]:
             lines.append(f"| {r['method']} | {number(r['compute_N'], 0)} | {report.gold_cell(r, 'gold_reward')} "
-                         f"| {number(r['gold_reward_seed_sd'])} | {report.share(r['looping'])} "
-                         f"| {number(r['distinct2'], 2)} | {report.share(r['truncated'])} "
+                         f"| {number(r['gold_reward_seed_sd'])} | {report.quality_cells(r)} "
                          f"| {number(r['mean_tokens'], 1)} | {number(r['sampled_tokens'], 0)} "
                          f"| {number(r['guide_tokens'], 0)} | {number(r['seconds_per_prompt'])} | {r['prompts']} "
                          f"| {r['seeds']} |")

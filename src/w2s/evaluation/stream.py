@@ -40,7 +40,7 @@ LABELS = {"upstream": "upstream alone", "aligner": "Aligner (whole answer)", "st
 CHECKED = ("questions", "max_sentences", "max_sentence_tokens", "temperature", "upstream", "stream_aligner",
            "whole_aligner", "upstream_template", "aligner_template")
 COLUMNS = ("method", "vader_mean", "vader_low", "vader_high", "vader_seed_sd", "content_f1_mean", "content_f1_low",
-           "content_f1_high", "content_f1_seed_sd", "teacher_f1", "looping", "distinct2", "truncated",
+           "content_f1_high", "content_f1_seed_sd", "teacher_f1", "looping", "padded", "distinct2", "truncated",
            "changed_sentences", "first_seconds", "total_seconds", "drafts_kept", "sentences", "questions", "seeds")
 COMPARED = {"vader": "VADER", "content_f1": "content F1", "teacher_f1": "teacher F1",
             "first_seconds": "first (s)", "total_seconds": "total (s)"}
@@ -185,15 +185,14 @@ def _summary_row(name: str, run: dict, n_questions: int) -> dict:
 
 
 def markdown_table(rows: list[dict], notes: Sequence[str] = ()) -> str:
-    lines = ["| method | VADER [95% CI] | seed sd | content F1 [95% CI] | teacher F1 | loops | distinct-2 | truncated "
+    lines = [f"| method | VADER [95% CI] | seed sd | content F1 [95% CI] | teacher F1 | {report.QUALITY_HEADER} "
              "| sentences changed | first (s) | total (s) | drafts kept |",
-             "|:--|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+             "|:--|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
     for r in rows:
         kept = "" if r["drafts_kept"] is None else f"{r['drafts_kept']:.0%}"
         changed = "" if r["changed_sentences"] is None else f"{r['changed_sentences']:.0%}"
         lines.append(f"| {LABELS[r['method']]} | {report.gold_cell(r, 'vader')} | {report.num(r['vader_seed_sd'])} "
-                     f"| {report.gold_cell(r, 'content_f1')} | {r['teacher_f1']:.3f} | {report.share(r['looping'])} "
-                     f"| {report.num(r['distinct2'], 2)} | {report.share(r['truncated'])} | {changed} "
+                     f"| {report.gold_cell(r, 'content_f1')} | {r['teacher_f1']:.3f} | {report.quality_cells(r)} | {changed} "
                      f"| {r['first_seconds']:.2f} | {r['total_seconds']:.2f} | {kept} |")
     q, s = rows[0]["questions"], rows[0]["seeds"]
     lines += ["", f"{q} held-out questions × {s} seed(s). VADER: compound sentiment of the final answer in [-1, 1]. "

@@ -13,6 +13,9 @@ One rule set, so that a "looping" answer means the same thing in every table:
 - **Distinct-2** (:func:`distinct`): distinct word bigrams / total word bigrams of one answer, None when
   it has fewer than 2 words.  A table's distinct-2 is the mean of the per-answer values over the answers
   that have one (not the pooled ratio over all answers, which would fall with the number of answers).
+- **Padded** (:func:`padded`): the answer holds a run of at least :data:`PAD_RUN` (8) spaces or tabs.  A
+  repetition penalty pushes some answers from repeated words into whitespace padding ("I'm the Liar!"
+  indented by 14 spaces, "(Laughs)" by 32), which the trigram rule cannot see: whitespace is no word.
 - **Truncated** (:func:`truncated`): the answer did not finish by itself and used the whole token budget
   (``not finished and num_tokens >= max_new_tokens``).
 - **Non-answers** (:func:`non_answer`): a refusal, an AI disclaimer or a question back instead of the
@@ -28,7 +31,9 @@ import statistics
 from typing import Iterable, Sequence
 
 LOOP_THRESHOLD = 0.3  # an answer loops when more than this share of its word trigrams are repeats
+PAD_RUN = 8  # an answer is padded when it holds this many spaces or tabs in a row
 NON_ANSWER_KINDS = ("refusal", "disclaimer", "question")
+_PADDING = re.compile(rf"[ \t]{{{PAD_RUN},}}")
 
 
 def words(text: str) -> list[str]:
@@ -67,6 +72,13 @@ def distinct(text: str, n: int = 2) -> float | None:
     _check_n(n)
     grams = _ngrams(words(text), n)
     return len(set(grams)) / len(grams) if grams else None
+
+
+def padded(text: str) -> bool:
+    """Whether the answer holds a run of at least :data:`PAD_RUN` spaces or tabs (newlines not counted)."""
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__} ({text!r:.60}).")
+    return _PADDING.search(text) is not None
 
 
 def truncated(record: dict, max_new_tokens: int) -> bool:
@@ -139,7 +151,8 @@ def non_answer(text: str) -> str | None:
 # --- per-run summary ---------------------------------------------------------------------------------------
 def summarize(texts: Iterable[str], records: Sequence[dict] | None = None, max_new_tokens: int | None = None,
               gate: bool = False) -> dict:
-    """The quality columns of one run's answers: ``looping`` (share of answers that loop), ``distinct2``
+    """The quality columns of one run's answers: ``looping`` (share of answers that loop), ``padded`` (share
+    padded with whitespace), ``distinct2``
     (mean per-answer distinct-2), ``truncated`` (share cut at the cap; None without ``records`` and
     ``max_new_tokens``, or when a record lacks the fields), ``answers``, and with ``gate`` ``non_answers``
     (count) and ``non_answer_kinds`` (kind -> count)."""
@@ -148,6 +161,7 @@ def summarize(texts: Iterable[str], records: Sequence[dict] | None = None, max_n
         raise ValueError("texts must not be empty: a run's quality needs at least one answer.")
     d2 = [d for d in map(distinct, texts) if d is not None]
     out = {"answers": len(texts), "looping": sum(map(loops, texts)) / len(texts),
+           "padded": sum(map(padded, texts)) / len(texts),
            "distinct2": statistics.fmean(d2) if d2 else None, "truncated": None}
     if records is not None and max_new_tokens is not None:
         if len(records) != len(texts):
