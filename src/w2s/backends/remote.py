@@ -63,6 +63,8 @@ REPETITION_CONTROLS = ("repetition_penalty", "frequency_penalty", "presence_pena
 # server applies repeat_penalty 1.1, min_p 0.05 and top_k 40 unless told otherwise (extra_body still overrides)
 ENGINE_NEUTRAL = {"llama.cpp": {"repeat_penalty": 1.0, "min_p": 0.0}}
 # GET /models' owned_by -> the engine ("me": llama-cpp-python's server; "llamacpp": llama.cpp's own llama-server)
+# the controls every engine takes under their own name (sent as such with engine "auto")
+SHARED_NAMES = {c: c for c in REPETITION_CONTROLS if all(e.get(c) == c for e in ENGINE_CONTROLS.values())}
 OWNERS = {"vllm": "vllm", "me": "llama.cpp", "llamacpp": "llama.cpp", "openai": "openai", "system": "openai",
           "openai-internal": "openai"}
 
@@ -382,7 +384,7 @@ class RemoteModel:
             if send_top_k and (params.top_k or engine == "llama.cpp"):  # llama.cpp's own default is 40
                 fields["top_k"] = params.top_k
             fields.update(ENGINE_NEUTRAL.get(engine, {}))
-            names = ENGINE_CONTROLS.get(engine, _shared_names())
+            names = ENGINE_CONTROLS.get(engine, SHARED_NAMES)
             fields.update({names[control]: value for control, value in params.repetition_controls.items()})
             self._fields[params] = fields
         return self._fields[params]
@@ -403,7 +405,7 @@ class RemoteModel:
         for control, value in controls.items():
             if not any(control in names for names in ENGINE_CONTROLS.values()):
                 raise ValueError(_refusal(control, value, None))
-        needs = [c for c in controls if c not in _shared_names()]
+        needs = [c for c in controls if c not in SHARED_NAMES]
         if not needs:
             return None
         engine, said = self.detect_engine()
@@ -480,16 +482,6 @@ class RemoteModel:
         """Log-likelihoods of responses by ``echo`` + ``logprobs`` (``incremental`` and ``batch_size`` do
         not apply: every text is one request)."""
         return RemoteLogProbs(self, template)
-
-
-def _shared_names() -> dict[str, str]:
-    """The controls every engine that takes them takes under one name (sent as such with engine "auto")."""
-    found = {}
-    for control in REPETITION_CONTROLS:
-        names = {names[control] for names in ENGINE_CONTROLS.values() if control in names}
-        if len(names) == 1 and all(control in names_ for names_ in ENGINE_CONTROLS.values()):
-            found[control] = names.pop()
-    return found
 
 
 def _refusal(control: str, value, engine: str | None, detected: bool = False) -> str:
