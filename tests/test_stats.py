@@ -77,3 +77,13 @@ def test_bad_input_is_named():
         stats.t_quantile(1.5, 3)
     with pytest.raises(ValueError, match="values must not be empty"):
         stats.mean_interval({})
+
+
+def test_sign_test_is_the_exact_binomial_on_wins_and_losses():
+    assert stats.sign_test(5, 1) == pytest.approx(2 * (1 + 6) / 2 ** 6)  # 2 * P(X <= 1), X ~ Bin(6, 1/2)
+    assert stats.sign_test(8, 0) == pytest.approx(2 / 2 ** 8) and stats.sign_test(0, 8) == stats.sign_test(8, 0)
+    assert stats.sign_test(3, 3) == 1.0 and stats.sign_test(0, 0) == 1.0
+    d = stats.paired({(0, 0): 1.0, (1, 0): 1.0, (2, 0): 0.0}, {(0, 0): 0.0, (1, 0): 0.0, (2, 0): 0.0})
+    assert (d.wins, d.losses, d.ties) == (2, 0, 1) and d.sign_p == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="wins must be a count"):
+        stats.sign_test(-1, 2)

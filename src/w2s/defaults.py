@@ -61,6 +61,20 @@ def review_guide_dir() -> Path:
     return path
 
 
+CODE_GUIDES = {"style": "make code-guides", "correct": "make code-guides"}
+
+
+def code_guide_dir(kind: str) -> Path:
+    """``"style"`` or ``"correct"``: the shipped tuned guide of a code guide pair (a DPO LoRA adapter: of
+    SmolLM2-135M-Instruct for style, of Qwen2.5-Coder-0.5B-Instruct for correctness)."""
+    if kind not in CODE_GUIDES:
+        raise ValueError(f"kind must be one of {list(CODE_GUIDES)}, got {kind!r}.")
+    path = Path(str(resources.files("w2s") / "weights" / "code" / kind))
+    if not (path / "adapter_config.json").exists():
+        raise ValueError(f"the shipped {kind} code guide is missing at {path}; rebuild it with `{CODE_GUIDES[kind]}`.")
+    return path
+
+
 def aligner_dir(kind: str) -> Path:
     """``"stream"`` or ``"whole"``: the shipped positive-rewrite aligners (sentence level, whole answer)."""
     if kind not in ("stream", "whole"):

@@ -1,10 +1,11 @@
-"""``w2s eval sentiment | reviews | stream``: the evaluations, with their tables and plots (resumable)."""
+"""``w2s eval sentiment | reviews | stream | code``: the evaluations, with their tables and plots (resumable)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from ..evaluation.code import CODE_RUNS
 from ..evaluation.reviews import REVIEW_RUNS
 from ..evaluation.sentiment import SENTIMENT_RUNS
 from ..evaluation.stream import STREAM_SYSTEMS
@@ -97,6 +98,39 @@ class ReviewsOptions:
     from_raw: bool = False
 
 
+@dataclass
+class CodeOptions:
+    """``w2s eval code``'s settings.
+
+    Attributes:
+        out: output directory (rerun to resume).
+        problems: a HumanEval-format JSONL file (task_id, prompt, entry_point, test; .jsonl or .jsonl.gz); none:
+            HumanEval.  Its held-out split (odd task numbers) is evaluated.
+        prompts: how many of the held-out problems, spread evenly over them; 0: all.
+        seeds: the seeds, each a full run.
+        max_new_tokens: length limit in strong-model tokens.
+        methods: the compared runs (base always runs: the reference row); none: all.
+        batch_size: problems generated together.
+        guides: the guide pair: style (SmolLM2-135M-Instruct and its DPO adapter preferring commented code) or
+            correct (Qwen2.5-Coder-0.5B-Instruct and its DPO adapter preferring passing code); --tuned and
+            --untuned replace either model.
+        exec_timeout: seconds each completion's tests may run in the sandbox.
+        from_raw: rewrite the summary, comparisons and plot from OUT/config.json and OUT/raw alone, executing and
+            loading nothing (the other settings are ignored).
+    """
+
+    out: str
+    problems: str | None = None
+    prompts: int = 0
+    seeds: tuple[int, ...] = (0,)
+    max_new_tokens: int = 320
+    methods: tuple[str, ...] = field(default=(), metadata={"choices": tuple(CODE_RUNS)})
+    batch_size: int = 4
+    guides: str = field(default="style", metadata={"choices": ("style", "correct")})
+    exec_timeout: float = 5.0
+    from_raw: bool = False
+
+
 STREAM_ROLES = {"upstream": "upstream", "aligner": "aligner", "whole_aligner": "whole_aligner"}
 # w2s eval reviews: the models of the weak-to-strong claim (each a flag away)
 REVIEW_DEFAULTS = {"strong": "qwen2.5-coder-0.5b-instruct", "tuned": "w2s:reviews-tuned",
@@ -106,6 +140,18 @@ REVIEW_HELPS = {"strong": "the large model: a model directory, a set-up name or 
                 "tuned": "the tuned guide (default: the shipped DPO adapter of SmolLM2-135M-Instruct, "
                          "`make review-guides`; `w2s train dpo --task reviews` trains another)",
                 "untuned": "the untuned guide (default: SmolLM2-135M-Instruct, the default strong model)"}
+
+
+# w2s eval code: each guide pair's models (the strong model is the 0.5B coder unless told otherwise)
+CODE_DEFAULTS = {"style": {"strong": "qwen2.5-coder-0.5b-instruct", "tuned": "w2s:code-style-tuned",
+                           "untuned": "w2s:default-strong"},
+                 "correct": {"strong": "qwen2.5-coder-1.5b-instruct", "tuned": "w2s:code-correct-tuned",
+                             "untuned": "qwen2.5-coder-0.5b-instruct"}}
+CODE_HELPS = {"strong": "the large model: a model directory, a set-up name or an engine URL (default: the 0.5B "
+                        "coder with --guides style, the 1.5B with --guides correct; `w2s setup NAME`)",
+              "tuned": "the tuned guide (default: the shipped adapter of --guides' pair, `make code-guides`)",
+              "untuned": "the untuned guide (default: SmolLM2-135M-Instruct for style, Qwen2.5-Coder-0.5B-Instruct "
+                         "for correct)"}
 
 
 def add_parser(sub) -> None:
@@ -129,6 +175,14 @@ def add_parser(sub) -> None:
     add_model_flags(t, STREAM_ROLES, helps=HELPS)
     add_config_flags(t, StreamEvalOptions)
     t.set_defaults(func=run_stream)
+    c = ev.add_parser("code", help="weak-to-strong on HumanEval: executed tests and the comment rule",
+                      description="Greedy and sampled strong model, Best-of-4/16, CBS 2x2 and 4x4 with line chunks "
+                                  "and the guides alone on HumanEval's held-out problems (odd task numbers), every "
+                                  "completion's tests run in the sandbox (resumable). Every model continues the "
+                                  "problem's text (template '{prompt}').")
+    add_model_flags(c, ROLES, remote=("strong",), helps=CODE_HELPS)
+    add_config_flags(c, CodeOptions)
+    c.set_defaults(func=run_code)
 
 
 def _from_raw(args, module: str) -> bool:
@@ -205,4 +259,31 @@ def run_reviews(args) -> None:
                      reviews.review_instructions(topics), strong_template=m.strong.template,
                      tuned_template=m.tuned.template, untuned_template=m.untuned.template, seeds=args.seeds,
                      max_new_tokens=args.max_new_tokens, methods=args.methods or None, batch_size=args.batch_size)
+    print((Path(args.out) / "summary.md").read_text(encoding="utf-8"), end="")
+
+
+def run_code(args) -> None:
+    from ..backends.gguf import strong_model_dir
+    from ..defaults import code_guide_dir
+    from ..evaluation.code import evaluate_code
+    from ..tasks import code
+
+    if _from_raw(args, "code"):
+        return
+    problems = code.split(code.load_problems(args.problems), "test")
+    if args.prompts:
+        problems = spread("prompts", problems, args.prompts, "the held-out problems")
+    limits = code.Limits(timeout=args.exec_timeout)
+    specs = model_specs(args, ROLES)
+    shipped = {"w2s:default-strong": strong_model_dir, "w2s:code-style-tuned": lambda: code_guide_dir("style"),
+               "w2s:code-correct-tuned": lambda: code_guide_dir("correct")}
+    for role, spec in specs.items():
+        path = spec.path or CODE_DEFAULTS[args.guides][role]
+        path = str(shipped[path]()) if path in shipped else path
+        specs[role] = replace(spec, path=path, template=spec.template or "{prompt}")
+    m = load_all(specs)
+    evaluate_code(args.out, m.strong.model, m.tuned.model, m.untuned.model, problems, strong_template=m.strong.template,
+                  tuned_template=m.tuned.template, untuned_template=m.untuned.template, seeds=args.seeds,
+                  max_new_tokens=args.max_new_tokens, methods=args.methods or None, batch_size=args.batch_size,
+                  limits=limits, guides=args.guides)
     print((Path(args.out) / "summary.md").read_text(encoding="utf-8"), end="")

@@ -84,6 +84,36 @@ class CorrectionsOptions:
     sampling_preset: str | None = field(default=None, metadata={"choices": tuple(SAMPLING_PRESETS)})
 
 
+@dataclass
+class CodePairsOptions:
+    """What ``w2s data code-pairs`` samples and writes (w2s.training.code_pairs).
+
+    Attributes:
+        model: the coder that samples (a model directory, a set-up name or a .gguf file).
+        out: the pairs file (JSON lines; every sample with its verdict in samples.jsonl beside it); a rerun
+            goes on with it.
+        kind: style (passing commented over passing uncommented) or correct (passing over failing).
+        problems: a HumanEval-format JSONL file; none: HumanEval.  Its training split (even task numbers) is used.
+        samples: samples per problem (and, for style, per instruction variant).
+        max_new_tokens: length limit per sample.
+        temperature: the coder's sampling temperature (top-p 0.95).
+        seed: seeds each problem's samples, with its position.
+        batch_size: problems sampled together.
+        limit: the first N training problems only; 0: all.
+    """
+
+    model: str
+    out: str
+    kind: str = field(default="style", metadata={"choices": ("style", "correct")})
+    problems: str | None = None
+    samples: int = 4
+    max_new_tokens: int = 256
+    temperature: float = 0.8
+    seed: int = 0
+    batch_size: int = 4
+    limit: int = 0
+
+
 def add_parsers(sub) -> None:
     s = sub.add_parser("stream", help="Stream Aligner: correct the upstream's answer sentence by sentence, streaming")
     add_model_flags(s, STREAM_ROLES, remote=("upstream",), helps=HELPS)
@@ -98,6 +128,10 @@ def add_parsers(sub) -> None:
     add_model_flags(c, CORRECTION_ROLES, remote=("upstream",), required=("teacher",), helps=HELPS)
     add_config_flags(c, CorrectionsOptions, StreamAligner, defaults=DEMO_LENGTHS, suppress=SAMPLING_FLAGS)
     c.set_defaults(func=run_corrections)
+    k = data.add_parser("code-pairs", help="preference pairs for the code guides, from a coder's executed samples "
+                        "on HumanEval's training problems")
+    add_config_flags(k, CodePairsOptions)
+    k.set_defaults(func=run_code_pairs)
 
 
 def run_stream(args) -> int:
@@ -187,3 +221,16 @@ def run_corrections(args) -> None:
                           whole_out_path=args.whole_out, loop=loop, upstream_template=m.upstream.template,
                           teacher_template=m.teacher.template, seed=args.seed, batch_size=args.batch_size)
     print(f"{n} sentence records in {args.out}")
+
+
+def run_code_pairs(args) -> int:
+    from ..models import ModelSpec, load
+    from ..tasks import code
+    from ..training.code_pairs import build_code_pairs, data_hash
+
+    problems = code.split(code.load_problems(args.problems), "train")[: args.limit or None]
+    pairs = build_code_pairs(load(ModelSpec(args.model)).model, problems, args.out, kind=args.kind,
+                             samples=args.samples, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                             seed=args.seed, batch_size=args.batch_size)
+    print(f"{len(pairs)} pairs of {len(problems)} problems in {args.out} (sha256 {data_hash(args.out)})")
+    return 0

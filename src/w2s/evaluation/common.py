@@ -93,12 +93,15 @@ def model_settings(models: dict, templates: dict) -> dict:
             **{f"{who}_template": t for who, t in templates.items()}}
 
 
-def make_search(name: str, compute: int, max_new_tokens: int, chunk_length: int):
-    """The search of a compared run, with the authors' sampling, by its name:
+def make_search(name: str, compute: int, max_new_tokens: int, chunk_length: int, chunk_end: str | None = None,
+                stop: tuple[str, ...] = ()):
+    """The search of a compared run, with the authors' sampling (and the task's ``stop`` strings), by its name:
 
-    - ``base``, ``*-alone``: plain sampling (of the strong model, or of the named small model);
+    - ``base``, ``*-alone``: plain sampling (of the strong model, or of the named small model); ``greedy``:
+      greedy decoding of the strong model;
     - ``bon-N``: Best-of-N; ``pruned-bon-N``: Best-of-N pruned by half at :func:`prune_checkpoints`;
-    - ``cbs-WxK``: CBS with chunks of ``chunk_length`` tokens; ``cbs-WxK-sentence``: step-level chunks that
+    - ``cbs-WxK``: CBS with chunks of ``chunk_length`` tokens (ending early at ``chunk_end`` when given:
+      ``"line"`` for code); ``cbs-WxK-sentence``: step-level chunks that
       end at sentence ends, capped at twice that;
     - ``front-WxK``: CBS with the front-loaded schedule of successors (the same budget as ``cbs-WxK``);
       ``adaptive-WxK``: that, plus the adaptive stop after :data:`PATIENCE` chunks of a stable best beam;
@@ -111,7 +114,9 @@ def make_search(name: str, compute: int, max_new_tokens: int, chunk_length: int)
     sampling = SAMPLING
     if name.endswith(NO_REPEAT):  # the same run with the evaluations' repetition control
         name, sampling = name.removesuffix(NO_REPEAT), {**SAMPLING, **REPETITION_CONTROL}
-    kw = dict(max_new_tokens=max_new_tokens, sampling=SamplingParams(**sampling))
+    if name == "greedy":
+        sampling = {**sampling, "temperature": 0.0}
+    kw = dict(max_new_tokens=max_new_tokens, sampling=SamplingParams(**sampling, stop=stop))
     if name.startswith("bon-"):
         return BestOfN(n=compute, **kw)
     if name.startswith("pruned-bon-"):
@@ -120,7 +125,7 @@ def make_search(name: str, compute: int, max_new_tokens: int, chunk_length: int)
     if family in ("cbs", "front", "adaptive"):
         shape, _, chunks = rest.partition("-")
         width, successors = map(int, shape.split("x"))
-        kw.update(beam_width=width, successors_per_beam=successors, chunk_length=chunk_length)
+        kw.update(beam_width=width, successors_per_beam=successors, chunk_length=chunk_length, chunk_end=chunk_end)
         if chunks == "sentence":
             kw.update(chunk_end="sentence", chunk_length=2 * chunk_length)
         if family == "cbs":

@@ -192,8 +192,8 @@ def arm(label: str, run: Run, columns: Mapping[str, str | Callable[[dict], float
     return Arm(label, {c: values(run, get) for c, get in columns.items()}, texts(run, text_field))
 
 
-COMPARISON_COLUMNS = ("a", "b", "column", "unit", "n", "mean", "low", "high", "wins", "losses", "ties", "identical",
-                      "answers")
+COMPARISON_COLUMNS = ("a", "b", "column", "unit", "n", "mean", "low", "high", "wins", "losses", "ties", "sign_p",
+                      "identical", "answers")
 
 
 def compare(arms: Mapping[str, Arm], pairs: Sequence[tuple[str, str, Sequence[str]]],
@@ -216,7 +216,8 @@ def compare(arms: Mapping[str, Arm], pairs: Sequence[tuple[str, str, Sequence[st
                 continue
             d = stats.paired(x.columns[column], y.columns[column], unit)
             rows.append({"a": a, "b": b, "column": column, "unit": d.unit, "n": d.n, "mean": d.mean, "low": d.low,
-                         "high": d.high, "wins": d.wins, "losses": d.losses, "ties": d.ties, "identical": identical,
+                         "high": d.high, "wins": d.wins, "losses": d.losses, "ties": d.ties, "sign_p": d.sign_p,
+                         "identical": identical,
                          "answers": len(shared)})
     return rows
 
@@ -225,8 +226,8 @@ def comparisons_markdown(rows: list[dict], labels: Mapping[str, str] | None = No
                          item: str = "prompt") -> str:
     """The comparisons as a markdown table (``item`` names what a prompt is in the task, e.g. "question")."""
     labels = labels or {}
-    lines = ["| comparison | column | mean difference [95% CI] | n | wins / losses / ties | identical answers |",
-             "|:--|:--|--:|--:|--:|--:|"]
+    lines = ["| comparison | column | mean difference [95% CI] | n | wins / losses / ties | sign test p "
+             "| identical answers |", "|:--|:--|--:|--:|--:|--:|--:|"]
     last = None
     for r in rows:
         first = (r["a"], r["b"]) != last
@@ -236,15 +237,21 @@ def comparisons_markdown(rows: list[dict], labels: Mapping[str, str] | None = No
         same = f"{r['identical']} of {r['answers']}" if first else ""
         lines.append(f"| {pair} | {labels.get(r['column'], r['column'])} | {num(r['mean'], sign=True)}{ci} "
                      f"| {r['n']} {item if r['unit'] == 'prompt' else r['unit']}s "
-                     f"| {r['wins']} / {r['losses']} / {r['ties']} | {same} |")
+                     f"| {r['wins']} / {r['losses']} / {r['ties']} | {_p(r['sign_p'])} | {same} |")
     lines += ["", "Paired differences (first run minus second) over the (prompt, seed) pairs both runs answered. "
               "Unit prompt: each prompt's difference is its mean over seeds, and the 95% t-interval is over "
               "prompts (seeds of one prompt are correlated); unit answer: every (prompt, seed) pair. Wins / losses "
-              "/ ties: units where the first run scores higher / lower / the same. Identical answers: shared "
+              "/ ties: units where the first run scores higher / lower / the same; sign test p: the exact two-sided "
+              "sign test of wins against losses (ties left out; McNemar's exact test for a pass/fail gold at one "
+              "seed). Identical answers: shared "
               "(prompt, seed) pairs where both runs returned the very same text."]
     if note:
         lines += ["", note]
     return "\n".join(lines) + "\n"
+
+
+def _p(p: float) -> str:
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
 def write_comparisons(out: Path, rows: list[dict], labels: Mapping[str, str] | None = None, note: str = "",

@@ -13,7 +13,8 @@ observation is:
 The interval is the t-interval ``mean ± t(0.975, n - 1) · sd / √n`` over the n units (None below 2 units,
 or when a value is not finite, e.g. the -inf fluency of an empty answer).
 Wins, losses and ties count units whose (mean) difference is above, below or equal to 0 (within
-:data:`TIE`).
+:data:`TIE`); :func:`sign_test` is the exact two-sided sign test on them (ties left out), which for a
+pass/fail gold at one seed is McNemar's exact test on the discordant problems.
 """
 
 from __future__ import annotations
@@ -139,6 +140,25 @@ class Paired(Interval):
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def sign_p(self) -> float:
+        """The exact two-sided sign test's p-value of the wins against the losses (:func:`sign_test`)."""
+        return sign_test(self.wins, self.losses)
+
+
+def sign_test(wins: int, losses: int) -> float:
+    """The exact two-sided sign test: the probability, with wins and losses equally likely, of a split at
+    least as uneven as ``wins`` / ``losses`` (ties left out; McNemar's exact test on discordant pairs).
+    1.0 when there are none."""
+    for name, value in (("wins", wins), ("losses", losses)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be a count (an integer of at least 0), got {value!r}.")
+    n, k = wins + losses, min(wins, losses)
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
 
 
 def units(values: Mapping[Key, float], unit: str = DEFAULT_UNIT) -> list[float]:

@@ -1,0 +1,104 @@
+"""The code evaluation (w2s.evaluation.code, w2s eval code) and the code guides' pair builder
+(w2s.training.code_pairs) on tiny models; the executed gold itself is tested in test_code_task.py."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import w2s
+from w2s.cli import main
+from w2s.evaluation import code as code_eval
+from w2s.tasks import code
+from w2s.training.code_pairs import build_code_pairs, pair_of
+
+PROBLEMS = [
+    {"task_id": f"Mine/{i}", "prompt": f"def f{i}(x):\n    \"\"\"Return x plus {i}.\"\"\"\n", "entry_point": f"f{i}",
+     "test": f"def check(candidate):\n    assert candidate(1) == {1 + i}\n"} for i in (1, 3, 5)]
+
+
+def test_pass_at_k_is_the_unbiased_estimator():
+    assert code_eval.pass_at_k(3, 0, 3) == 0.0 and code_eval.pass_at_k(3, 1, 3) == 1.0
+    assert code_eval.pass_at_k(4, 1, 2) == pytest.approx(1 - 3 / 6)  # 1 - C(3,2)/C(4,2)
+    with pytest.raises(ValueError, match="pass_at_k needs"):
+        code_eval.pass_at_k(2, 3, 1)
+
+
+def test_evaluation_executes_every_completion_resumes_and_rewrites_from_raw(model_dirs, tmp_path):
+    strong, tuned, untuned = (w2s.load_model(model_dirs[r]) for r in ("strong", "tuned", "untuned"))
+    kw = dict(seeds=(0, 1), max_new_tokens=6, methods=("greedy", "bon-4", "cbs-2x2", "tuned-alone"), batch_size=2,
+              limits=code.Limits(timeout=2), progress=False)
+    rows = code_eval.evaluate_code(tmp_path, strong, tuned, untuned, PROBLEMS, **kw)
+    assert [r["method"] for r in rows] == ["greedy", "base", "bon-4", "cbs-2x2", "tuned-alone"]
+    raw = [json.loads(line) for line in (tmp_path / "raw" / "cbs-2x2" / "seed0.jsonl").open()]
+    assert [r["task_id"] for r in raw] == ["Mine/1", "Mine/3", "Mine/5"]
+    assert all({"passed", "aligned", "status", "comments", "sampled_tokens", "response"} <= set(r) for r in raw)
+    # each record's verdict is the sandbox's on its own completion
+    again = code.gold(PROBLEMS, [r["response"] for r in raw], code.Limits(timeout=2))
+    assert [g["passed"] for g in again] == [r["passed"] for r in raw]
+    by = {r["method"]: r for r in rows}
+    assert by["base"]["pass_at_seeds"] is not None and by["greedy"]["compute_N"] == 1 and by["cbs-2x2"]["compute_N"] == 4
+    greedy = [[json.loads(line)["response"] for line in (tmp_path / "raw" / "greedy" / f"seed{s}.jsonl").open()]
+              for s in (0, 1)]
+    assert greedy[0] == greedy[1]  # greedy decoding does not depend on the seed
+    assert all(0 <= by[m]["pass_mean"] <= 1 for m in by)
+    md = (tmp_path / "summary.md").read_text()
+    assert "| method | compute N | pass [95% CI] | aligned [95% CI] |" in md and "Base pass@2" in md
+    comparisons = (tmp_path / "comparisons.md").read_text()
+    assert "| cbs-2x2 − base | pass |" in comparisons and "sign test p" in comparisons and "3 problems" in comparisons
+    assert (tmp_path / "gold_vs_compute.png").exists()
+    assert code_eval.rewrite_from_raw(tmp_path) == rows
+    path = tmp_path / "raw" / "bon-4" / "seed1.jsonl"
+    full = path.read_text()
+    path.write_text(full.splitlines(keepends=True)[0])  # a stop mid-run: the rest is redone the same way
+    code_eval.evaluate_code(tmp_path, strong, tuned, untuned, PROBLEMS, **kw)
+    assert [json.loads(x)["response"] for x in path.read_text().splitlines()] == \
+        [json.loads(x)["response"] for x in full.splitlines()]
+    with pytest.raises(ValueError, match="different max_new_tokens"):
+        code_eval.evaluate_code(tmp_path, strong, tuned, untuned, PROBLEMS, **{**kw, "max_new_tokens": 7})
+
+
+def test_eval_code_command_takes_a_problems_file(model_dirs, tmp_path, capsys):
+    problems = tmp_path / "mine.jsonl"
+    problems.write_text("".join(json.dumps(p) + "\n" for p in PROBLEMS))
+    out = tmp_path / "out"
+    args = ["eval", "code", "--strong", model_dirs["strong"], "--tuned", model_dirs["tuned"], "--untuned",
+            model_dirs["untuned"], "--problems", str(problems), "--prompts", "2", "--out", str(out), "--seeds", "0",
+            "--max-new-tokens", "4", "--methods", "greedy", "--exec-timeout", "2"]
+    assert main(args) == 0
+    assert "| greedy | 1 |" in capsys.readouterr().out
+    config = json.loads((out / "config.json").read_text())
+    assert config["task_ids"] == ["Mine/1", "Mine/3"] and config["strong_template"] == "{prompt}"
+    assert config["limits"]["timeout"] == 2 and config["methods"] == ["greedy", "base"]
+    assert main(["eval", "code", "--out", str(out), "--from-raw"]) == 0
+    assert "| base | 1 |" in capsys.readouterr().out
+
+
+def test_pair_rules():
+    def s(passed, comments, instructed=False, code_lines=4):
+        return {"passed": passed, "comments": comments, "code_lines": code_lines, "instructed": instructed,
+                "commented": comments >= 1 and 4 * comments >= code_lines, "completion": f"{passed}{comments}"}
+
+    plain_pass, plain_fail, explained = s(True, 0), s(False, 0), s(True, 2, instructed=True)
+    assert pair_of("style", [plain_fail, plain_pass, explained]) == (explained, plain_pass)
+    assert pair_of("style", [plain_pass, s(False, 2, instructed=True)]) is None  # the commented one fails
+    assert pair_of("style", [s(True, 1, code_lines=9), explained]) is None  # one comment on 9 lines: neither side
+    assert pair_of("correct", [plain_fail, plain_pass]) == (plain_pass, plain_fail)
+    assert pair_of("correct", [explained, plain_fail]) is None  # instructed samples are not the correct kind's
+
+
+def test_pair_builder_samples_executes_and_resumes(strong, tmp_path):
+    train = [{**p, "task_id": f"Mine/{int(p['task_id'].split('/')[1]) + 1}"} for p in PROBLEMS[:2]]
+    out = tmp_path / "pairs.jsonl"
+    pairs = build_code_pairs(strong, train, out, samples=2, max_new_tokens=5, batch_size=1, progress=False)
+    samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").open()]
+    assert len(samples) == 2 * 2 * 2 and [s["instructed"] for s in samples[:4]] == [False, False, True, True]
+    assert all(s["status"] in ("passed", "failed", "timeout", "memory", "output", "killed") for s in samples)
+    lines = [json.loads(line) for line in out.open()]
+    assert [r["task_id"] for r in lines] == ["Mine/2", "Mine/4"] and len(pairs) == sum(not r.get("skipped") for r in lines)
+    before = out.read_text()
+    assert build_code_pairs(strong, train, out, samples=2, max_new_tokens=5, batch_size=1, progress=False) == pairs
+    assert out.read_text() == before and len((tmp_path / "samples.jsonl").read_text().splitlines()) == 8
+    with pytest.raises(ValueError, match="must be training problems"):
+        build_code_pairs(strong, PROBLEMS, tmp_path / "x.jsonl", progress=False)
