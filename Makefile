@@ -15,7 +15,7 @@ ENGINE_PKG := llama-cpp-python[server]==0.3.36
 X86_FLAGS := -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
 ENGINE_CMAKE := -DGGML_NATIVE=OFF $(if $(filter x86_64,$(shell uname -m)),$(X86_FLAGS))
 
-.PHONY: test test-slow test-vllm vllm-venv test-lowest bench install demo guides aligners review-guides clean
+.PHONY: test test-slow test-vllm vllm-venv test-lowest bench install demo guides aligners review-guides code-guides clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -118,6 +118,21 @@ review-guides: $(STAMP)
 	  --base $(HOME)/.cache/w2s/smollm2-135m-instruct --out build/reviews-tuned --pair-samples 8 --pair-tokens 64 \
 	  --bt-scale 10 --epochs 2 --learning-rate 5e-4 --batch-size 8 --max-length 192 --save-steps 20
 	$(PY) -c "from w2s.backends.adapters import ship_adapter; ship_adapter('build/reviews-tuned', '$(REVIEW_GUIDE)')"
+
+# build the code task's style guide (issue 24): a DPO LoRA adapter of SmolLM2-135M-Instruct preferring passing,
+# commented completions over passing, uncommented ones, from Qwen2.5-Coder-0.5B-Instruct's samples on HumanEval's
+# training problems (even task numbers), every sample executed in the sandbox; resumable (build/code-style*)
+CODE_GUIDES := src/w2s/weights/code
+code-guides: $(STAMP)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s setup
+	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s setup qwen2.5-coder-0.5b-instruct
+	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s data code-pairs --kind style --model qwen2.5-coder-0.5b-instruct \
+	  --out build/code-style/pairs.jsonl --samples 3 --max-new-tokens 192
+	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s train dpo --pairs build/code-style/pairs.jsonl --lora-rank 8 --lora-alpha 16 \
+	  --base $(HOME)/.cache/w2s/smollm2-135m-instruct --out build/code-style-tuned --epochs 3 --learning-rate 5e-4 \
+	  --batch-size 4 --max-length 512 --save-steps 10
+	$(PY) -c "from w2s.backends.adapters import ship_adapter; ship_adapter('build/code-style-tuned', '$(CODE_GUIDES)/style')"
+	cp build/code-style/pairs.jsonl $(CODE_GUIDES)/style/pairs.jsonl
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

@@ -165,7 +165,7 @@ def test_from_raw_names_what_is_missing(tmp_path, capsys):
     assert main(["eval", "sentiment", "--out", str(tmp_path / "none"), "--from-raw"]) == 2
     assert "out must be a directory holding an evaluation's config.json" in capsys.readouterr().err
     out = copy_results(RESULTS / "reviews" / "qwen1.5b-llamacpp", tmp_path / "r", ["cbs-4x4"])
-    with pytest.raises(ValueError, match="must hold the base run's raw answers"):
+    with pytest.raises(ValueError, match="must hold the base run's raw records"):
         eval_reviews.rewrite_from_raw(out)
 
 

@@ -102,12 +102,7 @@ def rewrite_from_raw(out_dir) -> list[dict]:
     """Rewrite ``summary``, ``comparisons`` and the plot of ``out_dir`` from its ``config.json`` and raw files
     (each record keeps its executed verdict): every run whose seed files are complete, in the table's order."""
     out = Path(out_dir)
-    config = report.read_config(out)
-    runs, notes = report.read_runs(out, config["prompts"], "prompt")
-    if "base" not in runs:
-        raise ValueError(f"out_dir {str(out)!r} must hold the base run's raw records (raw/base/seed*.jsonl), "
-                         f"found runs {sorted(runs)}.")
-    names = report.order(runs, list(CODE_RUNS))
+    config, runs, names, notes = report.read_table(out, "prompts", list(CODE_RUNS))
     rows = [_summary_row(n, runs[n], len(config["prompts"]), config["max_new_tokens"]) for n in names]
     write_summary(out, rows, COLUMNS, markdown_table(rows, config, notes))
     arms = {n: report.arm(n, runs[n], GETTERS, "response") for n in names}

@@ -62,6 +62,18 @@ def read_runs(out: Path, items: Sequence[str], item_key: str, names: Sequence[st
     return runs, notes
 
 
+def read_table(out: Path, items_field: str, known: Sequence[str]) -> tuple[dict, dict[str, Run], list[str], list[str]]:
+    """``(config, runs, names, notes)`` of an evaluation directory whose table needs its base run: the
+    config, the complete runs over ``config[items_field]`` (matched on each record's ``prompt``), their names
+    in ``known``'s order, and notes on the files left out."""
+    config = read_config(out)
+    runs, notes = read_runs(out, config[items_field], "prompt")
+    if "base" not in runs:
+        raise ValueError(f"out_dir {str(out)!r} must hold the base run's raw records (raw/base/seed*.jsonl), "
+                         f"found runs {sorted(runs)}.")
+    return config, runs, order(runs, known), notes
+
+
 def _seed_of(path: Path) -> int | None:
     m = re.fullmatch(r"seed(-?\d+)\.jsonl", path.name)
     return int(m.group(1)) if m else None

@@ -99,12 +99,7 @@ def rewrite_from_raw(out_dir) -> list[dict]:
     and raw files (the records' ``vader``, ``fluency`` and ``response``), loading no model: every run
     directory whose seed files are complete, in the table's order."""
     out = Path(out_dir)
-    config = report.read_config(out)
-    runs, notes = report.read_runs(out, config["instructions"], "prompt")
-    if "base" not in runs:
-        raise ValueError(f"out_dir {str(out)!r} must hold the base run's raw answers (raw/base/seed*.jsonl), "
-                         f"found runs {sorted(runs)}.")
-    names = report.order(runs, list(REVIEW_RUNS))
+    config, runs, names, notes = report.read_table(out, "instructions", list(REVIEW_RUNS))
     return write_report(out, names, runs, len(config["instructions"]), config["max_new_tokens"], notes)
 
 
