@@ -34,7 +34,7 @@ import tokenize
 from pathlib import Path
 from typing import Sequence
 
-from .sandbox import Limits, Outcome, run_many  # noqa: F401 - Limits is part of the API here
+from .sandbox import Limits, Outcome, run_many
 
 FIELDS = ("task_id", "prompt", "entry_point", "test")
 PARTS = ("train", "test")
