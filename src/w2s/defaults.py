@@ -45,41 +45,39 @@ def strong_model_path() -> Path:
     return cache_dir() / "smollm2-135m-instruct"
 
 
+def _shipped(folder: str, marker: str, what: str, make: str) -> Path:
+    """The shipped weights folder ``w2s/weights/{folder}``, or a ValueError naming ``what`` is missing and the
+    ``make`` target that rebuilds it (``marker``: the file that must be there)."""
+    path = Path(str(resources.files("w2s") / "weights" / folder))
+    if not (path / marker).exists():
+        raise ValueError(f"the shipped {what} is missing at {path}; rebuild it with `{make}`.")
+    return path
+
+
 def guide_dir(which: str) -> Path:
     """``"tuned"`` or ``"untuned"``: the shipped sentiment guides."""
-    path = Path(str(resources.files("w2s") / "weights" / "sentiment" / which))
-    if not (path / "config.json").exists():
-        raise ValueError(f"the shipped {which} guide is missing at {path}; rebuild it with `make guides`.")
-    return path
+    return _shipped(f"sentiment/{which}", "config.json", f"{which} guide", "make guides")
 
 
 def review_guide_dir() -> Path:
     """The shipped tuned guide of the reviews task: a DPO LoRA adapter of the default strong model."""
-    path = Path(str(resources.files("w2s") / "weights" / "reviews" / "tuned"))
-    if not (path / "adapter_config.json").exists():
-        raise ValueError(f"the shipped reviews guide is missing at {path}; rebuild it with `make review-guides`.")
-    return path
+    return _shipped("reviews/tuned", "adapter_config.json", "reviews guide", "make review-guides")
 
 
-CODE_GUIDES = {"style": "make code-guides", "correct": "make code-guides"}
+CODE_GUIDE_KINDS = ("style", "correct")
 
 
 def code_guide_dir(kind: str) -> Path:
     """``"style"`` or ``"correct"``: the shipped tuned guide of a code guide pair (a DPO LoRA adapter: of
     SmolLM2-135M-Instruct for style, of Qwen2.5-Coder-0.5B-Instruct for correctness)."""
-    if kind not in CODE_GUIDES:
-        raise ValueError(f"kind must be one of {list(CODE_GUIDES)}, got {kind!r}.")
-    path = Path(str(resources.files("w2s") / "weights" / "code" / kind))
-    if not (path / "adapter_config.json").exists():
-        raise ValueError(f"the shipped {kind} code guide is missing at {path}; rebuild it with `{CODE_GUIDES[kind]}`.")
-    return path
+    if kind not in CODE_GUIDE_KINDS:
+        raise ValueError(f"kind must be one of {list(CODE_GUIDE_KINDS)}, got {kind!r}.")
+    return _shipped(f"code/{kind}", "adapter_config.json", f"{kind} code guide", "make code-guides")
 
 
 def aligner_dir(kind: str) -> Path:
     """``"stream"`` or ``"whole"``: the shipped positive-rewrite aligners (sentence level, whole answer)."""
     if kind not in ("stream", "whole"):
         raise ValueError(f"kind must be 'stream' or 'whole', got {kind!r}.")
-    path = Path(str(resources.files("w2s") / "weights" / "positive" / kind))
-    if not (path / "adapter_config.json").exists():  # a LoRA adapter of the default strong model
-        raise ValueError(f"the shipped {kind} aligner is missing at {path}; rebuild it with `make aligners`.")
-    return path
+    # a LoRA adapter of the default strong model
+    return _shipped(f"positive/{kind}", "adapter_config.json", f"{kind} aligner", "make aligners")

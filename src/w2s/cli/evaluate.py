@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from ..defaults import CODE_GUIDE_KINDS
 from ..evaluation.code import CODE_RUNS
 from ..evaluation.reviews import REVIEW_RUNS
 from ..evaluation.sentiment import SENTIMENT_RUNS
@@ -126,7 +127,7 @@ class CodeOptions:
     max_new_tokens: int = 320
     methods: tuple[str, ...] = field(default=(), metadata={"choices": tuple(CODE_RUNS)})
     batch_size: int = 4
-    guides: str = field(default="style", metadata={"choices": ("style", "correct")})
+    guides: str = field(default="style", metadata={"choices": CODE_GUIDE_KINDS})
     exec_timeout: float = 5.0
     from_raw: bool = False
 
@@ -236,9 +237,23 @@ def spread(name: str, items: list, count: int, what: str) -> list:
     return [items[int(i * step)] for i in range(count)]
 
 
-def run_reviews(args) -> None:
+def _with_defaults(specs: dict, defaults: dict, template: str) -> dict:
+    """``specs`` with each role's path defaulted (``defaults``: role -> a path, a set-up name or a shipped
+    ``w2s:`` name) and its template defaulted to ``template``."""
     from ..backends.gguf import strong_model_dir
-    from ..defaults import review_guide_dir
+    from ..defaults import code_guide_dir, review_guide_dir
+
+    shipped = {"w2s:default-strong": strong_model_dir, "w2s:reviews-tuned": review_guide_dir,
+               **{f"w2s:code-{kind}-tuned": lambda kind=kind: code_guide_dir(kind) for kind in CODE_GUIDE_KINDS}}
+    out = {}
+    for role, spec in specs.items():
+        path = spec.path or defaults[role]
+        path = str(shipped[path]()) if path in shipped else path
+        out[role] = replace(spec, path=path, template=spec.template or template)
+    return out
+
+
+def run_reviews(args) -> None:
     from ..evaluation.reviews import evaluate_reviews
     from ..models import ModelSpec, load
     from ..tasks import reviews
@@ -248,13 +263,7 @@ def run_reviews(args) -> None:
     topics = [r["topic"] for r in read_records(args.topics, "topic")] if args.topics else list(reviews.HELDOUT_TOPICS)
     if args.prompts:
         topics = spread("prompts", topics, args.prompts, "the topics")
-    specs = model_specs(args, ROLES)
-    shipped = {"w2s:default-strong": strong_model_dir, "w2s:reviews-tuned": review_guide_dir}
-    for role, spec in specs.items():
-        path = spec.path or REVIEW_DEFAULTS[role]
-        path = str(shipped[path]()) if path in shipped else path
-        specs[role] = replace(spec, path=path, template=spec.template or "chat")
-    m = load_all(specs)
+    m = load_all(_with_defaults(model_specs(args, ROLES), REVIEW_DEFAULTS, "chat"))
     evaluate_reviews(args.out, m.strong.model, m.tuned.model, m.untuned.model, load(ModelSpec(args.fluency)).model,
                      reviews.review_instructions(topics), strong_template=m.strong.template,
                      tuned_template=m.tuned.template, untuned_template=m.untuned.template, seeds=args.seeds,
@@ -263,8 +272,6 @@ def run_reviews(args) -> None:
 
 
 def run_code(args) -> None:
-    from ..backends.gguf import strong_model_dir
-    from ..defaults import code_guide_dir
     from ..evaluation.code import evaluate_code
     from ..tasks import code
 
@@ -274,14 +281,7 @@ def run_code(args) -> None:
     if args.prompts:
         problems = spread("prompts", problems, args.prompts, "the held-out problems")
     limits = code.Limits(timeout=args.exec_timeout)
-    specs = model_specs(args, ROLES)
-    shipped = {"w2s:default-strong": strong_model_dir, "w2s:code-style-tuned": lambda: code_guide_dir("style"),
-               "w2s:code-correct-tuned": lambda: code_guide_dir("correct")}
-    for role, spec in specs.items():
-        path = spec.path or CODE_DEFAULTS[args.guides][role]
-        path = str(shipped[path]()) if path in shipped else path
-        specs[role] = replace(spec, path=path, template=spec.template or "{prompt}")
-    m = load_all(specs)
+    m = load_all(_with_defaults(model_specs(args, ROLES), CODE_DEFAULTS[args.guides], "{prompt}"))
     evaluate_code(args.out, m.strong.model, m.tuned.model, m.untuned.model, problems, strong_template=m.strong.template,
                   tuned_template=m.tuned.template, untuned_template=m.untuned.template, seeds=args.seeds,
                   max_new_tokens=args.max_new_tokens, methods=args.methods or None, batch_size=args.batch_size,

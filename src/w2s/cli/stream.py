@@ -11,6 +11,7 @@ from pathlib import Path
 from .. import defaults
 from ..aligner import Aligner, StreamAligner
 from ..backends.base import SAMPLING_PRESETS
+from ..defaults import CODE_GUIDE_KINDS
 from ..models import load_all
 from .common import mark, PHASES, read_questions, run_settings, start_output, write_output
 from .flags import SAMPLING_FLAGS, add_config_flags, add_model_flags, config_from_args, model_specs
@@ -104,7 +105,7 @@ class CodePairsOptions:
 
     model: str
     out: str
-    kind: str = field(default="style", metadata={"choices": ("style", "correct")})
+    kind: str = field(default="style", metadata={"choices": CODE_GUIDE_KINDS})
     problems: str | None = None
     samples: int = 4
     max_new_tokens: int = 256

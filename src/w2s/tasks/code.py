@@ -140,7 +140,10 @@ def comment_lines(completion: str) -> tuple[int, int]:
 def meets_comment_rule(completion: str) -> bool:
     """Whether the completion explains its steps: one comment line at least, and one per
     :data:`COMMENT_RATIO` code lines."""
-    comments, code = comment_lines(completion)
+    return _explains(*comment_lines(completion))
+
+
+def _explains(comments: int, code: int) -> bool:
     return comments >= 1 and COMMENT_RATIO * comments >= code
 
 
@@ -156,7 +159,7 @@ def gold(problems: Sequence[dict], completions: Sequence[str], limits: Limits = 
     rows = []
     for completion, outcome in zip(completions, outcomes):
         comments, code = comment_lines(completion)
-        commented = comments >= 1 and COMMENT_RATIO * comments >= code
+        commented = _explains(comments, code)
         rows.append({"passed": outcome.passed, "status": outcome.status, "detail": outcome.detail[:300],
                      "exec_seconds": round(outcome.seconds, 3), "comments": comments, "code_lines": code,
                      "commented": commented, "aligned": outcome.passed and commented})

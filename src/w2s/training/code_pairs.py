@@ -23,11 +23,10 @@ import hashlib
 from pathlib import Path
 from typing import Sequence
 
+from ..defaults import CODE_GUIDE_KINDS as KINDS
 from ..jsonl import dumps, read_complete
 from ..tasks import code
 from ..validation import check_choice, check_range
-
-KINDS = ("style", "correct")
 
 
 def pair_of(kind: str, samples: Sequence[dict]) -> tuple[dict, dict] | None:
