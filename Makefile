@@ -32,9 +32,10 @@ $(STAMP): $(PY) pyproject.toml
 
 install: $(STAMP)
 
-# install, convert the default strong model once (GGUF -> cached safetensors), run the demo
+# install, convert the default strong model and the code part's coder once (GGUF -> cached safetensors), run the demo
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s setup
+	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s setup qwen2.5-coder-0.5b-instruct
 	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s demo
 	@echo; echo "Stream Aligner (shipped positive-rewrite aligner), corrected sentences as they arrive:"
 	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s stream --question "What are the dangers of hiking?"

@@ -82,8 +82,39 @@ def test_demo_prints_both_continuations_with_gold_rewards(strong, tuned, untuned
     means = run_demo(models, num_prompts=2, max_new_tokens=6, out=out)
     text = out.getvalue()
     assert text.count("\n    plain sampling ") == 2 and text.count("\n    weak-to-strong ") == 2
-    assert "Mean gold reward" in text and set(means) == {"plain", "w2s"}
-    assert all(-1 <= v <= 1 for v in means.values())
+    assert "Mean gold reward" in text and set(means) == {"plain", "w2s", "plain_loops", "w2s_loops"}
+    assert all(-1 <= means[k] <= 1 for k in ("plain", "w2s")) and all(0 <= means[k] <= 2 for k in ("plain_loops", "w2s_loops"))
+    assert "repetition penalty 1.2 in both rows" in text
+
+
+def test_code_demo_prints_each_completion_with_its_executed_verdict_and_comment_count(strong, tuned, untuned):
+    from w2s.demo import run_code_demo
+    from w2s.tasks import code
+
+    problems = [{"task_id": f"Mine/{i}", "prompt": f"def f{i}(x):\n    \"\"\"Return x plus {i}.\"\"\"\n",
+                 "entry_point": f"f{i}", "test": f"def check(candidate):\n    assert candidate(1) == {1 + i}\n"}
+                for i in (1, 3)]
+    out = io.StringIO()
+    rows = run_code_demo(strong, tuned, untuned, problems=problems, max_new_tokens=8, out=out)
+    text = out.getvalue()
+    assert [(r["task_id"], r["row"]) for r in rows] == [("Mine/1", "plain"), ("Mine/1", "guided"),
+                                                        ("Mine/3", "plain"), ("Mine/3", "guided")]
+    assert text.count("  plain sampling: ") == 2 and text.count("  style-guided (cbs-2x2): ") == 2
+    assert "[Mine/3] def f3(x):" in text and "plain: " in text and "guided: " in text
+    # each verdict printed is the sandbox's on the completion printed under it
+    blocks = text.split("  style-guided (cbs-2x2): ")[1:]
+    shown = ["\n".join(line[4:] for line in block.splitlines()[1:] if line.startswith("  | ")) for block in blocks]
+    again = code.gold(problems, [c if c != "(empty)" else "" for c in shown])
+    assert [g["passed"] for g in again] == [r["passed"] for r in rows if r["row"] == "guided"]
+    assert all(f"{r['comments']} comment lines, {r['code_lines']} code lines" in text for r in rows)
+
+
+def test_code_demo_problems_are_held_out():
+    from w2s.demo import CODE_PROBLEMS
+    from w2s.tasks import code
+
+    held_out = {p["task_id"] for p in code.split(code.load_problems(), "test")}
+    assert set(CODE_PROBLEMS) <= held_out and len(CODE_PROBLEMS) == 2
 
 
 def test_shipped_aligners_are_small_adapters_of_the_default_model_and_rewrite_like_the_teacher(cache):

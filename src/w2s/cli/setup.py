@@ -17,11 +17,15 @@ class DemoOptions:
         prompts: number of held-out prompts.
         max_new_tokens: length of each continuation, in strong-model tokens.
         seed: seeds each prompt's randomness, with its position.
+        code: also show the code part: Qwen2.5-Coder-0.5B-Instruct on two held-out HumanEval problems, plain
+            and steered by the code style guides (needs `w2s setup qwen2.5-coder-0.5b-instruct`; skipped
+            with a note when it is not set up).
     """
 
     prompts: int = 6
     max_new_tokens: int = 40
     seed: int = 0
+    code: bool = True
 
 
 @dataclass
@@ -54,13 +58,31 @@ def add_parsers(sub) -> None:
     u.set_defaults(func=run_setup)
 
 
+CODER = "qwen2.5-coder-0.5b-instruct"  # the code part's strong model
+
+
 def run_demo(args) -> None:
-    from ..demo import run_demo
+    from ..backends import catalog
+    from ..backends.gguf import strong_model_dir
+    from ..defaults import code_guide_dir
+    from ..demo import run_code_demo, run_demo
 
     if is_url(args.strong):
         raise ValueError("w2s demo needs a local --strong model (it reports its size); use w2s search with a URL.")
     run_demo(load_all(model_specs(args, ROLES)), num_prompts=args.prompts, max_new_tokens=args.max_new_tokens,
              seed=args.seed)
+    if not args.code:
+        return
+    if not catalog.is_current(catalog.lookup(CODER).checkpoint_path):
+        print(f"\n(The code part needs {CODER}: `w2s setup {CODER}`, then rerun `w2s demo`.)")
+        return
+    print(f"\nCode: {CODER} completes two held-out HumanEval problems, plain and steered by the code style "
+          "guides (SmolLM2-135M-Instruct and its DPO adapter preferring commented code); the gold runs each "
+          "problem's tests in the sandbox.")
+    coder, tuned, untuned = (load(ModelSpec(str(path))).model
+                             for path in (catalog.lookup(CODER).checkpoint_path, code_guide_dir("style"),
+                                          strong_model_dir()))
+    run_code_demo(coder, tuned, untuned, seed=args.seed)
 
 
 def run_setup(args) -> None:
