@@ -120,20 +120,29 @@ review-guides: $(STAMP)
 	  --bt-scale 10 --epochs 2 --learning-rate 5e-4 --batch-size 8 --max-length 192 --save-steps 20
 	$(PY) -c "from w2s.backends.adapters import ship_adapter; ship_adapter('build/reviews-tuned', '$(REVIEW_GUIDE)')"
 
-# build the code task's style guide (issue 24): a DPO LoRA adapter of SmolLM2-135M-Instruct preferring passing,
-# commented completions over passing, uncommented ones, from Qwen2.5-Coder-0.5B-Instruct's samples on HumanEval's
-# training problems (even task numbers), every sample executed in the sandbox; resumable (build/code-style*)
+# build the code task's two tuned guides (issue 24), from Qwen2.5-Coder-0.5B-Instruct's samples on HumanEval's
+# training problems (even task numbers), every sample executed in the sandbox; resumable (build/code-*):
+# - style: a DPO LoRA adapter of SmolLM2-135M-Instruct preferring passing, commented completions over passing,
+#   uncommented ones;
+# - correct: a DPO LoRA adapter of the 0.5B coder itself preferring its passing samples over its failing ones.
 CODE_GUIDES := src/w2s/weights/code
+CODER := qwen2.5-coder-0.5b-instruct
+CODE_DPO := --lora-rank 8 --lora-alpha 16 --epochs 3 --learning-rate 5e-4 --batch-size 4 --max-length 512 --save-steps 10
 code-guides: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s setup
-	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s setup qwen2.5-coder-0.5b-instruct
-	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s data code-pairs --kind style --model qwen2.5-coder-0.5b-instruct \
+	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s setup $(CODER)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s data code-pairs --kind style --model $(CODER) \
 	  --out build/code-style/pairs.jsonl --samples 3 --max-new-tokens 192
-	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s train dpo --pairs build/code-style/pairs.jsonl --lora-rank 8 --lora-alpha 16 \
-	  --base $(HOME)/.cache/w2s/smollm2-135m-instruct --out build/code-style-tuned --epochs 3 --learning-rate 5e-4 \
-	  --batch-size 4 --max-length 512 --save-steps 10
-	$(PY) -c "from w2s.backends.adapters import ship_adapter; ship_adapter('build/code-style-tuned', '$(CODE_GUIDES)/style')"
-	cp build/code-style/pairs.jsonl $(CODE_GUIDES)/style/pairs.jsonl
+	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s train dpo --pairs build/code-style/pairs.jsonl $(CODE_DPO) \
+	  --base $(HOME)/.cache/w2s/smollm2-135m-instruct --out build/code-style-tuned
+	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s data code-pairs --kind correct --model $(CODER) \
+	  --out build/code-correct/pairs.jsonl --samples 6 --max-new-tokens 192
+	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s train dpo --pairs build/code-correct/pairs.jsonl $(CODE_DPO) \
+	  --base $(HOME)/.cache/w2s/$(CODER) --out build/code-correct-tuned
+	$(PY) -c "from w2s.backends.adapters import ship_adapter; \
+	  ship_adapter('build/code-style-tuned', '$(CODE_GUIDES)/style'); \
+	  ship_adapter('build/code-correct-tuned', '$(CODE_GUIDES)/correct', base='$(CODER)')"
+	for kind in style correct; do cp build/code-$$kind/pairs.jsonl $(CODE_GUIDES)/$$kind/pairs.jsonl; done
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

@@ -108,3 +108,29 @@ def test_an_adapter_without_a_base_is_a_clear_error(tmp_path, cache):
     (tmp_path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(tmp_path / "none")}))
     with pytest.raises(ValueError, match="base model .* does not exist"):
         w2s.load_model(tmp_path)
+
+
+def test_an_adapter_shipped_on_a_catalog_model_loads_on_that_models_set_up_checkpoint(model_dirs, tmp_path, cache):
+    import shutil
+
+    from w2s.backends import gguf
+
+    expected = save_adapter(model_dirs["strong"], tmp_path / "trained", seed=3)
+    (tmp_path / "trained" / "w2s_training.json").write_text("{}")
+    (tmp_path / "shipped").mkdir()
+    (tmp_path / "shipped" / "README.md").write_text("the model card")
+    (tmp_path / "shipped" / "stale.bin").write_text("from an older build")
+    adapters.ship_adapter(tmp_path / "trained", tmp_path / "shipped", base="qwen2.5-coder-0.5b-instruct")
+    assert sorted(p.name for p in (tmp_path / "shipped").iterdir()) == [
+        "README.md", "adapter_config.json", "adapter_model.safetensors", "w2s_training.json"]
+    assert (tmp_path / "shipped" / "README.md").read_text() == "the model card"
+    config = json.loads((tmp_path / "shipped" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "qwen2.5-coder-0.5b-instruct"
+    with pytest.raises(ValueError, match="is not set up: run `w2s setup qwen2.5-coder-0.5b-instruct`"):
+        w2s.load_model(tmp_path / "shipped")
+    checkpoint = cache.parent / "qwen2.5-coder-0.5b-instruct"  # where `w2s setup` converts it
+    shutil.copytree(model_dirs["strong"], checkpoint)
+    (checkpoint / gguf.MARKER).write_text(json.dumps(gguf.FORMAT))
+    assert torch.allclose(logits(w2s.load_model(tmp_path / "shipped")), expected, atol=1e-4)
+    with pytest.raises(ValueError, match="base must be 'w2s:default-strong' or one of"):
+        adapters.ship_adapter(tmp_path / "trained", tmp_path / "other", base="no-such-model")

@@ -29,7 +29,9 @@ MANIFEST = "w2s_merged.json"  # in each cache entry: the adapter, base and dtype
 
 def adapter_base(path: Path) -> str:
     """The base model of the adapter directory ``path`` (its ``base_model_name_or_path``): a model
-    directory or hub id; ``w2s:default-strong`` is the default strong model (:mod:`w2s.defaults`)."""
+    directory or hub id; ``w2s:default-strong`` is the default strong model (:mod:`w2s.defaults`), and a
+    name of :mod:`w2s.backends.catalog` is that model's converted checkpoint (set up by ``w2s setup NAME``)."""
+    from . import catalog
     from .gguf import strong_model_dir
 
     config = path / "adapter_config.json"
@@ -38,6 +40,12 @@ def adapter_base(path: Path) -> str:
         raise ValueError(f"adapter {str(path)!r}: {config.name} names no base_model_name_or_path.")
     if base == DEFAULT_STRONG_BASE:
         return str(strong_model_dir())
+    if base in catalog.CATALOG:
+        checkpoint = catalog.CATALOG[base].checkpoint_path
+        if not catalog.is_current(checkpoint):
+            raise ValueError(f"the base model {base!r} of the adapter in {str(path)!r} is not set up: run "
+                             f"`w2s setup {base}`.")
+        return str(checkpoint)
     if not Path(base).exists() and os.environ.get("HF_HUB_OFFLINE") == "1":
         raise ValueError(f"the base model {base!r} of the adapter in {str(path)!r} does not exist.")
     return base
@@ -134,15 +142,25 @@ def _same_source(manifest_file: Path, manifest: dict) -> bool:
     return old.get("adapter") == manifest["adapter"] and old.get("dtype") == manifest["dtype"]
 
 
-def ship_adapter(trained, target) -> None:
-    """Copy a LoRA adapter trained on the default strong model (``w2s train aligner|dpo --lora-rank``) into
-    ``target``, its base recorded as ``w2s:default-strong`` so that it loads on any machine."""
+def ship_adapter(trained, target, base: str = DEFAULT_STRONG_BASE) -> None:
+    """Copy a LoRA adapter (``w2s train aligner|dpo --lora-rank``) into ``target``, its base recorded by
+    name so that it loads on any machine: ``base`` is ``w2s:default-strong`` (the default strong model) or
+    a name of :mod:`w2s.backends.catalog` (a model ``w2s setup`` prepares).  A model card (``README.md``)
+    already in ``target`` is kept; every other file there is replaced."""
+    from .catalog import CATALOG
+
+    if base != DEFAULT_STRONG_BASE and base not in CATALOG:
+        raise ValueError(f"base must be {DEFAULT_STRONG_BASE!r} or one of {sorted(CATALOG)}, got {base!r}.")
     trained, target = Path(trained), Path(target)
     config = json.loads((trained / "adapter_config.json").read_text(encoding="utf-8"))
-    config["base_model_name_or_path"] = DEFAULT_STRONG_BASE
+    config["base_model_name_or_path"] = base
+    card = target / "README.md"  # a model card written beside an earlier build is kept
+    kept = card.read_text(encoding="utf-8") if card.exists() else None
     if target.exists():
         shutil.rmtree(target)
     target.mkdir(parents=True)
+    if kept is not None:
+        card.write_text(kept, encoding="utf-8")
     (target / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     for name in ("adapter_model.safetensors", "w2s_training.json"):
         shutil.copy(trained / name, target / name)
