@@ -127,17 +127,17 @@ review-guides: $(STAMP)
 # - correct: a DPO LoRA adapter of the 0.5B coder itself preferring its passing samples over its failing ones.
 CODE_GUIDES := src/w2s/weights/code
 CODER := qwen2.5-coder-0.5b-instruct
-CODE_DPO := --lora-rank 8 --lora-alpha 16 --epochs 3 --learning-rate 5e-4 --batch-size 4 --max-length 512 --save-steps 10
+CODE_DPO := --lora-rank 8 --lora-alpha 16 --learning-rate 5e-4 --batch-size 4 --max-length 512 --save-steps 10
 code-guides: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s setup
 	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s setup $(CODER)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s data code-pairs --kind style --model $(CODER) \
 	  --out build/code-style/pairs.jsonl --samples 3 --max-new-tokens 192
-	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s train dpo --pairs build/code-style/pairs.jsonl $(CODE_DPO) \
+	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s train dpo --pairs build/code-style/pairs.jsonl $(CODE_DPO) --epochs 3 \
 	  --base $(HOME)/.cache/w2s/smollm2-135m-instruct --out build/code-style-tuned
 	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s data code-pairs --kind correct --model $(CODER) \
 	  --out build/code-correct/pairs.jsonl --samples 6 --max-new-tokens 192
-	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s train dpo --pairs build/code-correct/pairs.jsonl $(CODE_DPO) \
+	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s train dpo --pairs build/code-correct/pairs.jsonl $(CODE_DPO) --epochs 2 \
 	  --base $(HOME)/.cache/w2s/$(CODER) --out build/code-correct-tuned
 	$(PY) -c "from w2s.backends.adapters import ship_adapter; \
 	  ship_adapter('build/code-style-tuned', '$(CODE_GUIDES)/style'); \
