@@ -65,12 +65,18 @@ def test_eval_code_command_takes_a_problems_file(model_dirs, tmp_path, capsys):
     out = tmp_path / "out"
     args = ["eval", "code", "--strong", model_dirs["strong"], "--tuned", model_dirs["tuned"], "--untuned",
             model_dirs["untuned"], "--problems", str(problems), "--prompts", "2", "--out", str(out), "--seeds", "0",
-            "--max-new-tokens", "4", "--methods", "greedy", "--exec-timeout", "2"]
+            "--max-new-tokens", "4", "--methods", "greedy", "--exec-timeout", "2", "--dtype", "bfloat16",
+            "--tuned-dtype", "float32"]
     assert main(args) == 0
     assert "| greedy | 1 |" in capsys.readouterr().out
     config = json.loads((out / "config.json").read_text())
     assert config["task_ids"] == ["Mine/1", "Mine/3"] and config["strong_template"] == "{prompt}"
     assert config["limits"]["timeout"] == 2 and config["methods"] == ["greedy", "base"]
+    # one dtype for all models, one role overriding it; a resumed run must keep them
+    assert (config["strong_dtype"], config["tuned_dtype"], config["untuned_dtype"]) == ("bfloat16", "float32",
+                                                                                        "bfloat16")
+    assert main([*args, "--strong-dtype", "float32"]) == 2
+    assert "different strong_dtype ('bfloat16' there, 'float32' now)" in capsys.readouterr().err
     assert main(["eval", "code", "--out", str(out), "--from-raw"]) == 0
     assert "| base | 1 |" in capsys.readouterr().out
 
@@ -102,3 +108,14 @@ def test_pair_builder_samples_executes_and_resumes(strong, tmp_path):
     assert out.read_text() == before and len((tmp_path / "samples.jsonl").read_text().splitlines()) == 8
     with pytest.raises(ValueError, match="must be training problems"):
         build_code_pairs(strong, PROBLEMS, tmp_path / "x.jsonl", progress=False)
+
+
+def test_a_setting_recorded_only_since_a_later_version_is_not_held_against_an_older_run(tmp_path):
+    from w2s.evaluation.common import start_run
+
+    start_run(tmp_path, {"strong": "m"}, ("strong", "strong_dtype"))  # written before dtypes were recorded
+    start_run(tmp_path, {"strong": "m", "strong_dtype": "bfloat16"}, ("strong", "strong_dtype"))
+    with pytest.raises(ValueError, match="different strong_dtype"):
+        start_run(tmp_path, {"strong": "m", "strong_dtype": "float32"}, ("strong", "strong_dtype"))
+    with pytest.raises(ValueError, match="different strong "):
+        start_run(tmp_path, {"strong": "n", "strong_dtype": "bfloat16"}, ("strong", "strong_dtype"))

@@ -41,6 +41,8 @@ DTYPES = ("float32", "bfloat16", "float16")
 # ModelSpec fields given once per role (w2s's flags --strong, --strong-template, ...) and those that
 # only a model behind an engine uses
 PER_ROLE = ("path", "template", "model", "tokenizer")
+# fields given once for all models that one role may override (--dtype bfloat16 --tuned-dtype float32)
+ROLE_OVERRIDES = ("dtype",)
 REMOTE_FIELDS = ("model", "tokenizer", "concurrency", "timeout", "max_retries", "api_key_env", "extra_body", "engine")
 # the engines a URL may name (w2s.backends.remote.ENGINES, without importing httpx here)
 ENGINES = ("auto", "vllm", "llama.cpp", "openai")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..configs import flatten
 from ..jsonl import append_batches
-from ..models import PER_ROLE
+from ..models import PER_ROLE, ROLE_OVERRIDES
 from .flags import flag_name
 
 # wall-clock times (time.time()) at which a command reached its phases; `w2s stream` writes them as JSON to
@@ -97,7 +97,7 @@ def run_settings(args, config, roles: dict[str, str], inputs: list, inputs_flag:
     flags.update({flag_name(k): v for k, v in flatten(config).items()})
     flags["--seed"] = args.seed
     for role, name in roles.items():
-        for f in PER_ROLE:
+        for f in PER_ROLE + ROLE_OVERRIDES:
             dest = role if f == "path" else f"{role}_{f}"
             if hasattr(args, dest):
                 flags[flag_name(name if f == "path" else f"{name}_{f}")] = getattr(args, dest)

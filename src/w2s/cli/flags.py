@@ -16,7 +16,7 @@ import typing
 
 from ..backends.base import SAMPLING_PRESETS, SamplingParams
 from ..configs import Param, build, param_names, params
-from ..models import PER_ROLE, REMOTE_FIELDS, ModelSpec
+from ..models import PER_ROLE, REMOTE_FIELDS, ROLE_OVERRIDES, ModelSpec
 
 # field -> older flag names that stay accepted
 ALIASES = {"successors_per_beam": ["--successors"], "timeout": ["--request-timeout"]}
@@ -151,6 +151,9 @@ def add_model_flags(parser, roles: dict[str, str], *, remote: tuple[str, ...] = 
             add_param(parser, spec[field], dest=role if field == "path" else f"{role}_{field}", flag=flag,
                       default=None, required=field == "path" and role in required,
                       help=text or f"the {who} model's {field}: {spec[field].doc}")
+        for field in ROLE_OVERRIDES:
+            add_param(parser, spec[field], dest=f"{role}_{field}", flag=f"--{name.replace('_', '-')}-{field}",
+                      default=None, help=f"the {who} model's {field} (default: --{field}).")
     group = parser.add_argument_group("remote engine (a model given as an http(s):// URL)") if remote else None
     for name in _shared_fields(remote):
         add_param(group if name in REMOTE_FIELDS else parser, spec[name])
@@ -171,8 +174,8 @@ def model_specs(args, roles) -> dict[str, ModelSpec]:
     shared = {name: getattr(args, name) for name in _shared_fields(True) if hasattr(args, name)}
     specs = {}
     for role in roles:
-        own = {f: getattr(args, role if f == "path" else f"{role}_{f}", None) for f in PER_ROLE}
-        specs[role] = ModelSpec(role=role, **{k: v for k, v in own.items() if v is not None}, **shared)
+        own = {f: getattr(args, role if f == "path" else f"{role}_{f}", None) for f in PER_ROLE + ROLE_OVERRIDES}
+        specs[role] = ModelSpec(role=role, **{**shared, **{k: v for k, v in own.items() if v is not None}})
     return specs
 
 
@@ -185,5 +188,6 @@ def expected_dests(parser) -> set[str]:
             continue
         for role in what:
             found |= {role if f == "path" else f"{role}_{f}" for f in _role_fields(role, extra)}
+            found |= {f"{role}_{f}" for f in ROLE_OVERRIDES}
         found |= set(_shared_fields(extra))
     return found

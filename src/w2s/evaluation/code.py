@@ -28,14 +28,13 @@ from typing import Sequence
 
 from ..tasks import code, quality
 from . import report
-from .common import (SAMPLING, check_runs, draw_lines, figure, make_search, mean_of, model_settings, run_prompts,
-                     start_run, write_summary)
+from .common import (SAMPLING, SEARCH_MODELS_CHECKED, check_runs, draw_lines, figure, make_search, mean_of,
+                     model_settings, run_prompts, start_run, write_summary)
 
 CODE_RUNS = {"greedy": 1, "base": 1, "bon-4": 4, "bon-16": 16, "cbs-2x2": 4, "cbs-4x4": 16, "tuned-alone": 1,
              "untuned-alone": 1}
 CHUNK_LENGTH = 32  # strong-model tokens a line chunk may run to before it is cut anyway
-CHECKED = ("task_ids", "max_new_tokens", "temperature", "top_p", "top_k", "strong", "tuned", "untuned",
-           "strong_template", "tuned_template", "untuned_template")
+CHECKED = ("task_ids", "max_new_tokens", "temperature", "top_p", "top_k", *SEARCH_MODELS_CHECKED)
 GOLD = ("pass", "aligned", "commented")
 GOLD_LABELS = {"pass": "pass", "aligned": "aligned (pass + comment rule)", "commented": "comment rule"}
 GETTERS = {"pass": lambda r: float(r["passed"]), "aligned": lambda r: float(r["aligned"]),

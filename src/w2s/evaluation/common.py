@@ -21,12 +21,13 @@ REPETITION_CONTROL = dict(repetition_penalty=1.2)
 
 
 def start_run(out: Path, config: dict, checked: Sequence[str]) -> None:
-    """Create ``out`` and write ``config.json``; a rerun into it must match the ``checked`` settings."""
+    """Create ``out`` and write ``config.json``; a rerun into it must match the ``checked`` settings (those
+    it records: a setting recorded only since a later version is checked from the run that records it)."""
     path = out / "config.json"
     if path.exists():
         old = json.loads(path.read_text(encoding="utf-8"))
         for key in checked:
-            if old.get(key) != config[key]:
+            if key in old and old[key] != config.get(key):
                 was, now = (_short(v) for v in (old.get(key), config[key]))
                 raise ValueError(f"{out} holds a run with a different {key} ({was} there, {now} now); "
                                  "use another output directory or the same settings to resume.")
@@ -87,10 +88,18 @@ def check_runs(runs: dict, methods, items: list, seeds: list, batch_size: int, m
     return names
 
 
+# the search models' settings (model_settings) a resumed run must share
+SEARCH_MODELS_CHECKED = tuple(f"{who}{what}" for what in ("", "_template", "_dtype")
+                              for who in ("strong", "tuned", "untuned"))
+
+
 def model_settings(models: dict, templates: dict) -> dict:
-    """The models' names and templates as a run's settings record them (``strong``, ``strong_template``, ...)."""
+    """The models' names, templates and (of a local model) weights' dtypes as a run's settings record them
+    (``strong``, ``strong_template``, ``strong_dtype``, ...)."""
+    dtypes = {who: getattr(getattr(m, "model", None), "dtype", None) for who, m in models.items()}
     return {**{who: getattr(m, "name", type(m).__name__) for who, m in models.items()},
-            **{f"{who}_template": t for who, t in templates.items()}}
+            **{f"{who}_template": t for who, t in templates.items()},
+            **{f"{who}_dtype": str(d).removeprefix("torch.") for who, d in dtypes.items() if d is not None}}
 
 
 def make_search(name: str, compute: int, max_new_tokens: int, chunk_length: int, chunk_end: str | None = None,

@@ -29,14 +29,14 @@ from typing import Sequence
 
 from ..tasks import reviews
 from . import report
-from .common import (SAMPLING, VARIANT_MARKERS, check_runs, draw_lines, draw_points, figure, make_search,
-                     model_settings, read_raw, run_prompts, start_run, write_summary)
+from .common import (SAMPLING, SEARCH_MODELS_CHECKED, VARIANT_MARKERS, check_runs, draw_lines, draw_points, figure,
+                     make_search, model_settings, read_raw, run_prompts, start_run, write_summary)
 
 REVIEW_RUNS = {"base": 1, "bon-4": 4, "bon-16": 16, "cbs-2x2": 4, "cbs-4x4": 16, "tuned-alone": 1,
                "untuned-alone": 1, "pruned-bon-16": 16, "cbs-4x4-sentence": 16, "adaptive-4x4": 16}
 CHUNK_LENGTH = 16  # strong-model tokens per CBS chunk: about a clause of a review
-CHECKED = ("instructions", "max_new_tokens", "temperature", "top_p", "top_k", "strong", "tuned", "untuned",
-           "fluency_model", "strong_template", "tuned_template", "untuned_template")
+CHECKED = ("instructions", "max_new_tokens", "temperature", "top_p", "top_k", *SEARCH_MODELS_CHECKED, "fluency_model",
+           "fluency_model_dtype")
 GOLD = ("vader", "fluency", "combined")
 GOLD_LABELS = {"combined": "combined gold", "vader": "VADER", "fluency": "fluency (nats/token)"}
 COLUMNS = ("method", "compute_N", *(f"{g}_{s}" for g in GOLD for s in ("mean", "low", "high", "seed_sd")),

@@ -25,8 +25,9 @@ from typing import Sequence
 
 from ..tasks.sentiment import gold_reward
 from . import report
-from .common import (NO_REPEAT, SAMPLING, VARIANT_MARKERS, check_runs, draw_lines, draw_points, figure, make_search,
-                     mean_of, model_settings, read_raw, run_prompts, start_run, write_config, write_summary)
+from .common import (NO_REPEAT, SAMPLING, SEARCH_MODELS_CHECKED, VARIANT_MARKERS, check_runs, draw_lines, draw_points,
+                     figure, make_search, mean_of, model_settings, read_raw, run_prompts, start_run, write_config,
+                     write_summary)
 
 # name: compute N, i.e. strong-model samples per prompt per step (W*K for CBS, n for Best-of-N)
 SENTIMENT_RUNS = {"base": 1, "bon-4": 4, "bon-16": 16, "cbs-2x2": 4, "cbs-4x4": 16, "eft": 1, "tuned-alone": 1,
@@ -34,8 +35,8 @@ SENTIMENT_RUNS = {"base": 1, "bon-4": 4, "bon-16": 16, "cbs-2x2": 4, "cbs-4x4": 
 SENTIMENT_RUNS.update({f"{name}{NO_REPEAT}": SENTIMENT_RUNS[name]  # with the repetition control
                        for name in ("base", "bon-4", "bon-16", "cbs-2x2", "cbs-4x4", "cbs-4x4-sentence", "front-4x4",
                                     "adaptive-4x4")})
-CHECKED = ("prompts", "max_new_tokens", "temperature", "top_p", "top_k", "strong", "tuned", "untuned",
-           "strong_template", "tuned_template", "untuned_template")  # settings a resumed run must share
+# settings a resumed run must share
+CHECKED = ("prompts", "max_new_tokens", "temperature", "top_p", "top_k", *SEARCH_MODELS_CHECKED)
 COLUMNS = ("method", "compute_N", "gold_reward_mean", "gold_reward_low", "gold_reward_high", "gold_reward_seed_sd",
            "looping", "padded", "distinct2", "truncated", "mean_tokens", "sampled_tokens", "guide_tokens", "seconds_per_prompt",
            "prompts", "seeds", "skipped")
