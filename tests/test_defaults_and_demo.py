@@ -155,3 +155,26 @@ def test_stream_command_with_no_model_flags_uses_the_demo_models(cache):
                           env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert len(proc.stdout.strip()) > 20
+
+
+def test_shipped_code_guides_are_small_adapters_with_the_data_their_cards_name():
+    import json
+
+    from safetensors.torch import load_file
+
+    from w2s.backends import catalog
+    from w2s.training.code_pairs import data_hash
+
+    for kind, base in (("style", None), ("correct", "qwen2.5-coder-0.5b-instruct")):
+        path = defaults.code_guide_dir(kind)
+        weights = load_file(path / "adapter_model.safetensors")
+        assert sum(w.numel() for w in weights.values()) <= 494_032_768 * 0.02  # < 2% of the 0.5B coder
+        card = (path / "README.md").read_text()
+        assert "license: apache-2.0" in card and data_hash(path / "pairs.jsonl") in card
+        pairs = [json.loads(line) for line in (path / "pairs.jsonl").open()]
+        trained = json.loads((path / "w2s_training.json").read_text())
+        assert trained["pairs"] == sum(not p.get("skipped") for p in pairs) and f"{trained['pairs']} pairs" in card
+        assert all(int(p["task_id"].split("/")[1]) % 2 == 0 for p in pairs)  # training problems only
+        if base:
+            config = json.loads((path / "adapter_config.json").read_text())
+            assert config["base_model_name_or_path"] == base and base in catalog.CATALOG
