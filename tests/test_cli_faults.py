@@ -99,6 +99,22 @@ def test_which_files_are_jsonl(tmp_path):
     assert read("p.prompts", plain) == [{"prompt": t} for t in ("[INST] Hello [/INST]", "{name} is", "  What a ")]
     assert read("p.txt", '{"prompt": "x"\n') == [{"prompt": '{"prompt": "x"'}]  # .txt: always plain
     assert read("p.in", '{"prompt": "a", "id": 3}\n') == [{"prompt": "a", "id": 3}]
+    # a byte-order mark (Windows editors write one) is not part of the first prompt, plain or JSONL
+    assert read("bom.txt", "\ufeffThe cat\nA dog\n") == [{"prompt": "The cat"}, {"prompt": "A dog"}]
+    assert read("bom.jsonl", '\ufeff{"prompt": "a"}\n') == [{"prompt": "a"}]
+    # nothing to do is an error, not a run that writes nothing and says nothing
+    with pytest.raises(ValueError, match=r"empty\.txt: holds no prompts"):
+        read("empty.txt", "\n  \n")
+
+
+def test_a_line_torn_inside_a_character_is_cut_and_the_run_resumes(tmp_path):
+    from w2s.jsonl import read_complete
+
+    path = tmp_path / "out.jsonl"
+    whole = '{"response": "caf\u00e9 \u732b"}\n'.encode()
+    path.write_bytes(whole + '{"response": "\u732b'.encode()[:-1])  # stopped inside the 3-byte character
+    assert read_complete(path) == [{"response": "café 猫"}]
+    assert path.read_bytes() == whole
 
 
 def test_an_over_long_prompt_is_an_error_record_and_the_others_go_on(capsys, model_dirs, tmp_path):

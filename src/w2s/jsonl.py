@@ -14,17 +14,17 @@ def read_complete(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.exists():
         return []
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    lines = path.read_bytes().splitlines(keepends=True)  # bytes: a line torn inside a character is still cut
     records = []
     for line in lines:
-        if not line.endswith("\n"):
+        if not line.endswith(b"\n"):
             break
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
+            records.append(json.loads(line.decode("utf-8")))
+        except (UnicodeDecodeError, json.JSONDecodeError):
             break
     if len(records) < len(lines):
-        path.write_text("".join(lines[: len(records)]), encoding="utf-8")
+        path.write_bytes(b"".join(lines[: len(records)]))
     return records
 
 

@@ -34,9 +34,11 @@ def command_name(args) -> str:
 
 
 def read_text(source: str, flag: str) -> str:
-    """The text of the input ``source`` (``-``: stdin); one that cannot be read is a ValueError naming ``flag``."""
+    """The text of the input ``source`` (``-``: stdin), without a byte-order mark; one that cannot be read
+    is a ValueError naming ``flag``."""
     try:
-        return sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+        text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+        return text.removeprefix("\ufeff")
     except OSError as err:
         raise ValueError(f"{flag} {source}: {(err.strerror or str(err)).lower()}.") from None
     except UnicodeDecodeError as err:
@@ -53,6 +55,8 @@ def read_records(source: str, field: str = "prompt", flag: str | None = None, pl
     default ``--{field}s``), never an item of its own text."""
     flag = flag or f"--{field}s"
     lines = [(n, line) for n, line in enumerate(read_text(source, flag).splitlines(), 1) if line.strip()]
+    if not lines:
+        raise ValueError(f"{flag} {source}: holds no {field}s (an empty file, or only blank lines).")
     sniffed = not source.endswith(".txt") and bool(lines) and lines[0][1].lstrip().startswith("{")
     if plain and not source.endswith(".jsonl") and not sniffed:
         return [{field: line} for _, line in lines]
