@@ -194,6 +194,30 @@ def test_search_output_holds_one_run(capsys, model_dirs, tmp_path):
     assert run_record(out).exists() and len(lines(out)) == 3
 
 
+def test_a_second_run_on_an_output_being_written_is_refused(capsys, model_dirs, tmp_path):
+    import subprocess
+    import sys
+
+    prompts, out = tmp_path / "p.txt", tmp_path / "out.jsonl"
+    prompts.write_text("The cat\nWhat a\n")
+    out.write_text('{"prompt": "The cat"}\n')
+    # another process's run holds the output, as w2s's own runs do while they write it
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a'); "
+                               "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)", str(out)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        for extra in (["--resume"], ["--overwrite"]):
+            status, _, err = cli(capsys, *search_flags(model_dirs, prompts, out), *extra)
+            assert status == 2 and f"--output {out} is being written by another run" in one_line_error(err, "search")
+            assert out.read_text() == '{"prompt": "The cat"}\n'  # not cut, not emptied
+    finally:
+        holder.kill()
+        holder.wait()
+    assert cli(capsys, *search_flags(model_dirs, prompts, out), "--overwrite")[0] == 0 and len(lines(out)) == 2
+    assert cli(capsys, *search_flags(model_dirs, prompts, out), "--resume")[0] == 0  # the lock ends with the run
+
+
 @pytest.mark.parametrize("command", ["stream", "data"])
 def test_rerun_of_stream_and_corrections_goes_on_only_with_the_same_settings(capsys, model_dirs, tmp_path, command):
     questions, out = tmp_path / "q.txt", tmp_path / "out.jsonl"

@@ -11,7 +11,7 @@ import sys
 
 from . import evaluate, search, serve, setup, stream, train
 from ..backends.base import RemoteError
-from .common import FAILED, PHASES, command_name, mark
+from .common import FAILED, PHASES, command_name, mark, release_outputs
 
 __all__ = ["build_parser", "main"]
 
@@ -45,3 +45,5 @@ def main(argv: list[str] | None = None) -> int:
     except RemoteError as err:  # an engine that stayed down (a file of prompts gets error records instead)
         print(f"{command_name(args)}: error: {err}", file=sys.stderr)
         return 1
+    finally:
+        release_outputs()

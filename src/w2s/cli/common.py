@@ -3,8 +3,10 @@ runs (their settings record, their error records and exit status)."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import os
 import sys
 import time
 import warnings
@@ -21,6 +23,8 @@ PHASES: dict[str, float] = {}
 
 # the exit status of a run that wrote error records (some items failed); 2 is a bad input or setting
 FAILED = 1
+# output path -> the descriptor holding its lock while this process's run writes it (release_outputs)
+_LOCKED: dict[str, int] = {}
 
 
 def mark(phase: str) -> None:
@@ -127,9 +131,11 @@ def start_output(path: str, settings: dict, *, resume: bool = True, overwrite: b
     if path == "-":
         return
     out, record = Path(path), run_record(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _lock(out, flag)
     if overwrite:
-        out.unlink(missing_ok=True)
-    elif out.exists() and out.stat().st_size:
+        os.truncate(out, 0)
+    elif out.stat().st_size:
         if not resume:
             raise ValueError(f"{flag} {path} already holds lines; give --resume to go on with that run, or "
                              "--overwrite to start over.")
@@ -141,8 +147,29 @@ def start_output(path: str, settings: dict, *, resume: bool = True, overwrite: b
             if difference:
                 raise ValueError(f"{flag} {path} holds a run with {difference}; go on with the same settings, "
                                  "give another output, or --overwrite to start over.")
-    out.parent.mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps(settings, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _lock(out: Path, flag: str) -> None:
+    """Hold an exclusive lock on ``out`` (created if missing) until :func:`release_outputs`: a second run
+    writing the same file (another process) is refused before it reads or cuts a line."""
+    key = str(out.resolve())
+    if key in _LOCKED:
+        return
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ValueError(f"{flag} {out} is being written by another run; wait for it to end or give another "
+                         "output.") from None
+    _LOCKED[key] = fd
+
+
+def release_outputs() -> None:
+    """Let other runs write the outputs this process's runs locked (the end of a command)."""
+    while _LOCKED:
+        os.close(_LOCKED.popitem()[1])
 
 
 def _difference(old: dict, new: dict) -> str | None:
