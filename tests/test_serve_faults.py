@@ -422,3 +422,23 @@ def test_clients_killed_mid_stream_are_cancelled_and_the_server_serves_on(loaded
     _wait(lambda: metric(loaded, "w2s_cancelled_requests_total", stage="running") > before, timeout=30)
     assert post(loaded, body(), headers={}).status_code == 200
     assert httpx.get(loaded + "/health").json()["status"] == "ok"
+
+
+def test_queue_depth_waits_for_the_worker_to_let_go_of_the_queue():
+    """Issue 25 item 2: /health read the queue while the worker changed it ("deque mutated during
+    iteration" under load). The depth is now read under the worker's lock: while another thread holds it,
+    a read waits."""
+    from w2s.serve.batching import Batcher
+
+    batcher = Batcher(None, queue_size=4, batch_window=0.0, max_batch_size=2)
+    try:
+        read = []
+        with batcher._cond:  # as the worker holds it while it takes parts off the queue
+            reader = threading.Thread(target=lambda: read.append(batcher.depth))
+            reader.start()
+            reader.join(0.3)
+            assert reader.is_alive() and not read
+        reader.join(5)
+        assert read == [0]
+    finally:
+        batcher.close()

@@ -202,7 +202,8 @@ class Batcher:
     @property
     def depth(self) -> int:
         """Requests waiting (a request queued as several parts counts once)."""
-        return len({id(part.job) for part in self._waiting})
+        with self._cond:  # the worker takes parts off the queue under this lock (/health reads it meanwhile)
+            return len({id(part.job) for part in self._waiting})
 
     @property
     def alive(self) -> bool:
