@@ -368,6 +368,21 @@ def test_w2s_parameters_must_be_finite(guarded):
     url, _ = guarded
     raw = json.dumps(body(w2s={"temperature": "X"})).replace('"X"', "Infinity")
     assert "finite" in error(post(url, content=raw), 400)["message"]
+    # issue 25 item 12: integers for float parameters are floats, or a 400 when no float holds them
+    assert post(url, body(w2s={**GREEDY, "temperature": 10**30})).status_code == 200
+    too_big = error(post(url, body(w2s={"temperature": 10**400})), 400)
+    assert too_big["param"] == "temperature" and "integer of 401 digits" in too_big["message"]
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_a_method_that_is_not_a_name_is_a_400_naming_it(guarded, chat):
+    url, _ = guarded
+    request = body(w2s={"method": [1]})
+    if chat:
+        request = {**{k: v for k, v in request.items() if k != "prompt"},
+                   "messages": [{"role": "user", "content": "The cat"}]}
+    failed = error(post(url, request, path="/v1/chat/completions") if chat else post(url, request), 400)
+    assert failed["param"] == "w2s.method" and "got [1]" in failed["message"]
 
 
 # -- load: concurrent clients, killed clients -------------------------------------------------------

@@ -121,8 +121,20 @@ def _build(cls, values: dict):
             if mine:
                 kw[f.name] = _build(inner[f.name], mine)
         elif f.name in values:
-            kw[f.name] = values[f.name]
+            kw[f.name] = _as_declared(f, values[f.name])
     return cls(**kw)
+
+
+def _as_declared(f: dataclasses.Field, value):
+    """An integer given for a float parameter (JSON ``1`` for ``1.0``), as the float the code computes with:
+    torch refuses Python integers beyond 64 bits.  One too large for a float is a ValueError naming it."""
+    if isinstance(value, int) and not isinstance(value, bool) and str(f.type).split(" | ")[0] == "float":
+        try:
+            return float(value)
+        except OverflowError:
+            raise ValueError(f"{f.name} must be a finite number, got an integer of {len(str(abs(value)))} "
+                             "digits.") from None
+    return value
 
 
 def flatten(config) -> dict:

@@ -435,7 +435,8 @@ def create_app(config: ServeConfig, models: Models) -> FastAPI:
 
     async def _generate(request: Request, body, prompts: list[str], template: str, prompt_param: str, chat: bool):
         named = (body.w2s or {}).get("method", config.method)
-        request.scope["w2s_method"] = named if named in SERVED_METHODS else ""  # the metrics' label
+        # the metrics' label (any JSON value may come here: checked in prepare)
+        request.scope["w2s_method"] = named if isinstance(named, str) and named in SERVED_METHODS else ""
         loop, events = asyncio.get_running_loop(), asyncio.Queue()
         method, params, prompt_tokens = await loop.run_in_executor(server.checks, server.prepare, body, prompts,
                                                                    template, prompt_param)
