@@ -174,3 +174,27 @@ def test_a_model_split_across_devices_by_a_device_map_samples_as_one_device_does
         parse_max_memory("lots")
     with pytest.raises(ValueError, match="need a device_map"):
         w2s.load_model(model_dirs["strong"], max_memory={"cpu": "1GiB"})
+
+
+def test_the_backends_take_what_the_protocols_declare():
+    """Issue 25 item 6: the code calls a backend with what the protocol declares (scoring passes
+    batch_size to response_logprobs), and each backend takes those parameters under the same names."""
+    import inspect
+
+    from w2s.backends import base, logprobs, remote, transformers
+
+    pairs = [(base.LanguageModel, transformers.TransformersModel), (base.LanguageModel, remote.RemoteModel),
+             (base.SearchSession, transformers.LocalSearchSession), (base.SearchSession, remote.RemoteSearchSession),
+             (base.TextGenerator, transformers.IncrementalGenerator), (base.TextGenerator, remote.RemoteGenerator),
+             (base.ResponseLogProbs, logprobs.IncrementalLogProbs), (base.ResponseLogProbs, remote.RemoteLogProbs)]
+    checked = 0
+    for protocol, backend in pairs:
+        for name, declared in vars(protocol).items():
+            if name.startswith("_") and name != "__call__" or not callable(declared):
+                continue
+            checked += 1
+            wanted = list(inspect.signature(declared).parameters)
+            given = list(inspect.signature(getattr(backend, name)).parameters)
+            assert given[: len(wanted)] == wanted, (protocol.__name__, backend.__name__, name)
+    assert checked >= 12
+    assert "batch_size" in inspect.signature(base.LanguageModel.response_logprobs).parameters

@@ -148,6 +148,24 @@ def test_reward_model_scorer_matches_a_manual_forward():
     assert got == pytest.approx(want, abs=1e-4)
 
 
+def test_reward_model_scorer_batches_a_model_with_no_pad_id_and_refuses_to_cut_a_text():
+    """Issue 25 item 6: a Llama-family reward model whose config has no pad_token_id failed on batches of
+    more than one, and truncation cut the end of the response it scored."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    tok = guide_tokenizer()
+    torch.manual_seed(0)
+    model = LlamaForSequenceClassification(LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2, max_position_embeddings=64, num_labels=1, pad_token_id=None)).eval()
+    scorer = w2s.RewardModelScorer(model, tok, batch_size=2)
+    responses = [" sat.", " is a happy little cat"]
+    together = scorer.score("The cat", responses, [True, True])
+    assert together == pytest.approx([scorer.score("The cat", [r], [True])[0] for r in responses], abs=1e-4)
+    with pytest.raises(ValueError, match=r"longer than the reward model's 64 positions"):
+        scorer.score("The cat", [" and the dog" * 40], [True])
+
+
 def test_callable_scorer():
     scorer = w2s.CallableScorer(lambda prompt, response: len(prompt) + len(response))
     assert scorer.score("ab", ["", "xyz"], [False, True]) == [2.0, 5.0]

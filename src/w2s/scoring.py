@@ -144,6 +144,10 @@ class RewardModelScorer:
         self.label, self.batch_size = label, batch_size
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
+        if getattr(model.config, "pad_token_id", None) is None:  # Llama-family reward models: the model finds
+            model.config.pad_token_id = tokenizer.pad_token_id  # each row's last token by it in a batch
+        config = model.config
+        self.max_length = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
 
     @classmethod
     def from_pretrained(cls, path: str, device: str = "cpu", **kwargs) -> "RewardModelScorer":
@@ -166,7 +170,11 @@ class RewardModelScorer:
         device = next(self.model.parameters()).device
         scores: list[float] = []
         for k in range(0, len(texts), self.batch_size):
-            batch = self.tokenizer(texts[k : k + self.batch_size], return_tensors="pt", padding=True, truncation=True)
+            batch = self.tokenizer(texts[k : k + self.batch_size], return_tensors="pt", padding=True)
+            length = batch["attention_mask"].sum(dim=1).max().item()
+            if self.max_length and length > self.max_length:  # never a reward for a text cut short
+                raise ValueError(f"RewardModelScorer: a prompt and response of {length} tokens is longer than the "
+                                 f"reward model's {self.max_length} positions.")
             logits = self.model(**batch.to(device)).logits
             scores += logits[:, self.label].float().tolist()
         return scores

@@ -305,8 +305,10 @@ class LanguageModel(Protocol):
         """Start generating for ``prompts`` (raw prompts, rendered with ``template``)."""
         ...
 
-    def response_logprobs(self, template: str, incremental: bool = True) -> "ResponseLogProbs":
-        """A scorer of response log-likelihoods under this model with the given prompt template."""
+    def response_logprobs(self, template: str, incremental: bool = True, batch_size: int = 32
+                          ) -> "ResponseLogProbs":
+        """A scorer of response log-likelihoods under this model with the given prompt template, running at
+        most ``batch_size`` texts per forward pass (or request)."""
         ...
 
     def generator(self, n_rows: int, params: SamplingParams, seeds: Sequence[int], template: str = "{prompt}"
