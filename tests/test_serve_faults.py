@@ -275,6 +275,15 @@ def test_limits_on_rows_prompts_and_body_size(guarded):
     url, _ = guarded
     assert error(post(url, body(w2s={"beam_width": 10**6})), 400)["param"] == "w2s.beam_width"
     assert error(post(url, body(w2s={"method": "bon", "n": 10**6})), 400)["param"] == "w2s.n"
+    # issue 25 items 1 and 11: adaptive samples W * schedule[t] rows at chunk t, not W * K
+    for block, rows in (({"beam_width": 1, "successors_per_beam": 1, "schedule": [100000]}, 100000),
+                        ({"beam_width": 2, "successors_per_beam": 1, "schedule": [10000]}, 20000),
+                        ({"beam_width": 8, "successors_per_beam": 8}, 120)):  # front-loaded: 8 * (2 * 8 - 1)
+        failed = error(post(url, body(w2s={"method": "adaptive", **block})), 400)
+        assert failed["param"] == "w2s.beam_width" and f"= {rows} large-model rows" in failed["message"]
+    # W = K = 1 with a schedule that samples more than one row gets its scorer (a 500 before)
+    ranked = post(url, body(w2s={"method": "adaptive", "beam_width": 1, "successors_per_beam": 1, "schedule": [3, 1]}))
+    assert ranked.status_code == 200 and ranked.json()["choices"][0]["text"]
     assert "at most 8" in error(post(url, body(["The cat"] * 9)), 400)["message"]
     too_big = error(post(url, body("x" * (3 << 20))), 413)
     assert too_big["code"] == "body_too_large"

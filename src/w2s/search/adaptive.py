@@ -71,6 +71,10 @@ class AdaptiveSearch(ChunkBeamSearch):
     def follows_leader(self) -> bool:
         return self.patience is not None
 
+    @property
+    def max_rows(self) -> int:
+        return self.beam_width * max(self.schedule)
+
     def successors_at(self, step: int) -> int:
         return self.schedule[min(step, len(self.schedule) - 1)]
 

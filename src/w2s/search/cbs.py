@@ -123,6 +123,12 @@ class ChunkBeamSearch:
         """W*K: large-model rows per prompt per chunk, the unit of compute compared across methods."""
         return self.beam_width * self.successors_per_beam
 
+    @property
+    def max_rows(self) -> int:
+        """The most large-model rows one prompt samples at once, at any chunk (the bound a server checks
+        before any work); more than one needs a scorer to rank them."""
+        return self.samples_per_step
+
     def generate(
         self,
         model,
@@ -159,8 +165,8 @@ class ChunkBeamSearch:
         check_template("template", template)
         if scorer is not None:
             scorer = as_scorer(scorer)
-        elif self.samples_per_step > 1:
-            raise ValueError(f"{type(self).__name__} ranks {self.samples_per_step} samples and needs a scorer.")
+        elif self.max_rows > 1:
+            raise ValueError(f"{type(self).__name__} ranks up to {self.max_rows} samples and needs a scorer.")
         prompts = list(prompts)
         bar = _progress_bar(len(prompts), progress, type(self).__name__)
         for start in range(0, len(prompts), batch_size):

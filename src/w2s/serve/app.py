@@ -275,11 +275,12 @@ class Server:
                                 f"{self.config.max_prompts} per request.", param=prompt_param)
         built = build_method(method, params)
         self._check_engine(built, method)
-        rows = getattr(built, "samples_per_step", 1)
+        rows = getattr(built, "max_rows", 1)
         if rows > self.config.max_rows:
-            names = "n" if method == "bon" else "beam_width * successors_per_beam"
-            raise APIError(400, f"{names} = {rows} large-model rows per prompt; this server allows at most "
-                                f"{self.config.max_rows}.", param="w2s.n" if method == "bon" else "w2s.beam_width")
+            names = {"bon": "n", "pruned_bon": "n", "adaptive": "beam_width * the schedule's largest count of "
+                     "successors"}.get(method, "beam_width * successors_per_beam")
+            raise APIError(400, f"{names} = {rows} large-model rows per prompt at once; this server allows at most "
+                                f"{self.config.max_rows}.", param="w2s.n" if names == "n" else "w2s.beam_width")
         prompt_tokens = []
         for i, prompt in enumerate(prompts):
             where = prompt_param if len(prompts) == 1 or prompt_param == "messages" else f"{prompt_param}.{i}"
@@ -324,7 +325,7 @@ class Server:
             return built.context_error(m.strong.model, aligner.model, prompt, upstream_template=template,
                                        aligner_template=aligner.template)
         why = context_error(m.strong.model, template, prompt, built.max_new_tokens, who="the large model")
-        guided = method == "eft" or built.samples_per_step > 1
+        guided = method == "eft" or built.max_rows > 1
         for role in ("tuned", "untuned") if guided else ():
             guide = m[role]
             try:

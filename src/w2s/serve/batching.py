@@ -350,7 +350,7 @@ class Batcher:
                                       strong_template=template, tuned_template=tuned.template,
                                       untuned_template=untuned.template, batch_size=len(prompts))
         else:
-            needs_scorer = config.samples_per_step > 1
+            needs_scorer = config.max_rows > 1
             # a fresh scorer per batch: its kept rows never carry one batch's state into another
             scorer = LogRatioScorer(tuned.model, untuned.model, tuned.template,
                                     untuned.template) if needs_scorer else None

@@ -120,7 +120,8 @@ class ServeConfig:
         batch_window_ms: how long the worker gathers requests into one batch.
         max_batch_size: prompts per batch; a request of more prompts runs as several batches.
         max_prompts: prompts per request; more is a 400.
-        max_rows: large-model rows a prompt may sample at once (W*K for cbs, n for bon); more is a 400.
+        max_rows: large-model rows a prompt may sample at once (W*K for cbs, n for bon, W times the
+            schedule's largest count for adaptive); more is a 400.
         max_body_bytes: request body size; more is a 413.
         request_timeout_s: a request still unfinished this many seconds after it arrived ends with a 504
             and its work stops (also while it waits for a remote engine); none: no deadline.
