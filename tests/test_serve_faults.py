@@ -373,6 +373,25 @@ def test_loosely_typed_values_are_refused(guarded, field, value):
     assert error(post(url, content=raw), 400)["param"] == field
 
 
+def test_stream_options_and_messages_are_strict(guarded):
+    """Issue 25 item 18: "false" as include_usage sent usage, and unknown keys were accepted."""
+    url, _ = guarded
+    for options in ({"include_usage": "false"}, {"include_usage": True, "continuous": True}):
+        failed = error(post(url, body(stream=True, stream_options=options)), 400)
+        assert failed["param"].startswith("stream_options"), failed
+    chat = {"model": "tiny", "max_tokens": 4, "messages": [{"role": "user", "content": "The cat", "mood": "sad"}]}
+    assert error(post(url, chat, path="/v1/chat/completions"), 400)["param"].startswith("messages")
+
+
+def test_a_key_no_client_can_send_is_refused_at_start_up(model_dirs, monkeypatch):
+    from w2s.serve.app import create_app
+
+    monkeypatch.setenv("W2S_TEST_ODD_KEY", "clé-secrète")
+    m = bundle(strong=(w2s.load_model(model_dirs["strong"]), "{prompt}"))
+    with pytest.raises(ValueError, match="W2S_TEST_ODD_KEY.*cannot send in an HTTP header"):
+        create_app(ServeConfig(name="tiny", server_api_key_env="W2S_TEST_ODD_KEY"), m)
+
+
 def test_w2s_parameters_must_be_finite(guarded):
     url, _ = guarded
     raw = json.dumps(body(w2s={"temperature": "X"})).replace('"X"', "Infinity")

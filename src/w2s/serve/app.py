@@ -79,6 +79,11 @@ class APIError(Exception):
 
 # -- 1. request schemas ---------------------------------------------------------------------------
 
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    include_usage: bool = False
+
+
 class _Request(BaseModel):
     """The fields both endpoints take."""
 
@@ -94,7 +99,7 @@ class _Request(BaseModel):
     no_repeat_ngram_size: int | None = None  # as vLLM would take it (transformers' meaning)
     n: int = 1
     stream: bool = False
-    stream_options: dict | None = None
+    stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
     seed: int | None = None
     user: str | None = None
@@ -106,13 +111,13 @@ class CompletionRequest(_Request):
 
 
 class TextPart(BaseModel):
-    model_config = ConfigDict(strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True)
     type: Literal["text"]
     text: str
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True)
     role: Literal["system", "user", "assistant", "developer"]
     content: str | list[TextPart]
     name: str | None = None
@@ -357,6 +362,9 @@ def create_app(config: ServeConfig, models: Models) -> FastAPI:
         if not api_key:
             raise ValueError(f"server_api_key_env {config.server_api_key_env!r}: that environment variable is unset "
                              "or empty.")
+        if not (api_key.isascii() and api_key.isprintable()) or api_key != api_key.strip():
+            raise ValueError(f"server_api_key_env {config.server_api_key_env!r}: the key holds characters a client "
+                             "cannot send in an HTTP header; use printable ASCII with no space at either end.")
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -508,7 +516,7 @@ class _Reply:
         self.chat, self.model, self.method, self.prompt_tokens = chat, model, method, prompt_tokens
         self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         self.created = int(time.time())
-        self.include_usage = bool((body.stream_options or {}).get("include_usage"))
+        self.include_usage = body.stream_options is not None and body.stream_options.include_usage
 
     def envelope(self, choices: list[dict], chunk: bool) -> dict:
         """The response object (or, with ``chunk``, the stream chunk) around ``choices``."""

@@ -28,7 +28,9 @@ class Guard:
         if self.api_key is not None and scope["path"] not in self.open_endpoints:
             given = headers.get("authorization", "")
             scheme, _, key = given.partition(" ")
-            if scheme.lower() != "bearer" or not secrets.compare_digest(key.strip().encode(), self.api_key.encode()):
+            # as bytes: the header's own (latin-1 is byte for byte), the key's (ASCII, checked at start-up)
+            sent = key.strip().encode("latin-1")
+            if scheme.lower() != "bearer" or not secrets.compare_digest(sent, self.api_key.encode("ascii")):
                 what = "no API key was given" if not given else "the API key is not valid"
                 return await self.error((401, f"{what}; send Authorization: Bearer KEY.", None, "invalid_api_key",
                                          "authentication_error"))(scope, receive, send)
