@@ -198,3 +198,30 @@ def test_the_backends_take_what_the_protocols_declare():
             assert given[: len(wanted)] == wanted, (protocol.__name__, backend.__name__, name)
     assert checked >= 12
     assert "batch_size" in inspect.signature(base.LanguageModel.response_logprobs).parameters
+
+
+def test_a_model_folder_without_a_tokenizer_or_with_torn_weights_is_a_one_line_error(model_dirs, tmp_path, capsys):
+    """Issue 25 item 16: a folder without tokenizer files loaded an empty tokenizer (guides scored 108-143,
+    the strong model answered "" as finished); torn weights gave a 30-line traceback."""
+    import shutil
+    from pathlib import Path
+
+    from w2s.cli import main
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        shutil.copy(Path(model_dirs["strong"]) / f, bare / f)
+    with pytest.raises(ValueError, match="has no tokenizer"):
+        w2s.load_model(bare)
+    torn = tmp_path / "torn"
+    shutil.copytree(model_dirs["strong"], torn)
+    weights = torn / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ValueError, match="its weights cannot be read"):
+        w2s.load_model(torn)
+    (tmp_path / "p.txt").write_text("The cat\n")
+    status = main(["search", "--method", "base", "--strong", str(torn), "--max-new-tokens", "2", "--prompts",
+                   str(tmp_path / "p.txt"), "--output", str(tmp_path / "o.jsonl")])
+    err = capsys.readouterr().err
+    assert status == 2 and "may be incomplete" in err and "Traceback" not in err

@@ -254,3 +254,19 @@ def test_an_engine_that_stays_down_is_a_one_line_error(capsys, model_dirs):
                          "0", "--max-sentences", "1", "--question", "Hi")
     last = err.splitlines()[-1]  # after the aligner's loading bar
     assert status == 1 and "Traceback" not in err and last.startswith("w2s stream: error: ") and "Connect" in last
+
+
+def test_ctrl_c_ends_with_one_line_that_says_how_to_go_on(capsys, model_dirs, tmp_path, monkeypatch):
+    """Issue 25 item 16: Ctrl-C printed a full traceback."""
+    from w2s.cli import search
+
+    prompts, out = tmp_path / "p.txt", tmp_path / "out.jsonl"
+    prompts.write_text("The cat\n")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(search, "write_output", interrupted)
+    status, _, err = cli(capsys, *search_flags(model_dirs, prompts, out))
+    assert status == 130 and "Traceback" not in err
+    assert err.endswith("\nw2s search: interrupted; the lines written are kept: run it again with --resume to go on.\n")

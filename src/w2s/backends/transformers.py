@@ -27,6 +27,11 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 END_TOKENS = ("<|endoftext|>", "<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|end|>", "</s>", "<eos>")
 
 
+# a model folder holds one of these for its tokenizer (without, transformers may build an empty one)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
+                   "spiece.model")
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -79,12 +84,21 @@ def load_model(
         model, tokenizer = load_adapter(path, DTYPES[dtype])
         model = model.to(torch_device)
     else:
+        if path.is_dir() and gguf_file is None and not any((path / f).is_file() for f in TOKENIZER_FILES):
+            raise ValueError(f"model folder {str(path)!r} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); "
+                             "copy the model's tokenizer files beside its weights.")
         tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
         if device_map is not None:
             kwargs.update(device_map=device_map, max_memory=max_memory, offload_folder=offload_folder)
         elif max_memory is not None or offload_folder is not None:
             raise ValueError("max_memory and offload_folder need a device_map (e.g. device_map='auto').")
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], **kwargs)
+        from safetensors import SafetensorError
+
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], **kwargs)
+        except SafetensorError as err:
+            raise ValueError(f"model {str(path)!r}: its weights cannot be read ({err}); the download or copy may be "
+                             "incomplete.") from None
         if torch_device is not None:
             model = model.to(torch_device)
     model.eval()

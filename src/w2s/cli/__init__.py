@@ -45,5 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     except RemoteError as err:  # an engine that stayed down (a file of prompts gets error records instead)
         print(f"{command_name(args)}: error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: one line, and how to go on
+        how = ("the lines written are kept: run it again with --resume to go on" if hasattr(args, "resume") else
+               "what was written is kept: run the same command again to go on" if hasattr(args, "out") else "")
+        print(f"{command_name(args)}: interrupted{'; ' + how if how else ''}.", file=sys.stderr)
+        return 130
     finally:
         release_outputs()
