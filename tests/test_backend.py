@@ -225,3 +225,23 @@ def test_a_model_folder_without_a_tokenizer_or_with_torn_weights_is_a_one_line_e
                    str(tmp_path / "p.txt"), "--output", str(tmp_path / "o.jsonl")])
     err = capsys.readouterr().err
     assert status == 2 and "may be incomplete" in err and "Traceback" not in err
+
+
+def test_a_branch_never_redraws_the_tokens_its_parent_rolled_back():
+    """Issue 25 item 4: the counter was the response length, so after a chunk-end cut rolled tokens back,
+    the child in its parent's lane drew them again with the same keys. Over 300 seeds, the child's first
+    token matches the rolled-back one at the chance rate of a uniform over 4 tokens (1/4), not always."""
+    tok = strong_tokenizer()
+    letters = [tok.convert_tokens_to_ids(c) for c in "abcd"]
+    model = make_scripted(tok, {t: [(x, 1.0) for x in letters] for t in range(len(tok))}, default_next=letters[0])
+    params = w2s.SamplingParams(temperature=1.0, top_k=0)
+    matches = 0
+    for seed in range(300):
+        seen = []
+        session = model.open(["The cat"], params, [seed])
+        (first,) = session.expand([0], 1, 3, end=lambda text: seen.append(text) or (1 if len(text) >= 3 else None))
+        assert first.text == seen[-1][0] and len(seen[-1]) == 3  # 3 drawn, 2 rolled back by the cut
+        session.select([0])
+        (child,) = session.expand([0], 1, 1)
+        matches += child.text[1] == seen[-1][1]
+    assert 45 <= matches <= 105, matches  # 75 expected; 300 when the rolled-back draw is replayed

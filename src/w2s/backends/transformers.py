@@ -301,9 +301,11 @@ class LocalSearchSession:
     past it are rolled back, and a token the cut fell inside is replaced by the encoding of its part
     before the cut (pending too).
 
-    Randomness: a branch draws its t-th token of the response with key ``(prompt seed, t, lane)``, where
-    its lane is its rank among its prompt's branches in this expansion, or its parent's lane when the
-    parent has only this one branch (so a sample continued chunk after chunk draws as one long sample).
+    Randomness: a branch draws its t-th token with key ``(prompt seed, d + t, lane)``, where ``d`` counts
+    every token drawn on its path so far (those rolled back after a chunk-end cut too, so no key is drawn
+    twice on a path) and its lane is its rank among its prompt's branches in this expansion, or its
+    parent's lane when the parent has only this one branch (so a sample continued chunk after chunk draws
+    as one long sample).
 
     Several models may run in lock step over the same token ids (``streams``), their next-token logits
     merged by ``combine``: that is how EFT samples from strong + beta * (tuned - untuned).
@@ -336,8 +338,10 @@ class LocalSearchSession:
         self.response_ids: list[list[int]] = [[] for _ in range(n_prompts)]
         self.response_texts = [""] * n_prompts
         self.lanes = [0] * n_prompts  # each row's random-number lane (see expand)
+        self.draws = [0] * n_prompts  # tokens each row's path has drawn, rolled back ones too
         self.candidates: list[Continuation] = []
-        self.candidate_places: list[tuple[int, int, list[int], int]] = []  # (row, branch, ids sampled, lane)
+        # (row, branch, ids sampled, lane, draws): where each candidate sits and how it drew
+        self.candidate_places: list[tuple[int, int, list[int], int, int]] = []
 
     def _regroup(self, sources: Sequence[tuple[int, int | None]]) -> None:
         for rows in self.stream_rows:
@@ -355,6 +359,7 @@ class LocalSearchSession:
             self.response_ids = [self.response_ids[p] for p in parents]
             self.response_texts = [self.response_texts[p] for p in parents]
             self.lanes = [self.lanes[p] for p in parents]
+            self.draws = [self.draws[p] for p in parents]
         for rows in self.stream_rows:
             rows.reserve(max(len(t) for t in self.pending) + max(ns) * max(limits))  # a column per branch per step
         if any(self.pending):  # only the surviving beams' last tokens are forwarded
@@ -382,7 +387,7 @@ class LocalSearchSession:
         for (r, _), p in zip(places, prompts):  # a branch's lane: its rank among its prompt's branches, or its
             lanes.append(self.lanes[r] if ns[r] == 1 else seen.get(p, 0))  # parent's when it is the only one
             seen[p] = seen.get(p, 0) + 1
-        keys = ([self.seeds[p] for p in prompts], [len(self.response_ids[r]) for r, _ in places], lanes)
+        keys = ([self.seeds[p] for p in prompts], [self.draws[r] for r, _ in places], lanes)
         contexts = [self.contexts[p] for p in prompts]
         stops = None if end is None else [_chunk_end(end, len(self.response_texts[r])) for r, _ in places]
         drawn = sample_rows(self.lm, self.params, self.next_logits[[r for r, _ in places]], forward, keys, contexts,
@@ -399,7 +404,8 @@ class LocalSearchSession:
                 text = self.lm.response_text(contexts[i], ids, draw.ended)
             self.candidates.append(Continuation(prompts[i], parents[r], text, draw.ended, len(ids), ids,
                                                 drawn=len(draw.ids)))
-            self.candidate_places.append((r, k, self.response_ids[r] + draw.ids, lanes[i]))
+            self.candidate_places.append((r, k, self.response_ids[r] + draw.ids, lanes[i],
+                                          self.draws[r] + len(draw.ids) + (draw.reason == "end")))
         return self.candidates
 
     def _ids_of(self, context: list[int], ids: list[int], text: str, start: int) -> tuple[list[int], str]:
@@ -425,7 +431,7 @@ class LocalSearchSession:
                 raise ValueError(f"continuation {i} is finished and cannot be selected for expansion.")
         sources, keeps = [], []
         for i in indices:
-            r, k, sampled, _ = self.candidate_places[i]
+            r, k, sampled, _, _ = self.candidate_places[i]
             ids = self.candidates[i].token_ids
             # the branch's cache holds all it sampled but the last token; the survivor keeps what it shares
             # with that (all of it, unless a cut re-encoded the end) and the rest is pending: at least one
@@ -441,6 +447,7 @@ class LocalSearchSession:
         self.response_ids = [self.candidates[i].token_ids for i in indices]
         self.response_texts = [self.candidates[i].text for i in indices]
         self.lanes = [self.candidate_places[i][3] for i in indices]
+        self.draws = [self.candidate_places[i][4] for i in indices]
         self.next_logits = self.next_logits.new_zeros(len(indices), self.next_logits.shape[-1])  # every row is pending
         self.candidates = []
 
