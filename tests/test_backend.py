@@ -245,3 +245,23 @@ def test_a_branch_never_redraws_the_tokens_its_parent_rolled_back():
         (child,) = session.expand([0], 1, 1)
         matches += child.text[1] == seen[-1][1]
     assert 45 <= matches <= 105, matches  # 75 expected; 300 when the rolled-back draw is replayed
+
+
+def test_one_generator_and_one_scorer_stay_bounded_over_1000_calls(strong, tuned, untuned):
+    """Issue 25 item 5: the generator's cache grew by a call's columns at every call (rolled-back tokens
+    stayed as holes) and the scorer kept every prompt it had seen."""
+    from w2s.backends.transformers import IncrementalGenerator
+
+    generator = strong.generator(2, w2s.SamplingParams(temperature=1.0), [0, 1])
+    assert isinstance(generator, IncrementalGenerator)
+    widths = []
+    for call in range(1000):  # row 0 starts over each time (all it drew is rolled back); row 1 grows a little
+        out = generator.generate({0: "The cat", 1: "A dog" + " sat" * (call % 5)}, max_new_tokens=4)
+        assert set(out) == {0, 1}
+        widths.append(generator.rows.num_columns)
+    longest = max(map(len, generator.rows.ids))
+    assert max(widths) <= 2 * longest + IncrementalGenerator.SLACK + 2 * 4 + 8  # not ~4 more columns a call
+    scorer = w2s.LogRatioScorer(tuned, untuned)
+    for call in range(1000):
+        scorer.score([f"Prompt {call}"] * 2, [" a", " b"], [False, True])
+    assert all(len(side._context_ids) <= 1 for side in (scorer._tuned, scorer._untuned))

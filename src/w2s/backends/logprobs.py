@@ -104,6 +104,8 @@ class IncrementalLogProbs:
         if not (len(prompts) == len(responses) == len(finished)):
             raise ValueError("prompts, responses and finished must have the same length.")
         seqs = seqs if seqs is not None else self.sequences(prompts, responses, finished)
+        current = {context for context, _, _ in seqs}  # forget other calls' prompts: memory stays one call's
+        self._context_ids = {c: ids for c, ids in self._context_ids.items() if c in current}
         old, self.groups = (self.groups if self.incremental else []), []
         self.last_tokens = [0] * len(seqs)
         try:

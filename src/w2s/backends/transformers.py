@@ -470,7 +470,12 @@ class IncrementalGenerator:
     the unchanged part.  ``stop(text)`` sees the text generated so far and returns where to cut it (a
     sentence end, say) or None to go on; the tokens sampled past the cut are rolled back next time.
     Row ``i`` draws its random numbers with key ``(seeds[i], draws so far, 0)`` (:func:`sample_rows`).
+    Every forward adds columns to all rows; when holes (rolled-back tokens, rows that did not grow) make
+    up most of them, the rows are compacted: before each call the cache holds at most twice the longest
+    row's tokens (plus :attr:`SLACK`) columns.
     """
+
+    SLACK = 64  # columns of holes allowed beyond the longest row's length before compacting
 
     def __init__(self, lm: TransformersModel, n_rows: int, params: SamplingParams, seeds: Sequence[int],
                  template: str = "{prompt}"):
@@ -507,6 +512,8 @@ class IncrementalGenerator:
             keep[i] = min(common_prefix_length(ids, rows.ids[i]), len(ids) - 1)
             new[i] = ids[keep[i]:]
         rows.truncate(keep)
+        if rows.num_columns > 2 * max(map(len, rows.ids)) + self.SLACK:  # mostly holes: rolled back, or rows
+            rows.select(range(len(rows)))  # that did not grow while others did; copy each row's tokens together
         rows.reserve(max(map(len, new)) + max_new_tokens)
         logits = rows.forward(new, last_only=True)
         self.tokens_run += sum(map(len, new))
