@@ -126,7 +126,7 @@ def test_an_adapter_shipped_on_a_catalog_model_loads_on_that_models_set_up_check
     assert (tmp_path / "shipped" / "README.md").read_text() == "the model card"
     config = json.loads((tmp_path / "shipped" / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == "qwen2.5-coder-0.5b-instruct"
-    with pytest.raises(ValueError, match="is not set up: run `w2s setup qwen2.5-coder-0.5b-instruct`"):
+    with pytest.raises(ValueError, match="adapter in .*: qwen2.5-coder-0.5b-instruct is not set up yet: run `w2s setup qwen2.5-coder-0.5b-instruct`"):
         w2s.load_model(tmp_path / "shipped")
     checkpoint = cache.parent / "qwen2.5-coder-0.5b-instruct"  # where `w2s setup` converts it
     shutil.copytree(model_dirs["strong"], checkpoint)

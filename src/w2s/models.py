@@ -175,7 +175,7 @@ def load(spec: ModelSpec) -> LoadedModel:
     else:
         from .backends.transformers import load_model
 
-        model = load_model(os.path.expanduser(catalog.resolve(spec.path)), dtype=spec.dtype, device=spec.device,
+        model = load_model(spec.path, dtype=spec.dtype, device=spec.device,
                            device_map=spec.device_map, max_memory=parse_max_memory(spec.max_memory))
     return LoadedModel(model, spec.template, spec)
 

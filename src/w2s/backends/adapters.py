@@ -31,21 +31,15 @@ def adapter_base(path: Path) -> str:
     """The base model of the adapter directory ``path`` (its ``base_model_name_or_path``): a model
     directory or hub id; ``w2s:default-strong`` is the default strong model (:mod:`w2s.defaults`), and a
     name of :mod:`w2s.backends.catalog` is that model's converted checkpoint (set up by ``w2s setup NAME``)."""
-    from . import catalog
-    from .gguf import strong_model_dir
+    from ..names import resolve_model
 
     config = path / "adapter_config.json"
     base = json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path")
     if not isinstance(base, str) or not base:
         raise ValueError(f"adapter {str(path)!r}: {config.name} names no base_model_name_or_path.")
-    if base == DEFAULT_STRONG_BASE:
-        return str(strong_model_dir())
-    if base in catalog.CATALOG:
-        checkpoint = catalog.CATALOG[base].checkpoint_path
-        if not catalog.is_current(checkpoint):
-            raise ValueError(f"the base model {base!r} of the adapter in {str(path)!r} is not set up: run "
-                             f"`w2s setup {base}`.")
-        return str(checkpoint)
+    resolved = resolve_model(base, what=f"the base model of the adapter in {str(path)!r}")
+    if resolved != base:
+        return resolved
     if not Path(base).exists() and os.environ.get("HF_HUB_OFFLINE") == "1":
         raise ValueError(f"the base model {base!r} of the adapter in {str(path)!r} does not exist.")
     return base

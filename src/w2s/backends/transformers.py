@@ -66,9 +66,11 @@ def load_model(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from ..names import resolve_model
+
     check_choice("dtype", dtype, DTYPES)
     torch_device = resolve_device(device) if device_map is None else None
-    path = Path(path)
+    path = Path(resolve_model(path))
     if path.suffix == ".gguf" and gguf_file is None:
         path, gguf_file = path.parent, path.name
     if gguf_file is not None and not (path / gguf_file).is_file():

@@ -240,17 +240,10 @@ def spread(name: str, items: list, count: int, what: str) -> list:
 def _with_defaults(specs: dict, defaults: dict, template: str) -> dict:
     """``specs`` with each role's path defaulted (``defaults``: role -> a path, a set-up name or a shipped
     ``w2s:`` name) and its template defaulted to ``template``."""
-    from ..backends.gguf import strong_model_dir
-    from ..defaults import code_guide_dir, review_guide_dir
+    from ..names import resolve_model
 
-    shipped = {"w2s:default-strong": strong_model_dir, "w2s:reviews-tuned": review_guide_dir,
-               **{f"w2s:code-{kind}-tuned": lambda kind=kind: code_guide_dir(kind) for kind in CODE_GUIDE_KINDS}}
-    out = {}
-    for role, spec in specs.items():
-        path = spec.path or defaults[role]
-        path = str(shipped[path]()) if path in shipped else path
-        out[role] = replace(spec, path=path, template=spec.template or template)
-    return out
+    return {role: replace(spec, path=resolve_model(spec.path or defaults[role], f"the {role} model"),
+                          template=spec.template or template) for role, spec in specs.items()}
 
 
 def run_reviews(args) -> None:
