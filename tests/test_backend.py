@@ -221,7 +221,7 @@ def test_a_model_folder_without_a_tokenizer_or_with_torn_weights_is_a_one_line_e
     with pytest.raises(ValueError, match="its weights cannot be read"):
         w2s.load_model(torn)
     (tmp_path / "p.txt").write_text("The cat\n")
-    status = main(["search", "--method", "base", "--strong", str(torn), "--max-new-tokens", "2", "--prompts",
+    status = main(["search", "--method", "sampling", "--strong", str(torn), "--max-new-tokens", "2", "--prompts",
                    str(tmp_path / "p.txt"), "--output", str(tmp_path / "o.jsonl")])
     err = capsys.readouterr().err
     assert status == 2 and "may be incomplete" in err and "Traceback" not in err

@@ -27,7 +27,7 @@ PROMPTS = [{"prompt": "The cat", "id": 1}, {"prompt": "What a", "id": 2}, {"prom
 @pytest.mark.parametrize("method,extra", [
     ("cbs", ["--beam-width", "2", "--successors", "2", "--chunk-length", "3"]),
     ("bon", ["--n", "3"]),
-    ("base", []),
+    ("sampling", []),
     ("adaptive", ["--beam-width", "2", "--successors", "2", "--chunk-length", "3", "--chunk-end", " ",
                   "--schedule", "3", "1", "--patience", "1"]),
     ("pruned_bon", ["--n", "4", "--checkpoints", "2", "4", "--prune-fraction", "0.5"]),
@@ -176,7 +176,7 @@ def test_a_sampling_preset_sets_the_sampling_flags_defaults_and_given_flags_over
 
 
 def test_an_unknown_sampling_preset_or_bad_control_is_named():
-    proc = run_cli("search", "--method", "base", "--max-new-tokens", "4", "--prompts", "-", "--output", "-",
+    proc = run_cli("search", "--method", "sampling", "--max-new-tokens", "4", "--prompts", "-", "--output", "-",
                    "--sampling-preset", "stream_aligner", stdin="x\n")
     assert proc.returncode == 2 and "--sampling-preset" in proc.stderr and "'stream_aligner'" in proc.stderr
     assert "weak-to-strong" in proc.stderr and "stream-aligner" in proc.stderr
@@ -189,7 +189,7 @@ def test_the_engine_flag_reaches_the_model_spec():
     from w2s.cli.flags import model_specs
     from w2s.cli.search import ROLES
 
-    args = build_parser().parse_args(["search", "--method", "base", "--max-new-tokens", "4", "--prompts", "-",
+    args = build_parser().parse_args(["search", "--method", "sampling", "--max-new-tokens", "4", "--prompts", "-",
                                       "--output", "-", "--strong", "http://h:8000/v1", "--strong-model", "m",
                                       "--engine", "vllm"])
     assert model_specs(args, ROLES)["strong"].engine == "vllm"

@@ -22,7 +22,7 @@ def cli(capsys, *args):
 
 def search_flags(dirs, prompts, output):
     return ["search", "--strong", dirs["strong"], "--tuned", dirs["tuned"], "--untuned", dirs["untuned"],
-            "--method", "base", "--max-new-tokens", "3", "--prompts", prompts, "--output", output]
+            "--method", "sampling", "--max-new-tokens", "3", "--prompts", prompts, "--output", output]
 
 
 def stream_flags(dirs, command, aligner, questions, output):
@@ -55,7 +55,7 @@ def small_aligner(tmp_path_factory):
 
 
 @pytest.mark.parametrize("command,args", [
-    ("search", ["search", "--method", "base", "--max-new-tokens", "3", "--prompts", "MISSING", "--output", "-"]),
+    ("search", ["search", "--method", "sampling", "--max-new-tokens", "3", "--prompts", "MISSING", "--output", "-"]),
     ("stream", ["stream", "--questions", "MISSING", "--output", "OUT"]),
     ("align", ["align", "--questions", "MISSING", "--output", "OUT"]),
     ("data corrections", ["data", "corrections", "--teacher", "t", "--questions", "MISSING", "--out", "OUT"]),
@@ -74,7 +74,7 @@ def test_a_missing_input_file_is_a_one_line_error_naming_it(capsys, tmp_path, co
 def test_a_malformed_json_line_is_an_error_naming_the_file_and_line(capsys, tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text('{"prompt": "The cat"}\n{"prompt": "What a",}\n')
-    status, _, err = cli(capsys, "search", "--method", "base", "--max-new-tokens", "3", "--prompts", prompts,
+    status, _, err = cli(capsys, "search", "--method", "sampling", "--max-new-tokens", "3", "--prompts", prompts,
                          "--output", "-")
     assert status == 2 and f"--prompts {prompts}: line 2 is not JSON" in one_line_error(err, "search")
     status, _, err = cli(capsys, "stream", "--questions", prompts, "--output", tmp_path / "o.jsonl")
@@ -120,7 +120,7 @@ def test_a_line_torn_inside_a_character_is_cut_and_the_run_resumes(tmp_path):
 def test_an_over_long_prompt_is_an_error_record_and_the_others_go_on(capsys, model_dirs, tmp_path):
     prompts, out = tmp_path / "p.txt", tmp_path / "out.jsonl"
     prompts.write_text(f"The cat\n{LONG}\nWhat a\n")
-    for method in ("base", "cbs"):
+    for method in ("sampling", "cbs"):
         status, _, err = cli(capsys, *search_flags(model_dirs, prompts, out), "--overwrite", "--method", method)
         rows = lines(out)
         assert [r["prompt"] for r in rows] == ["The cat", LONG, "What a"]
@@ -161,7 +161,7 @@ def test_search_output_holds_one_run(capsys, model_dirs, tmp_path):
     first = out.read_text()
     record = json.loads(run_record(out).read_text())
     assert record["command"] == "w2s search" and record["inputs"]["count"] == 3
-    assert record["flags"]["--method"] == "base" and record["flags"]["--seed"] == 0
+    assert record["flags"]["--method"] == "sampling" and record["flags"]["--seed"] == 0
     assert record["flags"]["--strong"] == model_dirs["strong"] and record["flags"]["--max-new-tokens"] == 3
 
     def refused(*extra, prompts_text=None):
@@ -270,3 +270,23 @@ def test_ctrl_c_ends_with_one_line_that_says_how_to_go_on(capsys, model_dirs, tm
     status, _, err = cli(capsys, *search_flags(model_dirs, prompts, out))
     assert status == 130 and "Traceback" not in err
     assert err.endswith("\nw2s search: interrupted; the lines written are kept: run it again with --resume to go on.\n")
+
+
+def test_a_method_has_one_name_and_the_old_one_still_works_with_a_warning(capsys, model_dirs, tmp_path):
+    """Issue 25 item 10: plain sampling was `base` in Python and on the command line, `sampling` in the server."""
+    import w2s
+    from w2s.search import SEARCH_METHODS
+    from w2s.serve import ServeConfig
+    from w2s.serve.config import SERVED_METHODS
+
+    assert w2s.Sampling.method == "sampling" and "sampling" in SERVED_METHODS and "sampling" in SEARCH_METHODS
+    prompts, out = tmp_path / "p.txt", tmp_path / "out.jsonl"
+    prompts.write_text("The cat\n")
+    flags = search_flags(model_dirs, prompts, out)
+    flags[flags.index("sampling")] = "base"
+    with pytest.warns(DeprecationWarning, match="'base' is now called 'sampling'"):
+        status, _, _ = cli(capsys, *flags)
+    assert status == 0 and lines(out)[0]["method"] == "sampling"
+    assert json.loads(run_record(out).read_text())["flags"]["--method"] == "sampling"
+    with pytest.warns(DeprecationWarning):
+        assert ServeConfig(method="base").method == "sampling"

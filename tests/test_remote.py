@@ -434,7 +434,7 @@ def test_cli_stream_with_a_remote_upstream_writes_error_records(proxy, model_dir
 
 
 def test_cli_refuses_a_url_without_a_model_name(proxy, tmp_path):
-    done = run_cli(["search", "--strong", proxy.url, "--method", "base", "--max-new-tokens", "4",
+    done = run_cli(["search", "--strong", proxy.url, "--method", "sampling", "--max-new-tokens", "4",
                     "--prompts", "-", "--output", "-"])
     assert done.returncode == 2 and "--strong-model NAME" in done.stderr
 
@@ -539,7 +539,7 @@ def test_cli_engine_preset_and_controls_reach_llama_cpp(proxy, tmp_path):
     out, prompts = tmp_path / "out.jsonl", tmp_path / "prompts.txt"
     prompts.write_text("The movie was\n")
     args = ["search", "--strong", proxy.url, "--strong-model", "smollm2", "--engine", "llama.cpp", "--method",
-            "base", "--max-new-tokens", "6", "--prompts", str(prompts), "--output", str(out)]
+            "sampling", "--max-new-tokens", "6", "--prompts", str(prompts), "--output", str(out)]
     done = run_cli(args + ["--sampling-preset", "stream-aligner", "--top-k", "7", "--repetition-penalty", "1.3"])
     assert done.returncode == 0, done.stderr
     body = completions(proxy)[0]["body"]

@@ -23,7 +23,7 @@ def test_w1_k1_unlimited_chunk_is_plain_sampling(strong, scorer):
     a = list(cbs.generate(strong, scorer, PROMPTS, seed=5))
     b = list(w2s.Sampling(max_new_tokens=12).generate(strong, scorer, PROMPTS, seed=5))
     assert [(r.response, r.score) for r in a] == [(r.response, r.score) for r in b]
-    assert {r.method for r in b} == {"base"}
+    assert {r.method for r in b} == {"sampling"}
 
 
 def test_best_of_n_returns_the_argmax_of_its_candidates(strong, tuned, untuned, scorer):

@@ -15,6 +15,21 @@ import typing
 from functools import lru_cache
 
 
+# older method names still accepted (Python, command line, server), with a deprecation warning
+METHOD_ALIASES = {"base": "sampling"}
+
+
+def canonical_method(name):
+    """The method's name for ``name``; an old one (:data:`METHOD_ALIASES`) is warned about."""
+    if isinstance(name, str) and name in METHOD_ALIASES:
+        import warnings
+
+        warnings.warn(f"method {name!r} is now called {METHOD_ALIASES[name]!r}; the old name will go.",
+                      DeprecationWarning, stacklevel=3)
+        return METHOD_ALIASES[name]
+    return name
+
+
 def _documented(cls) -> dict[str, str]:
     """``name: text`` entries of the ``Attributes:`` sections of ``cls`` and its bases (the nearest wins);
     ``a, b: text`` documents both."""

@@ -9,7 +9,7 @@ from ..backends.base import SAMPLING_PRESETS
 from ..configs import param_names
 from ..jsonl import finite
 from ..models import is_url, load_all
-from ..search import SEARCH_METHODS
+from ..search import METHOD_ALIASES, SEARCH_METHODS, canonical_method
 from .common import read_records, run_settings, start_output, write_output
 from .flags import add_config_flags, add_model_flags, config_from_args, model_specs
 
@@ -27,8 +27,8 @@ class SearchOptions:
     """What ``w2s search`` runs on.
 
     Attributes:
-        method: cbs (chunk-level beam search), bon (Best-of-N), base (plain sampling) or eft (emulated
-            fine-tuning).
+        method: cbs (chunk-level beam search), bon (Best-of-N), sampling (plain sampling; ``base`` is its
+            old name), eft (emulated fine-tuning), adaptive or pruned_bon.
         prompts: JSONL with a 'prompt' field (a .jsonl file, or a first line starting with {), or one
             prompt per line; - for stdin.
         output: JSONL, one line per prompt in input order (its settings in OUTPUT.run.json); - for stdout.
@@ -40,7 +40,7 @@ class SearchOptions:
             flags (--temperature, --top-p, --top-k, --frequency-penalty, ...); the flags given override them.
     """
 
-    method: str = field(metadata={"choices": tuple(SEARCH_METHODS)})
+    method: str = field(metadata={"choices": (*SEARCH_METHODS, *METHOD_ALIASES)})
     prompts: str
     output: str
     resume: bool = False
@@ -73,10 +73,11 @@ def method_config(args):
 def run(args) -> int:
     from ..scoring import LogRatioScorer
 
+    args.method = canonical_method(args.method)
     config = method_config(args)  # validate before loading models
     if args.method == "eft" and is_url(args.strong):
         raise ValueError("--method eft mixes the strong model's next-token logits with the guides' and needs a "
-                         "local --strong model; use cbs, bon or base with a remote one.")
+                         "local --strong model; use cbs, bon or sampling with a remote one.")
     if args.resume and args.overwrite:
         raise ValueError("give --resume (go on with the output's run) or --overwrite (start over), not both.")
     records = read_records(args.prompts)

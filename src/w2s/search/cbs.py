@@ -413,4 +413,4 @@ class Sampling(ChunkBeamSearch):
     chunk_length: int | None = field(default=None, init=False)
     chunk_end: str | None = field(default=None, init=False)
 
-    method = "base"
+    method = "sampling"

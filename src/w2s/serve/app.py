@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..backends.base import ContextLengthError, Conversation, RemoteError, context_error
+from ..configs import METHOD_ALIASES, canonical_method
 from ..jsonl import finite
 from ..models import Models
 from ..scoring import guide_context_error
@@ -144,7 +145,7 @@ def resolve_method(body: _Request, config: ServeConfig) -> tuple[str, dict]:
     """The method and its parameters: request (``w2s`` block, then mapped OpenAI fields) -> server
     config (``[methods.NAME]``) -> the method's own default.  Raises :class:`APIError` (400)."""
     block = dict(body.w2s or {})
-    method = block.pop("method", config.method)
+    method = canonical_method(block.pop("method", config.method))
     try:
         check_choice("w2s.method", method, SERVED_METHODS)
     except ValueError as err:
@@ -443,9 +444,9 @@ def create_app(config: ServeConfig, models: Models) -> FastAPI:
         return await _generate(request, body, [prompt], template, "messages", chat=True)
 
     async def _generate(request: Request, body, prompts: list[str], template: str, prompt_param: str, chat: bool):
-        named = (body.w2s or {}).get("method", config.method)
-        # the metrics' label (any JSON value may come here: checked in prepare)
-        request.scope["w2s_method"] = named if isinstance(named, str) and named in SERVED_METHODS else ""
+        named = (body.w2s or {}).get("method", config.method)  # any JSON value may come here: checked in prepare
+        named = METHOD_ALIASES.get(named, named) if isinstance(named, str) else ""
+        request.scope["w2s_method"] = named if named in SERVED_METHODS else ""  # the metrics' label
         loop, events = asyncio.get_running_loop(), asyncio.Queue()
         method, params, prompt_tokens = await loop.run_in_executor(server.checks, server.prepare, body, prompts,
                                                                    template, prompt_param)

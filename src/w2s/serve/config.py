@@ -48,7 +48,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from ..backends.base import SAMPLING_PRESETS
-from ..configs import build, params
+from ..configs import build, canonical_method, params
 from ..models import PER_ROLE, REMOTE_FIELDS, ModelSpec
 from ..validation import check_choice, check_range
 
@@ -150,6 +150,7 @@ class ServeConfig:
     docs: bool = True
 
     def __post_init__(self) -> None:
+        self.method = canonical_method(self.method)
         check_choice("method", self.method, SERVED_METHODS)
         if self.sampling_preset is not None:
             check_choice("sampling_preset", self.sampling_preset, SAMPLING_PRESETS)
