@@ -13,6 +13,7 @@ Every bad input answers in OpenAI's error schema and never disturbs another requ
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import socket
@@ -43,16 +44,35 @@ def metric(url: str, name: str, **labels) -> float:
 
 
 class Faulty(Gated):
-    """The gated strong model, failing every batch that holds a prompt with :data:`FAIL` in it."""
+    """The gated strong model, failing every batch that holds a prompt with :data:`FAIL` in it; a batch with
+    :data:`LATE` fails at its second chunk, after drawing hotter with other seeds (its rerun goes another way)."""
 
     def open(self, prompts, params, seeds, template="{prompt}"):
+        late = any(LATE in p for p in prompts)
+        if late:  # draws that its rerun will not draw again
+            params, seeds = dataclasses.replace(params, temperature=5.0), [s + 1 for s in seeds]
         session = super().open(prompts, params, seeds, template)
         if any(FAIL in p for p in prompts):
             raise RuntimeError("injected failure")
-        return session
+        if not late:
+            return session
+
+        class FailsLate:
+            chunks = 0
+
+            def expand(self, *args):
+                self.chunks += 1
+                if self.chunks == 2:
+                    raise RuntimeError("injected late failure")
+                return session.expand(*args)
+
+            def select(self, indices):
+                session.select(indices)
+
+        return FailsLate()
 
 
-FAIL = "<fail>"
+FAIL, LATE = "<fail>", "<late-fail>"
 
 
 def _close(server, thread):
@@ -228,6 +248,24 @@ def test_a_bad_request_never_fails_the_requests_batched_with_it(guarded):
     assert [r.json()["choices"][0]["text"] for r in responses[:3]] == alone
     assert error(responses[3], 400)["param"] == "seed"
     assert error(post(url, body(seed=2**63, w2s=GREEDY)), 400)["param"] == "seed"
+
+
+def test_a_rerun_never_contradicts_what_a_stream_was_sent(guarded):
+    """Issue 25 item 9: after a failed batch each request runs again; a streamed one had kept its deltas and
+    got a final answer that differed from them. Now its stream continues only what was sent, or ends with
+    an error event; a request that streamed nothing is simply answered by its rerun."""
+    url, gate = guarded
+    one_beam = {"method": "cbs", "beam_width": 1, "successors_per_beam": 1, "chunk_length": 2}
+    streamed = body("The cat", seed=5, stream=True, w2s=one_beam)
+    plain, late = body("What a", seed=6, w2s=one_beam), body(f"The {LATE}", seed=7, w2s=one_beam)
+    alone = post(url, plain).json()["choices"][0]["text"]
+    responses = batched_behind_worker(url, gate, [streamed, plain, late])
+    events = [json.loads(line[6:]) for line in responses[0].text.splitlines()
+              if line.startswith("data: {")]
+    sent = "".join(e["choices"][0]["text"] for e in events if "choices" in e)
+    assert sent and "error" in events[-1], events  # it had its first chunk, then its stream ended with an error
+    assert responses[1].json()["choices"][0]["text"] == alone  # nothing streamed: the rerun answers it
+    assert error(responses[2], 500)["type"] == "server_error"
 
 
 # -- 3, 4: engines that are down or hang ------------------------------------------------------------

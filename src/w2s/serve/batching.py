@@ -9,7 +9,9 @@ A request of more prompts than ``max_batch_size`` is queued as parts of at most 
 that one long list never runs as one batch ahead of everyone.
 
 Failures stay with their request: a batch that fails is run again one request at a time, and a
-prompt whose remote engine failed ends only its own request (502, 504 on a timeout).
+prompt whose remote engine failed ends only its own request (502, 504 on a timeout).  A streamed request
+keeps what it was sent: when its rerun's text does not continue that, its stream ends with an error
+rather than a contradicting or silently cut answer.
 
 Cancellation and deadlines: a queued request is removed from the queue; a running batch checks at
 every token (local models) and while it waits for an engine (remote ones) whether its requests are
@@ -295,11 +297,16 @@ class Batcher:
             job, index = owners[row]
             sent = job.sent.get(index, "")
             if job.stream and not job.cancelled.is_set() and len(text) > len(sent):
-                if not text.startswith(sent):  # cannot happen for prefix-stable decoding; never retract
-                    log.warning("streamed text %r is not a prefix of %r", sent, text)
+                if not text.startswith(sent):  # a rerun after a failed batch that went another way: never
+                    contradicted(job, sent, text)  # retract what the client holds
                     return
                 job.emit("delta", index, text[len(sent):])
                 job.sent[index] = text
+
+        def contradicted(job: Job, sent: str, text: str) -> None:
+            log.error("a rerun's text %r does not continue the streamed %r: the stream ends with an error", text, sent)
+            job.fail(RuntimeError("the answer computed again after a failed batch differs from the part already "
+                                  "streamed"))
 
         def finish(row: int, output: Output, result=None) -> None:
             job, index = owners[row]
@@ -307,6 +314,10 @@ class Batcher:
                 log.warning("a prompt failed (%s): %s", result.error_code, result.error)
                 context = result.error_code == "context_length_exceeded"
                 job.fail(ContextLengthError(result.error) if context else EngineError(result.error))
+                return
+            sent = job.sent.get(index, "")
+            if job.stream and not output.text.startswith(sent):
+                contradicted(job, sent, output.text)
                 return
             stream(row, output.text)
             if self.metrics:
