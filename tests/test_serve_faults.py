@@ -523,3 +523,54 @@ def test_queue_depth_waits_for_the_worker_to_let_go_of_the_queue():
         assert read == [0]
     finally:
         batcher.close()
+
+
+class SlowCheck:
+    """The strong model, whose tokenizing of a prompt holding :data:`SLOW` waits for ``gate`` (the check stage)."""
+
+    def __init__(self, model):
+        self.model, self.gate = model, threading.Event()
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def encode_prompt(self, text, template):
+        if SLOW in text:
+            self.gate.wait(20)
+        return self.model.encode_prompt(text, template)
+
+
+SLOW = "<slow-check>"
+
+
+def test_the_check_stage_shares_the_queue_bound_the_deadline_and_a_body_timeout(model_dirs):
+    """Issue 25 item 13: requests waiting to be checked were neither bounded nor timed, /health said the
+    queue was empty, and a client could hold a connection open by never finishing its body."""
+    strong = SlowCheck(w2s.load_model(model_dirs["strong"]))
+    m = bundle(strong=(strong, "{prompt}"), tuned=(w2s.load_model(model_dirs["tuned"]), "{prompt}"),
+               untuned=(w2s.load_model(model_dirs["untuned"]), "{prompt}"))
+    config = ServeConfig(name="tiny", queue_size=3, request_timeout_s=3, body_timeout_s=0.5, batch_window_ms=0)
+    server, thread, url = serve(config, m)
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            waiting = [pool.submit(post, url, body(f"The {SLOW} {i}", w2s=GREEDY), headers={}) for i in range(3)]
+            _wait(lambda: httpx.get(url + "/health").json()["queue_depth"] == 3)
+            full = error(post(url, body("The cat", w2s=GREEDY), headers={}), 503)  # not left to wait behind them
+            assert full["code"] == "queue_full"
+            late = [error(f.result(), 504) for f in waiting]  # still being checked at the deadline
+            assert all(e["code"] == "timeout" for e in late)
+        strong.gate.set()
+        assert post(url, body("The cat", w2s=GREEDY), headers={}).status_code == 200
+        with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1]))) as sock:
+            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 100\r\n\r\n{\"model\": ")  # and then nothing
+            sock.settimeout(10)
+            started = time.perf_counter()
+            reply = b""
+            while b"body_timeout" not in reply and (part := sock.recv(4096)):
+                reply += part
+            assert reply.startswith(b"HTTP/1.1 408") and b"body_timeout" in reply
+            assert time.perf_counter() - started < 5
+    finally:
+        strong.gate.set()
+        _close(server, thread)

@@ -225,6 +225,7 @@ class Server:
         self.batcher = Batcher(models, queue_size=config.queue_size, batch_window=config.batch_window_ms / 1000,
                                max_batch_size=config.max_batch_size, metrics=self.metrics)
         self.checks = ThreadPoolExecutor(1, thread_name_prefix="w2s-serve-check")  # tokenizing: off the loop
+        self.checking = 0  # requests in or waiting for the check stage (counted on the event loop)
         self._eft_error: str | None | bool = False  # False: not checked yet
         # what clients must not see (paths of the models, engine URLs), replaced by the role's name
         hidden = {}
@@ -379,7 +380,8 @@ def create_app(config: ServeConfig, models: Models) -> FastAPI:
                   lifespan=lifespan, **docs)
     app.state.server = server
     app.add_middleware(Guard, api_key=api_key, open_endpoints=config.open_endpoints,
-                       max_body_bytes=config.max_body_bytes, error=lambda e: APIError(*e).response())
+                       max_body_bytes=config.max_body_bytes, error=lambda e: APIError(*e).response(),
+                       body_timeout=config.body_timeout_s)
     app.add_middleware(MetricsMiddleware, metrics=server.metrics)
 
     @app.exception_handler(APIError)
@@ -416,7 +418,8 @@ def create_app(config: ServeConfig, models: Models) -> FastAPI:
     async def health():
         alive, engine = server.batcher.alive, await server.engine_state()
         status = "worker stopped" if not alive else (engine or "ok")
-        return JSONResponse({"status": status, "model": config.name, "queue_depth": server.batcher.depth},
+        return JSONResponse({"status": status, "model": config.name,
+                             "queue_depth": server.batcher.depth + server.checking},
                             status_code=200 if alive and engine is None else 503)
 
     @app.get("/metrics")
@@ -447,9 +450,20 @@ def create_app(config: ServeConfig, models: Models) -> FastAPI:
         named = (body.w2s or {}).get("method", config.method)  # any JSON value may come here: checked in prepare
         named = METHOD_ALIASES.get(named, named) if isinstance(named, str) else ""
         request.scope["w2s_method"] = named if named in SERVED_METHODS else ""  # the metrics' label
-        loop, events = asyncio.get_running_loop(), asyncio.Queue()
-        method, params, prompt_tokens = await loop.run_in_executor(server.checks, server.prepare, body, prompts,
-                                                                   template, prompt_param)
+        loop, events, arrived = asyncio.get_running_loop(), asyncio.Queue(), time.perf_counter()
+        # the check stage (tokenizing, context checks) shares the queue's bound and the request's deadline
+        if server.checking + server.batcher.depth >= config.queue_size:
+            raise APIError(503, f"the queue is full ({config.queue_size} requests waiting); retry later.",
+                           code="queue_full", type="server_overloaded")
+        server.checking += 1
+        try:
+            checked = loop.run_in_executor(server.checks, server.prepare, body, prompts, template, prompt_param)
+            method, params, prompt_tokens = await asyncio.wait_for(checked, config.request_timeout_s)
+        except asyncio.TimeoutError:
+            raise APIError(504, f"the request took longer than the server's deadline of {config.request_timeout_s:g} "
+                                "s before it could be queued; retry later.", code="timeout", type="timeout") from None
+        finally:
+            server.checking -= 1
 
         def emit(kind, index, payload):  # called from the worker thread
             try:
@@ -458,7 +472,8 @@ def create_app(config: ServeConfig, models: Models) -> FastAPI:
                 pass
 
         seed = body.seed if body.seed is not None else secrets.randbits(31)
-        job = Job(prompts, method, params, seed, template, body.stream, emit, deadline_s=config.request_timeout_s)
+        job = Job(prompts, method, params, seed, template, body.stream, emit, deadline_s=config.request_timeout_s,
+                  enqueued=arrived)
         try:
             server.batcher.submit(job)
         except QueueFull as err:

@@ -33,6 +33,7 @@ A TOML file (every key optional; a model left out is the demo's default one)::
     max_rows = 256                       # large-model rows per prompt, W*K or n (400 beyond)
     max_body_bytes = 1048576             # request body size (413 beyond)
     request_timeout_s = 600              # a request still running after this gets 504
+    body_timeout_s = 30                  # a client silent this long while sending its body gets 408
     server_api_key_env = "W2S_API_KEY"   # clients must send Authorization: Bearer <its value>
     open_endpoints = ["/health"]         # reachable without the key (also "/metrics")
     docs = true                          # serve /docs and /openapi.json
@@ -89,7 +90,8 @@ MODEL_KEYS = {f.name for f in fields(ModelSpec)} - {"role"}
 REMOTE_KEYS = set(REMOTE_FIELDS) - set(PER_ROLE)  # concurrency, timeout, max_retries, api_key_env, extra_body, engine
 OPENABLE = ("/health", "/metrics")  # endpoints that may be reachable without the API key
 SERVER_KEYS = ("host", "port", "queue_size", "batch_window_ms", "max_batch_size", "max_prompts", "max_rows",
-               "max_body_bytes", "request_timeout_s", "server_api_key_env", "open_endpoints", "docs")
+               "max_body_bytes", "request_timeout_s", "body_timeout_s", "server_api_key_env", "open_endpoints",
+               "docs")
 
 
 def method_fields(method: str) -> dict[str, object]:
@@ -124,7 +126,10 @@ class ServeConfig:
             schedule's largest count for adaptive); more is a 400.
         max_body_bytes: request body size; more is a 413.
         request_timeout_s: a request still unfinished this many seconds after it arrived ends with a 504
-            and its work stops (also while it waits for a remote engine); none: no deadline.
+            and its work stops (also while its prompts are checked, or it waits for a remote engine); none:
+            no deadline.
+        body_timeout_s: a client that sends no part of its request body for this many seconds gets a 408
+            and its connection is closed.
         server_api_key_env: environment variable holding the server's API key: clients must then send
             "Authorization: Bearer KEY" (401 otherwise); none: no key.
         open_endpoints: endpoints reachable without the API key.
@@ -145,6 +150,7 @@ class ServeConfig:
     max_rows: int = 256
     max_body_bytes: int = 1 << 20
     request_timeout_s: float | None = 600.0
+    body_timeout_s: float = 30.0
     server_api_key_env: str | None = None
     open_endpoints: tuple[str, ...] = field(default=("/health",), metadata={"choices": OPENABLE})
     docs: bool = True
@@ -171,6 +177,7 @@ class ServeConfig:
         check_range("max_rows", self.max_rows, low=1, integer=True)
         check_range("max_body_bytes", self.max_body_bytes, low=1, integer=True)
         check_range("request_timeout_s", self.request_timeout_s, low=0.0, low_open=True, allow_none=True)
+        check_range("body_timeout_s", self.body_timeout_s, low=0.0, low_open=True)
         key = self.server_api_key_env
         if key is not None and not (isinstance(key, str) and key):
             raise ValueError(f"server_api_key_env must name an environment variable, got {key!r}.")

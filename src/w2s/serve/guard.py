@@ -1,25 +1,29 @@
-"""What every request passes before a route sees it: the API key and the body-size limit (pure ASGI)."""
+"""What every request passes before a route sees it: the API key, the body-size limit and the body's read
+timeout (pure ASGI)."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from typing import Callable
 
 
 class Guard:
-    """Refuse a request without the API key (401) or with a body over ``max_body_bytes`` (413).
+    """Refuse a request without the API key (401), with a body over ``max_body_bytes`` (413), or whose body
+    stalls for ``body_timeout`` seconds (408).
 
     Args:
         api_key: the key clients send as ``Authorization: Bearer KEY``; None: no key is needed.
         open_endpoints: paths reachable without the key.
         max_body_bytes: the largest body read (by ``Content-Length``, and counted as it arrives).
         error: ``(status, message, param, code, type) -> response`` in the API's error schema.
+        body_timeout: seconds the body may go without a part arriving.
     """
 
     def __init__(self, app, *, api_key: str | None, open_endpoints: tuple[str, ...], max_body_bytes: int,
-                 error: Callable):
+                 error: Callable, body_timeout: float = 30.0):
         self.app, self.api_key, self.open_endpoints = app, api_key, set(open_endpoints)
-        self.max_body_bytes, self.error = max_body_bytes, error
+        self.max_body_bytes, self.error, self.body_timeout = max_body_bytes, error, body_timeout
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -40,7 +44,11 @@ class Guard:
         # the body is read here, up to the limit, and handed on whole: a route never sees a larger one
         chunks, size, more = [], 0, scope["method"] in ("POST", "PUT", "PATCH")
         while more:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.body_timeout)
+            except asyncio.TimeoutError:  # a slow or stalled client does not hold a connection for ever
+                return await self.error((408, f"no part of the request body came for {self.body_timeout:g} s.",
+                                         None, "body_timeout", "invalid_request_error"))(scope, receive, send)
             if message["type"] != "http.request":
                 break
             chunks.append(message.get("body", b""))
