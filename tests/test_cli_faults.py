@@ -124,8 +124,8 @@ def test_an_over_long_prompt_is_an_error_record_and_the_others_go_on(capsys, mod
         status, _, err = cli(capsys, *search_flags(model_dirs, prompts, out), "--overwrite", "--method", method)
         rows = lines(out)
         assert [r["prompt"] for r in rows] == ["The cat", LONG, "What a"]
-        assert rows[1].keys() == {"index", "prompt", "error"} and rows[1]["index"] == 1
-        assert "context is 512 tokens" in rows[1]["error"]
+        assert rows[1].keys() == {"index", "prompt", "error", "error_code"} and rows[1]["index"] == 1
+        assert "context is 512 tokens" in rows[1]["error"] and rows[1]["error_code"] == "context_length_exceeded"
         assert "response" in rows[0] and "response" in rows[2]
         # 12: a summary and exit status 1
         assert status == 1 and f"w2s search: 1 of 3 prompts failed (error records in {out}):" in err
@@ -143,7 +143,8 @@ def test_a_question_that_overflows_the_aligner_is_an_error_record(capsys, model_
     status, _, err = cli(capsys, *stream_flags(model_dirs, command, small_aligner, questions, out))
     rows = lines(out)
     assert [r["question"] for r in rows] == ["The cat", LONG[:400], "What a"]
-    assert rows[1].keys() == {"index", "question", "error"} and rows[1]["index"] == 1
+    assert rows[1].keys() == {"index", "question", "error", "error_code"} and rows[1]["index"] == 1
+    assert rows[1]["error_code"] == "context_length_exceeded"
     assert "context is 128 tokens" in rows[1]["error"]
     assert "corrected" in rows[0] and "corrected" in rows[2]
     assert status == 1 and f"w2s {command}: 1 of 3 questions failed" in err and "  index 1: " in err

@@ -401,7 +401,8 @@ def test_cli_search_with_a_remote_strong_model_error_records_and_resume(proxy, m
     assert done.returncode == 1 and "1 of 3 prompts failed" in done.stderr, done.stderr  # an error record
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 3
-    assert rows[1].keys() == {"index", "prompt", "error"} and rows[1]["index"] == 1 and "HTTP 503" in rows[1]["error"]
+    assert rows[1].keys() == {"index", "prompt", "error", "error_code"} and rows[1]["index"] == 1
+    assert "HTTP 503" in rows[1]["error"] and rows[1]["error_code"] == "engine_error"
     assert rows[0]["response"] and rows[2]["response"] and rows[0]["id"] == 0 and rows[2]["method"] == "cbs"
     # the key came from the named variable, as a bearer token, on every request
     assert {e["headers"].get("authorization") for e in completions(proxy)} == {"Bearer sk-test-123"}
@@ -434,8 +435,9 @@ def test_cli_stream_with_a_remote_upstream_writes_error_records(proxy, model_dir
 
 
 def test_cli_refuses_a_url_without_a_model_name(proxy, tmp_path):
+    (tmp_path / "p.txt").write_text("The cat\n")
     done = run_cli(["search", "--strong", proxy.url, "--method", "sampling", "--max-new-tokens", "4",
-                    "--prompts", "-", "--output", "-"])
+                    "--prompts", str(tmp_path / "p.txt"), "--output", "-"])
     assert done.returncode == 2 and "--strong-model NAME" in done.stderr
 
 

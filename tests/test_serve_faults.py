@@ -574,3 +574,40 @@ def test_the_check_stage_shares_the_queue_bound_the_deadline_and_a_body_timeout(
     finally:
         strong.gate.set()
         _close(server, thread)
+
+
+def test_errors_are_typed_not_read_from_their_text(model_dirs):
+    """Issue 25 item 3: an engine's 500 whose body says "Gateway Timeout" became a 504, by matching text."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Failing(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            body = b"Gateway Timeout (HTTP 504 upstream)"
+            self.send_response(500)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    engine = ThreadingHTTPServer(("127.0.0.1", 0), Failing)
+    threading.Thread(target=engine.serve_forever, daemon=True).start()
+    server, thread, url = _remote_server(model_dirs, f"http://127.0.0.1:{engine.server_port}/v1",
+                                         remote={"max_retries": 1, "backoff_base": 0.01})
+    try:
+        failed = error(post(url, body(w2s=GREEDY), headers={}), 502)
+        assert failed["code"] == "engine_error" and "it answered HTTP 500" in failed["message"]
+        result = next(w2s.Sampling(max_new_tokens=4).generate(
+            w2s.RemoteModel(f"http://127.0.0.1:{engine.server_port}/v1", "m", max_retries=0), None, ["The cat"]))
+        assert (result.error_code, result.error_status) == ("engine_error", 500)
+    finally:
+        _close(server, thread)
+        engine.shutdown()
+    with socket.socket() as silent:  # an engine that accepts and never answers: a timeout, by its type
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        slow = w2s.RemoteModel(f"http://127.0.0.1:{silent.getsockname()[1]}/v1", "m", timeout=0.3, max_retries=0)
+        result = next(w2s.Sampling(max_new_tokens=4).generate(slow, None, ["The cat"]))
+        assert (result.error_code, result.error_status) == ("engine_timeout", None)

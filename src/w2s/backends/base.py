@@ -73,7 +73,19 @@ def check_interrupt() -> None:
 
 
 class RemoteError(RuntimeError):
-    """A request to a remote engine failed for good (after retries, or with a non-retryable status)."""
+    """A request to a remote engine failed for good (after retries, or with a non-retryable status).
+
+    ``kind`` is ``"timeout"`` when the engine did not answer in time, else ``"engine"``; ``status`` is
+    the HTTP status of the engine's last answer when one came (None: it could not be reached)."""
+
+    def __init__(self, message: str, kind: str = "engine", status: int | None = None):
+        super().__init__(message)
+        self.kind, self.status = kind, status
+
+    @property
+    def code(self) -> str:
+        """The error's code in results and records: ``engine_timeout`` or ``engine_error``."""
+        return "engine_timeout" if self.kind == "timeout" else "engine_error"
 
 
 class ContextLengthError(ValueError):
@@ -252,7 +264,8 @@ class Continuation:
     expansion (tokens sampled past a chunk-end cut and rolled back included; None when the backend cannot
     tell, and then the search counts ``num_tokens`` minus the parent's).  ``error`` is set when a remote
     backend could not sample for this prompt (after retries): every continuation of that prompt then
-    carries it, and the search ends the prompt with that error instead of a response.
+    carries it, and the search ends the prompt with that error instead of a response; ``failure`` is
+    that :class:`RemoteError` itself (its kind and the engine's HTTP status).
     """
 
     prompt_index: int
@@ -263,6 +276,7 @@ class Continuation:
     token_ids: list[int] = field(default_factory=list, repr=False)
     error: str | None = None
     drawn: int | None = None
+    failure: RemoteError | None = field(default=None, repr=False)
 
 
 @runtime_checkable

@@ -279,7 +279,7 @@ class RemoteModel:
         """Run ``attempt_once()`` (a coroutine function holding one slot while it runs) until it succeeds;
         it raises ``_Retryable`` for failures worth retrying, :class:`RemoteError` for the others."""
         client, slots = self._http()
-        failures = []
+        failures, last = [], None
         for attempt in range(self.max_retries + 1):
             try:
                 async with slots:
@@ -287,6 +287,7 @@ class RemoteModel:
                     return await attempt_once(client)
             except _Retryable as err:
                 failures.append(str(err))
+                last = err
                 if attempt == self.max_retries:
                     break
                 delay = backoff_delay(attempt, self.backoff_base, self.backoff_max, self._rng)
@@ -295,7 +296,7 @@ class RemoteModel:
                 self.stats["retries"] += 1
                 await asyncio.sleep(delay)
         raise RemoteError(f"{what} failed after {len(failures)} attempt(s) to {self.base_url}: "
-                          f"{'; '.join(_dedupe(failures))}")
+                          f"{'; '.join(_dedupe(failures))}", kind=last.kind, status=last.status)
 
     async def post(self, path: str, body: dict | None) -> dict:
         """``POST`` the JSON ``body`` to ``path`` under the API root (with retries); the JSON response.
@@ -309,12 +310,13 @@ class RemoteModel:
                 else:
                     response = await client.post(url, json=body, headers=self.auth_headers())
             except (httpx.TimeoutException, httpx.TransportError) as err:
-                raise _Retryable(f"{type(err).__name__}: {err}".rstrip(": ")) from None
+                raise _Retryable(f"{type(err).__name__}: {err}".rstrip(": "), kind=_kind_of(err)) from None
             _raise_for_status(response, response.text)
             try:
                 return response.json()
             except ValueError:
-                raise _Retryable(f"HTTP {response.status_code} with a body that is not JSON") from None
+                raise _Retryable(f"HTTP {response.status_code} with a body that is not JSON",
+                                 status=response.status_code) from None
 
         return await self._with_retries(f"{'GET' if body is None else 'POST'} {path}", once)
 
@@ -357,7 +359,8 @@ class RemoteModel:
                         if finish is not None:
                             break
             except (httpx.TimeoutException, httpx.TransportError) as err:
-                raise _Retryable(f"stream broke off: {type(err).__name__}: {err}".rstrip(": ")) from None
+                raise _Retryable(f"stream broke off: {type(err).__name__}: {err}".rstrip(": "),
+                                 kind=_kind_of(err)) from None
             if finish is None:
                 raise _Retryable("stream ended without a finish_reason (cut mid-way)")
             return CompletionChoice(text, finish, deltas)
@@ -501,9 +504,15 @@ def _dedupe(items: list[str]) -> list[str]:
 
 
 class _Retryable(Exception):
-    def __init__(self, message: str, retry_after: float | None = None):
+    def __init__(self, message: str, retry_after: float | None = None, kind: str = "engine",
+                 status: int | None = None):
         super().__init__(message)
-        self.retry_after = retry_after
+        self.retry_after, self.kind, self.status = retry_after, kind, status
+
+
+def _kind_of(err: Exception) -> str:
+    """A transport failure's kind: ``timeout`` for httpx's timeouts, else ``engine``."""
+    return "timeout" if isinstance(err, httpx.TimeoutException) else "engine"
 
 
 def _raise_for_status(response: httpx.Response, body: str) -> None:
@@ -512,8 +521,9 @@ def _raise_for_status(response: httpx.Response, body: str) -> None:
         return
     detail = " ".join(body.split())[:300]
     if code in RETRY_STATUS or code >= 500:
-        raise _Retryable(f"HTTP {code}: {detail}", parse_retry_after(response.headers.get("retry-after")))
-    raise RemoteError(f"HTTP {code} from {response.request.url}: {detail}")
+        raise _Retryable(f"HTTP {code}: {detail}", parse_retry_after(response.headers.get("retry-after")),
+                         status=code)
+    raise RemoteError(f"HTTP {code} from {response.request.url}: {detail}", status=code)
 
 
 def parse_choices(response: dict, max_tokens: int) -> list[CompletionChoice]:
@@ -565,13 +575,14 @@ class RemoteSearchSession:
                 return err
 
         results = self.lm.run(_gather([sample_beam(*args) for args in zip(beams, seed_keys, ns, limits)]))
-        failed = {beam.prompt_index: str(r) for beam, r in zip(beams, results) if isinstance(r, RemoteError)}
+        failed = {beam.prompt_index: r for beam, r in zip(beams, results) if isinstance(r, RemoteError)}
         self.candidates = []
         for parent, beam, choices, n in zip(parents, beams, results, ns):
             p = beam.prompt_index
             for k in range(n):
                 if p in failed:  # the whole prompt ends with the error, its other beams included
-                    continuation = Continuation(p, parent, beam.text, True, beam.num_tokens, error=failed[p])
+                    continuation = Continuation(p, parent, beam.text, True, beam.num_tokens, error=str(failed[p]),
+                                                failure=failed[p])
                 else:
                     choice = choices[k]
                     text, finished = beam.text + choice.text, choice.finish_reason == "stop"
@@ -625,9 +636,10 @@ class RemoteGenerator:
                 return err
 
         results = self.lm.run(_gather([stream_row(b) for b in bodies]))
-        failed = [f"row {i}: {r}" for i, r in zip(rows, results) if isinstance(r, RemoteError)]
+        failed = [(i, r) for i, r in zip(rows, results) if isinstance(r, RemoteError)]
         if failed:
-            raise RemoteError("; ".join(failed))
+            raise RemoteError("; ".join(f"row {i}: {r}" for i, r in failed), kind=failed[0][1].kind,
+                              status=failed[0][1].status)
         return {i: (c.text, c.finish_reason == "stop") for i, c in zip(rows, results)}
 
 

@@ -104,7 +104,7 @@ def run(args) -> int:
 def result_row(index: int, record: dict, result) -> dict:
     """One output line: the input record with the result's fields (or an error record)."""
     if result.error is not None:  # a remote model failed for this prompt only, or it overflows a context
-        return {"index": index, "prompt": result.prompt, "error": result.error}
+        return {"index": index, "prompt": result.prompt, "error": result.error, "error_code": result.error_code}
     row = {**record, "prompt": result.prompt, "response": result.response, "score": finite(result.score),
            "finished": result.finished, "num_tokens": result.num_tokens,
            "sampled_tokens": result.sampled_tokens, "guide_tokens": result.guide_tokens, "method": result.method}

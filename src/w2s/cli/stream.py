@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .. import defaults
 from ..aligner import Aligner, StreamAligner
-from ..backends.base import SAMPLING_PRESETS
+from ..backends.base import SAMPLING_PRESETS, ContextLengthError
 from ..defaults import CODE_GUIDE_KINDS
 from ..models import load_all
 from .common import mark, PHASES, read_questions, run_settings, start_output, write_output
@@ -182,7 +182,8 @@ def _answer(args, config, roles: dict[str, str]) -> int:
 
 def answer_row(index: int, question: str, answer) -> dict:
     if isinstance(answer, Exception):
-        return {"index": index, "question": question, "error": str(answer)}
+        code = "context_length_exceeded" if isinstance(answer, ContextLengthError) else getattr(answer, "code", None)
+        return {"index": index, "question": question, "error": str(answer), "error_code": code}
     return {"question": answer.question, "original": answer.original, "corrected": answer.corrected,
             "first_seconds": answer.first_seconds, "total_seconds": answer.total_seconds,
             "sentences": [{"original": s.original, "corrected": s.corrected, "elapsed": s.elapsed}
@@ -193,7 +194,7 @@ def _answer_batch(config, models, templates, batch: list[str], seed: int, start:
     """Answers of a batch; when a remote upstream fails, or a question overflows a model's context, the
     questions are redone one by one (same randomness) so that only the failing ones become errors
     (returned as the exception)."""
-    from ..backends.base import ContextLengthError, RemoteError
+    from ..backends.base import RemoteError
 
     try:
         return config.run(*models, batch, seed=seed, start_index=start, **templates)

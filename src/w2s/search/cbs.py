@@ -49,8 +49,9 @@ class SearchResult:
     token counted when finished).  ``beams`` holds all final beams
     with their own scores when asked for (``return_beams=True``), best first.  ``error`` is set (and the
     response is empty) when this prompt could not be searched, the other prompts unaffected; ``error_code``
-    says why: ``"engine_error"`` (a remote large model failed) or ``"context_length_exceeded"`` (the prompt
-    and the tokens asked for do not fit a model's context).  ``sampled_tokens`` counts the large-model
+    says why: ``"engine_error"`` (a remote large model failed; ``error_status`` is the HTTP status of its
+    last answer, None when it could not be reached), ``"engine_timeout"`` (it did not answer in time) or
+    ``"context_length_exceeded"`` (the prompt and the tokens asked for do not fit a model's context).  ``sampled_tokens`` counts the large-model
     tokens drawn for this prompt over all its beams and chunks (the search's cost: W·K·L per chunk at most,
     fewer when samples finish early), and ``guide_tokens`` the guide tokens its scoring ran, both guides
     summed, what their KV caches already held not counted (0 when nothing was scored; None when the
@@ -66,6 +67,7 @@ class SearchResult:
     beams: list[Beam] | None = None
     error: str | None = None
     error_code: str | None = None
+    error_status: int | None = None
     sampled_tokens: int = 0
     guide_tokens: int | None = 0
 
@@ -261,7 +263,7 @@ class ChunkBeamSearch:
                      for p in range(n_prompts)]
             for i, (c, parent) in enumerate(zip(continuations, parents)):
                 if c.error is not None:
-                    errors.setdefault(c.prompt_index, c.error)
+                    errors.setdefault(c.prompt_index, c)
                 sampled[c.prompt_index] += c.drawn if c.drawn is not None else c.num_tokens - parent.num_tokens
                 pools[c.prompt_index].append(Beam(c.text, c.finished, c.num_tokens, row=i, prompt=c.prompt_index))
             pools = [[] if p in errors else _distinct(pool) if self.merges_duplicates else pool
@@ -291,9 +293,11 @@ class ChunkBeamSearch:
         results = []
         for p, prompt in enumerate(prompts):
             if p in errors:
-                results.append(SearchResult(prompt, "", None, False, 0, self.method, error=errors[p],
-                                            error_code="engine_error", sampled_tokens=sampled[p],
-                                            guide_tokens=guide[p]))
+                failure = errors[p].failure
+                results.append(SearchResult(prompt, "", None, False, 0, self.method, error=errors[p].error,
+                                            error_code=failure.code if failure else "engine_error",
+                                            error_status=failure.status if failure else None,
+                                            sampled_tokens=sampled[p], guide_tokens=guide[p]))
                 continue
             final = sorted(beams[p], key=lambda b: -b.score) if scorer is not None else beams[p]
             final = final[: self.beam_width]  # the final selection (a no-op for CBS; Best-of-N's best one)

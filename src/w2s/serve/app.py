@@ -512,8 +512,7 @@ def error_of(server: Server, err: Exception) -> APIError:
         if err.timeout:
             return APIError(504, "the large model's engine did not answer in time; retry later.",
                             code="engine_timeout", type="upstream_error")
-        status = re.search(r"HTTP (\d{3})", str(err))
-        why = f"it answered HTTP {status.group(1)}" if status else "it could not be reached"
+        why = f"it answered HTTP {err.status}" if err.status else "it could not be reached"
         return APIError(502, f"the large model's engine failed ({why}); retry later.", code="engine_error",
                         type="upstream_error")
     if isinstance(err, ContextLengthError):
@@ -521,7 +520,7 @@ def error_of(server: Server, err: Exception) -> APIError:
     if isinstance(err, (ValueError, TemplateError)):
         return APIError(400, server.hide(str(err)))
     if isinstance(err, RemoteError):  # the Stream Aligner's upstream engine
-        return error_of(server, EngineError(str(err)))
+        return error_of(server, EngineError(str(err), timeout=err.kind == "timeout", status=err.status))
     return APIError(500, "generation failed; the server's log has the details.", type="server_error")
 
 

@@ -50,11 +50,12 @@ class DeadlineExceeded(Exception):
 
 
 class EngineError(Exception):
-    """The large model's remote engine failed for a prompt (502; 504 when it timed out)."""
+    """The large model's remote engine failed for a prompt (502; 504 when it timed out); ``status``: the
+    HTTP status of its last answer, None when it could not be reached."""
 
-    def __init__(self, detail: str):
+    def __init__(self, detail: str, timeout: bool = False, status: int | None = None):
         super().__init__(detail)
-        self.timeout = "Timeout" in detail
+        self.timeout, self.status = timeout, status
 
 
 @dataclass
@@ -313,7 +314,8 @@ class Batcher:
             if result is not None and result.error is not None:  # this prompt failed: its request fails
                 log.warning("a prompt failed (%s): %s", result.error_code, result.error)
                 context = result.error_code == "context_length_exceeded"
-                job.fail(ContextLengthError(result.error) if context else EngineError(result.error))
+                job.fail(ContextLengthError(result.error) if context else EngineError(
+                    result.error, timeout=result.error_code == "engine_timeout", status=result.error_status))
                 return
             sent = job.sent.get(index, "")
             if job.stream and not output.text.startswith(sent):
