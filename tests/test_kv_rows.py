@@ -318,4 +318,10 @@ def test_grouped_query_attention_folds_query_heads_instead_of_copying_keys(monke
     finally:
         AttentionInterface.register(kv_rows.FOLDED_SDPA, kv_rows.folded_sdpa)
     assert calls and set(calls) == {(4, 2)}
-    assert run.model.config._attn_implementation == "sdpa"  # restored after every forward
+    # set on this model through transformers' API (not swapped at every forward), and its own forward, with
+    # transformers' masks, is still sdpa's: the same logits as a fresh sdpa copy of the model
+    assert run.model.config._attn_implementation == kv_rows.FOLDED_SDPA
+    fresh = build(llama)
+    ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
+    torch.testing.assert_close(run.model(input_ids=ids).logits, fresh(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
+    assert fresh.config._attn_implementation == "sdpa"  # other models untouched

@@ -21,18 +21,18 @@ sequence's own tokens.  4-D masks need the ``eager`` or ``sdpa`` attention.
 Models whose cache is not plain per-layer keys and values (Mamba, Jamba, LFM2, Qwen3-Next, Falcon-H1,
 chunked attention...) are refused: a recurrent state can be neither rolled back nor shared by branches.
 
-Grouped-query attention under ``sdpa`` runs through :func:`folded_sdpa` (registered with
-``AttentionInterface`` and switched on only for our forward calls), which folds each group's query heads
-into the query length instead of copying the keys and values once per query head.
+Grouped-query attention under ``sdpa`` runs through :func:`folded_sdpa` (registered under its own name
+with ``AttentionInterface`` when a model first needs it, and set on that model with
+``set_attn_implementation``), which folds each group's query heads into the query length instead of
+copying the keys and values once per query head.
 
 Only public ``transformers`` APIs are used: ``Cache`` with layers of our own ``CacheLayerMixin`` class,
-``AttentionInterface``, and the model's ``forward`` with ``attention_mask``, ``position_ids``, ``cache``
+``AttentionInterface``, ``set_attn_implementation``, and the model's ``forward`` with ``attention_mask``, ``position_ids``, ``cache``
 (``past_key_values`` before transformers renamed it) and ``logits_to_keep``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import types
 import typing
@@ -45,7 +45,9 @@ from transformers.cache_utils import CacheLayerMixin, DynamicLayer, DynamicSlidi
 from .base import ContextLengthError, context_length_of
 
 FULL, SLIDING = "full_attention", "sliding_attention"
-MASK_4D_ATTENTION = ("eager", "sdpa")  # attention implementations that take a custom 4-D mask
+FOLDED_SDPA = "w2s_folded_sdpa"
+# attention implementations that take a custom 4-D mask (the folded one is sdpa's, see folded_sdpa)
+MASK_4D_ATTENTION = ("eager", "sdpa", FOLDED_SDPA)
 ROLLBACK_USERS = (
     "w2s keeps many rows of different lengths in one cache, rolls rows back when re-tokenization changes "
     "their last tokens (sampling, chunk-level beam search, Stream Aligner) and leaves masked holes where "
@@ -139,6 +141,7 @@ def check_model(model: torch.nn.Module) -> dict:
     kinds, window = layer_kinds(model)
     # "eager" when unset: its additive float masks suit sdpa too
     attention = getattr(model.config.get_text_config(decoder=True), "_attn_implementation", None) or "eager"
+    attention = "sdpa" if attention == FOLDED_SDPA else attention
     if attention not in MASK_4D_ATTENTION:
         raise _refuse(
             model_type,
@@ -146,9 +149,6 @@ def check_model(model: torch.nn.Module) -> dict:
             f"holes and shared histories; load it with attn_implementation='sdpa' or 'eager'",
         )
     return dict(model_type=model_type, cache_arg=cache_arg, kinds=kinds, window=window, attention=attention)
-
-
-FOLDED_SDPA = "w2s_folded_sdpa"
 
 
 def folded_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
@@ -171,21 +171,20 @@ def folded_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=
     return out.reshape(rows, heads, length, value.shape[-1]).transpose(1, 2).contiguous(), None
 
 
-AttentionInterface.register(FOLDED_SDPA, folded_sdpa)
+def use_folded_sdpa(model: torch.nn.Module) -> None:
+    """Give ``model`` (an ``sdpa`` model with grouped-query attention that w2s runs) the folded attention,
+    through transformers' public API: registered under its own name (transformers' ``sdpa`` is untouched)
+    and set on this model only, once.  It computes what ``sdpa`` does, so the model's own ``generate``
+    and forward give the same results after."""
+    from transformers import AttentionMaskInterface
+    from transformers.masking_utils import sdpa_mask
 
-
-@contextlib.contextmanager
-def _attention(model: torch.nn.Module, implementation: str | None):
-    """Run ``model`` with attention ``implementation`` (a registered name) for the duration, if given."""
-    if implementation is None:
-        yield
-        return
-    before = model.config._attn_implementation
-    model.config._attn_implementation = implementation
-    try:
-        yield
-    finally:
-        model.config._attn_implementation = before
+    if FOLDED_SDPA not in AttentionInterface():  # registered once, when a model first needs it
+        AttentionInterface.register(FOLDED_SDPA, folded_sdpa)
+    if FOLDED_SDPA not in AttentionMaskInterface():  # the masks sdpa gets, for the model's own calls
+        AttentionMaskInterface.register(FOLDED_SDPA, sdpa_mask)
+    if getattr(model.config, "_attn_implementation", None) != FOLDED_SDPA:
+        model.set_attn_implementation(FOLDED_SDPA)
 
 
 SHARED, HOLE, PADDING = -1, -2, -3  # column owners besides branch ids (0, 1, ...); PADDING: a query only
@@ -289,7 +288,8 @@ class KVRows:
         self.eager = plan["attention"] == "eager"
         text = model.config.get_text_config(decoder=True)
         grouped = getattr(text, "num_key_value_heads", None) not in (None, getattr(text, "num_attention_heads", None))
-        self.attention = FOLDED_SDPA if plan["attention"] == "sdpa" and grouped else None  # see folded_sdpa
+        if plan["attention"] == "sdpa" and grouped and hasattr(model, "set_attn_implementation"):
+            use_folded_sdpa(model)  # (a model without transformers' API runs its own sdpa)
         self.capacity = 0  # columns of every buffer (the layers' and owner/pos)
         self.cache = Cache(layer_class_to_replicate=lambda: BufferLayer(self))
         self.columns = 0
@@ -480,15 +480,14 @@ class KVRows:
         self.owner[:, start:end] = q_owner.masked_fill(q_owner == PADDING, HOLE)
         self.pos[:, start:end] = q_pos
         self.columns = end
-        with _attention(self.model, self.attention):
-            out = self.model(
-                input_ids=as_tensor(ids),
-                attention_mask=self._masks(q_owner, q_pos, q_keep, start),
-                position_ids=q_pos,
-                use_cache=True,
-                logits_to_keep=1 if last_only else 0,
-                **{self.cache_arg: self.cache},
-            )
+        out = self.model(
+            input_ids=as_tensor(ids),
+            attention_mask=self._masks(q_owner, q_pos, q_keep, start),
+            position_ids=q_pos,
+            use_cache=True,
+            logits_to_keep=1 if last_only else 0,
+            **{self.cache_arg: self.cache},
+        )
         if start == 0:
             self._check_cache_used()
         return out.logits[:, -1] if last_only else out.logits
