@@ -101,9 +101,10 @@ class LogRatioScorer:
                 or guide_context_error(self.untuned, self.untuned_template, prompt, new_tokens, "untuned"))
 
     def reset(self) -> None:
-        """Drop the cached rows (they are replaced at every call anyway)."""
-        self._tuned.reset()
-        self._untuned.reset()
+        """Drop the cached rows (they are replaced at every call anyway), of a scorer that keeps any."""
+        for logprobs in (self._tuned, self._untuned):
+            if hasattr(logprobs, "reset"):  # beyond the ResponseLogProbs protocol: an optional extra
+                logprobs.reset()
 
 
 def guide_context_error(guide, template: str, prompt: str, new_tokens: int, role: str) -> str | None:
