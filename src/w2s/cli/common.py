@@ -61,7 +61,7 @@ def read_records(source: str, field: str = "prompt", flag: str | None = None, pl
     lines = [(n, line) for n, line in enumerate(read_text(source, flag).splitlines(), 1) if line.strip()]
     if not lines:
         raise ValueError(f"{flag} {source}: holds no {field}s (an empty file, or only blank lines).")
-    sniffed = not source.endswith(".txt") and bool(lines) and lines[0][1].lstrip().startswith("{")
+    sniffed = not source.endswith(".txt") and lines[0][1].lstrip().startswith("{")
     if plain and not source.endswith(".jsonl") and not sniffed:
         return [{field: line} for _, line in lines]
     records = []
