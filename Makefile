@@ -99,7 +99,7 @@ aligners: $(STAMP)
 	mkdir -p build/positive
 	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s setup
 	$(PY) -m w2s.tasks.positive questions train build/positive/train_questions.jsonl
-	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s data corrections --teacher w2s.tasks.positive:teacher \
+	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s data corrections --teacher py:w2s.tasks.positive:teacher \
 	  --questions build/positive/train_questions.jsonl --out build/positive/corrections.jsonl --batch-size 16
 	$(PY) -m w2s.tasks.positive records build/positive/corrections.jsonl build/positive
 	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s train aligner --kind stream --records build/positive/stream.jsonl \

@@ -9,6 +9,7 @@ from conftest import llama, save, strong_tokenizer
 from w2s.cli import main
 from w2s.cli.common import read_records, run_record
 
+ERROR_RECORD_KEYS = {"index", "error", "error_kind", "error_code", "error_status"}
 LONG = "The cat sat on the mat. " * 80  # 721 tokens of the strong tokenizer: more than its context of 512
 
 
@@ -124,8 +125,9 @@ def test_an_over_long_prompt_is_an_error_record_and_the_others_go_on(capsys, mod
         status, _, err = cli(capsys, *search_flags(model_dirs, prompts, out), "--overwrite", "--method", method)
         rows = lines(out)
         assert [r["prompt"] for r in rows] == ["The cat", LONG, "What a"]
-        assert rows[1].keys() == {"index", "prompt", "error", "error_code"} and rows[1]["index"] == 1
-        assert "context is 512 tokens" in rows[1]["error"] and rows[1]["error_code"] == "context_length_exceeded"
+        assert rows[1].keys() == ERROR_RECORD_KEYS | {"prompt"} and rows[1]["index"] == 1
+        assert "context is 512 tokens" in rows[1]["error"]
+        assert (rows[1]["error_kind"], rows[1]["error_code"]) == ("context", "context_length_exceeded")
         assert "response" in rows[0] and "response" in rows[2]
         # 12: a summary and exit status 1
         assert status == 1 and f"w2s search: 1 of 3 prompts failed (error records in {out}):" in err
@@ -143,8 +145,8 @@ def test_a_question_that_overflows_the_aligner_is_an_error_record(capsys, model_
     status, _, err = cli(capsys, *stream_flags(model_dirs, command, small_aligner, questions, out))
     rows = lines(out)
     assert [r["question"] for r in rows] == ["The cat", LONG[:400], "What a"]
-    assert rows[1].keys() == {"index", "question", "error", "error_code"} and rows[1]["index"] == 1
-    assert rows[1]["error_code"] == "context_length_exceeded"
+    assert rows[1].keys() == ERROR_RECORD_KEYS | {"question"} and rows[1]["index"] == 1
+    assert (rows[1]["error_kind"], rows[1]["error_code"], rows[1]["error_status"]) == ("context", "context_length_exceeded", None)
     assert "context is 128 tokens" in rows[1]["error"]
     assert "corrected" in rows[0] and "corrected" in rows[2]
     assert status == 1 and f"w2s {command}: 1 of 3 questions failed" in err and "  index 1: " in err
@@ -291,3 +293,19 @@ def test_a_method_has_one_name_and_the_old_one_still_works_with_a_warning(capsys
     assert json.loads(run_record(out).read_text())["flags"]["--method"] == "sampling"
     with pytest.warns(DeprecationWarning):
         assert ServeConfig(method="base").method == "sampling"
+
+
+def test_a_python_teacher_needs_its_prefix():
+    """Issue 25 item 7: an unknown ``a:b`` teacher was imported as ``module:function``; now only ``py:`` does."""
+    from w2s.models import ModelSpec, load
+    from w2s.tasks import positive
+
+    assert load(ModelSpec("py:w2s.tasks.positive:teacher", role="teacher")).model is positive.teacher
+    with pytest.raises(ValueError, match=r"for a Python function write 'py:w2s\.tasks\.positive:teacher'"):
+        load(ModelSpec("w2s.tasks.positive:teacher", role="teacher"))
+    with pytest.raises(ValueError, match="only the teacher may be a Python function"):
+        load(ModelSpec("py:os:system", role="strong"))
+    with pytest.raises(ValueError, match="not an importable function"):
+        load(ModelSpec("py:w2s.no_such_module:teacher", role="teacher"))
+    with pytest.raises(ValueError, match="must name a function"):
+        load(ModelSpec("py:w2s.tasks.positive", role="teacher"))

@@ -401,8 +401,9 @@ def test_cli_search_with_a_remote_strong_model_error_records_and_resume(proxy, m
     assert done.returncode == 1 and "1 of 3 prompts failed" in done.stderr, done.stderr  # an error record
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 3
-    assert rows[1].keys() == {"index", "prompt", "error", "error_code"} and rows[1]["index"] == 1
-    assert "HTTP 503" in rows[1]["error"] and rows[1]["error_code"] == "engine_error"
+    assert rows[1].keys() == {"index", "prompt", "error", "error_kind", "error_code", "error_status"}
+    assert rows[1]["index"] == 1 and "HTTP 503" in rows[1]["error"]
+    assert (rows[1]["error_kind"], rows[1]["error_code"], rows[1]["error_status"]) == ("engine", "engine_error", 503)
     assert rows[0]["response"] and rows[2]["response"] and rows[0]["id"] == 0 and rows[2]["method"] == "cbs"
     # the key came from the named variable, as a bearer token, on every request
     assert {e["headers"].get("authorization") for e in completions(proxy)} == {"Bearer sk-test-123"}

@@ -23,7 +23,7 @@ import w2s
 from w2s.cli import build_parser
 from w2s.cli.serve import config_from_args
 from w2s.models import LoadedModel, ModelSpec, Models, load
-from w2s.serve import ServeConfig, load_served_models, parse_config
+from w2s.serve import ServeConfig, load_served_models, parse_config, uvicorn_config
 from w2s.serve.app import (APIError, ChatMessage, CompletionRequest, chat_conversation, chat_template, create_app,
                            resolve_method)
 from w2s.serve.batching import common_prefix
@@ -110,8 +110,7 @@ def serve(config: ServeConfig, models: Models):
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()
-    server = uvicorn.Server(uvicorn.Config(create_app(config, models), host="127.0.0.1", port=port,
-                                           log_level="warning"))
+    server = uvicorn.Server(uvicorn_config(create_app(config, models), config, port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:

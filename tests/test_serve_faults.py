@@ -241,7 +241,8 @@ def test_a_bad_request_never_fails_the_requests_batched_with_it(guarded):
     responses = batched_behind_worker(url, gate, [*good, body(f"The {FAIL}", seed=4, w2s=GREEDY)])
     assert [r.json()["choices"][0]["text"] for r in responses[:3]] == alone
     internal = error(responses[3], 500)
-    assert internal["type"] == "server_error" and "injected" not in internal["message"]  # the log has it
+    assert (internal["type"], internal["code"]) == ("server_error", "internal_error")
+    assert "injected" not in internal["message"]  # the log has it
     assert metric(url, "w2s_batches_total", method="cbs") == batches + 2 + 2 + 4
     # a request refused before it is queued (seed out of range) next to good ones
     responses = send_all(url, [*good, body("The cat", seed=-1, w2s=GREEDY)])
@@ -549,7 +550,8 @@ def test_the_check_stage_shares_the_queue_bound_the_deadline_and_a_body_timeout(
     strong = SlowCheck(w2s.load_model(model_dirs["strong"]))
     m = bundle(strong=(strong, "{prompt}"), tuned=(w2s.load_model(model_dirs["tuned"]), "{prompt}"),
                untuned=(w2s.load_model(model_dirs["untuned"]), "{prompt}"))
-    config = ServeConfig(name="tiny", queue_size=3, request_timeout_s=3, body_timeout_s=0.5, batch_window_ms=0)
+    config = ServeConfig(name="tiny", queue_size=3, request_timeout_s=3, header_timeout_s=1, body_timeout_s=0.5,
+                         batch_window_ms=0)
     server, thread, url = serve(config, m)
     try:
         with ThreadPoolExecutor(3) as pool:
@@ -571,9 +573,33 @@ def test_the_check_stage_shares_the_queue_bound_the_deadline_and_a_body_timeout(
                 reply += part
             assert reply.startswith(b"HTTP/1.1 408") and b"body_timeout" in reply
             assert time.perf_counter() - started < 5
+        # a request line, then a header one byte every 0.1 s, never finished: uvicorn resets its keep-alive
+        # timer on every byte and no ASGI code runs before the headers are in, so nothing closed it
+        with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1]))) as sock:
+            started = time.perf_counter()
+            sock.sendall(b"GET /health HTTP/1.1\r\n")
+            assert _trickled_until_closed(sock, within=6) < config.header_timeout_s + 1
+        assert httpx.get(url + "/health").status_code == 200  # the server goes on
     finally:
         strong.gate.set()
         _close(server, thread)
+
+
+def _trickled_until_closed(sock, within: float) -> float:
+    """Send one byte every 0.1 s until the server closes the connection; the seconds that took."""
+    started = time.perf_counter()
+    sock.setblocking(False)
+    while time.perf_counter() - started < within:
+        try:
+            sock.sendall(b"X")
+            if sock.recv(1) == b"":
+                return time.perf_counter() - started
+        except BlockingIOError:
+            pass
+        except OSError:  # reset or broken pipe: closed
+            return time.perf_counter() - started
+        time.sleep(0.1)
+    raise AssertionError(f"the connection was still open after {within} s")
 
 
 def test_errors_are_typed_not_read_from_their_text(model_dirs):
@@ -601,7 +627,7 @@ def test_errors_are_typed_not_read_from_their_text(model_dirs):
         assert failed["code"] == "engine_error" and "it answered HTTP 500" in failed["message"]
         result = next(w2s.Sampling(max_new_tokens=4).generate(
             w2s.RemoteModel(f"http://127.0.0.1:{engine.server_port}/v1", "m", max_retries=0), None, ["The cat"]))
-        assert (result.error_code, result.error_status) == ("engine_error", 500)
+        assert (result.error_kind, result.error_code, result.error_status) == ("engine", "engine_error", 500)
     finally:
         _close(server, thread)
         engine.shutdown()
@@ -610,4 +636,23 @@ def test_errors_are_typed_not_read_from_their_text(model_dirs):
         silent.listen(4)
         slow = w2s.RemoteModel(f"http://127.0.0.1:{silent.getsockname()[1]}/v1", "m", timeout=0.3, max_retries=0)
         result = next(w2s.Sampling(max_new_tokens=4).generate(slow, None, ["The cat"]))
-        assert (result.error_code, result.error_status) == ("engine_timeout", None)
+        assert (result.error_kind, result.error_code, result.error_status) == ("timeout", "engine_timeout", None)
+
+
+def test_every_error_has_one_kind_with_its_code_and_status():
+    """Issue 25: one table of kinds (context, engine, timeout, cancelled, internal) from the exceptions to the
+    results, the records and the server's statuses."""
+    from w2s.backends.base import ERROR_KINDS, Cancelled, ContextLengthError, RemoteError, error_kind
+    from w2s.serve.app import error_of
+
+    assert set(ERROR_KINDS) == {"context", "engine", "timeout", "cancelled", "internal"}
+    cases = [(ContextLengthError("too long"), "context", 400), (RemoteError("down", status=503), "engine", 502),
+             (RemoteError("slow", kind="timeout"), "timeout", 504), (Cancelled(), "cancelled", None),
+             (KeyboardInterrupt(), "cancelled", None), (RuntimeError("Gateway Timeout"), "internal", 500),
+             (RemoteError("odd", kind="bogus"), "internal", 500)]
+    hide = type("Server", (), {"hide": staticmethod(lambda text: text)})()
+    for err, kind, status in cases:
+        assert error_kind(err) == kind, err
+        if status is not None:
+            answer = error_of(hide, err)
+            assert (answer.status, answer.code) == (status, ERROR_KINDS[kind][0]), err

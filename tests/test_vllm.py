@@ -178,7 +178,8 @@ def test_an_engine_killed_mid_search_leaves_an_error_record_and_resume_completes
     done = run_cli([*args, "--output", str(out)], timeout=600)
     assert done.returncode == 1 and "1 of 3 prompts failed" in done.stderr, done.stderr  # an error record
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert rows[1].keys() == {"index", "prompt", "error", "error_code"} and rows[1]["index"] == 1
+    assert rows[1].keys() == {"index", "prompt", "error", "error_kind", "error_code", "error_status"}
+    assert rows[1]["index"] == 1 and (rows[1]["error_kind"], rows[1]["error_status"]) == ("engine", None)
     assert rows[0]["response"] and rows[2]["response"]  # the other prompts finished
     proxy.rules.clear()
     resumed = run_cli([*args, "--output", str(out), "--resume"], timeout=600)

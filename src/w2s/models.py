@@ -53,9 +53,12 @@ def is_url(path) -> bool:
     return isinstance(path, str) and path.startswith(("http://", "https://"))
 
 
+CALLABLE_PREFIX = "py:"  # a Python function given by name: py:package.module:function
+
+
 def is_callable_path(path) -> bool:
-    """``package.module:function`` (a teacher or rule given by name), not an existing file."""
-    return isinstance(path, str) and ":" in path and not is_url(path) and not Path(path).exists()
+    """``py:package.module:function`` (a teacher given by name); without the prefix a name is a model."""
+    return isinstance(path, str) and path.startswith(CALLABLE_PREFIX)
 
 
 @dataclass
@@ -65,7 +68,7 @@ class ModelSpec:
     Attributes:
         path: a ``transformers`` model directory, a ``.gguf`` file, a LoRA adapter directory, the URL
             of an OpenAI-compatible engine (``http(s)://host:port/v1``), or for a teacher a Python
-            function ``package.module:function``; None: the role's default model.
+            function ``py:package.module:function``; None: the role's default model.
         role: strong, tuned, untuned, upstream, aligner, whole_aligner or teacher; it decides the
             default model and template (None: no defaults, the path is required).
         template: prompt template, a format string with ``{prompt}`` or ``chat``; None: the default
@@ -170,11 +173,17 @@ def load(spec: ModelSpec) -> LoadedModel:
         model = RemoteModel(spec.path, spec.model, tokenizer=spec.tokenizer, concurrency=spec.concurrency,
                             timeout=spec.timeout, max_retries=spec.max_retries, api_key_env=spec.api_key_env,
                             extra_body=spec.body(), engine=spec.engine)
-    elif spec.role == "teacher" and is_callable_path(spec.path):
-        model = load_callable(spec.path)
+    elif is_callable_path(spec.path):
+        if spec.role != "teacher":
+            raise ValueError(f"{spec.path!r}: only the teacher may be a Python function; the {spec.role or 'model'} "
+                             f"must be a model (a directory, a GGUF file, a name or a URL).")
+        model = load_callable(spec.path[len(CALLABLE_PREFIX):])
     else:
         from .backends.transformers import load_model
 
+        if spec.role == "teacher" and _looks_like_a_function(spec.path):
+            raise ValueError(f"teacher {spec.path!r} is not a model folder; for a Python function write "
+                             f"'{CALLABLE_PREFIX}{spec.path}'.")
         model = load_model(spec.path, dtype=spec.dtype, device=spec.device,
                            device_map=spec.device_map, max_memory=parse_max_memory(spec.max_memory))
     return LoadedModel(model, spec.template, spec)
@@ -200,15 +209,23 @@ def parse_max_memory(text: str | None) -> dict | None:
     return found
 
 
+def _looks_like_a_function(path: str) -> bool:
+    """``package.module:function`` that is no file: the prefix was forgotten."""
+    module, sep, name = path.partition(":")
+    return bool(sep) and not Path(path).exists() and all(p.isidentifier() for p in (*module.split("."), name))
+
+
 def load_callable(path: str):
-    """``package.module:function`` -> the function (a teacher or a rule named on the command line)."""
-    module, _, name = path.partition(":")
+    """``package.module:function`` -> the function (a teacher named on the command line after ``py:``)."""
+    module, sep, name = path.partition(":")
+    if not sep or not name:
+        raise ValueError(f"{CALLABLE_PREFIX}{path!r} must name a function as 'py:package.module:function'.")
     try:
         fn = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as e:
-        raise ValueError(f"{path!r} is neither a model path nor an importable 'module:function' ({e}).") from e
+        raise ValueError(f"{CALLABLE_PREFIX}{path} is not an importable function ({e}).") from e
     if not callable(fn):
-        raise ValueError(f"{path!r} is not callable.")
+        raise ValueError(f"{CALLABLE_PREFIX}{path} is not callable.")
     return fn
 
 

@@ -6,14 +6,14 @@ The backends are imported on first use (torch and transformers for the local one
 from typing import TYPE_CHECKING
 
 from .._lazy import lazy_exports
-from .base import (ContextLengthError, Continuation, Conversation, LanguageModel, RemoteError, SamplingParams,
-                   SearchSession)
+from .base import (ERROR_KINDS, Cancelled, ContextLengthError, Continuation, Conversation, LanguageModel, RemoteError,
+                   SamplingParams, SearchSession)
 
 if TYPE_CHECKING:
     from .remote import RemoteModel
     from .transformers import TransformersModel, load_model
 
-__all__ = ["ContextLengthError", "Continuation", "Conversation", "LanguageModel", "RemoteError", "RemoteModel",
+__all__ = ["ERROR_KINDS", "Cancelled", "ContextLengthError", "Continuation", "Conversation", "LanguageModel", "RemoteError", "RemoteModel",
            "SamplingParams", "SearchSession", "TransformersModel", "load_model"]
 
 __getattr__, __dir__ = lazy_exports(__name__, {

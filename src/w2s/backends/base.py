@@ -72,6 +72,22 @@ def check_interrupt() -> None:
         check()
 
 
+# The kinds of failure, the same from the backends through SearchResult (``error_kind``, ``error_code``)
+# to the commands' error records and the server's error schema: kind -> (code, the server's HTTP status).
+ERROR_KINDS = {
+    "context": ("context_length_exceeded", 400),  # the prompt and the tokens asked for do not fit a context
+    "engine": ("engine_error", 502),              # a remote engine failed or could not be reached
+    "timeout": ("engine_timeout", 504),           # a remote engine did not answer in time
+    "cancelled": ("cancelled", 499),              # the work was stopped: its client went away, or Ctrl-C
+    "internal": ("internal_error", 500),          # anything else (a fault of w2s or of a model)
+}
+
+
+def error_code(kind: str | None) -> str | None:
+    """The code of an error kind (None for None)."""
+    return None if kind is None else ERROR_KINDS[kind][0]
+
+
 class RemoteError(RuntimeError):
     """A request to a remote engine failed for good (after retries, or with a non-retryable status).
 
@@ -85,12 +101,30 @@ class RemoteError(RuntimeError):
     @property
     def code(self) -> str:
         """The error's code in results and records: ``engine_timeout`` or ``engine_error``."""
-        return "engine_timeout" if self.kind == "timeout" else "engine_error"
+        return error_code(self.kind)
 
 
 class ContextLengthError(ValueError):
     """A sequence would not fit a model's context window (its ``max_position_embeddings``): the prompt is
     too long for the tokens asked for.  Methods turn it into an error for that prompt only."""
+
+    kind = "context"
+
+
+class Cancelled(Exception):
+    """Work stopped because nobody wants its result any more (raised by an :func:`interrupt_when` check)."""
+
+    kind = "cancelled"
+
+
+def error_kind(err: BaseException) -> str:
+    """The kind (a key of :data:`ERROR_KINDS`) of an exception: its own ``kind`` when it is one of ours
+    (:class:`RemoteError`, :class:`ContextLengthError`, :class:`Cancelled`), ``cancelled`` for Ctrl-C,
+    else ``internal``."""
+    if isinstance(err, KeyboardInterrupt):
+        return "cancelled"
+    kind = getattr(err, "kind", None) if isinstance(err, (RemoteError, ContextLengthError, Cancelled)) else None
+    return kind if kind in ERROR_KINDS else "internal"
 
 
 CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")

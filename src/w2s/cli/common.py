@@ -97,6 +97,15 @@ def is_error_record(record: dict) -> bool:
     return "error" in record and "index" in record and not ({"response", "corrected"} & record.keys())
 
 
+def error_record(index: int, key: str, item: str, message: str, kind: str, status: int | None = None) -> dict:
+    """The output line of an item that failed: its index and input (under ``key``), the message, and the
+    error's kind, code and HTTP status (:data:`w2s.backends.base.ERROR_KINDS`; the status is the remote
+    engine's, None when it sent none)."""
+    from ..backends.base import error_code
+    return {"index": index, key: item, "error": message, "error_kind": kind, "error_code": error_code(kind),
+            "error_status": status}
+
+
 def run_settings(args, config, roles: dict[str, str], inputs: list, inputs_flag: str) -> dict:
     """What the lines of a run's output depend on: the command; as flags, the config's parameters, the
     seed and each model's path and template (``roles``: each role's flag name); the inputs' count and

@@ -10,7 +10,7 @@ from ..configs import param_names
 from ..jsonl import finite
 from ..models import is_url, load_all
 from ..search import METHOD_ALIASES, SEARCH_METHODS, canonical_method
-from .common import read_records, run_settings, start_output, write_output
+from .common import error_record, read_records, run_settings, start_output, write_output
 from .flags import add_config_flags, add_model_flags, config_from_args, model_specs
 
 ROLES = {"strong": "strong", "tuned": "tuned", "untuned": "untuned"}
@@ -104,7 +104,7 @@ def run(args) -> int:
 def result_row(index: int, record: dict, result) -> dict:
     """One output line: the input record with the result's fields (or an error record)."""
     if result.error is not None:  # a remote model failed for this prompt only, or it overflows a context
-        return {"index": index, "prompt": result.prompt, "error": result.error, "error_code": result.error_code}
+        return error_record(index, "prompt", result.prompt, result.error, result.error_kind, result.error_status)
     row = {**record, "prompt": result.prompt, "response": result.response, "score": finite(result.score),
            "finished": result.finished, "num_tokens": result.num_tokens,
            "sampled_tokens": result.sampled_tokens, "guide_tokens": result.guide_tokens, "method": result.method}

@@ -10,10 +10,10 @@ from pathlib import Path
 
 from .. import defaults
 from ..aligner import Aligner, StreamAligner
-from ..backends.base import SAMPLING_PRESETS, ContextLengthError
+from ..backends.base import SAMPLING_PRESETS, ContextLengthError, error_kind
 from ..defaults import CODE_GUIDE_KINDS
 from ..models import load_all
-from .common import mark, PHASES, read_questions, run_settings, start_output, write_output
+from .common import error_record, mark, PHASES, read_questions, run_settings, start_output, write_output
 from .flags import SAMPLING_FLAGS, add_config_flags, add_model_flags, config_from_args, model_specs
 
 # the demo task's lengths (w2s.tasks.positive), the defaults of these commands
@@ -25,7 +25,7 @@ UPSTREAM_HELP = ("the large model whose answers are corrected: a model directory
 HELPS = {"upstream": UPSTREAM_HELP,
          "aligner": "the sentence-level aligner (default: the shipped positive-rewrite one)",
          "whole_aligner": "the whole-answer aligner (default: the shipped positive-rewrite one)",
-         "teacher": "the teacher model (a causal LM directory), or a Python function 'package.module:function' "
+         "teacher": "the teacher model (a causal LM directory), or a Python function 'py:package.module:function' "
                     "(question, prefix, sentence) -> correction"}
 # each command's models: role -> flag name (align's --aligner is the whole-answer aligner)
 STREAM_ROLES = {"upstream": "upstream", "aligner": "aligner"}
@@ -182,8 +182,8 @@ def _answer(args, config, roles: dict[str, str]) -> int:
 
 def answer_row(index: int, question: str, answer) -> dict:
     if isinstance(answer, Exception):
-        code = "context_length_exceeded" if isinstance(answer, ContextLengthError) else getattr(answer, "code", None)
-        return {"index": index, "question": question, "error": str(answer), "error_code": code}
+        return error_record(index, "question", question, str(answer), error_kind(answer),
+                            getattr(answer, "status", None))
     return {"question": answer.question, "original": answer.original, "corrected": answer.corrected,
             "first_seconds": answer.first_seconds, "total_seconds": answer.total_seconds,
             "sentences": [{"original": s.original, "corrected": s.corrected, "elapsed": s.elapsed}

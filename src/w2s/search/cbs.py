@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
-from ..backends.base import ContextLengthError, SamplingParams, check_sampling, context_error
+from ..backends.base import ContextLengthError, SamplingParams, check_sampling, context_error, error_code
 from ..scoring import as_scorer
 from ..validation import check_range, check_template
 
@@ -48,10 +48,12 @@ class SearchResult:
     ended by itself (EOS or stop string); ``score`` is the scorer's value of ``response`` (with the end
     token counted when finished).  ``beams`` holds all final beams
     with their own scores when asked for (``return_beams=True``), best first.  ``error`` is set (and the
-    response is empty) when this prompt could not be searched, the other prompts unaffected; ``error_code``
-    says why: ``"engine_error"`` (a remote large model failed; ``error_status`` is the HTTP status of its
-    last answer, None when it could not be reached), ``"engine_timeout"`` (it did not answer in time) or
-    ``"context_length_exceeded"`` (the prompt and the tokens asked for do not fit a model's context).  ``sampled_tokens`` counts the large-model
+    response is empty) when this prompt could not be searched, the other prompts unaffected; ``error_kind``
+    says why (a key of :data:`w2s.backends.base.ERROR_KINDS`): ``"engine"`` (a remote large model failed;
+    ``error_status`` is the HTTP status of its last answer, None when it could not be reached),
+    ``"timeout"`` (it did not answer in time) or ``"context"`` (the prompt and the tokens asked for do not
+    fit a model's context); ``error_code`` is the kind's code (``engine_error``, ``engine_timeout``,
+    ``context_length_exceeded``).  ``sampled_tokens`` counts the large-model
     tokens drawn for this prompt over all its beams and chunks (the search's cost: W·K·L per chunk at most,
     fewer when samples finish early), and ``guide_tokens`` the guide tokens its scoring ran, both guides
     summed, what their KV caches already held not counted (0 when nothing was scored; None when the
@@ -66,10 +68,14 @@ class SearchResult:
     method: str
     beams: list[Beam] | None = None
     error: str | None = None
-    error_code: str | None = None
+    error_kind: str | None = None
     error_status: int | None = None
     sampled_tokens: int = 0
     guide_tokens: int | None = 0
+
+    @property
+    def error_code(self) -> str | None:
+        return error_code(self.error_kind)
 
 
 def prompt_seeds(seed: int, start: int, count: int) -> list[int]:
@@ -207,7 +213,7 @@ class ChunkBeamSearch:
                     one = None if on_step is None else (lambda i, texts, p=p: on_step(p, texts))
                     done[p] = self._isolated(model, scorer, [prompts[p]], [seeds[p]], template, one)[0]
         return [done[p] if p in done else SearchResult(prompts[p], "", None, False, 0, self.method, error=errors[p],
-                                                       error_code="context_length_exceeded")
+                                                       error_kind="context")
                 for p in range(len(prompts))]
 
     # -- the plan of a search: CBS's, overridden by its variants ---------------------------------------
@@ -295,7 +301,7 @@ class ChunkBeamSearch:
             if p in errors:
                 failure = errors[p].failure
                 results.append(SearchResult(prompt, "", None, False, 0, self.method, error=errors[p].error,
-                                            error_code=failure.code if failure else "engine_error",
+                                            error_kind=failure.kind if failure else "engine",
                                             error_status=failure.status if failure else None,
                                             sampled_tokens=sampled[p], guide_tokens=guide[p]))
                 continue

@@ -53,4 +53,14 @@ def serve(config: ServeConfig) -> None:
     app = create_app(config, load_served_models(config))
     print(f"w2s serve: model {config.name!r}, default method {config.method!r}, "
           f"http://{config.host}:{config.port}/v1", flush=True)
-    uvicorn.run(app, host=config.host, port=config.port, log_level="info")
+    uvicorn.Server(uvicorn_config(app, config, config.port)).run()
+
+
+def uvicorn_config(app, config: ServeConfig, port: int, log_level: str = "info"):
+    """uvicorn's settings for ``app``: the h11 protocol with the request-header deadline of ``config``."""
+    import uvicorn
+
+    from .guard import header_deadline_protocol
+
+    return uvicorn.Config(app, host=config.host, port=port, log_level=log_level,
+                          http=header_deadline_protocol(config.header_timeout_s))

@@ -32,14 +32,14 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..backends.base import ContextLengthError, Conversation, RemoteError, context_error
+from ..backends.base import ERROR_KINDS, ContextLengthError, Conversation, RemoteError, context_error, error_kind
 from ..configs import METHOD_ALIASES, canonical_method
 from ..jsonl import finite
 from ..models import Models
 from ..scoring import guide_context_error
 from ..search.eft import check_same_vocabulary
 from ..validation import check_choice
-from .batching import Batcher, DeadlineExceeded, EngineError, Job, Output, QueueFull
+from .batching import Batcher, DeadlineExceeded, Job, Output, QueueFull
 from .config import ALIGNER_METHODS, ALIGNER_ROLE, SERVED_METHODS, ServeConfig, build_method, method_fields
 from .guard import Guard
 from .metrics import Metrics, MetricsMiddleware
@@ -315,7 +315,7 @@ class Server:
         except ValueError as err:
             raise APIError(400, self.hide(str(err)), param=_param_of(str(err), method_fields(method))) from None
         except RemoteError as err:
-            raise error_of(self, EngineError(str(err))) from None
+            raise error_of(self, err) from None
 
     def _count(self, prompt: str, template: str) -> int:
         """The prompt's tokens (0 for a remote model without a local tokenizer: the engine checks)."""
@@ -505,23 +505,22 @@ def _template_message(err: Exception, who: str) -> str:
 
 
 def error_of(server: Server, err: Exception) -> APIError:
-    """The client's view of a failure in the worker: no paths, URLs or exception types (the log has them)."""
+    """The client's view of a failure in the worker, by its kind (:data:`ERROR_KINDS`): no paths, URLs or
+    exception types (the log has them)."""
     if isinstance(err, DeadlineExceeded):
         return APIError(504, str(err), code="timeout", type="timeout")
-    if isinstance(err, EngineError):
-        if err.timeout:
-            return APIError(504, "the large model's engine did not answer in time; retry later.",
-                            code="engine_timeout", type="upstream_error")
-        why = f"it answered HTTP {err.status}" if err.status else "it could not be reached"
-        return APIError(502, f"the large model's engine failed ({why}); retry later.", code="engine_error",
-                        type="upstream_error")
-    if isinstance(err, ContextLengthError):
-        return APIError(400, server.hide(str(err)), code="context_length_exceeded")
-    if isinstance(err, (ValueError, TemplateError)):
+    if isinstance(err, (ValueError, TemplateError)) and not isinstance(err, ContextLengthError):
         return APIError(400, server.hide(str(err)))
-    if isinstance(err, RemoteError):  # the Stream Aligner's upstream engine
-        return error_of(server, EngineError(str(err), timeout=err.kind == "timeout", status=err.status))
-    return APIError(500, "generation failed; the server's log has the details.", type="server_error")
+    kind = error_kind(err)
+    code, status = ERROR_KINDS[kind]
+    if kind in ("engine", "timeout"):  # the large model's or the Stream Aligner's upstream engine
+        why = ("did not answer in time" if kind == "timeout" else
+               f"failed ({f'it answered HTTP {err.status}' if err.status else 'it could not be reached'})")
+        return APIError(status, f"the large model's engine {why}; retry later.", code=code, type="upstream_error")
+    if kind == "context":
+        return APIError(status, server.hide(str(err)), code=code)
+    return APIError(500, "generation failed; the server's log has the details.", code=ERROR_KINDS["internal"][0],
+                    type="server_error")
 
 
 class _Reply:

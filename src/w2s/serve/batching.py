@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..backends.base import ContextLengthError, interrupt_when
+from ..backends.base import Cancelled, ContextLengthError, RemoteError, interrupt_when
 from ..models import Models
 from ..scoring import LogRatioScorer
 from ..search.cbs import prompt_seeds
@@ -41,21 +41,8 @@ class QueueFull(Exception):
     """The bounded queue is full: the request is refused (503)."""
 
 
-class _Cancelled(Exception):
-    """Raised inside a running batch when all of its requests have gone."""
-
-
 class DeadlineExceeded(Exception):
     """A request ran past the server's per-request deadline (504)."""
-
-
-class EngineError(Exception):
-    """The large model's remote engine failed for a prompt (502; 504 when it timed out); ``status``: the
-    HTTP status of its last answer, None when it could not be reached."""
-
-    def __init__(self, detail: str, timeout: bool = False, status: int | None = None):
-        super().__init__(detail)
-        self.timeout, self.status = timeout, status
 
 
 @dataclass
@@ -260,7 +247,7 @@ class Batcher:
         """Run a batch; when it fails, run its requests one by one, so that only the failing one fails."""
         try:
             self._run(parts)
-        except _Cancelled:
+        except Cancelled:
             self._count_cancelled("running", len(_jobs(parts)))
             log.info("batch of %d prompts stopped: none of its requests is wanted any more",
                      sum(len(p.prompts) for p in parts))
@@ -292,7 +279,7 @@ class Batcher:
                     job.fail(DeadlineExceeded(f"the request took longer than the server's deadline of "
                                               f"{job.deadline_s:g} s; retry later or ask for fewer tokens."))
             if all(job.cancelled.is_set() for job in jobs):
-                raise _Cancelled
+                raise Cancelled
 
         def stream(row: int, text: str) -> None:
             job, index = owners[row]
@@ -312,10 +299,9 @@ class Batcher:
         def finish(row: int, output: Output, result=None) -> None:
             job, index = owners[row]
             if result is not None and result.error is not None:  # this prompt failed: its request fails
-                log.warning("a prompt failed (%s): %s", result.error_code, result.error)
-                context = result.error_code == "context_length_exceeded"
-                job.fail(ContextLengthError(result.error) if context else EngineError(
-                    result.error, timeout=result.error_code == "engine_timeout", status=result.error_status))
+                log.warning("a prompt failed (%s): %s", result.error_kind, result.error)
+                job.fail(ContextLengthError(result.error) if result.error_kind == "context" else
+                         RemoteError(result.error, kind=result.error_kind, status=result.error_status))
                 return
             sent = job.sent.get(index, "")
             if job.stream and not output.text.startswith(sent):

@@ -33,6 +33,7 @@ A TOML file (every key optional; a model left out is the demo's default one)::
     max_rows = 256                       # large-model rows per prompt, W*K or n (400 beyond)
     max_body_bytes = 1048576             # request body size (413 beyond)
     request_timeout_s = 600              # a request still running after this gets 504
+    header_timeout_s = 10                # a connection whose request headers take longer is closed
     body_timeout_s = 30                  # a client silent this long while sending its body gets 408
     server_api_key_env = "W2S_API_KEY"   # clients must send Authorization: Bearer <its value>
     open_endpoints = ["/health"]         # reachable without the key (also "/metrics")
@@ -90,8 +91,8 @@ MODEL_KEYS = {f.name for f in fields(ModelSpec)} - {"role"}
 REMOTE_KEYS = set(REMOTE_FIELDS) - set(PER_ROLE)  # concurrency, timeout, max_retries, api_key_env, extra_body, engine
 OPENABLE = ("/health", "/metrics")  # endpoints that may be reachable without the API key
 SERVER_KEYS = ("host", "port", "queue_size", "batch_window_ms", "max_batch_size", "max_prompts", "max_rows",
-               "max_body_bytes", "request_timeout_s", "body_timeout_s", "server_api_key_env", "open_endpoints",
-               "docs")
+               "max_body_bytes", "request_timeout_s", "header_timeout_s", "body_timeout_s", "server_api_key_env",
+               "open_endpoints", "docs")
 
 
 def method_fields(method: str) -> dict[str, object]:
@@ -128,6 +129,8 @@ class ServeConfig:
         request_timeout_s: a request still unfinished this many seconds after it arrived ends with a 504
             and its work stops (also while its prompts are checked, or it waits for a remote engine); none:
             no deadline.
+        header_timeout_s: a connection that has not sent a request's line and headers this many seconds
+            after it opened (or after the first byte of its next request) is closed, with no answer.
         body_timeout_s: a client that sends no part of its request body for this many seconds gets a 408
             and its connection is closed.
         server_api_key_env: environment variable holding the server's API key: clients must then send
@@ -150,6 +153,7 @@ class ServeConfig:
     max_rows: int = 256
     max_body_bytes: int = 1 << 20
     request_timeout_s: float | None = 600.0
+    header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
     server_api_key_env: str | None = None
     open_endpoints: tuple[str, ...] = field(default=("/health",), metadata={"choices": OPENABLE})
@@ -177,6 +181,7 @@ class ServeConfig:
         check_range("max_rows", self.max_rows, low=1, integer=True)
         check_range("max_body_bytes", self.max_body_bytes, low=1, integer=True)
         check_range("request_timeout_s", self.request_timeout_s, low=0.0, low_open=True, allow_none=True)
+        check_range("header_timeout_s", self.header_timeout_s, low=0.0, low_open=True)
         check_range("body_timeout_s", self.body_timeout_s, low=0.0, low_open=True)
         key = self.server_api_key_env
         if key is not None and not (isinstance(key, str) and key):

@@ -1,11 +1,63 @@
-"""What every request passes before a route sees it: the API key, the body-size limit and the body's read
-timeout (pure ASGI)."""
+"""What every request passes before a route sees it: a deadline for its request line and headers (in the
+HTTP protocol, before any ASGI code runs), then the API key, the body-size limit and the body's read timeout
+(pure ASGI)."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 from typing import Callable
+
+log = logging.getLogger("w2s.serve")
+
+
+def header_deadline_protocol(seconds: float):
+    """uvicorn's h11 protocol, with a deadline for each request's line and headers: a connection that has
+    not sent them all within ``seconds`` of opening (or of the first byte of its next request) is closed.
+    uvicorn's own timeouts do not cover this (its keep-alive timer is reset by every byte, and ASGI code
+    only runs once the headers are in), so one client trickling a byte at a time could hold a connection
+    for ever."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderDeadline(H11Protocol):
+        _header_timer = None
+
+        def _between_requests(self) -> bool:
+            return self.cycle is None or self.cycle.response_complete
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._header_timer = self.loop.call_later(seconds, self._expired)
+
+        def _disarm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _expired(self) -> None:
+            self._header_timer = None
+            if self._between_requests() and not self.transport.is_closing():
+                log.warning("closed a connection from %s: its request headers did not all come within %g s",
+                            self.client, seconds)
+                self.transport.close()
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            if self._between_requests() and self._header_timer is None:
+                self._arm()  # the first byte of the next request on a kept-alive connection
+            super().data_received(data)
+            if not self._between_requests():
+                self._disarm()  # its headers are in: the body's timeout (Guard) and the deadline take over
+
+        def connection_lost(self, exc) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return HeaderDeadline
 
 
 class Guard:

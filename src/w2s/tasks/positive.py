@@ -102,7 +102,7 @@ def rewrite(text: str) -> str:
 
 
 def teacher(question: str, prefix: str, sentence: str) -> str:
-    """The Stream Aligner teacher (``w2s data corrections --teacher w2s.tasks.positive:teacher``)."""
+    """The Stream Aligner teacher (``w2s data corrections --teacher py:w2s.tasks.positive:teacher``)."""
     return rewrite(sentence)
 
 
