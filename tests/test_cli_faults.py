@@ -309,3 +309,27 @@ def test_a_python_teacher_needs_its_prefix():
         load(ModelSpec("py:w2s.no_such_module:teacher", role="teacher"))
     with pytest.raises(ValueError, match="must name a function"):
         load(ModelSpec("py:w2s.tasks.positive", role="teacher"))
+
+
+def test_the_rows_a_search_samples_at_once_are_bounded_before_any_work(capsys, tmp_path):
+    """Issue 25 items 1 and 11: only the server checked a method's rows; the command line and the Python
+    API sampled whatever W * K (or W * max(schedule)) asked for."""
+    import w2s
+
+    prompts, out = tmp_path / "p.txt", tmp_path / "out.jsonl"
+    prompts.write_text("The cat\n")
+    missing = str(tmp_path / "no-such-model")  # refused before any model would load
+    flags = ["search", "--strong", missing, "--tuned", missing, "--untuned", missing, "--max-new-tokens", "3",
+             "--prompts", prompts, "--output", out]
+    status, _, err = cli(capsys, *flags, "--method", "adaptive", "--beam-width", "2", "--successors-per-beam", "1",
+                         "--schedule", "10000")
+    assert status == 2 and "beam_width * max(schedule) = 20000 large-model rows" in err and "--max-rows = 1024" in err
+    status, _, err = cli(capsys, *flags, "--method", "bon", "--n", "64", "--max-rows", "32")
+    assert status == 2 and "n = 64 large-model rows per prompt at once, more than --max-rows = 32" in err
+    assert not out.exists()
+    with pytest.raises(ValueError, match="beam_width \\* successors_per_beam = 4096 .* max_rows = 1024"):
+        next(w2s.ChunkBeamSearch(beam_width=64, successors_per_beam=64).generate(None, None, ["The cat"]))
+    with pytest.raises(ValueError, match="max_rows = 8"):
+        next(w2s.BestOfN(n=16).generate(None, None, ["The cat"], max_rows=8))
+    with pytest.raises(ValueError, match="max_rows must be"):
+        next(w2s.BestOfN(n=16).generate(None, None, ["The cat"], max_rows=0))

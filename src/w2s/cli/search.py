@@ -10,6 +10,8 @@ from ..configs import param_names
 from ..jsonl import finite
 from ..models import is_url, load_all
 from ..search import METHOD_ALIASES, SEARCH_METHODS, canonical_method
+from ..search.cbs import MAX_ROWS
+from ..validation import check_range
 from .common import error_record, read_records, run_settings, start_output, write_output
 from .flags import add_config_flags, add_model_flags, config_from_args, model_specs
 
@@ -36,6 +38,8 @@ class SearchOptions:
         overwrite: start the output afresh, deleting the lines it holds.
         seed: seeds each prompt's randomness, with its position.
         batch_size: prompts searched together.
+        max_rows: the most large-model rows one prompt may sample at once (W*K for cbs, n for bon, W times
+            the schedule's largest count for adaptive); a method over it is refused before any model loads.
         sampling_preset: named sampling settings (w2s.SAMPLING_PRESETS) as the defaults of the sampling
             flags (--temperature, --top-p, --top-k, --frequency-penalty, ...); the flags given override them.
     """
@@ -47,6 +51,7 @@ class SearchOptions:
     overwrite: bool = False
     seed: int = 0
     batch_size: int = 8
+    max_rows: int = MAX_ROWS
     sampling_preset: str | None = field(default=None, metadata={"choices": tuple(SAMPLING_PRESETS)})
 
 
@@ -75,6 +80,9 @@ def run(args) -> int:
 
     args.method = canonical_method(args.method)
     config = method_config(args)  # validate before loading models
+    check_range("max_rows", args.max_rows, low=1, integer=True)
+    if hasattr(config, "check_rows"):
+        config.check_rows(args.max_rows, "--max-rows")
     if args.method == "eft" and is_url(args.strong):
         raise ValueError("--method eft mixes the strong model's next-token logits with the guides' and needs a "
                          "local --strong model; use cbs, bon or sampling with a remote one.")
@@ -94,7 +102,8 @@ def run(args) -> int:
                                       strong_template=m.strong.template, tuned_template=m.tuned.template,
                                       untuned_template=m.untuned.template, **kw)
         else:
-            results = config.generate(m.strong.model, scorer, prompts, template=m.strong.template, **kw)
+            results = config.generate(m.strong.model, scorer, prompts, template=m.strong.template,
+                                      max_rows=args.max_rows, **kw)
         for index, (record, result) in enumerate(zip(batch, results), start):
             yield result_row(index, record, result)
 

@@ -71,6 +71,8 @@ class AdaptiveSearch(ChunkBeamSearch):
     def follows_leader(self) -> bool:
         return self.patience is not None
 
+    rows_formula = "beam_width * max(schedule)"
+
     @property
     def max_rows(self) -> int:
         return self.beam_width * max(self.schedule)

@@ -78,6 +78,11 @@ class SearchResult:
         return error_code(self.error_kind)
 
 
+# the large-model rows one prompt may sample at once unless the caller allows more (``generate(max_rows=...)``,
+# ``w2s search --max-rows``, the server's ``max_rows``): a bound checked before any work
+MAX_ROWS = 1024
+
+
 def prompt_seeds(seed: int, start: int, count: int) -> list[int]:
     """Independent per-prompt seeds: prompt i's randomness depends only on (seed, i), not on batching."""
     import numpy as np  # here: the command line reads this module's configs for its flags
@@ -131,11 +136,20 @@ class ChunkBeamSearch:
         """W*K: large-model rows per prompt per chunk, the unit of compute compared across methods."""
         return self.beam_width * self.successors_per_beam
 
+    rows_formula = "beam_width * successors_per_beam"  # what max_rows is, in the config's parameters
+
     @property
     def max_rows(self) -> int:
-        """The most large-model rows one prompt samples at once, at any chunk (the bound a server checks
-        before any work); more than one needs a scorer to rank them."""
+        """The most large-model rows one prompt samples at once, at any chunk (the bound checked before any
+        work: :meth:`check_rows`); more than one needs a scorer to rank them."""
         return self.samples_per_step
+
+    def check_rows(self, limit: int | None, allowance: str = "max_rows") -> None:
+        """Refuse (ValueError), before any work, a search that would sample more than ``limit`` large-model
+        rows for one prompt at once (None: no bound); ``allowance`` names the bound in the message."""
+        if limit is not None and self.max_rows > limit:
+            raise ValueError(f"{self.rows_formula} = {self.max_rows} large-model rows per prompt at once, more "
+                             f"than {allowance} = {limit}; lower them, or raise {allowance}.")
 
     def generate(
         self,
@@ -149,6 +163,7 @@ class ChunkBeamSearch:
         progress: bool = False,
         start_index: int = 0,
         on_step=None,
+        max_rows: int | None = MAX_ROWS,
     ) -> Iterator[SearchResult]:
         """Search for each prompt; yields results in input order, ``batch_size`` prompts at a time.
 
@@ -166,10 +181,14 @@ class ChunkBeamSearch:
                 that prompt's kept beams (``prompt_index`` into ``prompts``); every later beam extends
                 one of them, so their common prefix is final (``w2s serve`` streams it).  An exception
                 it raises stops the search (e.g. to cancel).
+            max_rows: the most large-model rows one prompt may sample at once (:attr:`max_rows` above it
+                is a ValueError before any work; None: no bound).
         """
         if isinstance(prompts, str):
             raise ValueError("prompts must be a list of strings, got a single string.")
         check_range("batch_size", batch_size, low=1, integer=True)
+        check_range("max_rows", max_rows, low=1, integer=True, allow_none=True)
+        self.check_rows(max_rows)
         check_template("template", template)
         if scorer is not None:
             scorer = as_scorer(scorer)
@@ -407,6 +426,7 @@ class BestOfN(ChunkBeamSearch):
     chunk_end: str | None = field(default=None, init=False)
 
     method = "bon"
+    rows_formula = "n"
 
     def __post_init__(self) -> None:
         check_range("n", self.n, low=1, integer=True)

@@ -282,12 +282,11 @@ class Server:
                                 f"{self.config.max_prompts} per request.", param=prompt_param)
         built = build_method(method, params)
         self._check_engine(built, method)
-        rows = getattr(built, "max_rows", 1)
-        if rows > self.config.max_rows:
-            names = {"bon": "n", "pruned_bon": "n", "adaptive": "beam_width * the schedule's largest count of "
-                     "successors"}.get(method, "beam_width * successors_per_beam")
-            raise APIError(400, f"{names} = {rows} large-model rows per prompt at once; this server allows at most "
-                                f"{self.config.max_rows}.", param="w2s.n" if names == "n" else "w2s.beam_width")
+        if hasattr(built, "check_rows"):
+            try:
+                built.check_rows(self.config.max_rows, "this server's max_rows")
+            except ValueError as err:
+                raise APIError(400, str(err), param="w2s.n" if built.rows_formula == "n" else "w2s.beam_width") from None
         prompt_tokens = []
         for i, prompt in enumerate(prompts):
             where = prompt_param if len(prompts) == 1 or prompt_param == "messages" else f"{prompt_param}.{i}"

@@ -359,7 +359,7 @@ class Batcher:
                 stream(row, common_prefix(beam_texts))  # every later beam extends one of these
 
             results = config.generate(_Seeded(strong, seeds), scorer, prompts, template=template,
-                                      batch_size=len(prompts), on_step=on_step)
+                                      batch_size=len(prompts), on_step=on_step, max_rows=None)  # checked before
         for row, result in enumerate(results):
             finish(row, Output(result.response, result.finished, result.num_tokens, result.score), result)
 
