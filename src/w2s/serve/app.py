@@ -452,8 +452,7 @@ def create_app(config: ServeConfig, models: Models) -> FastAPI:
         loop, events, arrived = asyncio.get_running_loop(), asyncio.Queue(), time.perf_counter()
         # the check stage (tokenizing, context checks) shares the queue's bound and the request's deadline
         if server.checking + server.batcher.depth >= config.queue_size:
-            raise APIError(503, f"the queue is full ({config.queue_size} requests waiting); retry later.",
-                           code="queue_full", type="server_overloaded")
+            raise _queue_full(QueueFull.of(config.queue_size))
         server.checking += 1
         try:
             checked = loop.run_in_executor(server.checks, server.prepare, body, prompts, template, prompt_param)
@@ -476,7 +475,7 @@ def create_app(config: ServeConfig, models: Models) -> FastAPI:
         try:
             server.batcher.submit(job)
         except QueueFull as err:
-            raise APIError(503, str(err), code="queue_full", type="server_overloaded") from None
+            raise _queue_full(err) from None
         reply = _Reply(body, config.name, method, chat, prompt_tokens)
         if body.stream:
             return StreamingResponse(_stream(server, job, events, reply, request.scope), media_type="text/event-stream",
@@ -501,6 +500,10 @@ def create_app(config: ServeConfig, models: Models) -> FastAPI:
 
 def _template_message(err: Exception, who: str) -> str:
     return f"{who}'s chat template refuses these messages: {err}" if isinstance(err, TemplateError) else str(err)
+
+
+def _queue_full(err: QueueFull) -> APIError:
+    return APIError(503, str(err), code="queue_full", type="server_overloaded")
 
 
 def error_of(server: Server, err: Exception) -> APIError:

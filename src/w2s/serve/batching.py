@@ -40,6 +40,10 @@ log = logging.getLogger("w2s.serve")
 class QueueFull(Exception):
     """The bounded queue is full: the request is refused (503)."""
 
+    @classmethod
+    def of(cls, queue_size: int) -> "QueueFull":
+        return cls(f"the queue is full ({queue_size} requests waiting); retry later.")
+
 
 class DeadlineExceeded(Exception):
     """A request ran past the server's per-request deadline (504)."""
@@ -171,7 +175,7 @@ class Batcher:
         """Queue the job, as parts of at most ``max_batch_size`` prompts."""
         with self._cond:
             if self.depth >= self.queue_size:
-                raise QueueFull(f"the queue is full ({self.queue_size} requests waiting); retry later.")
+                raise QueueFull.of(self.queue_size)
             n = len(job.prompts)
             self._waiting.extend(Part(job, lo, min(lo + self.max_batch_size, n))
                                  for lo in range(0, n, self.max_batch_size))
