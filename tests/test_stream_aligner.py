@@ -140,3 +140,51 @@ def test_aligner_baseline_answer_can_end_after_n_sentences(scripted_upstream):
     assert answer[0].original.strip() == "The movie was wonderful! I did not like it?"
     with pytest.raises(ValueError, match="max_sentences"):
         w2s.Aligner(max_sentences=0)
+
+
+CODE = "    total = sum(a,\n                b)\n\n    # done\n    return total\n"
+
+
+class CodeUpstream:
+    """A stand-in upstream (the loop's logic only) that writes ``CODE``: each call continues where the last
+    unit ended, up to the end its ``stop`` rule finds, and, as a model does, writes again the whitespace
+    the loop left out of the prefix."""
+
+    def render(self, template, question):
+        return question
+
+    def generator(self, n, sampling, seeds, template):
+        upstream = self
+        upstream.at = [0] * n
+
+        class Rows:
+            def generate(self, contexts, max_tokens, stop=None):
+                out = {}
+                for i in contexts:
+                    rest = CODE[upstream.at[i]:]
+                    text = rest[: stop(rest) or len(rest)] if stop else rest
+                    upstream.at[i] += len(text.rstrip())
+                    out[i] = (text, not CODE[upstream.at[i]:].strip())
+                return out
+
+        return Rows()
+
+
+def test_code_is_corrected_logical_line_by_logical_line():
+    """unit="line": a call spread over lines is one unit, a blank line goes with the line after it, and the
+    aligner's comment is kept in the answer; the Aligner counts lines with the same rule."""
+    seen = []
+
+    def commenting(question, prefix, line):
+        seen.append(line)
+        return line if line.startswith("#") else line + "  # step"
+
+    answer = w2s.StreamAligner(unit="line").run(CodeUpstream(), commenting, ["Q"], upstream_template="{prompt}")[0]
+    assert [s.original for s in answer.steps] == ["    total = sum(a,\n                b)", "\n\n    # done",
+                                                  "\n    return total"]
+    assert seen == ["total = sum(a,\n                b)", "# done", "return total"]
+    assert answer.corrected == "    total = sum(a,\n                b)  # step\n\n    # done\n    return total  # step"
+    assert w2s.Aligner(unit="line", max_sentences=1).run(CodeUpstream(), lambda q, a: a, ["Q"])[0].original == \
+        "    total = sum(a,\n                b)\n"
+    with pytest.raises(ValueError, match="unit"):
+        w2s.StreamAligner(unit="paragraph")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..jsonl import append_batches, read_complete
-from .segment import split_sentences
+from .segment import UNITS
 from .stream import Aligner, StreamAligner
 
 
@@ -73,7 +73,7 @@ def _whole_records(whole: Aligner, loop: StreamAligner, upstream, teacher, model
     for i, answer in enumerate(whole.run(upstream, own_answer, batch, seed=seed, start_index=start,
                                          upstream_template=models["upstream_template"])):
         corrected = ""
-        for piece in split_sentences(answer.original):  # the teacher corrects it sentence by sentence
+        for piece in UNITS[loop.unit][2](answer.original):  # the teacher corrects it unit by unit
             sentence = piece.strip()
             if sentence:
                 fixed = loop.correct_sentence(teacher, answer.question, corrected, sentence,

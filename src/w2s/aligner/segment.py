@@ -43,7 +43,9 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["first_sentence_end", "split_sentences"]
+from .lines import first_line_end, lines_end, split_lines
+
+__all__ = ["UNITS", "first_sentence_end", "split_sentences"]
 
 TERMINATORS = ".!?…"
 CJK_TERMINATORS = "。！？｡．"
@@ -221,3 +223,9 @@ def _delimited(text: str, i: int, opener: str, closer: str, final: bool) -> int 
     if j >= 0:
         return j + len(closer)
     return start if final else None
+
+
+# The Stream Aligner's units: name -> (first_end(text, final=False), nth_end(text, n), split(text)), each
+# lossless and, while streaming, never moving an end once reported.
+UNITS = {"sentence": (first_sentence_end, sentences_end, split_sentences),
+         "line": (first_line_end, lines_end, split_lines)}

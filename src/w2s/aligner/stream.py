@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 from ..backends.base import LanguageModel, SamplingParams, TextGenerator, check_sampling, context_error
-from ..validation import check_range, check_template
-from .segment import first_sentence_end, sentences_end
+from ..validation import check_choice, check_range, check_template
+from .segment import UNITS
 
 # The authors' input formats: one constant each, shared by data building, training and inference.
 STREAM_ALIGNER_TEMPLATE = (
@@ -102,6 +102,7 @@ class _Correction:
 def _check_common(config) -> None:
     check_range("max_correction_tokens", config.max_correction_tokens, low=1, integer=True)
     check_sampling(config.sampling)
+    check_choice("unit", config.unit, UNITS)
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,9 @@ class StreamAligner:
         speculative: while the aligner corrects a sentence, the upstream already samples the next one from
             the uncorrected sentence; the draft is kept when the aligner leaves the sentence unchanged and
             discarded otherwise (its random draws too, so the answers are exactly those of a plain run).
+        unit: what is corrected at a time (a "sentence" in the names above): ``sentence`` (prose,
+            :func:`w2s.split_sentences`) or ``line`` (a logical line of code: brackets, strings and
+            backslash continuations spanning lines stay together, :mod:`w2s.aligner.lines`).
     """
 
     max_sentences: int = 16
@@ -128,6 +132,7 @@ class StreamAligner:
     max_correction_tokens: int = 128
     sampling: SamplingParams = field(default_factory=SamplingParams)
     speculative: bool = False
+    unit: str = field(default="sentence", metadata={"choices": tuple(UNITS)})
 
     def __post_init__(self) -> None:
         _check_common(self)
@@ -181,7 +186,7 @@ class StreamAligner:
                     break
                 t0 = time.perf_counter()
                 sentences = upstream_rows.generate({i: contexts[i] + prefixes[i] for i in live if i not in drafts},
-                                                   self.max_sentence_tokens, stop=first_sentence_end)
+                                                   self.max_sentence_tokens, stop=UNITS[self.unit][0])
                 sentences.update((i, drafts[i]) for i in live if i in drafts)
                 drafted, drafts, saved = set(drafts), {}, None
                 t1 = time.perf_counter()
@@ -194,7 +199,7 @@ class StreamAligner:
                     saved = upstream_rows.rng_states(speculated) if hasattr(upstream_rows, "rng_states") else None
                     drafts = upstream_rows.generate(
                         {i: contexts[i] + prefixes[i] + originals[i] for i in speculated},
-                        self.max_sentence_tokens, stop=first_sentence_end)
+                        self.max_sentence_tokens, stop=UNITS[self.unit][0])
                 revisions = revising.result()
                 t2 = time.perf_counter()
                 for i in sorted(live):
@@ -249,14 +254,16 @@ class Aligner:
         max_new_tokens: upstream tokens per answer.
         max_correction_tokens: aligner tokens per corrected answer.
         sampling: the upstream's sampling: temperature, top_p, top_k, stop strings.
-        max_sentences: end the upstream's answer after that many sentences, as the Stream Aligner's
-            rounds do; None: no limit.
+        max_sentences: end the upstream's answer after that many sentences (units), as the Stream
+            Aligner's rounds do; None: no limit.
+        unit: what ``max_sentences`` counts: ``sentence`` or ``line`` (as the Stream Aligner's unit).
     """
 
     max_new_tokens: int = 512
     max_correction_tokens: int = 768
     sampling: SamplingParams = field(default_factory=SamplingParams)
     max_sentences: int | None = None
+    unit: str = field(default="sentence", metadata={"choices": tuple(UNITS)})
 
     def __post_init__(self) -> None:
         _check_common(self)
@@ -278,7 +285,7 @@ class Aligner:
         n = len(questions)
         start = time.perf_counter()
         contexts = {i: upstream.render(upstream_template, q) for i, q in enumerate(questions)}
-        stop = None if self.max_sentences is None else lambda text: sentences_end(text, self.max_sentences)
+        stop = None if self.max_sentences is None else lambda text: UNITS[self.unit][1](text, self.max_sentences)
         generated = job.upstream_generator(n, seed, start_index).generate(contexts, self.max_new_tokens, stop=stop)
         answers = {i: text for i, (text, _) in generated.items()}
         if job.aligner_is_model:
