@@ -13,8 +13,8 @@ if TYPE_CHECKING:
     from .remote import RemoteModel
     from .transformers import TransformersModel, load_model
 
-__all__ = ["ERROR_KINDS", "Cancelled", "ContextLengthError", "Continuation", "Conversation", "LanguageModel", "RemoteError", "RemoteModel",
-           "SamplingParams", "SearchSession", "TransformersModel", "load_model"]
+__all__ = ["ERROR_KINDS", "Cancelled", "ContextLengthError", "Continuation", "Conversation", "LanguageModel",
+           "RemoteError", "RemoteModel", "SamplingParams", "SearchSession", "TransformersModel", "load_model"]
 
 __getattr__, __dir__ = lazy_exports(__name__, {
     ".remote": ("RemoteModel",),

@@ -12,6 +12,7 @@ import time
 import warnings
 from pathlib import Path
 
+from ..backends.base import error_code
 from ..configs import flatten
 from ..jsonl import append_batches
 from ..models import PER_ROLE, ROLE_OVERRIDES
@@ -101,7 +102,6 @@ def error_record(index: int, key: str, item: str, message: str, kind: str, statu
     """The output line of an item that failed: its index and input (under ``key``), the message, and the
     error's kind, code and HTTP status (:data:`w2s.backends.base.ERROR_KINDS`; the status is the remote
     engine's, None when it sent none)."""
-    from ..backends.base import error_code
     return {"index": index, key: item, "error": message, "error_kind": kind, "error_code": error_code(kind),
             "error_status": status}
 

@@ -521,8 +521,9 @@ def error_of(server: Server, err: Exception) -> APIError:
         return APIError(status, f"the large model's engine {why}; retry later.", code=code, type="upstream_error")
     if kind == "context":
         return APIError(status, server.hide(str(err)), code=code)
-    return APIError(500, "generation failed; the server's log has the details.", code=ERROR_KINDS["internal"][0],
-                    type="server_error")
+    if kind == "cancelled":  # nobody is left to read it; said for the log and the metrics
+        return APIError(status, "the request was cancelled.", code=code, type="cancelled")
+    return APIError(status, "generation failed; the server's log has the details.", code=code, type="server_error")
 
 
 class _Reply:
