@@ -76,3 +76,17 @@ def test_gold_runs_the_tests_canonical_solutions_pass_broken_ones_fail(problems)
     assert code.gold([p], [p["canonical_solution"] + "\nassert False\n"])[0]["passed"]
     with pytest.raises(ValueError, match="pair one to one"):
         code.gold(test[:2], ["x"])
+
+
+def test_a_correction_may_add_comments_and_change_no_code():
+    """The check a line's correction passes before it becomes aligner data (issue 26 item 2)."""
+    line = "    total = sum(a,\n                b)"
+    assert code.changed_code(line, line + "  # add them up") is None
+    assert code.changed_code(line, "    # add them up\n" + line) is None
+    assert code.changed_code('    s = """a\n    b"""', '    s = """a\n    b"""  # the text') is None
+    assert "'b' became 'c'" in code.changed_code(line, line.replace("b)", "c)") + "  # add them up")
+    assert "'    ' became '        '" in code.changed_code(line, "    " + line)  # indentation is code
+    assert "'x' became '+'" not in code.changed_code("    return x", "    return x + 1")
+    assert "'(nothing)' became '+'" in code.changed_code("    return x", "    return x + 1")
+    assert "the correction" in code.changed_code("    return x", "    return f(x  # done")  # a bracket left open
+    assert code.changed_code("    s = 'a'", "    s = 'a # b'") is not None  # a '#' inside a string is code

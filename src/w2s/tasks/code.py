@@ -137,6 +137,37 @@ def comment_lines(completion: str) -> tuple[int, int]:
     return len(comments), len(code)
 
 
+def code_tokens(text: str) -> list[tuple[str, str]]:
+    """The tokens of a piece of code that make it run: everything but comments and line breaks, with the
+    indentation it opens (ValueError when it does not tokenize, e.g. a bracket left open)."""
+    layout = (tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.DEDENT, tokenize.ENDMARKER)
+    try:
+        return [(tokenize.tok_name[t.type], t.string)
+                for t in tokenize.generate_tokens(io.StringIO(text).readline) if t.type not in layout]
+    except (tokenize.TokenError, IndentationError, SyntaxError) as err:
+        raise ValueError(f"it does not tokenize as Python ({err})") from None
+
+
+def changed_code(original: str, corrected: str) -> str | None:
+    """Why ``corrected`` (a logical line, or a few, with comments added) is not ``original`` with comments
+    only, or None when the code is the same token for token (indentation included): the check a code
+    correction passes before it becomes training data."""
+    try:
+        before = code_tokens(original)
+    except ValueError as err:
+        return f"the original: {err}"
+    try:
+        after = code_tokens(corrected)
+    except ValueError as err:
+        return f"the correction: {err}"
+    if before == after:
+        return None
+    at = next((i for i, (a, b) in enumerate(zip(before, after)) if a != b), min(len(before), len(after)))
+    was = before[at][1] if at < len(before) else "(nothing)"
+    now = after[at][1] if at < len(after) else "(nothing)"
+    return f"code changed at token {at}: {was!r} became {now!r}"
+
+
 def meets_comment_rule(completion: str) -> bool:
     """Whether the completion explains its steps: one comment line at least, and one per
     :data:`COMMENT_RATIO` code lines."""
