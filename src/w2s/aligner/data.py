@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Sequence
 
 from ..jsonl import append_batches, read_complete
-from .segment import UNITS
-from .stream import Aligner, StreamAligner
+from .segment import split_units
+from .stream import UNITS, Aligner, StreamAligner
 
 
 def build_corrections(upstream, teacher, questions: Sequence[str], out_path: str | Path, *,
@@ -73,7 +73,7 @@ def _whole_records(whole: Aligner, loop: StreamAligner, upstream, teacher, model
     for i, answer in enumerate(whole.run(upstream, own_answer, batch, seed=seed, start_index=start,
                                          upstream_template=models["upstream_template"])):
         corrected = ""
-        for piece in UNITS[loop.unit][2](answer.original):  # the teacher corrects it unit by unit
+        for piece in split_units(UNITS[loop.unit], answer.original):  # the teacher corrects it unit by unit
             sentence = piece.strip()
             if sentence:
                 fixed = loop.correct_sentence(teacher, answer.question, corrected, sentence,

@@ -22,6 +22,8 @@ a reported end never moves however the text goes on, and ``split_lines`` is exac
 
 from __future__ import annotations
 
+from .segment import split_units, units_end
+
 __all__ = ["first_line_end", "lines_end", "split_lines"]
 
 OPEN, CLOSE = "([{", ")]}"
@@ -29,23 +31,12 @@ OPEN, CLOSE = "([{", ")]}"
 
 def split_lines(text: str) -> list[str]:
     """Split ``text`` into logical lines; ``"".join(result) == text``, and ``[]`` for ``""``."""
-    out = []
-    while text:
-        end = first_line_end(text, final=True)
-        out.append(text[:end])
-        text = text[end:]
-    return out
+    return split_units(first_line_end, text)
 
 
 def lines_end(text: str, n: int) -> int | None:
     """Index just after the ``n``-th complete logical line of a streamed ``text``, or None before that."""
-    end = 0
-    for _ in range(n):
-        step = first_line_end(text[end:])
-        if step is None:
-            return None
-        end += step
-    return end
+    return units_end(first_line_end, text, n)
 
 
 def first_line_end(text: str, final: bool = False) -> int | None:

@@ -43,9 +43,7 @@ from __future__ import annotations
 
 import re
 
-from .lines import first_line_end, lines_end, split_lines
-
-__all__ = ["UNITS", "first_sentence_end", "split_sentences"]
+__all__ = ["first_sentence_end", "sentences_end", "split_sentences", "split_units", "units_end"]
 
 TERMINATORS = ".!?…"
 CJK_TERMINATORS = "。！？｡．"
@@ -70,25 +68,37 @@ _MARKER_PREFIX = re.compile(r"[ \t]*(?:(?:#{1,6}|[-*+•])[ \t]+)?")
 _MARKER = re.compile(r"\d{1,3}(?:\.\d{1,3})*|[A-Za-z]|[ivx]+|[IVX]+")
 
 
-def split_sentences(text: str) -> list[str]:
-    """Split ``text`` into sentences; ``"".join(result) == text``, and ``[]`` for ``""``."""
+def split_units(first_end, text: str) -> list[str]:
+    """Split ``text`` into the units that ``first_end(text, final=True)`` finds one after another (a
+    sentence, a logical line of code); lossless, and ``[]`` for ``""``."""
     out = []
     while text:
-        end = first_sentence_end(text, final=True)
+        end = first_end(text, final=True)
         out.append(text[:end])
         text = text[end:]
     return out
 
 
-def sentences_end(text: str, n: int) -> int | None:
-    """Index just after the ``n``-th complete sentence of a streamed ``text``, or None before it is complete."""
+def units_end(first_end, text: str, n: int) -> int | None:
+    """Index just after the ``n``-th complete unit (by ``first_end``) of a streamed ``text``, or None before
+    it is complete."""
     end = 0
     for _ in range(n):
-        step = first_sentence_end(text[end:])
+        step = first_end(text[end:])
         if step is None:
             return None
         end += step
     return end
+
+
+def split_sentences(text: str) -> list[str]:
+    """Split ``text`` into sentences; ``"".join(result) == text``, and ``[]`` for ``""``."""
+    return split_units(first_sentence_end, text)
+
+
+def sentences_end(text: str, n: int) -> int | None:
+    """Index just after the ``n``-th complete sentence of a streamed ``text``, or None before it is complete."""
+    return units_end(first_sentence_end, text, n)
 
 
 def first_sentence_end(text: str, final: bool = False) -> int | None:
@@ -224,8 +234,3 @@ def _delimited(text: str, i: int, opener: str, closer: str, final: bool) -> int 
         return j + len(closer)
     return start if final else None
 
-
-# The Stream Aligner's units: name -> (first_end(text, final=False), nth_end(text, n), split(text)), each
-# lossless and, while streaming, never moving an end once reported.
-UNITS = {"sentence": (first_sentence_end, sentences_end, split_sentences),
-         "line": (first_line_end, lines_end, split_lines)}

@@ -24,7 +24,12 @@ from typing import Iterator, Sequence
 
 from ..backends.base import LanguageModel, SamplingParams, TextGenerator, check_sampling, context_error
 from ..validation import check_choice, check_range, check_template
-from .segment import UNITS
+from .lines import first_line_end
+from .segment import first_sentence_end, units_end
+
+# what the aligner corrects at a time: name -> where the first one of a streamed text ends (each rule is
+# lossless and never moves an end once reported)
+UNITS = {"sentence": first_sentence_end, "line": first_line_end}
 
 # The authors' input formats: one constant each, shared by data building, training and inference.
 STREAM_ALIGNER_TEMPLATE = (
@@ -186,7 +191,7 @@ class StreamAligner:
                     break
                 t0 = time.perf_counter()
                 sentences = upstream_rows.generate({i: contexts[i] + prefixes[i] for i in live if i not in drafts},
-                                                   self.max_sentence_tokens, stop=UNITS[self.unit][0])
+                                                   self.max_sentence_tokens, stop=UNITS[self.unit])
                 sentences.update((i, drafts[i]) for i in live if i in drafts)
                 drafted, drafts, saved = set(drafts), {}, None
                 t1 = time.perf_counter()
@@ -199,7 +204,7 @@ class StreamAligner:
                     saved = upstream_rows.rng_states(speculated) if hasattr(upstream_rows, "rng_states") else None
                     drafts = upstream_rows.generate(
                         {i: contexts[i] + prefixes[i] + originals[i] for i in speculated},
-                        self.max_sentence_tokens, stop=UNITS[self.unit][0])
+                        self.max_sentence_tokens, stop=UNITS[self.unit])
                 revisions = revising.result()
                 t2 = time.perf_counter()
                 for i in sorted(live):
@@ -285,7 +290,8 @@ class Aligner:
         n = len(questions)
         start = time.perf_counter()
         contexts = {i: upstream.render(upstream_template, q) for i, q in enumerate(questions)}
-        stop = None if self.max_sentences is None else lambda text: UNITS[self.unit][1](text, self.max_sentences)
+        stop = (None if self.max_sentences is None else
+                lambda text: units_end(UNITS[self.unit], text, self.max_sentences))
         generated = job.upstream_generator(n, seed, start_index).generate(contexts, self.max_new_tokens, stop=stop)
         answers = {i: text for i, (text, _) in generated.items()}
         if job.aligner_is_model:
