@@ -61,8 +61,8 @@ def build(make, attn="sdpa", seed=0):
 class Checked:
     """Runs KVRows calls and compares every returned logit with the model run from scratch on the row."""
 
-    def __init__(self, model, pad_id=0):
-        self.model, self.rows = model, KVRows(model, pad_id)
+    def __init__(self, model, pad_id=0, **kw):
+        self.model, self.rows = model, KVRows(model, pad_id, **kw)
         self.gen = torch.Generator().manual_seed(1)
         self.checked = 0
 
@@ -159,7 +159,10 @@ def check_branches(run: Checked, new, last_only: bool) -> None:
 def test_branches_share_their_row_and_regroup_into_rows(make, attn):
     """Search beams: K branches per row, decoded in lock step, then survivors regrouped into rows; scoring: branches
     that see only part of their row (re-tokenized tails) with several new tokens each."""
-    run = Checked(build(make, attn))
+    branch_scenario(Checked(build(make, attn)))
+
+
+def branch_scenario(run: Checked) -> None:
     rows = run.rows
     rows.add_empty_rows(3)
     run.forward([4, 9, 6], last_only=True)
@@ -179,6 +182,31 @@ def test_branches_share_their_row_and_regroup_into_rows(make, attn):
     rows.regroup([(0, 1), (2, 0), (3, 0)], lengths=[7, 3, 4])
     run.forward([2, 5, 1], last_only=False)
     assert min(len(ids) for ids in rows.ids) >= 5 and run.checked > 40
+
+
+@pytest.mark.parametrize("make", [llama, gemma3])
+def test_a_token_bound_splits_forwards_into_calls_that_give_the_same_logits(make):
+    """max_tokens_per_forward: a forward of more query tokens runs as several model calls, each of at most
+    that many tokens, whose logits equal the unsplit ones (rows, holes, branches, sliding windows)."""
+    model = build(make)
+    calls = []  # (rows, columns) of each cached call; the references run without a cache
+    model.register_forward_pre_hook(
+        lambda module, args, kw: calls.append(tuple(kw["input_ids"].shape)) if kw.get("use_cache") else None,
+        with_kwargs=True)
+    for scenario in (Checked.scenario, branch_scenario):
+        run = Checked(model, max_tokens_per_forward=6)
+        scenario(run)
+        assert run.checked > 40
+    assert max(rows * columns for rows, columns in calls) <= 6
+    assert len(calls) > 2 * sum(1 for rows, columns in calls if columns > 1)  # most forwards were split
+
+
+def test_a_forward_with_more_rows_than_the_token_bound_is_refused_before_it_changes_anything():
+    run = Checked(build(llama), max_tokens_per_forward=2)
+    run.rows.add_empty_rows(3)
+    with pytest.raises(ValueError, match=r"max_tokens_per_forward=2 is below one token for each of the 3 rows"):
+        run.rows.forward([[1, 2], [3], [4]], last_only=True)
+    assert run.rows.ids == [[], [], []] and run.rows.num_columns == 0
 
 
 def takes(model, name):

@@ -295,6 +295,25 @@ def test_invalid_generate_arguments(strong, tuned, untuned, scorer):
         w2s.LogRatioScorer(tuned, untuned, tuned_template="{prompt")
 
 
+def test_the_token_bound_per_forward_refuses_a_batch_before_work_and_splits_long_forwards(model_dirs, strong,
+                                                                                          scorer):
+    """A batch whose rows cannot fit one forward of the large model's max_tokens_per_forward is refused before
+    anything runs; under the bound, prompts longer than it are run in several calls with the same result."""
+    bounded = w2s.load_model(model_dirs["strong"], max_tokens_per_forward=4)
+    cbs = w2s.ChunkBeamSearch(beam_width=2, successors_per_beam=2, chunk_length=3, max_new_tokens=9)
+    prompts = ["Tell me a story about a brave knight and a dragon.", "Why is the sky blue during the day?"]
+    with pytest.raises(ValueError, match=r"max_tokens_per_forward=4 of .* is below the 8 rows one forward may hold "
+                                         r"\(2 prompts x beam_width \* successors_per_beam = 4\)"):
+        next(cbs.generate(bounded, scorer, prompts, batch_size=2))
+    assert all(len(bounded.encode(p)) > 8 for p in prompts)  # every prefill is split
+    got = list(cbs.generate(bounded, scorer, prompts, batch_size=1, seed=5))
+    want = list(cbs.generate(strong, scorer, prompts, batch_size=1, seed=5))
+    assert [r.response for r in got] == [r.response for r in want]
+    assert [r.score for r in got] == pytest.approx([r.score for r in want], abs=1e-4)
+    with pytest.raises(ValueError, match="max_tokens_per_forward must be"):
+        w2s.load_model(model_dirs["strong"], max_tokens_per_forward=0)
+
+
 def test_on_step_reports_each_prompts_kept_beams_and_can_stop_the_search(strong, scorer):
     """The hook ``w2s serve`` streams from: every later beam extends a reported one; raising stops."""
     cbs = w2s.ChunkBeamSearch(beam_width=2, successors_per_beam=2, chunk_length=3, max_new_tokens=9)

@@ -655,3 +655,13 @@ def test_every_error_has_one_kind_with_its_code_and_status():
         assert error_kind(err) == kind, err
         answer = error_of(hide, err)
         assert (answer.status, answer.code) == (status, ERROR_KINDS[kind][0]), err
+
+
+def test_rows_a_batch_may_hold_beyond_the_token_bound_are_refused_at_start_up(model_dirs):
+    """Issue 25, a token bound per forward: the server's batches must fit one forward of the large model."""
+    from w2s.serve.app import create_app
+
+    m = bundle(strong=(w2s.load_model(model_dirs["strong"], max_tokens_per_forward=100), "{prompt}"))
+    with pytest.raises(ValueError, match=r"max_batch_size x max_rows = 8 x 16 rows .* max_tokens_per_forward=100"):
+        create_app(ServeConfig(name="tiny", max_rows=16), m)
+    assert create_app(ServeConfig(name="tiny", max_rows=12), m) is not None

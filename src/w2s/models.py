@@ -17,7 +17,8 @@ from typing import Any
 
 from . import defaults
 from .backends import catalog, gguf
-from .validation import check_choice
+from .backends.base import MAX_TOKENS_PER_FORWARD
+from .validation import check_choice, check_range
 
 # role -> the template of a model given by path
 GIVEN_TEMPLATE = {"strong": "{prompt}", "tuned": "{prompt}", "untuned": "{prompt}", "upstream": "chat",
@@ -79,6 +80,9 @@ class ModelSpec:
             the devices; it replaces ``device``.
         max_memory: with a device map, the memory each device may hold, as ``DEVICE=SIZE`` pairs joined
             by commas (e.g. ``0=20GiB,1=40GiB,cpu=60GiB``).
+        max_tokens_per_forward: the most query tokens (rows times new positions) one forward of a local
+            model runs; longer forwards (a long prompt, many candidates scored at once) run as several
+            calls (the same logits).  On a GPU raise it until the throughput stops growing.  None: no bound.
         model: the engine's model name (a URL only).
         tokenizer: a local copy of the served model's tokenizer, for its chat template (a URL only).
         concurrency: requests in flight at once (a URL only).
@@ -99,6 +103,7 @@ class ModelSpec:
     device: str = "cpu"
     device_map: str | None = None
     max_memory: str | None = None
+    max_tokens_per_forward: int | None = MAX_TOKENS_PER_FORWARD
     model: str | None = None
     tokenizer: str | None = None
     concurrency: int = 16
@@ -117,6 +122,7 @@ class ModelSpec:
             check_choice("role", self.role, ROLES)
         check_choice("dtype", self.dtype, DTYPES)
         check_choice("engine", self.engine, ENGINES)
+        check_range("max_tokens_per_forward", self.max_tokens_per_forward, low=1, integer=True, allow_none=True)
 
     def body(self) -> dict | None:
         """:attr:`extra_body` parsed (None when not given)."""
@@ -185,7 +191,8 @@ def load(spec: ModelSpec) -> LoadedModel:
             raise ValueError(f"teacher {spec.path!r} is not a model folder; for a Python function write "
                              f"'{CALLABLE_PREFIX}{spec.path}'.")
         model = load_model(spec.path, dtype=spec.dtype, device=spec.device,
-                           device_map=spec.device_map, max_memory=parse_max_memory(spec.max_memory))
+                           device_map=spec.device_map, max_memory=parse_max_memory(spec.max_memory),
+                           max_tokens_per_forward=spec.max_tokens_per_forward)
     return LoadedModel(model, spec.template, spec)
 
 

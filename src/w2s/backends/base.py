@@ -15,6 +15,12 @@ from typing import Callable, Protocol, Sequence, runtime_checkable
 
 from ..validation import check_choice, check_range, check_stop
 
+# the most query tokens (rows x new positions) one forward of a local model runs: longer forwards (a long
+# prompt's prefill, many candidates scored at once) are split into several calls, which bounds the hidden
+# states, attention scores and masks one call holds (not the logits a caller keeps for every position).
+# On a GPU, raise it until the throughput stops growing.
+MAX_TOKENS_PER_FORWARD = 4096
+
 # context tokens decoded in front of a response to recover its leading space (TransformersModel.decode_after)
 ANCHOR_TOKENS = 4
 TRANSCRIPT_ROLES = {"system": "System", "developer": "System", "user": "User", "assistant": "Assistant"}

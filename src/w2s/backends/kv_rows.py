@@ -274,10 +274,14 @@ class KVRows:
 
     GROWTH = 64  # spare columns allocated beyond what is asked for
 
-    def __init__(self, model: torch.nn.Module, pad_id: int, cache_plan: dict | None = None, name: str = "the model"):
+    def __init__(self, model: torch.nn.Module, pad_id: int, cache_plan: dict | None = None, name: str = "the model",
+                 max_tokens_per_forward: int | None = None):
         """``cache_plan``: what :func:`check_model` returned for ``model`` (checked here when not given);
-        ``name`` names the model in a :class:`ContextLengthError`."""
+        ``name`` names the model in errors; ``max_tokens_per_forward``: the most query tokens (rows times
+        new columns) one model call may run; a call that appends more columns runs as several calls of
+        fewer columns each, which attend to the earlier ones through the cache (None: no bound)."""
         self.model, self.name = model, name
+        self.max_tokens_per_forward = max_tokens_per_forward
         self.context_length = context_length_of(model.config)
         self.pad_id = pad_id
         self.device = next(model.parameters()).device
@@ -450,6 +454,7 @@ class KVRows:
         width = max(counts, default=0)
         assert width > 0
         self._check_context(segments)
+        step = self._columns_per_call(rows, width)
         start = self.columns
         self.reserve(width)
         # per query: token, owner, position, shared positions seen (< keep); built as lists, moved once
@@ -479,18 +484,33 @@ class KVRows:
         end = start + width
         self.owner[:, start:end] = q_owner.masked_fill(q_owner == PADDING, HOLE)
         self.pos[:, start:end] = q_pos
-        self.columns = end
-        out = self.model(
-            input_ids=as_tensor(ids),
-            attention_mask=self._masks(q_owner, q_pos, q_keep, start),
-            position_ids=q_pos,
-            use_cache=True,
-            logits_to_keep=1 if last_only else 0,
-            **{self.cache_arg: self.cache},
-        )
-        if start == 0:
-            self._check_cache_used()
-        return out.logits[:, -1] if last_only else out.logits
+        input_ids, pieces = as_tensor(ids), []
+        for a in range(0, width, step):  # columns a..b in one call; later calls see them through the cache
+            b = min(a + step, width)
+            self.columns = start + b
+            out = self.model(
+                input_ids=input_ids[:, a:b],
+                attention_mask=self._masks(q_owner[:, a:b], q_pos[:, a:b], q_keep[:, a:b], start + a),
+                position_ids=q_pos[:, a:b],
+                use_cache=True,
+                logits_to_keep=1 if last_only else 0,
+                **{self.cache_arg: self.cache},
+            )
+            if start + a == 0:
+                self._check_cache_used()
+            pieces.append(out.logits)
+        return pieces[-1][:, -1] if last_only else torch.cat(pieces, dim=1) if len(pieces) > 1 else pieces[0]
+
+    def _columns_per_call(self, rows: int, width: int) -> int:
+        """Columns one model call may append under :attr:`max_tokens_per_forward` (every row gets each column)."""
+        bound = self.max_tokens_per_forward
+        if bound is None or rows * width <= bound:
+            return width
+        if rows > bound:
+            raise ValueError(f"max_tokens_per_forward={bound} is below one token for each of the {rows} rows that "
+                             f"{self.name} runs at once; raise it to at least {rows} or run fewer rows "
+                             f"(batch_size, beam_width * successors_per_beam, n).")
+        return bound // rows
 
     def _check_context(self, segments) -> None:
         """Refuse (before anything changes) a forward that would put a token past the context window."""

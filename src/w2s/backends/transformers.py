@@ -15,8 +15,8 @@ from typing import Iterable, Sequence
 
 import torch
 
-from ..validation import check_choice
-from .base import (ANCHOR_TOKENS, Continuation, SamplingParams, chat_turn_end_id, context_length_of, per_row,
+from ..validation import check_choice, check_range
+from .base import (ANCHOR_TOKENS, MAX_TOKENS_PER_FORWARD, Continuation, SamplingParams, chat_turn_end_id, context_length_of, per_row,
                    render_prompt, special_token_ids)
 from .kv_rows import KVRows, check_model
 from .logprobs import common_prefix_length
@@ -51,6 +51,7 @@ def load_model(
     device_map: str | dict | None = None,
     max_memory: dict | None = None,
     offload_folder: str | os.PathLike | None = None,
+    max_tokens_per_forward: int | None = MAX_TOKENS_PER_FORWARD,
 ) -> "TransformersModel":
     """Load a causal LM and its tokenizer from a directory, or from a ``.gguf`` file.
 
@@ -63,12 +64,15 @@ def load_model(
             model over several devices through accelerate; it replaces ``device``.
         max_memory: with ``device_map``, the memory each device may hold (e.g. ``{0: "20GiB", "cpu": "60GiB"}``).
         offload_folder: with ``device_map``, where modules mapped to ``"disk"`` keep their weights.
+        max_tokens_per_forward: the most query tokens (rows times new positions) one forward runs;
+            longer forwards run as several calls (None: no bound).  See :data:`MAX_TOKENS_PER_FORWARD`.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ..names import resolve_model
 
     check_choice("dtype", dtype, DTYPES)
+    check_range("max_tokens_per_forward", max_tokens_per_forward, low=1, integer=True, allow_none=True)
     torch_device = resolve_device(device) if device_map is None else None
     path = Path(resolve_model(path))
     if path.suffix == ".gguf" and gguf_file is None:
@@ -105,7 +109,7 @@ def load_model(
             model = model.to(torch_device)
     model.eval()
     name = str(path / gguf_file) if gguf_file else str(path)
-    return TransformersModel(model, tokenizer, name=name)
+    return TransformersModel(model, tokenizer, name=name, max_tokens_per_forward=max_tokens_per_forward)
 
 
 class TransformersModel:
@@ -128,7 +132,8 @@ class TransformersModel:
       SentencePiece decoders drop the leading space of a text's first token.
     """
 
-    def __init__(self, model, tokenizer, name: str = "model", *, banned_ids: Iterable[int] | None = None):
+    def __init__(self, model, tokenizer, name: str = "model", *, banned_ids: Iterable[int] | None = None,
+                 max_tokens_per_forward: int | None = MAX_TOKENS_PER_FORWARD):
         # refuse caches that cannot be rolled back (recurrent, hybrid) when loaded; every KVRows reuses the plan
         self.cache_plan = check_model(model)
         self.model = model
@@ -146,6 +151,8 @@ class TransformersModel:
         self.prefix_ids = _prefix_ids(tokenizer)
         self.num_logits = model.get_output_embeddings().weight.shape[0]
         self.context_length = context_length_of(getattr(model, "config", None))  # tokens; None if unknown
+        check_range("max_tokens_per_forward", max_tokens_per_forward, low=1, integer=True, allow_none=True)
+        self.max_tokens_per_forward = max_tokens_per_forward  # see load_model; read by every new KVRows
         self.banned_ids = (sorted(_non_text_token_ids(tokenizer, self.num_logits, vocab) - self.eos_ids)
                            if banned_ids is None else banned_ids)
 
@@ -257,7 +264,8 @@ class TransformersModel:
         return IncrementalLogProbs(self, template, incremental=incremental, batch_size=batch_size)
 
     def new_rows(self) -> KVRows:
-        return KVRows(self.model, self.pad_id, self.cache_plan, name=self.name)
+        return KVRows(self.model, self.pad_id, self.cache_plan, name=self.name,
+                      max_tokens_per_forward=self.max_tokens_per_forward)
 
     def generator(self, n_rows: int, params: SamplingParams, seeds: Sequence[int], template: str = "{prompt}"
                   ) -> "IncrementalGenerator":

@@ -151,6 +151,18 @@ class ChunkBeamSearch:
             raise ValueError(f"{self.rows_formula} = {self.max_rows} large-model rows per prompt at once, more "
                              f"than {allowance} = {limit}; lower them, or raise {allowance}.")
 
+    def check_tokens_per_forward(self, model, prompts: int) -> None:
+        """Refuse (ValueError), before any work, a batch whose rows cannot fit one forward of ``model`` under
+        its ``max_tokens_per_forward``: every forward runs at least one token per row, and ``prompts``
+        prompts sample up to :attr:`max_rows` rows each (longer forwards are split into several calls)."""
+        bound = getattr(model, "max_tokens_per_forward", None)
+        rows = prompts * self.max_rows
+        if bound is not None and rows > bound:
+            raise ValueError(f"max_tokens_per_forward={bound} of {getattr(model, 'name', 'the large model')} is below "
+                             f"the {rows} rows one forward may hold ({prompts} prompts x {self.rows_formula} = "
+                             f"{self.max_rows}); raise it to at least {rows}, or lower batch_size or "
+                             f"{self.rows_formula}.")
+
     def generate(
         self,
         model,
@@ -195,6 +207,7 @@ class ChunkBeamSearch:
         elif self.max_rows > 1:
             raise ValueError(f"{type(self).__name__} ranks up to {self.max_rows} samples and needs a scorer.")
         prompts = list(prompts)
+        self.check_tokens_per_forward(model, min(batch_size, len(prompts)))
         bar = _progress_bar(len(prompts), progress, type(self).__name__)
         for start in range(0, len(prompts), batch_size):
             batch = prompts[start : start + batch_size]

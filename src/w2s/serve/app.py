@@ -220,6 +220,11 @@ class Server:
     """The models, the worker and the metrics behind one app."""
 
     def __init__(self, config: ServeConfig, models: Models):
+        bound = getattr(models.strong.model, "max_tokens_per_forward", None)
+        if bound is not None and config.max_batch_size * config.max_rows > bound:
+            raise ValueError(f"max_batch_size x max_rows = {config.max_batch_size} x {config.max_rows} rows may run in "
+                             f"one forward of the large model, more than its max_tokens_per_forward={bound}; lower "
+                             f"them or raise it.")
         self.config, self.models = config, models
         self.metrics = Metrics()
         self.batcher = Batcher(models, queue_size=config.queue_size, batch_window=config.batch_window_ms / 1000,
