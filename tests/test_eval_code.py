@@ -119,3 +119,62 @@ def test_a_setting_recorded_only_since_a_later_version_is_not_held_against_an_ol
         start_run(tmp_path, {"strong": "m", "strong_dtype": "float32"}, ("strong", "strong_dtype"))
     with pytest.raises(ValueError, match="different strong "):
         start_run(tmp_path, {"strong": "n", "strong_dtype": "bfloat16"}, ("strong", "strong_dtype"))
+
+
+class BodyWriter:
+    """A stand-in coder (the loop's logic only; the real coders ran in the data build): every answer is
+    ``BODY``, handed out up to where the loop's stop rule ends a unit."""
+
+    BODY = "    y = x + 1\n\n    return (y,\n            y)\n```\nThat is all.\n"
+
+    def render(self, template, question):
+        return question
+
+    def generator(self, n, sampling, seeds, template):
+        at = [0] * n
+
+        class Rows:
+            def generate(self, contexts, max_tokens, stop=None):
+                out = {}
+                for i in contexts:
+                    rest = BodyWriter.BODY[at[i]:]
+                    text = rest[: stop(rest) or len(rest)]
+                    at[i] += len(text)
+                    out[i] = (text, at[i] == len(BodyWriter.BODY))
+                return out
+
+        return Rows()
+
+
+def test_code_corrections_explain_lines_keep_the_code_and_resume(strong, tmp_path):
+    """w2s data code-corrections (w2s.training.code_corrections): the Stream Aligner loop over training problems,
+    line by line under the code guard, up to the end of the function's body; a teacher's correction that
+    changes code is refused, with its reason."""
+    from w2s.training.code_corrections import CommentTeacher, build_code_corrections, note_of
+
+    train = [{**p, "task_id": f"Mine/{int(p['task_id'].split('/')[1]) + 1}"} for p in PROBLEMS[:2]]
+    def teacher(question, prefix, line):  # explains the first line, changes the code of the other
+        return "# note\n" + line if "x + 1" in line else line + " + 1"
+
+    out = tmp_path / "lines.jsonl"
+    kw = dict(batch_size=2, progress=False)
+    assert build_code_corrections(BodyWriter(), teacher, train, out, **kw) == 4
+    records = [json.loads(line) for line in out.open()]
+    assert [(r["question"], r["sentence"]) for r in records] == [
+        (p["prompt"], line) for p in train for line in ("    y = x + 1", "    return (y,\n            y)")]
+    assert [r["rejected"] for r in records] == [None, "code changed at token 7: '(nothing)' became '+'"] * 2
+    assert [r["correction"] for r in records] == ["    # note\n    y = x + 1", "    return (y,\n            y)"] * 2
+    assert records[1]["prefix"] == "    # note\n    y = x + 1\n"  # what the upstream went on from
+    before = out.read_text()
+    assert build_code_corrections(BodyWriter(), teacher, train, out, **kw) == 4 and out.read_text() == before
+    with pytest.raises(ValueError, match="must be training problems"):
+        build_code_corrections(BodyWriter(), teacher, PROBLEMS, tmp_path / "x.jsonl", **kw)
+
+    assert note_of("The line `x = 1` is used to set x to one. Then it returns.") == "Set x to one."
+    assert note_of("```\n# counts the items\n```") == "Counts the items"
+    assert note_of("This line " + "loops " * 40).endswith("loops") and len(note_of("loops " * 40)) <= 120
+    comment = CommentTeacher(strong, max_tokens=4, slots=1)
+    assert comment("Q", "", "    # already a comment") == "    # already a comment" and comment.calls == 0
+    made = comment("def f(x):\n", "", "    return x")
+    assert made == "    return x" or (made.startswith("    # ") and made.endswith("\n    return x"))
+    assert comment.calls == 1

@@ -147,14 +147,16 @@ CODE = "    total = sum(a,\n                b)\n\n    # done\n    return total\n
 
 class CodeUpstream:
     """A stand-in upstream (the loop's logic only) that writes ``CODE``: each call continues where the last
-    unit ended, up to the end its ``stop`` rule finds, and, as a model does, writes again the whitespace
-    the loop left out of the prefix."""
+    unit ended (a line keeps its newline), up to the end its ``stop`` rule finds."""
+
+    def __init__(self, code=CODE):
+        self.code = code
 
     def render(self, template, question):
         return question
 
     def generator(self, n, sampling, seeds, template):
-        upstream = self
+        upstream, CODE = self, self.code
         upstream.at = [0] * n
 
         class Rows:
@@ -163,7 +165,7 @@ class CodeUpstream:
                 for i in contexts:
                     rest = CODE[upstream.at[i]:]
                     text = rest[: stop(rest) or len(rest)] if stop else rest
-                    upstream.at[i] += len(text.rstrip())
+                    upstream.at[i] += len(text)
                     out[i] = (text, not CODE[upstream.at[i]:].strip())
                 return out
 
@@ -177,14 +179,78 @@ def test_code_is_corrected_logical_line_by_logical_line():
 
     def commenting(question, prefix, line):
         seen.append(line)
-        return line if line.startswith("#") else line + "  # step"
+        return line if line.lstrip().startswith("#") else line + "  # step"
 
     answer = w2s.StreamAligner(unit="line").run(CodeUpstream(), commenting, ["Q"], upstream_template="{prompt}")[0]
-    assert [s.original for s in answer.steps] == ["    total = sum(a,\n                b)", "\n\n    # done",
-                                                  "\n    return total"]
-    assert seen == ["total = sum(a,\n                b)", "# done", "return total"]
-    assert answer.corrected == "    total = sum(a,\n                b)  # step\n\n    # done\n    return total  # step"
+    assert [s.original for s in answer.steps] == ["    total = sum(a,\n                b)\n", "\n    # done\n",
+                                                  "    return total\n"]  # a line keeps its newline
+    assert seen == ["    total = sum(a,\n                b)", "    # done", "    return total"]  # indentation kept
+    assert answer.corrected == "    total = sum(a,\n                b)  # step\n\n    # done\n    return total  # step\n"
     assert w2s.Aligner(unit="line", max_sentences=1).run(CodeUpstream(), lambda q, a: a, ["Q"])[0].original == \
         "    total = sum(a,\n                b)\n"
     with pytest.raises(ValueError, match="unit"):
         w2s.StreamAligner(unit="paragraph")
+
+
+def test_the_code_guard_keeps_corrections_that_only_add_comments():
+    """guard="code": a correction that changes a code token (or the indentation) is refused and the line
+    kept as the upstream wrote it, with the reason; comments, above the line or after it, and a fenced
+    answer's inside are accepted."""
+    from w2s.aligner.stream import accept
+
+    original = "\n    return total"
+    assert accept("code", original, "# the sum\n    return total") == ("\n    # the sum\n    return total", None)
+    assert accept("code", original, "```python\n    return total  # the sum\n```") == (
+        "\n    return total  # the sum", None)
+    assert accept("code", original, "    return total + 1") == (original, "code changed at token 3: '(nothing)' "
+                                                                               "became '+'")
+    assert accept("code", original, "# the sum\nreturn total")[1].startswith("code changed")  # indentation lost
+    assert accept("code", original, "return (total")[1].startswith("the correction: it does not tokenize")
+    assert accept(None, original, "return total + 1") == ("\n    return total + 1", None)
+
+    def rewriting(question, prefix, line):  # changes the first line's code, comments the others
+        return line.replace("sum", "max") if "sum" in line else "# next\n" + line
+
+    guarded = w2s.StreamAligner(unit="line", guard="code").run(CodeUpstream(), rewriting, ["Q"],
+                                                               upstream_template="{prompt}")[0]
+    assert [s.rejected is not None for s in guarded.steps] == [True, False, False]
+    assert guarded.corrected == "    total = sum(a,\n                b)\n\n    # next\n    # done\n    # next\n    return total\n"
+    assert guarded.steps[0].rejected == "code changed at token 3: 'sum' became 'max'"
+    free = w2s.StreamAligner(unit="line").run(CodeUpstream(), rewriting, ["Q"], upstream_template="{prompt}")[0]
+    assert "max(a" in free.corrected and all(s.rejected is None for s in free.steps)
+    whole = w2s.Aligner(unit="line", guard="code")
+    assert whole.run(CodeUpstream(), lambda q, a: a.replace("sum", "max"), ["Q"])[0].rejected.startswith("code changed")
+    kept = whole.run(CodeUpstream(), lambda q, a: "# add them\n" + a, ["Q"])[0]
+    assert kept.rejected is None and kept.corrected.startswith("    # add them\n    total = sum(a,")
+    with pytest.raises(ValueError, match="guard"):
+        w2s.StreamAligner(guard="prose")
+
+
+def test_a_function_body_ends_at_the_first_line_at_column_0():
+    """function_body=True: raw completion of a function stops where a line starts at column 0 (the stop
+    strings of w2s.tasks.code cannot see it once the previous line's newline is in the prefix)."""
+    upstream = CodeUpstream("    x = 1\n\n    return x\n```\nThis code returns x.\n")
+    body = w2s.StreamAligner(unit="line", function_body=True).run(upstream, lambda q, p, s: s, ["Q"])[0]
+    assert body.corrected == "    x = 1\n\n    return x\n" and len(body.steps) == 2
+    free = w2s.StreamAligner(unit="line").run(upstream, lambda q, p, s: s, ["Q"])[0]
+    assert free.corrected.endswith("```\nThis code returns x.\n") and len(free.steps) == 4
+    with pytest.raises(ValueError, match="function_body needs unit='line'"):
+        w2s.StreamAligner(function_body=True)
+
+
+def test_a_function_aligner_with_many_gets_each_rounds_units_in_one_call():
+    class Batched:
+        calls = []
+
+        def __call__(self, question, prefix, line):
+            raise AssertionError("many() takes every call")
+
+        def many(self, asks):
+            self.calls.append(sorted(asks))
+            return {i: line + "  # ok" for i, (question, prefix, line) in asks.items()}
+
+    teacher = Batched()
+    answers = w2s.StreamAligner(unit="line").run(CodeUpstream(), teacher, ["Q1", "Q2"], upstream_template="{prompt}")
+    assert teacher.calls == [[0, 1]] * 3
+    assert [a.corrected for a in answers] == [
+        "    total = sum(a,\n                b)  # ok\n\n    # done  # ok\n    return total  # ok\n"] * 2

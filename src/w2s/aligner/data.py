@@ -20,7 +20,7 @@ from typing import Sequence
 
 from ..jsonl import append_batches, read_complete
 from .segment import split_units
-from .stream import UNITS, Aligner, StreamAligner
+from .stream import UNITS, Aligner, StreamAligner, shown
 
 
 def build_corrections(upstream, teacher, questions: Sequence[str], out_path: str | Path, *,
@@ -59,9 +59,14 @@ def _sentence_records(loop: StreamAligner, upstream, teacher, models: dict, batc
     for answer_index, answer in enumerate(loop.run(upstream, teacher, batch, seed=seed, start_index=start, **models)):
         prefix = ""
         for step in answer.steps:
-            per_question[answer_index].append({"question_index": start + answer_index, "question": answer.question,
-                                               "prefix": prefix, "sentence": step.original.strip(),
-                                               "correction": step.corrected.strip()})
+            if not shown(loop.unit, step.original):  # whitespace only: nothing to correct
+                prefix += step.corrected
+                continue
+            record = {"question_index": start + answer_index, "question": answer.question, "prefix": prefix,
+                      "sentence": shown(loop.unit, step.original), "correction": shown(loop.unit, step.corrected)}
+            if loop.guard is not None:  # the teacher's correction was checked; a refused one is the original
+                record["rejected"] = step.rejected
+            per_question[answer_index].append(record)
             prefix += step.corrected
     return per_question
 
@@ -74,12 +79,11 @@ def _whole_records(whole: Aligner, loop: StreamAligner, upstream, teacher, model
                                          upstream_template=models["upstream_template"])):
         corrected = ""
         for piece in split_units(UNITS[loop.unit], answer.original):  # the teacher corrects it unit by unit
-            sentence = piece.strip()
-            if sentence:
-                fixed = loop.correct_sentence(teacher, answer.question, corrected, sentence,
+            if piece.strip():
+                fixed = loop.correct_sentence(teacher, answer.question, corrected, piece,
                                               aligner_template=models["aligner_template"])
-                piece = piece[: len(piece) - len(piece.lstrip())] + fixed + piece[len(piece.rstrip()):]
+                piece = fixed + piece[len(piece.rstrip()):]
             corrected += piece
-        out.append([{"question_index": start + i, "question": answer.question, "answer": answer.original.strip(),
-                     "correction": corrected.strip()}])
+        out.append([{"question_index": start + i, "question": answer.question,
+                     "answer": shown(loop.unit, answer.original), "correction": shown(loop.unit, corrected)}])
     return out

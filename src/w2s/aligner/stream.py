@@ -17,6 +17,7 @@ unchanged prefix is reused between rounds.  Many questions run as one batch.
 
 from __future__ import annotations
 
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,6 +31,39 @@ from .segment import first_sentence_end, units_end
 # what the aligner corrects at a time: name -> where the first one of a streamed text ends (each rule is
 # lossless and never moves an end once reported)
 UNITS = {"sentence": first_sentence_end, "line": first_line_end}
+
+# what a correction may change (``guard``): None, anything; "code", comments only: a correction whose code
+# differs from the original's token for token (w2s.tasks.code.changed_code) is refused and the original kept
+GUARDS = ("code",)
+
+
+_BLANK_LINES = re.compile(r"\A(?:[ \t]*\r?\n)+")
+
+
+def shown(unit: str, text: str) -> str:
+    """A unit as the aligner sees it and the records hold it: a sentence stripped; a line of code without the
+    blank lines before it and with its indentation (which its correction must keep)."""
+    return _BLANK_LINES.sub("", text).rstrip() if unit == "line" else text.strip()
+
+
+def accept(guard: str | None, original: str, revision: str) -> tuple[str, str | None]:
+    """The corrected unit made of an aligner's ``revision`` of ``original``: the original's leading whitespace,
+    the revision stripped, the original's trailing whitespace (a line's newline); and why it was refused
+    under ``guard`` (None when it was not), in which case the original is the corrected unit.  Under
+    ``"code"`` a revision that is one fenced block counts as its inside."""
+    if guard == "code":
+        from ..tasks.code import changed_code, unfence
+
+        revision = unfence(revision.strip())
+    body = original.strip()
+    start = original.index(body[:1]) if body else len(original)
+    corrected = original[:start] + revision.strip() + original[start + len(body):]
+    if guard == "code" and corrected != original:
+        why = changed_code(original, corrected)
+        if why is not None:
+            return original, why
+    return corrected, None
+
 
 # The authors' input formats: one constant each, shared by data building, training and inference.
 STREAM_ALIGNER_TEMPLATE = (
@@ -63,6 +97,7 @@ class StreamStep:
     aligner_seconds: float
     elapsed: float
     drafted: bool = False  # the upstream sampled it speculatively while the previous sentence was corrected
+    rejected: str | None = None  # why the aligner's correction was refused by the guard (the original was kept)
 
 
 @dataclass
@@ -73,6 +108,7 @@ class AlignedAnswer:
     steps: list[StreamStep] = field(default_factory=list)
     first_seconds: float = 0.0  # time to the first corrected text
     total_seconds: float = 0.0
+    rejected: str | None = None  # (Aligner) why the guard refused the correction; the Stream Aligner's steps say it
 
 
 class _Correction:
@@ -108,6 +144,8 @@ def _check_common(config) -> None:
     check_range("max_correction_tokens", config.max_correction_tokens, low=1, integer=True)
     check_sampling(config.sampling)
     check_choice("unit", config.unit, UNITS)
+    if config.guard is not None:
+        check_choice("guard", config.guard, GUARDS)
 
 
 @dataclass(frozen=True)
@@ -130,6 +168,13 @@ class StreamAligner:
         unit: what is corrected at a time (a "sentence" in the names above): ``sentence`` (prose,
             :func:`w2s.split_sentences`) or ``line`` (a logical line of code: brackets, strings and
             backslash continuations spanning lines stay together, :mod:`w2s.aligner.lines`).
+        guard: what a correction may change: None, anything; ``code``, comments only (a correction that
+            changes a code token, or does not tokenize, is refused and the original unit kept:
+            :func:`accept`).
+        function_body: (unit ``line``) the answer is the body of a function, written after its signature
+            by raw completion: the first line that starts at column 0 ends it and is dropped (the rule of
+            :data:`w2s.tasks.code.STOP`, which stop strings cannot apply once a line's newline is in the
+            prefix).
     """
 
     max_sentences: int = 16
@@ -138,13 +183,18 @@ class StreamAligner:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     speculative: bool = False
     unit: str = field(default="sentence", metadata={"choices": tuple(UNITS)})
+    guard: str | None = field(default=None, metadata={"choices": GUARDS})
+    function_body: bool = False
 
     def __post_init__(self) -> None:
         _check_common(self)
         check_range("max_sentences", self.max_sentences, low=1, integer=True)
         check_range("max_sentence_tokens", self.max_sentence_tokens, low=1, integer=True)
-        if not isinstance(self.speculative, bool):
-            raise ValueError(f"speculative must be true or false, got {self.speculative!r}.")
+        for name in ("speculative", "function_body"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}.")
+        if self.function_body and self.unit != "line":
+            raise ValueError(f"function_body needs unit='line', got unit={self.unit!r}.")
 
     def stream(self, upstream: LanguageModel, aligner, question: str, *, seed: int = 0,
                upstream_template: str = "chat", aligner_template: str = "chat") -> Iterator[StreamStep]:
@@ -195,9 +245,16 @@ class StreamAligner:
                 sentences.update((i, drafts[i]) for i in live if i in drafts)
                 drafted, drafts, saved = set(drafts), {}, None
                 t1 = time.perf_counter()
-                originals = {i: text.rstrip() for i, (text, _) in sentences.items()}  # whitespace opens the next
+                # a sentence's trailing whitespace opens the next one; a line keeps its newline (without it the
+                # upstream could go on writing the same line)
+                originals = {i: text if self.unit == "line" else text.rstrip() for i, (text, _) in sentences.items()}
+                if self.function_body:  # a line at column 0: the function is done
+                    for i, text in originals.items():
+                        if _BLANK_LINES.sub("", text)[:1].strip():
+                            originals[i], sentences[i] = "", ("", True)
                 todo = [i for i in sorted(live) if originals[i].strip()]
-                revising = pool.submit(self._revisions, job, aligner_rows, questions, prefixes, originals, todo)
+                revising = pool.submit(self._revisions, job, aligner_rows, questions, prefixes,
+                                       {i: shown(self.unit, originals[i]) for i in todo})
                 last_round = index + 1 == self.max_sentences
                 speculated = [i for i in todo if not sentences[i][1]] if self.speculative and not last_round else []
                 if speculated:  # meanwhile the upstream goes on from the uncorrected sentence
@@ -209,8 +266,8 @@ class StreamAligner:
                 t2 = time.perf_counter()
                 for i in sorted(live):
                     original = originals[i]
-                    lead = original[: len(original) - len(original.lstrip())]
-                    corrected = lead + revisions[i].strip() if i in revisions else original
+                    corrected, rejected = accept(self.guard, original, revisions[i]) if i in revisions else (original,
+                                                                                                           None)
                     if i in drafts and corrected != original:  # the draft continued a sentence that changed
                         del drafts[i]
                         if saved is not None:  # sample as if it had never been drawn
@@ -220,7 +277,7 @@ class StreamAligner:
                         live.discard(i)
                     if original:
                         yield StreamStep(i, index, original, corrected, t1 - t0, t2 - t1, time.perf_counter() - start,
-                                         drafted=i in drafted)
+                                         drafted=i in drafted, rejected=rejected)
 
     def context_error(self, upstream, aligner, question: str, *, upstream_template: str = "chat",
                       aligner_template: str = "chat") -> str | None:
@@ -234,18 +291,25 @@ class StreamAligner:
                                  prefix + self.max_sentence_tokens + self.max_correction_tokens, who="the aligner"))
 
     @staticmethod
-    def _revisions(job: _Correction, aligner_rows: TextGenerator | None, questions, prefixes, originals, todo
+    def _revisions(job: _Correction, aligner_rows: TextGenerator | None, questions, prefixes, units: dict[int, str]
                    ) -> dict[int, str]:
+        """The aligner's revision of each unit (row -> the unit as :func:`shown`); a function aligner with a
+        ``many`` method gets all of a round's units in one call: ``many({row: (question, prefix, unit)})``."""
         if aligner_rows is None:
-            return {i: job.aligner(questions[i], prefixes[i], originals[i].strip()) for i in todo}
-        return job.revise(aligner_rows, {i: stream_aligner_input(questions[i], prefixes[i], originals[i].strip())
-                                         for i in todo})
+            if hasattr(job.aligner, "many"):
+                return job.aligner.many({i: (questions[i], prefixes[i], unit) for i, unit in units.items()})
+            return {i: job.aligner(questions[i], prefixes[i], unit) for i, unit in units.items()}
+        return job.revise(aligner_rows, {i: stream_aligner_input(questions[i], prefixes[i], unit)
+                                         for i, unit in units.items()})
 
     def correct_sentence(self, aligner, question: str, prefix: str, sentence: str, *,
                          aligner_template: str = "chat") -> str:
-        """One correction outside the loop (e.g. to correct a finished answer sentence by sentence)."""
+        """One correction outside the loop (e.g. to correct a finished answer sentence by sentence), as in the
+        loop: ``sentence``'s leading whitespace kept, the guard applied (:func:`accept`)."""
         job = _Correction(None, aligner, self.sampling, self.max_correction_tokens, "chat", aligner_template)
-        return self._revisions(job, job.aligner_generator(1), [question], [prefix], {0: sentence}, [0])[0].strip()
+        sentence = sentence.rstrip()
+        revision = self._revisions(job, job.aligner_generator(1), [question], [prefix], {0: shown(self.unit, sentence)})
+        return accept(self.guard, sentence, revision[0])[0]
 
 
 @dataclass(frozen=True)
@@ -262,6 +326,8 @@ class Aligner:
         max_sentences: end the upstream's answer after that many sentences (units), as the Stream
             Aligner's rounds do; None: no limit.
         unit: what ``max_sentences`` counts: ``sentence`` or ``line`` (as the Stream Aligner's unit).
+        guard: what the correction may change (as the Stream Aligner's): None, anything; ``code``,
+            comments only (else the answer is kept as the upstream wrote it).
     """
 
     max_new_tokens: int = 512
@@ -269,6 +335,7 @@ class Aligner:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     max_sentences: int | None = None
     unit: str = field(default="sentence", metadata={"choices": tuple(UNITS)})
+    guard: str | None = field(default=None, metadata={"choices": GUARDS})
 
     def __post_init__(self) -> None:
         _check_common(self)
@@ -295,10 +362,15 @@ class Aligner:
         generated = job.upstream_generator(n, seed, start_index).generate(contexts, self.max_new_tokens, stop=stop)
         answers = {i: text for i, (text, _) in generated.items()}
         if job.aligner_is_model:
-            asks = {i: aligner_input(q, answers[i].strip()) for i, q in enumerate(questions)}
+            asks = {i: aligner_input(q, shown(self.unit, answers[i])) for i, q in enumerate(questions)}
             corrections = job.revise(job.aligner_generator(n), asks)
         else:
-            corrections = {i: aligner(q, answers[i].strip()) for i, q in enumerate(questions)}
+            corrections = {i: aligner(q, shown(self.unit, answers[i])) for i, q in enumerate(questions)}
         total = time.perf_counter() - start
-        return [AlignedAnswer(q, answers[i], corrections[i].strip(), first_seconds=total, total_seconds=total)
-                for i, q in enumerate(questions)]
+        out = []
+        for i, q in enumerate(questions):
+            corrected, rejected = ((corrections[i].strip(), None) if self.guard is None else
+                                   accept(self.guard, answers[i].rstrip(), corrections[i]))
+            out.append(AlignedAnswer(q, answers[i], corrected, first_seconds=total, total_seconds=total,
+                                     rejected=rejected))
+        return out

@@ -115,6 +115,35 @@ class CodePairsOptions:
     limit: int = 0
 
 
+@dataclass
+class CodeCorrectionsOptions:
+    """What ``w2s data code-corrections`` runs and writes (w2s.training.code_corrections).
+
+    Attributes:
+        upstream: the coder whose answers are corrected (a model directory, a set-up name or a .gguf file).
+        teacher: the coder that explains each line (the same kinds of name).
+        out: the line records {question, prefix, sentence, correction, rejected} (a rerun goes on with it).
+        whole_out: also whole-answer records {question, answer, correction} (for the Aligner).
+        problems: a HumanEval-format JSONL file; none: HumanEval.  Its training split (even task numbers) is used.
+        max_lines: logical lines per answer.
+        temperature: the upstream's sampling temperature (top-p 0.95).
+        seed: seeds each problem's answer, with its position.
+        batch_size: problems answered together.
+        limit: the first N training problems only; 0: all.
+    """
+
+    upstream: str
+    teacher: str
+    out: str
+    whole_out: str | None = None
+    problems: str | None = None
+    max_lines: int = 24
+    temperature: float = 0.8
+    seed: int = 0
+    batch_size: int = 4
+    limit: int = 0
+
+
 def add_parsers(sub) -> None:
     s = sub.add_parser("stream", help="Stream Aligner: correct the upstream's answer sentence by sentence, streaming")
     add_model_flags(s, STREAM_ROLES, remote=("upstream",), helps=HELPS)
@@ -133,6 +162,10 @@ def add_parsers(sub) -> None:
                         "on HumanEval's training problems")
     add_config_flags(k, CodePairsOptions)
     k.set_defaults(func=run_code_pairs)
+    r = data.add_parser("code-corrections", help="Stream Aligner records for code: a coder's answers to HumanEval's "
+                        "training problems, each line explained in a comment by a coder teacher")
+    add_config_flags(r, CodeCorrectionsOptions)
+    r.set_defaults(func=run_code_corrections)
 
 
 def run_stream(args) -> int:
@@ -235,4 +268,19 @@ def run_code_pairs(args) -> int:
                              samples=args.samples, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                              seed=args.seed, batch_size=args.batch_size)
     print(f"{len(pairs)} pairs of {len(problems)} problems in {args.out} (sha256 {data_hash(args.out)})")
+    return 0
+
+
+def run_code_corrections(args) -> int:
+    from ..models import ModelSpec, load
+    from ..tasks import code
+    from ..training.code_corrections import build_code_corrections
+    from ..training.code_pairs import data_hash
+
+    problems = code.split(code.load_problems(args.problems), "train")[: args.limit or None]
+    upstream, teacher = (load(ModelSpec(path)).model for path in (args.upstream, args.teacher))
+    n = build_code_corrections(upstream, teacher, problems, args.out, whole_out_path=args.whole_out,
+                               max_lines=args.max_lines, temperature=args.temperature, seed=args.seed,
+                               batch_size=args.batch_size)
+    print(f"{n} line records of {len(problems)} problems in {args.out} (sha256 {data_hash(args.out)})")
     return 0

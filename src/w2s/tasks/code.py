@@ -168,6 +168,16 @@ def changed_code(original: str, corrected: str) -> str | None:
     return f"code changed at token {at}: {was!r} became {now!r}"
 
 
+_FENCED = re.compile(r"\A\s*```[\w+-]*[ \t]*\n(.*?)\n?[ \t]*```\s*\Z", re.S)
+
+
+def unfence(text: str) -> str:
+    """The inside of a Markdown code fence when ``text`` is one fenced block (chat models often answer so),
+    else ``text``."""
+    match = _FENCED.match(text)
+    return match.group(1) if match else text
+
+
 def meets_comment_rule(completion: str) -> bool:
     """Whether the completion explains its steps: one comment line at least, and one per
     :data:`COMMENT_RATIO` code lines."""
