@@ -166,7 +166,12 @@ def test_code_corrections_explain_lines_keep_the_code_and_resume(strong, tmp_pat
     assert [r["correction"] for r in records] == ["    # note\n    y = x + 1", "    return (y,\n            y)"] * 2
     assert records[1]["prefix"] == "    # note\n    y = x + 1\n"  # what the upstream went on from
     before = out.read_text()
-    assert build_code_corrections(BodyWriter(), teacher, train, out, **kw) == 4 and out.read_text() == before
+    whole = tmp_path / "whole.jsonl"
+    assert build_code_corrections(BodyWriter(), teacher, train, out, whole_out_path=whole, **kw) == 4
+    assert out.read_text() == before  # resumed: nothing more to do
+    assert [json.loads(line) for line in whole.open()][1] == {
+        "question_index": 1, "question": train[1]["prompt"], "answer": "    y = x + 1\n    return (y,\n            y)",
+        "correction": "    # note\n    y = x + 1\n    return (y,\n            y)"}
     with pytest.raises(ValueError, match="must be training problems"):
         build_code_corrections(BodyWriter(), teacher, PROBLEMS, tmp_path / "x.jsonl", **kw)
 

@@ -123,7 +123,7 @@ class CodeCorrectionsOptions:
         upstream: the coder whose answers are corrected (a model directory, a set-up name or a .gguf file).
         teacher: the coder that explains each line (the same kinds of name).
         out: the line records {question, prefix, sentence, correction, rejected} (a rerun goes on with it).
-        whole_out: also whole-answer records {question, answer, correction} (for the Aligner).
+        whole_out: also whole-answer records {question, answer, correction} made of the line records (the Aligner's).
         problems: a HumanEval-format JSONL file; none: HumanEval.  Its training split (even task numbers) is used.
         max_lines: logical lines per answer.
         temperature: the upstream's sampling temperature (top-p 0.95).

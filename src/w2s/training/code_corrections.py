@@ -92,7 +92,8 @@ def build_code_corrections(upstream, teacher, problems: Sequence[dict], out_path
                            whole_out_path: str | Path | None = None, max_lines: int = 24, max_line_tokens: int = 64,
                            temperature: float = 0.8, seed: int = 0, batch_size: int = 4, progress: bool = True) -> int:
     """Write the sentence-level (line-level) records of the Stream Aligner loop over ``problems`` (training
-    problems only) to ``out_path``, and whole-answer records to ``whole_out_path`` when given; ``teacher``
+    problems only) to ``out_path``, and whole-answer records made of them (:func:`whole_records`) to
+    ``whole_out_path`` when given; ``teacher``
     is a model (wrapped in :class:`CommentTeacher`) or a function ``(question, prefix, line) -> correction``.
     Returns the number of line records."""
     from ..aligner.data import build_corrections
@@ -107,6 +108,25 @@ def build_code_corrections(upstream, teacher, problems: Sequence[dict], out_path
                          unit="line", guard="code", function_body=True)
     if hasattr(teacher, "generator"):  # a model
         teacher = CommentTeacher(teacher, slots=batch_size)
-    return build_corrections(upstream, teacher, [p["prompt"] for p in problems], out_path,
-                             whole_out_path=whole_out_path, loop=loop, upstream_template="{prompt}", seed=seed,
-                             batch_size=batch_size, progress=progress)
+    n = build_corrections(upstream, teacher, [p["prompt"] for p in problems], out_path, loop=loop,
+                          upstream_template="{prompt}", seed=seed, batch_size=batch_size, progress=progress)
+    if whole_out_path is not None:
+        whole_records(out_path, whole_out_path)
+    return n
+
+
+def whole_records(lines_path: str | Path, out_path: str | Path) -> int:
+    """Whole-answer records (the Aligner's) from line records: per question, ``answer`` is its lines as the
+    upstream wrote them and ``correction`` the same lines as corrected, each joined by newlines (blank lines
+    between them are not kept).  No second teacher pass: the answer is the one the loop streamed, written
+    after the corrected lines before each of its own.  Returns the number of records."""
+    from ..jsonl import dumps, read_complete
+
+    by_question: dict[int, list[dict]] = {}
+    for record in read_complete(Path(lines_path)):
+        by_question.setdefault(record["question_index"], []).append(record)
+    rows = [{"question_index": i, "question": records[0]["question"],
+             "answer": "\n".join(r["sentence"] for r in records),
+             "correction": "\n".join(r["correction"] for r in records)} for i, records in sorted(by_question.items())]
+    Path(out_path).write_text("".join(map(dumps, rows)), encoding="utf-8")
+    return len(rows)
