@@ -15,7 +15,7 @@ ENGINE_PKG := llama-cpp-python[server]==0.3.36
 X86_FLAGS := -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
 ENGINE_CMAKE := -DGGML_NATIVE=OFF $(if $(filter x86_64,$(shell uname -m)),$(X86_FLAGS))
 
-.PHONY: test test-slow test-vllm vllm-venv test-lowest bench install demo guides aligners review-guides code-guides clean
+.PHONY: test test-slow test-vllm vllm-venv test-lowest bench install demo guides aligners review-guides code-guides code-aligners clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -143,6 +143,23 @@ code-guides: $(STAMP)
 	  ship_adapter('build/code-style-tuned', '$(CODE_GUIDES)/style'); \
 	  ship_adapter('build/code-correct-tuned', '$(CODE_GUIDES)/correct', base='$(CODER)')"
 	for kind in style correct; do cp build/code-$$kind/pairs.jsonl $(CODE_GUIDES)/$$kind/pairs.jsonl; done
+
+# build the code aligners (issue 26): Qwen2.5-Coder-0.5B-Instruct's answers to HumanEval's training problems,
+# corrected line by line inside the Stream Aligner loop by the same coder explaining each line in a comment
+# (w2s data code-corrections, every record checked to change no code), then SFT LoRA adapters of
+# SmolLM2-135M-Instruct, line level (Stream Aligner) and whole answer (Aligner); resumable (build/code-aligner*)
+CODE_ALIGNERS := src/w2s/weights/code-aligner
+code-aligners: $(STAMP)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s setup
+	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s setup $(CODER)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s data code-corrections --upstream $(CODER) --teacher $(CODER) \
+	  --out build/code-aligner/lines.jsonl --whole-out build/code-aligner/whole.jsonl --batch-size 4
+	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s train aligner --kind stream --records build/code-aligner/lines.jsonl \
+	  --out build/code-aligner-stream --max-length 768 $(ALIGNER_SFT)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s train aligner --kind whole --records build/code-aligner/whole.jsonl \
+	  --out build/code-aligner-whole --max-length 1024 $(ALIGNER_SFT)
+	for m in stream whole; do $(PY) -c "from w2s.backends.adapters import ship_adapter; \
+	  ship_adapter('build/code-aligner-$$m', '$(CODE_ALIGNERS)/$$m')"; done
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

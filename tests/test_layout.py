@@ -135,7 +135,7 @@ COMMANDS = dict(leaf_parsers(build_parser()))
 
 def test_every_command_is_there():
     assert set(COMMANDS) == {"search", "demo", "setup", "train lm", "train dpo", "train aligner", "stream", "align",
-                             "data corrections", "data code-pairs", "eval sentiment", "eval reviews", "eval stream", "eval code",
+                             "data corrections", "data code-pairs", "data code-corrections", "eval sentiment", "eval reviews", "eval stream", "eval code",
                              "serve"}
 
 
