@@ -25,6 +25,22 @@ def test_overlap_is_word_f1():
     assert positive.overlap("a b c d", "a b") == pytest.approx(2 * 1 * 0.5 / 1.5)
 
 
+def test_inversions_flag_antonyms_and_negations_and_beyond_teacher_keeps_what_the_teacher_would_not_do():
+    """Issue 26 item 5: "fear of being misunderstood" -> "fearlessness of being understood" inverts twice, and
+    only the second swap is not the teacher's."""
+    original, corrected = "I fear being misunderstood.", "I fearlessness being understood."
+    assert positive.inversions(original, corrected) == ["fear -> fearlessness", "misunderstood -> understood"]
+    assert positive.beyond_teacher(original, corrected) == ["misunderstood -> understood"]
+    assert positive.inversions("It is safe.", "It is not safe.") == ["+not"]
+    assert positive.inversions("They don't care.", "They do care.") == ["don't -> do"]
+    assert positive.inversions("Those who don't have time", "Those who can't make time") == []  # still negated
+    assert positive.inversions("It is hopeless.", "It is hopeful.") == ["hopeless -> hopeful"]
+    assert positive.inversions("Good. It is not easy to say why.", "Good.") == []  # a passage left out
+    assert positive.inversions("The plan failed.", "The plan was a bold one.") == []  # rewritten, not inverted
+    assert positive.beyond_teacher("It is dangerous.", positive.rewrite("It is dangerous.")) == []
+    assert positive.beyond_teacher("It is not dangerous.", "It is safe.") == ["-not"]
+
+
 def test_question_splits_share_no_topic():
     train, heldout = positive.questions("train"), positive.questions("heldout")
     assert len(train) == 360 and len(heldout) == 120 and not set(train) & set(heldout)
@@ -74,6 +90,10 @@ def test_tiny_run_writes_gold_metrics_latency_table_and_plot(models, tmp_path):
     assert by["upstream"]["content_f1_mean"] == 1.0 and by["upstream"]["drafts_kept"] is None
     assert by["upstream"]["truncated"] is None and 0 <= by["aligner"]["looping"] <= 1
     assert by["teacher"]["vader_low"] <= by["teacher"]["vader_mean"] <= by["teacher"]["vader_high"]
+    assert by["upstream"]["inverted"] == 0 and by["teacher"]["inverted_beyond_teacher"] == 0
+    assert by["teacher"]["inverted"] == sum(bool(positive.inversions(r["original"], r["corrected"]))
+                                            for r in raw(tmp_path, "teacher")) / len(QUESTIONS)
+    assert "| inverted | beyond teacher |" in md
     comparisons = (tmp_path / "comparisons.md").read_text()
     assert "| stream-aligner − stream-aligner (its upstream answer) | VADER |" in comparisons
     from w2s.evaluation.stream import rewrite_from_raw

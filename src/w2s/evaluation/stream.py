@@ -41,7 +41,7 @@ CHECKED = ("questions", "max_sentences", "max_sentence_tokens", "temperature", "
            "whole_aligner", "upstream_template", "aligner_template")
 COLUMNS = ("method", "vader_mean", "vader_low", "vader_high", "vader_seed_sd", "content_f1_mean", "content_f1_low",
            "content_f1_high", "content_f1_seed_sd", "teacher_f1", "looping", "padded", "distinct2", "truncated",
-           "changed_sentences", "first_seconds", "total_seconds", "drafts_kept", "sentences", "questions", "seeds")
+           "changed_sentences", "inverted", "inverted_beyond_teacher", "first_seconds", "total_seconds", "drafts_kept", "sentences", "questions", "seeds")
 COMPARED = {"vader": "VADER", "content_f1": "content F1", "teacher_f1": "teacher F1",
             "first_seconds": "first (s)", "total_seconds": "total (s)"}
 ORIGINAL = " (its upstream answer)"  # the arm of a system's uncorrected answers
@@ -177,6 +177,11 @@ def _summary_row(name: str, run: dict, n_questions: int) -> dict:
            # the records keep no token counts, so truncation is not known (None)
            **{k: v for k, v in report.quality_stats(run, "corrected", None).items() if k != "answers"},
            "changed_sentences": sum(r["changed"] for r in flat) / sentences if sentences else None,
+           # answers whose correction says the opposite somewhere (an antonym or a negation), and those where the
+           # teacher's rewrite would not have
+           "inverted": statistics.fmean(bool(positive.inversions(r["original"], r["corrected"])) for r in flat),
+           "inverted_beyond_teacher": statistics.fmean(bool(positive.beyond_teacher(r["original"], r["corrected"]))
+                                                       for r in flat),
            "first_seconds": statistics.fmean(r["first_seconds"] for r in flat),
            "total_seconds": statistics.fmean(r["total_seconds"] for r in flat),
            "drafts_kept": sum(r["drafted"] for r in flat) / max(followers, 1) if "speculative" in name else None,
@@ -186,20 +191,23 @@ def _summary_row(name: str, run: dict, n_questions: int) -> dict:
 
 def markdown_table(rows: list[dict], notes: Sequence[str] = ()) -> str:
     lines = [f"| method | VADER [95% CI] | seed sd | content F1 [95% CI] | teacher F1 | {report.QUALITY_HEADER} "
-             "| sentences changed | first (s) | total (s) | drafts kept |",
-             "|:--|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+             "| sentences changed | inverted | beyond teacher | first (s) | total (s) | drafts kept |",
+             "|:--|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
     for r in rows:
         kept = "" if r["drafts_kept"] is None else f"{r['drafts_kept']:.0%}"
         changed = "" if r["changed_sentences"] is None else f"{r['changed_sentences']:.0%}"
         lines.append(f"| {LABELS[r['method']]} | {report.gold_cell(r, 'vader')} | {report.num(r['vader_seed_sd'])} "
                      f"| {report.gold_cell(r, 'content_f1')} | {r['teacher_f1']:.3f} | {report.quality_cells(r)} | {changed} "
-                     f"| {r['first_seconds']:.2f} | {r['total_seconds']:.2f} | {kept} |")
+                     f"| {r['inverted']:.0%} | {r['inverted_beyond_teacher']:.0%} | {r['first_seconds']:.2f} | {r['total_seconds']:.2f} | {kept} |")
     q, s = rows[0]["questions"], rows[0]["seeds"]
     lines += ["", f"{q} held-out questions × {s} seed(s). VADER: compound sentiment of the final answer in [-1, 1]. "
               "Content F1: words shared with the upstream's own answer. Teacher F1: words shared with the teacher's "
               "rewrite of that answer (mean). " + report.GOLD_NOTE.replace("prompt", "question") + " "
               + report.QUALITY_NOTE + " Truncated is – here: the records keep no token counts. First / total: "
-              "seconds to the first corrected text and to the whole answer. Drafts kept: sentences the "
+              "seconds to the first corrected text and to the whole answer. Inverted: share of answers whose correction "
+              "says the opposite somewhere, word for word (a word swapped for its antonym, by the teacher's table, a "
+              "negating prefix or -less/-ful, or a negation added or removed: w2s.tasks.positive.inversions); beyond "
+              "teacher: those with such a change the teacher's rewrite does not make. Drafts kept: sentences the "
               "upstream had already sampled while the aligner worked, among all sentences after the first. "
               "Paired differences between rows: `comparisons.md`."]
     if notes:

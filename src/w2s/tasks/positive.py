@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from difflib import SequenceMatcher
 from functools import lru_cache
 from importlib import resources
 
@@ -134,6 +135,65 @@ def overlap(original: str, corrected: str) -> float:
         return 0.0
     precision, recall = common / sum(b.values()), common / sum(a.values())
     return 2 * precision * recall / (precision + recall)
+
+
+NEGATIONS = frozenset({"not", "no", "never", "nor", "without", "none", "nothing", "cannot"})
+NEGATING_PREFIXES = ("un", "in", "im", "ir", "il", "dis", "mis", "non")
+
+
+def _opposite(a: str, b: str) -> bool:
+    """Whether lower-cased words ``a`` and ``b`` are antonyms: by the teacher's table (either way, simple
+    inflections included), by a negating prefix (``misunderstood``/``understood``), by ``-less``/``-ful``, or
+    as a negated contraction and its verb (``don't``/``do``)."""
+    if _positive(a) == b or _positive(b) == a:
+        return True
+    for x, y in ((a, b), (b, a)):
+        if any(x == p + y for p in NEGATING_PREFIXES) or (x.endswith("less") and y == x[:-4] + "ful"):
+            return True
+        if x.endswith("n't") and y in (x[:-3], {"won't": "will", "can't": "can", "shan't": "shall"}.get(x)):
+            return True
+    return False
+
+
+def inversions(original: str, corrected: str) -> list[str]:
+    """The changes by which ``corrected`` says the opposite of ``original``, word for word: a word replaced
+    by its antonym (:func:`_opposite`), or a negation (:data:`NEGATIONS`, ``n't``) added or removed where
+    words were replaced (one negation for another, ``don't`` for ``can't``, is none) or where at most two
+    words came or went (a passage left out is not an inversion).  Each is ``"a -> b"`` (``"+not"`` /
+    ``"-not"`` for a negation added or removed)."""
+    a = [w.lower() for w in WORD.findall(original)]
+    b = [w.lower() for w in WORD.findall(corrected)]
+    found = []
+    for op, i1, i2, j1, j2 in SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes():
+        if op == "equal":
+            continue
+        old, new = a[i1:i2], b[j1:j2]
+        if len(old) == len(new):
+            pairs = [(x, y) for x, y in zip(old, new) if _opposite(x, y)]
+            found += [f"{x} -> {y}" for x, y in pairs]
+            paired = {x for x, _ in pairs} | {y for _, y in pairs}
+            old, new = [w for w in old if w not in paired], [w for w in new if w not in paired]
+        if op == "replace" or len(old) + len(new) <= 2:  # not a passage left out or added
+            gone, came = [w for w in old if _negation(w)], [w for w in new if _negation(w)]
+            found += [f"-{w}" for w in gone[len(came):]] + [f"+{w}" for w in came[len(gone):]]
+    return found
+
+
+def _negation(word: str) -> bool:
+    return word in NEGATIONS or word.endswith("n't")
+
+
+def beyond_teacher(original: str, corrected: str) -> list[str]:
+    """:func:`inversions` of ``corrected`` that the teacher's rewrite of ``original`` does not make (the
+    task's own swaps, ``dangerous -> safe``, are what the teacher asks for; these are not)."""
+    allowed = Counter(inversions(original, rewrite(original)))
+    out = []
+    for change in inversions(original, corrected):
+        if allowed[change]:
+            allowed[change] -= 1
+        else:
+            out.append(change)
+    return out
 
 
 def whole_answer_records(sentence_records: list[dict]) -> list[dict]:
