@@ -138,7 +138,7 @@ class BodyWriter:
                 out = {}
                 for i in contexts:
                     rest = BodyWriter.BODY[at[i]:]
-                    text = rest[: stop(rest) or len(rest)]
+                    text = rest[: (stop(rest) if stop else None) or len(rest)]
                     at[i] += len(text)
                     out[i] = (text, at[i] == len(BodyWriter.BODY))
                 return out
@@ -183,3 +183,47 @@ def test_code_corrections_explain_lines_keep_the_code_and_resume(strong, tmp_pat
     made = comment("def f(x):\n", "", "    return x")
     assert made == "    return x" or (made.startswith("    # ") and made.endswith("\n    return x"))
     assert comment.calls == 1
+
+
+def test_aligner_rows_correct_the_strong_models_answer_under_the_code_guard(model_dirs, tmp_path):
+    """Issue 26 item 4: stream-aligner (and speculative) and aligner rows beside the search rows, same problems,
+    gold and seeds; the guard keeps the code (pass lost 0), and records say what the aligner did."""
+    strong, tuned, untuned = (w2s.load_model(model_dirs[r]) for r in ("strong", "tuned", "untuned"))
+
+    def explain(question, prefix, line):  # comments every line; changes the code of none
+        return "# step\n" + line
+
+    def breaks(question, answer):  # the whole-answer aligner tries to replace the code: refused
+        return "    return 0\n"
+
+    kw = dict(seeds=(0,), max_new_tokens=6, batch_size=2, limits=code.Limits(timeout=2), progress=False)
+    with pytest.raises(ValueError, match="method 'aligner' needs whole_aligner"):
+        code_eval.evaluate_code(tmp_path / "x", strong, tuned, untuned, PROBLEMS, methods=("aligner",), **kw)
+    rows = code_eval.evaluate_code(tmp_path, strong, tuned, untuned, PROBLEMS, aligner=explain, whole_aligner=breaks,
+                                   methods=("stream-aligner", "stream-aligner-speculative", "aligner"), **kw)
+    by = {r["method"]: r for r in rows}
+    assert list(by) == ["base", "stream-aligner", "stream-aligner-speculative", "aligner"]
+    for name in ("stream-aligner", "aligner"):
+        raw = [json.loads(line) for line in (tmp_path / "raw" / name / "seed0.jsonl").open()]
+        assert [r["task_id"] for r in raw] == ["Mine/1", "Mine/3", "Mine/5"]
+        assert all({"passed_original", "code_changed", "rejected", "first_seconds"} <= set(r) for r in raw)
+        assert not any(r["code_changed"] for r in raw)  # the guard: comments only, or the answer as it was
+        assert [r["comments"] for r in raw] == [code.comment_lines(r["response"])[0] for r in raw]
+    assert by["aligner"]["pass_lost"] == 0 and by["stream-aligner"]["pass_lost"] == 0
+    assert by["base"]["pass_lost"] is None and by["stream-aligner"]["first_seconds"] is not None
+    assert "| first (s) | code changed | pass lost |" in (tmp_path / "summary.md").read_text()
+    assert "stream-aligner − base" in (tmp_path / "comparisons.md").read_text()
+    assert code_eval.rewrite_from_raw(tmp_path) == rows
+
+    # the runs themselves, on a coder that writes a body (the tiny random model writes none)
+    problem = {**PROBLEMS[0], "test": "def check(candidate):\n    assert candidate(1) == (2, 2)\n"}
+    gold = lambda prompts, responses: code.gold([problem] * len(prompts), responses, code.Limits(timeout=2))  # noqa
+    runs = code_eval.aligned_runs(BodyWriter(), "{prompt}", explain, breaks, "chat", 20, gold)
+    body = "    y = x + 1\n\n    return (y,\n            y)\n"
+    line, = runs["stream-aligner"]([problem["prompt"]], seed=0)
+    assert line.response == "    # step\n    y = x + 1\n\n    # step\n    return (y,\n            y)\n"
+    assert line.extra == {"passed_original": True, "rejected": 0, "code_changed": False,
+                          "first_seconds": line.extra["first_seconds"]} and line.extra["first_seconds"] > 0
+    assert gold([problem["prompt"]], [line.response])[0]["aligned"]  # passes, and one comment per two lines
+    whole, = runs["aligner"]([problem["prompt"]], seed=0)
+    assert whole.response == body and whole.extra["rejected"] == 1 and not whole.extra["code_changed"]

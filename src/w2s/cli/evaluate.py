@@ -116,6 +116,9 @@ class CodeOptions:
             correct (Qwen2.5-Coder-0.5B-Instruct and its DPO adapter preferring passing code); --tuned and
             --untuned replace either model.
         exec_timeout: seconds each completion's tests may run in the sandbox.
+        aligner: the line-level aligner of the stream-aligner runs (a model directory or a w2s: name, in its chat
+            template); needed by those runs only.
+        whole_aligner: the whole-answer aligner of the aligner run (the same kinds of name); needed by it only.
         from_raw: rewrite the summary, comparisons and plot from OUT/config.json and OUT/raw alone, executing and
             loading nothing (the other settings are ignored).
     """
@@ -129,6 +132,8 @@ class CodeOptions:
     batch_size: int = 4
     guides: str = field(default="style", metadata={"choices": CODE_GUIDE_KINDS})
     exec_timeout: float = 5.0
+    aligner: str | None = None
+    whole_aligner: str | None = None
     from_raw: bool = False
 
 
@@ -177,8 +182,9 @@ def add_parser(sub) -> None:
     add_config_flags(t, StreamEvalOptions)
     t.set_defaults(func=run_stream)
     c = ev.add_parser("code", help="weak-to-strong on HumanEval: executed tests and the comment rule",
-                      description="Greedy and sampled strong model, Best-of-4/16, CBS 2x2 and 4x4 with line chunks "
-                                  "and the guides alone on HumanEval's held-out problems (odd task numbers), every "
+                      description="Greedy and sampled strong model, Best-of-4/16, CBS 2x2 and 4x4 with line chunks, "
+                                  "the guides alone, and the strong model's answer corrected by an aligner (line by "
+                                  "line, or whole) on HumanEval's held-out problems (odd task numbers), every "
                                   "completion's tests run in the sandbox (resumable). Every model continues the "
                                   "problem's text (template '{prompt}').")
     add_model_flags(c, ROLES, remote=("strong",), helps=CODE_HELPS)
@@ -266,6 +272,7 @@ def run_reviews(args) -> None:
 
 def run_code(args) -> None:
     from ..evaluation.code import evaluate_code
+    from ..models import ModelSpec, load
     from ..tasks import code
 
     if _from_raw(args, "code"):
@@ -275,8 +282,10 @@ def run_code(args) -> None:
         problems = spread("prompts", problems, args.prompts, "the held-out problems")
     limits = code.Limits(timeout=args.exec_timeout)
     m = load_all(_with_defaults(model_specs(args, ROLES), CODE_DEFAULTS[args.guides], "{prompt}"))
+    aligners = {role: load(ModelSpec(path, role=role)).model for role in ("aligner", "whole_aligner")
+                if (path := getattr(args, role)) is not None}
     evaluate_code(args.out, m.strong.model, m.tuned.model, m.untuned.model, problems, strong_template=m.strong.template,
                   tuned_template=m.tuned.template, untuned_template=m.untuned.template, seeds=args.seeds,
                   max_new_tokens=args.max_new_tokens, methods=args.methods or None, batch_size=args.batch_size,
-                  limits=limits, guides=args.guides)
+                  limits=limits, guides=args.guides, **aligners)
     print((Path(args.out) / "summary.md").read_text(encoding="utf-8"), end="")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import statistics
 from math import comb
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -32,7 +33,9 @@ from .common import (SAMPLING, SEARCH_MODELS_CHECKED, check_runs, draw_lines, fi
                      model_settings, run_prompts, start_run, write_summary)
 
 CODE_RUNS = {"greedy": 1, "base": 1, "bon-4": 4, "bon-16": 16, "cbs-2x2": 4, "cbs-4x4": 16, "tuned-alone": 1,
-             "untuned-alone": 1}
+             "untuned-alone": 1, "stream-aligner": 1, "stream-aligner-speculative": 1, "aligner": 1}
+# the runs that correct the strong model's answer with an aligner (issue 26) instead of steering its sampling
+ALIGNER_RUNS = ("stream-aligner", "stream-aligner-speculative", "aligner")
 CHUNK_LENGTH = 32  # strong-model tokens a line chunk may run to before it is cut anyway
 CHECKED = ("task_ids", "max_new_tokens", "temperature", "top_p", "top_k", *SEARCH_MODELS_CHECKED)
 GOLD = ("pass", "aligned", "commented")
@@ -41,7 +44,7 @@ GETTERS = {"pass": lambda r: float(r["passed"]), "aligned": lambda r: float(r["a
            "commented": lambda r: float(r["commented"])}
 COLUMNS = ("method", "compute_N", *(f"{g}_{s}" for g in GOLD for s in ("mean", "low", "high", "seed_sd")),
            "pass_at_seeds", "comment_lines", "looping", "truncated", "timeouts", "mean_tokens", "sampled_tokens",
-           "guide_tokens", "seconds_per_problem", "problems", "seeds")
+           "guide_tokens", "seconds_per_problem", "first_seconds", "code_changed", "pass_lost", "problems", "seeds")
 
 
 def comparisons(names: Sequence[str]) -> list[tuple[str, str, tuple[str, ...]]]:
@@ -50,16 +53,20 @@ def comparisons(names: Sequence[str]) -> list[tuple[str, str, tuple[str, ...]]]:
     against base; the tuned guide against the untuned one; sampled against greedy."""
     pairs = [("cbs-2x2", "base"), ("cbs-4x4", "base"), ("cbs-2x2", "greedy"), ("cbs-4x4", "greedy"),
              ("cbs-2x2", "bon-4"), ("cbs-4x4", "bon-16"), ("cbs-2x2", "tuned-alone"), ("cbs-4x4", "tuned-alone"),
-             ("bon-4", "base"), ("bon-16", "base"), ("tuned-alone", "untuned-alone"), ("base", "greedy")]
+             ("bon-4", "base"), ("bon-16", "base"), ("tuned-alone", "untuned-alone"), ("base", "greedy"),
+             ("stream-aligner", "base"), ("aligner", "base"), ("stream-aligner", "aligner"),
+             ("stream-aligner", "cbs-2x2"), ("stream-aligner-speculative", "stream-aligner")]
     return [(a, b, GOLD) for a, b in pairs if a in names and b in names]
 
 
 def evaluate_code(out_dir, strong, tuned, untuned, problems: Sequence[dict], *, strong_template="{prompt}",
                   tuned_template="{prompt}", untuned_template="{prompt}", seeds=(0,), max_new_tokens=384,
                   methods=None, batch_size=4, limits: code.Limits = code.Limits(), guides: str = "",
-                  progress=True) -> list[dict]:
+                  aligner=None, whole_aligner=None, aligner_template="chat", progress=True) -> list[dict]:
     """Run every method for every seed over ``problems`` (resuming what ``out_dir`` holds), execute each
-    completion's tests and write the summary table, the comparisons and the plot; returns the summary rows."""
+    completion's tests and write the summary table, the comparisons and the plot; returns the summary rows.
+    ``aligner`` / ``whole_aligner`` (models or functions, as :class:`w2s.StreamAligner` takes them) are
+    needed by the runs of :data:`ALIGNER_RUNS` only (:func:`aligned_runs`)."""
     from ..scoring import LogRatioScorer
 
     problems, seeds = list(problems), list(dict.fromkeys(seeds))
@@ -68,10 +75,16 @@ def evaluate_code(out_dir, strong, tuned, untuned, problems: Sequence[dict], *, 
         raise ValueError("problems must have distinct prompts (each raw record is matched to its problem by it).")
     names = check_runs(CODE_RUNS, methods, problems, seeds, batch_size, max_new_tokens, always=("base",),
                        what="problems")
+    for name in names:
+        if name in ALIGNER_RUNS and (whole_aligner if name == "aligner" else aligner) is None:
+            raise ValueError(f"method {name!r} needs {'whole_aligner' if name == 'aligner' else 'aligner'}, "
+                             f"got none.")
     models = {"strong": strong, "tuned": tuned, "untuned": untuned}
     templates = {"strong": strong_template, "tuned": tuned_template, "untuned": untuned_template}
+    correctors = {who: m for who, m in (("aligner", aligner), ("whole_aligner", whole_aligner)) if m is not None}
     config = {"task_ids": [p["task_id"] for p in problems], "prompts": prompts, "max_new_tokens": max_new_tokens,
               **SAMPLING, **model_settings(models, templates), "guides": guides, "seeds": seeds, "methods": names,
+              **{who: getattr(m, "name", getattr(m, "__name__", type(m).__name__)) for who, m in correctors.items()},
               "batch_size": batch_size, "chunk_length": CHUNK_LENGTH, "chunk_end": "line",
               "stop": list(code.STOP), "limits": {"timeout": limits.timeout, "memory_mb": limits.memory_mb,
                                                   "output_kb": limits.output_kb}}
@@ -84,17 +97,66 @@ def evaluate_code(out_dir, strong, tuned, untuned, problems: Sequence[dict], *, 
         return [{"task_id": by_prompt[p]["task_id"], **g} for p, g in zip(batch_prompts, rows)]
 
     scorer = LogRatioScorer(tuned, untuned, tuned_template, untuned_template)
+    corrected = aligned_runs(strong, strong_template, aligner, whole_aligner, aligner_template, max_new_tokens, gold)
     for name in names:
-        search = make_search(name, CODE_RUNS[name], max_new_tokens, CHUNK_LENGTH, chunk_end="line", stop=code.STOP)
-        who = name.removesuffix("-alone") if name.endswith("-alone") else "strong"
+        if name in ALIGNER_RUNS:
+            generate = corrected[name]
+        else:
+            search = make_search(name, CODE_RUNS[name], max_new_tokens, CHUNK_LENGTH, chunk_end="line",
+                                 stop=code.STOP)
+            who = name.removesuffix("-alone") if name.endswith("-alone") else "strong"
 
-        def generate(batch, search=search, who=who, **kw):
-            return search.generate(models[who], scorer, batch, template=templates[who], **kw)
+            def generate(batch, search=search, who=who, **kw):
+                return search.generate(models[who], scorer, batch, template=templates[who], **kw)
 
         for seed in seeds:
             run_prompts(out / "raw" / name / f"seed{seed}.jsonl", name, generate, prompts, seed, batch_size, progress,
                         gold)
     return rewrite_from_raw(out)
+
+
+def aligned_runs(strong, strong_template: str, aligner, whole_aligner, aligner_template: str, max_new_tokens: int,
+                 gold) -> dict:
+    """The runs of :data:`ALIGNER_RUNS` as ``generate`` functions of :func:`evaluate_code`: the strong model
+    (the upstream) completes the function as in every other run, sampled with the same settings, while the
+    aligner explains it, a logical line at a time (``stream-aligner``, and ``-speculative``: the next line
+    drafted meanwhile) or the whole answer once (``aligner``); under the code guard (a correction that
+    changes code is refused), to the same stop rule and token limit.  A record also keeps the upstream's
+    own answer's verdict (``passed_original``), whether the final code differs from it token for token
+    (``code_changed``), the corrections refused (``rejected``) and the time to the first corrected text."""
+    from types import SimpleNamespace
+
+    from ..aligner.stream import Aligner, StreamAligner
+    from ..backends.base import SamplingParams
+
+    sampling = SamplingParams(**SAMPLING, stop=code.STOP)
+    lines = StreamAligner(max_sentences=max_new_tokens, max_sentence_tokens=CHUNK_LENGTH, max_correction_tokens=128,
+                          sampling=sampling, unit="line", guard="code", function_body=True)
+    loops = {"stream-aligner": (lines, aligner), "stream-aligner-speculative": (replace(lines, speculative=True), aligner),
+             "aligner": (Aligner(max_new_tokens=max_new_tokens, max_correction_tokens=2 * max_new_tokens,
+                                 sampling=sampling, unit="line", guard="code"), whole_aligner)}
+
+    def run(name, batch, seed=0, batch_size=None, start_index=0, progress=False):
+        loop, corrector = loops[name]
+        answers = loop.run(strong, corrector, batch, seed=seed, start_index=start_index,
+                           upstream_template=strong_template, aligner_template=aligner_template)
+        originals = [code.finish(a.original) for a in answers]
+        before = gold(list(batch), originals)
+        out = []
+        for answer, original, verdict in zip(answers, originals, before):
+            response = code.finish(answer.corrected)
+            tokens = len(strong.encode(response)) if hasattr(strong, "encode") else len(response.split())
+            rejected = sum(s.rejected is not None for s in answer.steps) + (answer.rejected is not None)
+            out.append(SimpleNamespace(
+                prompt=answer.question, response=response, score=None, num_tokens=tokens,
+                sampled_tokens=len(strong.encode(original)) if hasattr(strong, "encode") else tokens,
+                guide_tokens=None, finished=True,
+                extra={"passed_original": verdict["passed"], "rejected": rejected,
+                       "code_changed": code.changed_code(original, response) is not None,
+                       "first_seconds": answer.first_seconds}))
+        return out
+
+    return {name: (lambda batch, name=name, **kw: run(name, batch, **kw)) for name in loops}
 
 
 def rewrite_from_raw(out_dir) -> list[dict]:
@@ -133,7 +195,11 @@ def _summary_row(name: str, run: dict, n_problems: int, max_new_tokens: int) -> 
                mean_tokens=statistics.fmean(r["num_tokens"] for r in flat),
                sampled_tokens=statistics.fmean(r["sampled_tokens"] for r in flat),
                guide_tokens=mean_of(flat, "guide_tokens"),
-               seconds_per_problem=statistics.fmean(r["seconds"] for r in flat))
+               seconds_per_problem=statistics.fmean(r["seconds"] for r in flat),
+               first_seconds=mean_of(flat, "first_seconds"), code_changed=mean_of(flat, "code_changed"),
+               # (an aligner's run) problems its own upstream answer passed and the corrected one fails
+               pass_lost=mean_of([{"lost": r.get("passed_original") and not r["passed"]} for r in flat
+                                  if "passed_original" in r] or [{}], "lost"))
     return row
 
 
@@ -141,13 +207,15 @@ def markdown_table(rows: list[dict], config: dict, notes: Sequence[str] = ()) ->
     num = report.num
     lines = ["| method | compute N | pass [95% CI] | aligned [95% CI] | comment rule [95% CI] | pass seed sd "
              "| comment lines | loops | truncated | timeouts | response tokens | sampled tokens | s / problem "
-             "| problems | seeds |", "|:--|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+             "| first (s) | code changed | pass lost | problems | seeds |",
+             "|:--|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
     for r in rows:
         lines.append(f"| {r['method']} | {num(r['compute_N'], 0)} | {report.gold_cell(r, 'pass')} "
                      f"| {report.gold_cell(r, 'aligned')} | {report.gold_cell(r, 'commented')} "
                      f"| {num(r['pass_seed_sd'])} | {r['comment_lines']:.2f} | {report.share(r['looping'])} "
                      f"| {report.share(r['truncated'])} | {r['timeouts']} | {r['mean_tokens']:.1f} "
-                     f"| {r['sampled_tokens']:.0f} | {r['seconds_per_problem']:.2f} | {r['problems']} "
+                     f"| {r['sampled_tokens']:.0f} | {r['seconds_per_problem']:.2f} | {num(r['first_seconds'])} "
+                     f"| {report.share(r['code_changed'])} | {report.share(r['pass_lost'])} | {r['problems']} "
                      f"| {r['seeds']} |")
     base = next((r for r in rows if r["method"] == "base"), None)
     lines += ["", "Pass: the problem's tests ran to their end in the sandbox (`w2s.tasks.sandbox`). Comment rule: "
@@ -156,7 +224,10 @@ def markdown_table(rows: list[dict], config: dict, notes: Sequence[str] = ()) ->
               f"repeated word trigrams; all {config['max_new_tokens']} tokens used without finishing). Timeouts: "
               "completions stopped at the sandbox's time limit. Compute N: strong-model samples per problem per "
               f"step (W·K for CBS, with line chunks capped at {config['chunk_length']} tokens; n for Best-of-N). "
-              "Sampled tokens: all the strong model drew per problem. Paired differences: `comparisons.md`."]
+              "Sampled tokens: all the strong model drew per problem. First (s): seconds to the first corrected "
+              "text, code changed: answers whose final code differs from the upstream's own token for token, pass "
+              "lost: answers whose upstream version passed and corrected version fails (the aligners' runs; the "
+              "code guard refuses corrections that change code). Paired differences: `comparisons.md`."]
     if base is not None and base["pass_at_seeds"] is not None:
         lines += ["", f"Base pass@{base['seeds']} over its {base['seeds']} seeds' samples: "
                       f"{base['pass_at_seeds']:.3f} (the headroom any selector of {base['seeds']} samples has)."]

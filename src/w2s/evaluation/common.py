@@ -196,7 +196,7 @@ def run_prompts(path: Path, name: str, generate, prompts: Sequence[str], seed: i
         golds = gold([r.prompt for r in results], [r.response for r in results])
         return [{"prompt": r.prompt, "response": r.response, **g, "score": finite(r.score), "num_tokens": r.num_tokens,
                  "sampled_tokens": r.sampled_tokens, "guide_tokens": r.guide_tokens, "finished": r.finished,
-                 "seconds": seconds}
+                 "seconds": seconds, **getattr(r, "extra", {})}
                 for r, g in zip(results, golds)]
 
     append_batches(path, prompts, batch_size, rows, desc=f"{name} seed {seed}", unit="prompt", progress=progress)
