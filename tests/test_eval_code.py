@@ -177,6 +177,8 @@ def test_code_corrections_explain_lines_keep_the_code_and_resume(strong, tmp_pat
 
     assert note_of("The line `x = 1` is used to set x to one. Then it returns.") == "Set x to one."
     assert note_of("```\n# counts the items\n```") == "Counts the items"
+    assert note_of("This line is intended to handle the empty list.") == "Handle the empty list."
+    assert note_of("This line is iterating over each character.") == "Iterating over each character."
     assert note_of("This line " + "loops " * 40).endswith("loops") and len(note_of("loops " * 40)) <= 120
     comment = CommentTeacher(strong, max_tokens=4, slots=1)
     assert comment("Q", "", "    # already a comment") == "    # already a comment" and comment.calls == 0

@@ -29,8 +29,9 @@ from ..tasks import code
 ASK = ("Here is a Python function being written:\n```python\n{code}```\nIts next line is:\n```python\n{line}\n```\n"
        "In at most fifteen words, say what this line does. Reply with those words only.")
 MAX_NOTE_CHARS = 120  # a longer explanation is cut at a word boundary
-# what a coder puts before its sentence, taken off: "The line `x = 1`", "This line", "Comment:"
-_OPENERS = re.compile(r"^(?:(?:the|this) (?:line|code)(?: `[^`]*`)?\s*(?:is used to\s*)?|comment:\s*)", re.I)
+# what a coder puts before its sentence, taken off: "The line `x = 1` is used to", "This line is", "Comment:"
+_OPENERS = re.compile(r"^(?:(?:the|this) (?:line|code)(?: `[^`]*`)?\s*|comment:\s*)"
+                      r"(?:is (?:intended|used|designed|meant) to\s+|is\s+(?=\w+ing\b))?", re.I)
 
 
 def note_of(reply: str) -> str:
