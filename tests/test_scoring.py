@@ -95,6 +95,27 @@ def test_incremental_equals_from_scratch_over_growing_responses(tuned, untuned):
     assert len(inc._tuned.groups) >= 1  # rows were kept for the next call
 
 
+def test_scores_read_their_logits_one_bounded_call_at_a_time(model_dirs, tuned, untuned, monkeypatch):
+    """Issue 27 item 2 with item 3's bound: the guides' logits are read call by call, never more positions at
+    once than max_tokens_per_forward, and the scores (incremental or not) are those of an unbounded forward."""
+    from w2s.backends import logprobs
+
+    shapes, calls = [], []
+    read = logprobs._Reader.read
+    monkeypatch.setattr(logprobs._Reader, "read", lambda self, logits, column: (shapes.append(logits.shape[:2]),
+                                                                                 read(self, logits, column))[1])
+    small = [w2s.load_model(model_dirs[r], max_tokens_per_forward=6) for r in ("tuned", "untuned")]
+    bounded, full = w2s.LogRatioScorer(*small), w2s.LogRatioScorer(tuned, untuned, incremental=False)
+    prompts = ["The cat sat on the mat and", "Once upon a time"] * 2
+    for responses in (["", " a", " happy cat", " é中 "], [" happy", " a dog", " happy cat is here", " é中 ok"]):
+        finished = [False, True, False, True]
+        want, before = full.score(prompts, responses, finished), len(shapes)
+        assert bounded.score(prompts, responses, finished) == pytest.approx(want, abs=1e-4)
+        calls += shapes[before:]  # the bounded guides' calls only
+    assert calls and max(rows * columns for rows, columns in calls) <= 6
+    assert len(calls) > 8  # forwards were split
+
+
 def test_incremental_forwards_only_new_tokens(tuned, untuned):
     scorer = w2s.LogRatioScorer(tuned, untuned)
     scratch = w2s.LogRatioScorer(tuned, untuned, incremental=False)

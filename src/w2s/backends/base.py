@@ -17,8 +17,8 @@ from ..validation import check_choice, check_range, check_stop
 
 # the most query tokens (rows x new positions) one forward of a local model runs: longer forwards (a long
 # prompt's prefill, many candidates scored at once) are split into several calls, which bounds the hidden
-# states, attention scores and masks one call holds (not the logits a caller keeps for every position).
-# On a GPU, raise it until the throughput stops growing.
+# states, attention scores, masks and logits one call holds (the guides' scoring reads each call's logits
+# and drops them).  On a GPU, raise it until the throughput stops growing.
 MAX_TOKENS_PER_FORWARD = 4096
 
 # context tokens decoded in front of a response to recover its leading space (TransformersModel.decode_after)

@@ -420,19 +420,26 @@ class KVRows:
         assert not any(self.branches), "rows with branches take forward_branches"
         return self._run([[(SHARED, toks)] for toks in new], last_only)
 
-    def forward_branches(self, new: Sequence[Sequence[Sequence[int]]], last_only: bool):
+    def forward_branches(self, new: Sequence[Sequence[Sequence[int]]], last_only: bool, read=None):
         """Append ``new[i][b]`` to branch ``b`` of row ``i`` and run the model over the new tokens only.
 
         With ``last_only`` every branch must get at most one token, and the logits of branch ``b`` of row
         ``i`` come back at ``[i, b]`` (``[rows, max_branches, vocab]``; meaningless for a branch that got
         none).  Otherwise ``(logits, starts)``: branch ``b``'s ``j``-th new token at
-        ``logits[i, starts[i][b] + j]``.
+        ``logits[i, starts[i][b] + j]`` (:meth:`branch_starts`).  With ``read``, the logits are handed over
+        model call by model call, ``read(logits, column)`` with row ``i``'s new column ``column + j`` at
+        ``logits[i, j]``, and never held together: ``(None, starts)`` comes back.
         """
         assert all(len(n) == len(b) for n, b in zip(new, self.branches))
         if last_only:
             assert all(len(t) <= 1 for n in new for t in n)
             return self._run([list(enumerate(n)) for n in new], last_only=False, pad_each=True)
-        logits = self._run([[(b, t) for b, t in enumerate(n) if t] for n in new], last_only=False)
+        logits = self._run([[(b, t) for b, t in enumerate(n) if t] for n in new], last_only=False, read=read)
+        return logits, self.branch_starts(new)
+
+    @staticmethod
+    def branch_starts(new: Sequence[Sequence[Sequence[int]]]) -> list[list[int]]:
+        """Where each branch's new tokens start among its row's new columns in :meth:`forward_branches`."""
         starts = []
         for n in new:
             offsets, at = [], 0
@@ -440,14 +447,15 @@ class KVRows:
                 offsets.append(at)
                 at += len(t)
             starts.append(offsets)
-        return logits, starts
+        return starts
 
     @torch.inference_mode()
     def _run(self, segments: Sequence[Sequence[tuple[int, Sequence[int]]]], last_only: bool,
-             pad_each: bool = False) -> torch.Tensor:
+             pad_each: bool = False, read=None) -> torch.Tensor | None:
         """Run one forward: row ``i`` gets the segments ``(owner, tokens)`` in order (owner SHARED or a branch
         id).  Shared tokens are right-aligned when ``last_only``, else every row's tokens are left-aligned;
-        with ``pad_each`` every segment takes one query, a padding one when it has no token."""
+        with ``pad_each`` every segment takes one query, a padding one when it has no token.  ``read``: see
+        :meth:`forward_branches`."""
         rows = len(segments)
         assert rows == len(self.ids)
         counts = [sum(max(len(t), pad_each) for _, t in segs) for segs in segments]
@@ -498,7 +506,12 @@ class KVRows:
             )
             if start + a == 0:
                 self._check_cache_used()
-            pieces.append(out.logits)
+            if read is not None and not last_only:
+                read(out.logits, a)
+            else:
+                pieces.append(out.logits)
+        if not pieces:
+            return None
         return pieces[-1][:, -1] if last_only else torch.cat(pieces, dim=1) if len(pieces) > 1 else pieces[0]
 
     def _columns_per_call(self, rows: int, width: int) -> int:

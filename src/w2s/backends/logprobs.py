@@ -165,9 +165,11 @@ class IncrementalLogProbs:
                 keeps.append(row_keeps)
                 new.append(row_new)
             rows.branch(keeps)
-            logits, starts = rows.forward_branches(new, last_only=False)
+            starts = KVRows.branch_starts(new)
             queries = [(row, starts[row][b], keep, known) for row, b, keep, known in member_runs]
-            self._record(rows, [(row, b) for row, b, _, _ in member_runs], seqs, responses, members, logits, queries,
+            reader = self._reader(seqs, members, queries)
+            rows.forward_branches(new, last_only=False, read=reader.read)
+            self._record(rows, [(row, b) for row, b, _, _ in member_runs], seqs, responses, members, reader, queries,
                          None, token_logprobs)
         for g, by_parent in children.items():  # children of one old group: branches of its parents
             group, parents = old[g], list(by_parent)
@@ -204,28 +206,21 @@ class IncrementalLogProbs:
                 new[row].append(seqs[j][1][keep:])
             rows.regroup([group.places[s] for s in parents], lengths, reserve=max(sum(map(len, n)) for n in new))
             rows.branch(keeps)
-            logits, starts = (rows.forward_branches(new, last_only=False) if any(t for n in new for t in n)
-                              else (None, None))
+            starts = KVRows.branch_starts(new)
+            queries = [(row, starts[row][b], keep, known) for row, b, keep, known in member_runs]
+            reader = self._reader(seqs, members, queries)
+            if any(t for n in new for t in n):
+                rows.forward_branches(new, last_only=False, read=reader.read)
             parent_next = [None if s is None else group.next_logprobs[s] for s in next_of_parent]
-            queries = [(row, starts[row][b] if starts else 0, keep, known) for row, b, keep, known in member_runs]
-            self._record(rows, [(row, b) for row, b, _, _ in member_runs], seqs, responses, members, logits, queries,
+            self._record(rows, [(row, b) for row, b, _, _ in member_runs], seqs, responses, members, reader, queries,
                          parent_next, token_logprobs)
         return [float(sum(lp[start:])) for lp, (_, _, start) in zip(token_logprobs, seqs)]
 
-    def _record(self, rows: KVRows, places, seqs, responses, members, logits, queries, parent_next, out) -> None:
-        """Score each member's new tokens from ``logits`` and keep the group for the next call.
-
-        ``queries[i] = (row, query, keep, known)``: member ``i``'s tokens after ``keep`` were run at queries
-        ``query...`` of ``row``, and ``known`` holds the log-probs of its first ``len(known)`` tokens.  The
-        logit at the query of token ``t`` scores token ``t + 1``; the last one is the next-token distribution.
-        ``parent_next[i]``, when not None, is the next-token distribution member ``i`` takes over from its
-        parent (it ran no token of its own).
-        """
-        device = self.lm.device
-        vocab = self.lm.num_logits
-        rows_idx, query_idx, targets, slots = [], [], [], []  # one entry per token to score
-        last_rows, last_queries, last_members = [], [], []
-        logprobs = [list(known) for _, _, _, known in queries]
+    def _reader(self, seqs, members, queries) -> "_Reader":
+        """What a forward's logits must give (see :meth:`_record` for ``queries``): for each member, the
+        log-probability of each of its new tokens after the first, at the query before it, and its last
+        query's next-token distribution."""
+        rows_idx, query_idx, targets, last_rows, last_queries, last_members = [], [], [], [], [], []
         for i, (j, (row, query, keep, known)) in enumerate(zip(members, queries)):
             ids = seqs[j][1]
             n_new = len(ids) - keep
@@ -234,33 +229,68 @@ class IncrementalLogProbs:
                 rows_idx.append(row)
                 query_idx.append(query + t)
                 targets.append(ids[keep + t + 1])
-                slots.append(i)
             if n_new:
                 last_rows.append(row)
                 last_queries.append(query + n_new - 1)
                 last_members.append(i)
-        scored: list[float] = []
-        for a in range(0, len(targets), self.TOKENS_PER_GATHER):
-            sl = slice(a, a + self.TOKENS_PER_GATHER)
-            picked = logits[torch.tensor(rows_idx[sl], device=device), torch.tensor(query_idx[sl], device=device)]
-            picked = picked.float()
-            target = torch.tensor(targets[sl], device=device)
-            scored += (picked.gather(1, target[:, None])[:, 0] - picked.logsumexp(dim=-1)).tolist()
-        for i, value in zip(slots, scored):
-            logprobs[i].append(value)
-        next_lp = torch.zeros(len(members), vocab, device=device)
+        return _Reader(rows_idx, query_idx, targets, last_rows, last_queries, last_members, self.lm.num_logits,
+                       self.lm.device, self.TOKENS_PER_GATHER)
+
+    def _record(self, rows: KVRows, places, seqs, responses, members, reader: "_Reader", queries, parent_next,
+                out) -> None:
+        """Score each member's new tokens from what ``reader`` read and keep the group for the next call.
+
+        ``queries[i] = (row, query, keep, known)``: member ``i``'s tokens after ``keep`` were run at queries
+        ``query...`` of ``row``, and ``known`` holds the log-probs of its first ``len(known)`` tokens.  The
+        logit at the query of token ``t`` scores token ``t + 1``; the last one is the next-token distribution.
+        ``parent_next[i]``, when not None, is the next-token distribution member ``i`` takes over from its
+        parent (it ran no token of its own).
+        """
+        logprobs = [list(known) for _, _, _, known in queries]
+        scored = iter(reader.scored.tolist())
+        for i, (j, (_, _, keep, known)) in enumerate(zip(members, queries)):
+            logprobs[i] += [next(scored) for _ in range(len(known) - keep - 1, len(seqs[j][1]) - keep - 1)]
+        next_lp = torch.zeros(len(members), self.lm.num_logits, device=self.lm.device)
         has_next = [False] * len(members)
         if parent_next is not None:
             for i, lp in enumerate(parent_next):
                 if lp is not None:
                     next_lp[i], has_next[i] = lp, True
-        if last_members:
-            last = logits[torch.tensor(last_rows, device=device), torch.tensor(last_queries, device=device)]
-            next_lp[torch.tensor(last_members, device=device)] = last.float().log_softmax(dim=-1)
-            for i in last_members:
+        if reader.last_members:
+            next_lp[torch.tensor(reader.last_members, device=next_lp.device)] = reader.next
+            for i in reader.last_members:
                 has_next[i] = True
         for i, j in enumerate(members):
             assert len(logprobs[i]) == len(seqs[j][1])
             out[j] = logprobs[i]
         self.groups.append(_Group(rows, list(places), [seqs[j][0] for j in members], [responses[j] for j in members],
                                   [seqs[j][1] for j in members], logprobs, next_lp, has_next))
+
+
+class _Reader:
+    """The logits a scoring forward needs, read model call by model call (``KVRows.forward_branches(...,
+    read=reader.read)``) so that no more of them exist at once than one call makes: entry ``e`` is the
+    log-probability of token ``targets[e]`` under the logits at ``(rows_idx[e], query_idx[e])`` (its logit
+    minus the logsumexp of its row, ``per_gather`` rows copied at a time), and ``next`` holds the
+    log-softmax at each ``(last_rows[k], last_queries[k])``, for member ``last_members[k]``."""
+
+    def __init__(self, rows_idx, query_idx, targets, last_rows, last_queries, last_members, vocab, device,
+                 per_gather: int):
+        as_tensor = lambda x: torch.tensor(x, dtype=torch.long, device=device)  # noqa: E731
+        self.rows, self.queries, self.targets = as_tensor(rows_idx), as_tensor(query_idx), as_tensor(targets)
+        self.last_rows, self.last_queries, self.last_members = as_tensor(last_rows), as_tensor(last_queries), last_members
+        self.scored = torch.zeros(len(targets), device=device)
+        self.next = torch.zeros(len(last_rows), vocab, device=device)
+        self.per_gather = per_gather
+
+    def read(self, logits: torch.Tensor, column: int) -> None:
+        """Take what is needed from ``logits`` ``[rows, width, vocab]``, the new columns ``column..column+width``."""
+        width = logits.shape[1]
+        inside = ((self.queries >= column) & (self.queries < column + width)).nonzero().flatten()
+        for a in range(0, len(inside), self.per_gather):
+            e = inside[a : a + self.per_gather]
+            picked = logits[self.rows[e], self.queries[e] - column].float()
+            self.scored[e] = picked.gather(1, self.targets[e, None])[:, 0] - picked.logsumexp(dim=-1)
+        last = ((self.last_queries >= column) & (self.last_queries < column + width)).nonzero().flatten()
+        if len(last):
+            self.next[last] = logits[self.last_rows[last], self.last_queries[last] - column].float().log_softmax(dim=-1)
