@@ -15,7 +15,7 @@ ENGINE_PKG := llama-cpp-python[server]==0.3.36
 X86_FLAGS := -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
 ENGINE_CMAKE := -DGGML_NATIVE=OFF $(if $(filter x86_64,$(shell uname -m)),$(X86_FLAGS))
 
-.PHONY: test test-slow test-vllm vllm-venv test-lowest bench install demo guides aligners review-guides code-guides code-aligners clean
+.PHONY: test test-slow test-vllm vllm-venv test-lowest bench bench-long install demo guides aligners review-guides code-guides code-aligners clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -80,6 +80,11 @@ bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_stream.py --out benchmarks/results/stream.json
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_serve.py --out benchmarks/results/serve.json
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_startup.py --out benchmarks/results/startup.json
+
+# Best-of-16 and CBS as answers grow to 2,048 tokens, against generate of the same rows (hours: an idle machine)
+bench-long: $(STAMP)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s setup
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_long.py --out benchmarks/results/long.json
 
 # rebuild the shipped sentiment guides (about 15 minutes on 2 cores): train, then copy the weights in
 GUIDES := src/w2s/weights/sentiment

@@ -1,0 +1,111 @@
+"""Cost of Best-of-N and CBS as answers grow, against ``transformers.generate`` of the same rows (issue 27).
+
+Each configuration runs in its own process, so that its peak resident memory is its own: Best-of-16, CBS
+(4, 4, chunks of 16) and ``generate(do_sample=True, num_return_sequences=16)`` with a static cache, for each
+answer length T, on the default strong model (SmolLM2-135M-Instruct) and the shipped sentiment guides, with
+the end tokens banned so that every row runs the full T tokens.  Figures, per method and T:
+``ms_per_token`` (seconds per sampled token), ``peak_rss_mb``, ``growth`` (ms per token over its value at the
+smallest T), ``memory_growth`` and ``over_generate`` (seconds over ``generate``'s at the same T).  Targets
+(issue 27): at T=512, growth <= 1.25 and memory growth <= 1.4 for both; over_generate <= 0.8 for
+Best-of-16 and <= 0.55 for CBS.  Run it on an idle machine: it takes hours at the longest T.
+
+Usage:  python benchmarks/bench_long.py --out benchmarks/results/long.json [--lengths 128 256 512 1024 2048]
+        [--prompts 2] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+METHODS = ("bon", "cbs", "generate")
+
+
+def one(method: str, tokens: int, n_prompts: int) -> dict:
+    """Run one configuration in this process and return its figures."""
+    import torch
+
+    import w2s
+    from w2s import defaults
+    from w2s.backends.gguf import strong_model_dir
+
+    prompts = [f"Write a long story about a journey, number {i}." for i in range(n_prompts)]
+    path = str(strong_model_dir())
+    if method == "generate":
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer.padding_side = "left"
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        batch = tokenizer(prompts, return_tensors="pt", padding=True)
+        start = time.perf_counter()
+        with torch.no_grad():
+            out = model.generate(**batch, do_sample=True, temperature=0.7, top_k=50, max_new_tokens=tokens,
+                                 min_new_tokens=tokens, num_return_sequences=16, cache_implementation="static")
+        seconds = time.perf_counter() - start
+        sampled = (out.shape[1] - batch["input_ids"].shape[1]) * out.shape[0]
+    else:
+        strong = w2s.load_model(path)
+        strong.banned_ids = sorted(set(strong.banned_ids) | set(strong.eos_ids))  # every row runs T tokens
+        scorer = w2s.LogRatioScorer(tuned=w2s.load_model(defaults.guide_dir("tuned")),
+                                    untuned=w2s.load_model(defaults.guide_dir("untuned")))
+        sampling = w2s.SamplingParams(temperature=0.7, top_k=50)
+        search = (w2s.BestOfN(n=16, max_new_tokens=tokens, sampling=sampling) if method == "bon" else
+                  w2s.ChunkBeamSearch(beam_width=4, successors_per_beam=4, chunk_length=16, max_new_tokens=tokens,
+                                      sampling=sampling))
+        start = time.perf_counter()
+        results = list(search.generate(strong, scorer, prompts, seed=0))
+        seconds = time.perf_counter() - start
+        sampled = sum(r.sampled_tokens for r in results)
+    return {"method": method, "tokens": tokens, "prompts": n_prompts, "seconds": round(seconds, 3),
+            "sampled_tokens": sampled, "ms_per_token": round(1000 * seconds / max(sampled, 1), 4),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", help="the JSON file to write (the whole run)")
+    ap.add_argument("--lengths", type=int, nargs="+", default=[128, 256, 512, 1024, 2048])
+    ap.add_argument("--prompts", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--one", nargs=2, metavar=("METHOD", "T"), help="(internal) run one configuration, print JSON")
+    args = ap.parse_args()
+    if args.one:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        print(json.dumps(one(args.one[0], int(args.one[1]), args.prompts)))
+        return
+    if not args.out:
+        ap.error("--out is required")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(args.threads)}
+    runs = []
+    for tokens in args.lengths:
+        for method in METHODS:
+            line = subprocess.run([sys.executable, __file__, "--one", method, str(tokens), "--prompts",
+                                   str(args.prompts), "--threads", str(args.threads)], env=env, check=True,
+                                  capture_output=True, text=True).stdout.strip().splitlines()[-1]
+            runs.append(json.loads(line))
+            print(line, flush=True)
+    first = min(args.lengths)
+    at = {(r["method"], r["tokens"]): r for r in runs}
+    for r in runs:
+        base, generate = at[(r["method"], first)], at[("generate", r["tokens"])]
+        r.update(growth=round(r["ms_per_token"] / base["ms_per_token"], 3),
+                 memory_growth=round(r["peak_rss_mb"] / base["peak_rss_mb"], 3),
+                 over_generate=round(r["seconds"] / generate["seconds"], 3))
+    result = {"machine": platform.processor() or platform.machine(), "threads": args.threads,
+              "prompts": args.prompts, "lengths": args.lengths, "runs": runs}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
