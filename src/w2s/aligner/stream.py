@@ -55,9 +55,9 @@ def accept(guard: str | None, original: str, revision: str) -> tuple[str, str | 
         from ..tasks.code import changed_code, unfence
 
         revision = unfence(revision.strip())
-    body = original.strip()
-    start = original.index(body[:1]) if body else len(original)
-    corrected = original[:start] + revision.strip() + original[start + len(body):]
+    lead = original[: len(original) - len(original.lstrip())]
+    tail = original[len(original.rstrip()):] if original.strip() else ""
+    corrected = lead + revision.strip() + tail
     if guard == "code" and corrected != original:
         why = changed_code(original, corrected)
         if why is not None:

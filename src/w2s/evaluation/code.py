@@ -120,17 +120,20 @@ def aligned_runs(strong, strong_template: str, aligner, whole_aligner, aligner_t
     """The runs of :data:`ALIGNER_RUNS` as ``generate`` functions of :func:`evaluate_code`: the strong model
     (the upstream) completes the function as in every other run, sampled with the same settings, while the
     aligner explains it, a logical line at a time (``stream-aligner``, and ``-speculative``: the next line
-    drafted meanwhile) or the whole answer once (``aligner``); under the code guard (a correction that
-    changes code is refused), to the same stop rule and token limit.  A record also keeps the upstream's
-    own answer's verdict (``passed_original``), whether the final code differs from it token for token
-    (``code_changed``), the corrections refused (``rejected``) and the time to the first corrected text."""
+    drafted meanwhile; at most ``max_new_tokens / 8`` lines of at most :data:`CHUNK_LENGTH` tokens) or the
+    whole answer once (``aligner``, ``max_new_tokens``); under the code guard (a correction that changes
+    code is refused) and the same stop rule.  ``sampled_tokens`` is the upstream answer's length in tokens.
+    A record also keeps the upstream's own answer's verdict (``passed_original``), whether the final code
+    differs from it token for token (``code_changed``), the corrections refused (``rejected``) and the time
+    to the first corrected text."""
     from types import SimpleNamespace
 
     from ..aligner.stream import Aligner, StreamAligner
     from ..backends.base import SamplingParams
 
     sampling = SamplingParams(**SAMPLING, stop=code.STOP)
-    lines = StreamAligner(max_sentences=max_new_tokens, max_sentence_tokens=CHUNK_LENGTH, max_correction_tokens=128,
+    lines = StreamAligner(max_sentences=max(max_new_tokens // 8, 1), max_sentence_tokens=CHUNK_LENGTH,
+                          max_correction_tokens=128,
                           sampling=sampling, unit="line", guard="code", function_body=True)
     loops = {"stream-aligner": (lines, aligner), "stream-aligner-speculative": (replace(lines, speculative=True), aligner),
              "aligner": (Aligner(max_new_tokens=max_new_tokens, max_correction_tokens=2 * max_new_tokens,
@@ -196,10 +199,10 @@ def _summary_row(name: str, run: dict, n_problems: int, max_new_tokens: int) -> 
                sampled_tokens=statistics.fmean(r["sampled_tokens"] for r in flat),
                guide_tokens=mean_of(flat, "guide_tokens"),
                seconds_per_problem=statistics.fmean(r["seconds"] for r in flat),
-               first_seconds=mean_of(flat, "first_seconds"), code_changed=mean_of(flat, "code_changed"),
-               # (an aligner's run) problems its own upstream answer passed and the corrected one fails
-               pass_lost=mean_of([{"lost": r.get("passed_original") and not r["passed"]} for r in flat
-                                  if "passed_original" in r] or [{}], "lost"))
+               first_seconds=mean_of(flat, "first_seconds"), code_changed=mean_of(flat, "code_changed"))
+    # (an aligner's run) problems whose upstream answer passed and whose corrected one fails
+    lost = [r["passed_original"] and not r["passed"] for r in flat if "passed_original" in r]
+    row["pass_lost"] = statistics.fmean(lost) if lost else None
     return row
 
 
