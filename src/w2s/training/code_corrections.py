@@ -101,9 +101,7 @@ def build_code_corrections(upstream, teacher, problems: Sequence[dict], out_path
     from ..aligner.stream import StreamAligner
     from ..backends.base import SamplingParams
 
-    held_out = [p["task_id"] for p in problems if code.task_number(p) % 2]
-    if held_out:
-        raise ValueError(f"problems must be training problems (even task numbers), got held-out {held_out[:3]}.")
+    code.check_training(problems)
     loop = StreamAligner(max_sentences=max_lines, max_sentence_tokens=max_line_tokens, max_correction_tokens=64,
                          sampling=SamplingParams(temperature=temperature, top_p=0.95, top_k=0, stop=code.STOP),
                          unit="line", guard="code", function_body=True)

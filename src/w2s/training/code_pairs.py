@@ -55,9 +55,7 @@ def build_code_pairs(model, problems: Sequence[dict], out_path: str | Path, *, k
     check_choice("kind", kind, KINDS)
     check_range("samples", samples, low=1, integer=True)
     check_range("batch_size", batch_size, low=1, integer=True)
-    held_out = [p["task_id"] for p in problems if code.task_number(p) % 2]
-    if held_out:
-        raise ValueError(f"problems must be training problems (even task numbers), got held-out {held_out[:3]}.")
+    code.check_training(problems)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     sample_path = out_path.with_name("samples.jsonl")
