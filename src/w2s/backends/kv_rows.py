@@ -7,6 +7,12 @@ of K times (a tree of sequences, as in tree attention).  :meth:`KVRows.regroup` 
 sequences (a row, or a branch of one) into the rows of a fresh cache with one gather per layer: that is
 how surviving beams become the next chunk's rows.
 
+Branches are for short continuations (a search's chunk).  A branch's queries attend over its siblings'
+columns too, so K continuations of T tokens each in one row cost every query ``P + K*T`` columns instead
+of ``P + T``; when their tokens outnumber the prefix they share (:func:`rows_beat_branches`: a
+Best-of-N sample, scoring whole answers) each continuation becomes a row of its own instead, the prefix
+copied once per row by :meth:`KVRows.regroup`, and every query attends over its own sequence only.
+
 Layout.  Keys and values live in buffers ``[rows, heads, capacity, head_dim]`` per layer, written in
 place (no concatenation per token) and grown in large steps.  Every forward call appends the same
 number of columns to all rows; a column holds a shared token, a token of one branch, or nothing (a hole:
@@ -255,6 +261,19 @@ class BufferLayer(CacheLayerMixin):
         self.used, self.is_initialized = 0, False
 
 
+def rows_beat_branches(prefixes: Sequence[int], tokens: Sequence[Sequence[int]]) -> bool:
+    """Whether continuations should run as rows of their own rather than as branches of their parents' rows.
+
+    ``prefixes[i]``: the tokens parent ``i``'s continuations share; ``tokens[i]``: how many tokens each of them
+    adds.  As branches, a continuation's queries also attend over its siblings' columns (up to
+    ``sum(tokens[i]) - max(tokens[i])`` of them); as rows, each continuation holds its own copy of the prefix.
+    Rows when, over all parents, the siblings' columns outnumber the prefixes: a query's span then stays
+    under twice its own sequence either way, and memory grows with the answers, not with their product.
+    """
+    extra = sum(sum(t) - max(t, default=0) for t in tokens)
+    return extra > sum(prefixes)
+
+
 class _Branch:
     """A continuation of a row: it sees the row's first ``keep`` shared tokens, then its own ``ids``."""
 
@@ -410,15 +429,16 @@ class KVRows:
         assert not any(self.branches), "branch rows that have no branches"
         self.branches = [[_Branch(k) for k in ks] for ks in keep]
 
-    def forward(self, new: Sequence[Sequence[int]], last_only: bool) -> torch.Tensor:
+    def forward(self, new: Sequence[Sequence[int]], last_only: bool, read=None) -> torch.Tensor | None:
         """Append ``new[i]`` to row ``i``'s shared tokens and run the model over the new tokens only.
 
         With ``last_only`` the logits of each row's last new token come back, ``[rows, vocab]`` (a row with
         no new token gets meaningless logits); otherwise all of them, ``[rows, max_new, vocab]``, row ``i``'s
-        ``j``-th new token at ``[i, j]``.
+        ``j``-th new token at ``[i, j]``, or, with ``read``, handed over call by call as in
+        :meth:`forward_branches` (and None comes back).
         """
         assert not any(self.branches), "rows with branches take forward_branches"
-        return self._run([[(SHARED, toks)] for toks in new], last_only)
+        return self._run([[(SHARED, toks)] for toks in new], last_only, read=read)
 
     def forward_branches(self, new: Sequence[Sequence[Sequence[int]]], last_only: bool, read=None):
         """Append ``new[i][b]`` to branch ``b`` of row ``i`` and run the model over the new tokens only.

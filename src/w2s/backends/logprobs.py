@@ -28,7 +28,7 @@ from typing import Sequence
 
 import torch
 
-from .kv_rows import KVRows
+from .kv_rows import KVRows, rows_beat_branches
 
 
 def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
@@ -164,16 +164,11 @@ class IncrementalLogProbs:
                     row_new.append(ids[keep:])
                 keeps.append(row_keeps)
                 new.append(row_new)
-            rows.branch(keeps)
-            starts = KVRows.branch_starts(new)
-            queries = [(row, starts[row][b], keep, known) for row, b, keep, known in member_runs]
-            reader = self._reader(seqs, members, queries)
-            rows.forward_branches(new, last_only=False, read=reader.read)
-            self._record(rows, [(row, b) for row, b, _, _ in member_runs], seqs, responses, members, reader, queries,
-                         None, token_logprobs)
+            self._run(rows, None, keeps, new, seqs, responses, members,
+                      member_runs, None, token_logprobs)
         for g, by_parent in children.items():  # children of one old group: branches of its parents
             group, parents = old[g], list(by_parent)
-            members, member_runs, keeps, lengths, next_of_parent, from_next = [], [], [], [], [], []
+            members, member_runs, keeps, next_of_parent, from_next = [], [], [], [], []
             for row, s in enumerate(parents):
                 parent_ids, lp, row_keeps = group.ids[s], group.token_logprobs[s], []
                 for j, n in by_parent[s]:
@@ -192,7 +187,6 @@ class IncrementalLogProbs:
                     member_runs.append((row, len(row_keeps), keep, known))
                     row_keeps.append(keep)
                 keeps.append(row_keeps)
-                lengths.append(max(row_keeps))
             if from_next:
                 at, seq, token = zip(*from_next)
                 device = group.next_logprobs.device
@@ -200,21 +194,43 @@ class IncrementalLogProbs:
                 values = group.next_logprobs[index].tolist()
                 for i, value in zip(at, values):
                     member_runs[i][3][-1] = value
-            rows = group.rows
             new = [[] for _ in parents]
             for j, (row, _, keep, _) in zip(members, member_runs):
                 new[row].append(seqs[j][1][keep:])
-            rows.regroup([group.places[s] for s in parents], lengths, reserve=max(sum(map(len, n)) for n in new))
+            parent_next = [None if s is None else group.next_logprobs[s] for s in next_of_parent]
+            self._run(group.rows, [group.places[s] for s in parents], keeps, new, seqs, responses, members,
+                      member_runs, parent_next, token_logprobs)
+        return [float(sum(lp[start:])) for lp, (_, _, start) in zip(token_logprobs, seqs)]
+
+    def _run(self, rows: KVRows, parents, keeps, new, seqs, responses, members, member_runs, parent_next,
+             token_logprobs) -> None:
+        """Run the members' new tokens after their parents' and score them: sequence ``parents[r]`` of ``rows``
+        (row ``r`` when ``parents`` is None) continues as ``new[r][b]`` after its first ``keeps[r][b]`` tokens,
+        for member ``b`` of parent ``r`` (``member_runs`` lists ``(r, b, keep, known)`` in member order).  The
+        parents become the rows of a fresh cache and the members branches of them, or, when that would make
+        the members attend over more of their siblings than of their parents (:func:`rows_beat_branches`:
+        whole answers), each member becomes a row of its own, holding a copy of its parent's first ``keep``
+        tokens."""
+        if rows_beat_branches([max(k) for k in keeps], [list(map(len, n)) for n in new]):
+            sources = [(r, None) if parents is None else parents[r] for r, _, _, _ in member_runs]
+            rows.regroup(sources, [keep for _, _, keep, _ in member_runs], reserve=max(len(t) for n in new for t in n))
+            own = [new[r][b] for r, b, _, _ in member_runs]
+            places = [(i, None) for i in range(len(member_runs))]
+            queries = [(i, 0, keep, known) for i, (_, _, keep, known) in enumerate(member_runs)]
+            reader = self._reader(seqs, members, queries)
+            if any(own):
+                rows.forward(own, last_only=False, read=reader.read)
+        else:
+            if parents is not None:
+                rows.regroup(parents, [max(k) for k in keeps], reserve=max(sum(map(len, n)) for n in new))
             rows.branch(keeps)
             starts = KVRows.branch_starts(new)
-            queries = [(row, starts[row][b], keep, known) for row, b, keep, known in member_runs]
+            places = [(r, b) for r, b, _, _ in member_runs]
+            queries = [(r, starts[r][b], keep, known) for r, b, keep, known in member_runs]
             reader = self._reader(seqs, members, queries)
             if any(t for n in new for t in n):
                 rows.forward_branches(new, last_only=False, read=reader.read)
-            parent_next = [None if s is None else group.next_logprobs[s] for s in next_of_parent]
-            self._record(rows, [(row, b) for row, b, _, _ in member_runs], seqs, responses, members, reader, queries,
-                         parent_next, token_logprobs)
-        return [float(sum(lp[start:])) for lp, (_, _, start) in zip(token_logprobs, seqs)]
+        self._record(rows, places, seqs, responses, members, reader, queries, parent_next, token_logprobs)
 
     def _reader(self, seqs, members, queries) -> "_Reader":
         """What a forward's logits must give (see :meth:`_record` for ``queries``): for each member, the

@@ -18,7 +18,7 @@ import torch
 from ..validation import check_choice, check_range
 from .base import (ANCHOR_TOKENS, MAX_TOKENS_PER_FORWARD, Continuation, SamplingParams, chat_turn_end_id, context_length_of, per_row,
                    render_prompt, special_token_ids)
-from .kv_rows import KVRows, check_model
+from .kv_rows import KVRows, check_model, rows_beat_branches
 from .logprobs import common_prefix_length
 from .sampling import sample_rows
 
@@ -304,8 +304,10 @@ class LocalSearchSession:
     """A generation session over a batch of prompts; see :class:`w2s.backends.base.SearchSession`.
 
     The rows of the KV cache are the live beams.  :meth:`expand` gives every parent row ``n`` branches
-    that share its keys and values (:class:`KVRows`) and samples them in lock step; :meth:`select` makes
-    the surviving continuations the next rows, with one gather.  When a chunk ends, its last sampled token
+    that share its keys and values (:class:`KVRows`) and samples them in lock step, or, when the samples
+    may outgrow what they share (:func:`rows_beat_branches`: Best-of-N's whole answers), copies each
+    parent's row once per sample and samples the copies as rows of their own; :meth:`select` makes the
+    surviving continuations the next rows, with one gather.  When a chunk ends, its last sampled token
     is *pending*: it is forwarded only if the beam survives, so rejected candidates cost nothing for it.
     A chunk cut by a chunk-end rule (``expand(..., end=...)``) ends exactly at the cut: the tokens sampled
     past it are rolled back, and a token the cut fell inside is replaced by the encoding of its part
@@ -353,11 +355,13 @@ class LocalSearchSession:
         # (row, branch, ids sampled, lane, draws): where each candidate sits and how it drew
         self.candidate_places: list[tuple[int, int, list[int], int, int]] = []
 
-    def _regroup(self, sources: Sequence[tuple[int, int | None]]) -> None:
+    def _regroup(self, sources: Sequence[tuple[int, int | None]], reserve: int = 0) -> None:
         for rows in self.stream_rows:
-            rows.regroup(sources)
+            rows.regroup(sources, reserve=reserve)
 
     def expand(self, parents: Sequence[int], n, max_tokens, end=None) -> list[Continuation]:
+        if self.candidates:
+            raise RuntimeError("select the survivors of the last expansion before expanding again.")
         parents = list(parents)
         ns, limits = per_row(n, len(parents)), per_row(max_tokens, len(parents))
         assert parents and min(ns) >= 1 and min(limits) >= 1
@@ -370,27 +374,38 @@ class LocalSearchSession:
             self.response_texts = [self.response_texts[p] for p in parents]
             self.lanes = [self.lanes[p] for p in parents]
             self.draws = [self.draws[p] for p in parents]
-        for rows in self.stream_rows:
-            rows.reserve(max(len(t) for t in self.pending) + max(ns) * max(limits))  # a column per branch per step
+        own_rows = rows_beat_branches([len(ids) + len(t) for ids, t in zip(self.stream_rows[0].ids, self.pending)],
+                                      [[limit] * k for k, limit in zip(ns, limits)])
+        for rows in self.stream_rows:  # as branches, a column per branch per step
+            rows.reserve(max(len(t) for t in self.pending) + (0 if own_rows else max(ns) * max(limits)))
         if any(self.pending):  # only the surviving beams' last tokens are forwarded
             logits = self.combine([rows.forward(self.pending, last_only=True) for rows in self.stream_rows])
             has_pending = torch.tensor([bool(t) for t in self.pending], device=logits.device)
             self.next_logits = torch.where(has_pending.unsqueeze(1), logits, self.next_logits)
             self.pending = [[] for _ in self.pending]
-        for rows in self.stream_rows:
-            rows.branch([[len(ids)] * k for ids, k in zip(rows.ids, ns)])
         places = [(r, k) for r, count in enumerate(ns) for k in range(count)]  # (row, branch) of each sample
-        # the samples' rows in the [rows * max(ns)] logits (all of them, in order, when every parent has max(ns))
-        at = None if len(set(ns)) == 1 else torch.tensor([r * max(ns) + k for r, k in places],
-                                                          device=self.next_logits.device)
+        if own_rows:  # each sample gets a copy of its parent's row; its place is that row
+            self._regroup([(r, None) for r, _ in places], reserve=max(limits))
+            sample_places = [(i, None) for i in range(len(places))]
 
-        def forward(tokens: list[int | None]) -> torch.Tensor:
-            new = [[] for _ in parents]
-            for (r, _), t in zip(places, tokens):
-                new[r].append([] if t is None else [t])
-            logits = [rows.forward_branches(new, last_only=True)[:, : max(ns)] for rows in self.stream_rows]
-            flat = [x.reshape(-1, x.shape[-1]) for x in logits]
-            return self.combine(flat if at is None else [x[at] for x in flat])
+            def forward(tokens: list[int | None]) -> torch.Tensor:
+                new = [[] if t is None else [t] for t in tokens]
+                return self.combine([rows.forward(new, last_only=True) for rows in self.stream_rows])
+        else:
+            for rows in self.stream_rows:
+                rows.branch([[len(ids)] * k for ids, k in zip(rows.ids, ns)])
+            sample_places = places
+            # the samples' rows in the [rows * max(ns)] logits (all of them, in order, when every parent has max(ns))
+            at = None if len(set(ns)) == 1 else torch.tensor([r * max(ns) + k for r, k in places],
+                                                              device=self.next_logits.device)
+
+            def forward(tokens: list[int | None]) -> torch.Tensor:
+                new = [[] for _ in parents]
+                for (r, _), t in zip(places, tokens):
+                    new[r].append([] if t is None else [t])
+                logits = [rows.forward_branches(new, last_only=True)[:, : max(ns)] for rows in self.stream_rows]
+                flat = [x.reshape(-1, x.shape[-1]) for x in logits]
+                return self.combine(flat if at is None else [x[at] for x in flat])
 
         prompts = [self.prompt_index[r] for r, _ in places]
         lanes, seen = [], {}
@@ -414,7 +429,7 @@ class LocalSearchSession:
                 text = self.lm.response_text(contexts[i], ids, draw.ended)
             self.candidates.append(Continuation(prompts[i], parents[r], text, draw.ended, len(ids), ids,
                                                 drawn=len(draw.ids)))
-            self.candidate_places.append((r, k, self.response_ids[r] + draw.ids, lanes[i],
+            self.candidate_places.append((*sample_places[i], self.response_ids[r] + draw.ids, lanes[i],
                                           self.draws[r] + len(draw.ids) + (draw.reason == "end")))
         return self.candidates
 
