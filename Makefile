@@ -15,7 +15,7 @@ ENGINE_PKG := llama-cpp-python[server]==0.3.36
 X86_FLAGS := -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
 ENGINE_CMAKE := -DGGML_NATIVE=OFF $(if $(filter x86_64,$(shell uname -m)),$(X86_FLAGS))
 
-.PHONY: test test-slow test-vllm vllm-venv test-lowest bench bench-long install demo guides aligners review-guides code-guides code-aligners clean
+.PHONY: test test-slow test-vllm vllm-venv test-lowest bench bench-long test-gpu bench-gpu install demo guides aligners review-guides code-guides code-aligners clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -85,6 +85,15 @@ bench: $(STAMP)
 bench-long: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s setup
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_long.py --out benchmarks/results/long.json
+
+# the GPU check (issue 27), on a machine with CUDA and its own torch and transformers (no install, no weight
+# file: every model is built from a config): kv-rows, layouts, methods and the family zoo against CPU, then
+# the long-answer benchmark in bfloat16; results in build/gpu (see benchmarks/gpu_check.py)
+GPU_PY ?= python3
+test-gpu:
+	PYTHONPATH=src $(GPU_PY) benchmarks/gpu_check.py --out build/gpu
+bench-gpu:
+	PYTHONPATH=src $(GPU_PY) benchmarks/gpu_check.py --out build/gpu --bench
 
 # rebuild the shipped sentiment guides (about 15 minutes on 2 cores): train, then copy the weights in
 GUIDES := src/w2s/weights/sentiment

@@ -133,19 +133,27 @@ def model_dirs(tmp_path_factory) -> dict[str, str]:
     }
 
 
+# the device and precision of the models the fixtures load (the GPU check sets them; CPU float32 here)
+DEVICE, DTYPE = os.environ.get("W2S_TEST_DEVICE", "cpu"), os.environ.get("W2S_TEST_DTYPE", "float32")
+
+
+def load(path) -> w2s.TransformersModel:
+    return w2s.load_model(path, device=DEVICE, dtype=DTYPE)
+
+
 @pytest.fixture(scope="session")
 def strong(model_dirs):
-    return w2s.load_model(model_dirs["strong"])
+    return load(model_dirs["strong"])
 
 
 @pytest.fixture(scope="session")
 def tuned(model_dirs):
-    return w2s.load_model(model_dirs["tuned"])
+    return load(model_dirs["tuned"])
 
 
 @pytest.fixture(scope="session")
 def untuned(model_dirs):
-    return w2s.load_model(model_dirs["untuned"])
+    return load(model_dirs["untuned"])
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ import pytest
 import w2s
 import w2s.backends.logprobs as logprobs
 import w2s.backends.transformers as transformers
+from conftest import load
 from w2s.backends.kv_rows import KVRows, rows_beat_branches
 
 PROMPTS = ["The cat", "I did not like the food, it was cold and", "What a"]
@@ -61,7 +62,7 @@ def test_rows_and_branches_give_the_same_responses_and_scores(method, strong, tu
 
 
 def test_eft_gives_the_same_responses_in_both_layouts(strong, model_dirs, layout):
-    t, u = w2s.load_model(model_dirs["shared_tuned"]), w2s.load_model(model_dirs["shared_untuned"])
+    t, u = load(model_dirs["shared_tuned"]), load(model_dirs["shared_untuned"])
     out = []
     for rows in (False, True):
         layout(rows)

@@ -4,12 +4,14 @@ from-scratch logits.
 Every scenario is checked against the model run on each row's ids alone (no padding, no cache):
 plain full attention (Llama, GPT-2), sliding-window attention (Mistral, Gemma-3 with mixed layer types,
 Qwen2 with sliding layers) with rows well past the window, and models whose cache cannot be rolled back
-(refused with their model type named).
+(refused with their model type named).  ``W2S_TEST_DEVICE`` and ``W2S_TEST_DTYPE`` run the models on another
+device and in another precision (the GPU check, ``benchmarks/gpu_check.py``); CPU float32 by default.
 """
 
 from __future__ import annotations
 
 import inspect
+import os
 import warnings
 
 import pytest
@@ -19,6 +21,10 @@ from torch import nn
 
 from w2s.backends.kv_rows import KVRows, check_model
 
+DEVICE = torch.device(os.environ.get("W2S_TEST_DEVICE", "cpu"))
+DTYPE = getattr(torch, os.environ.get("W2S_TEST_DTYPE", "float32"))
+# logits against the model run from scratch: a wrong mask is off by whole units; bfloat16 rounds by ~0.06 here
+TOL = 1e-4 if DTYPE == torch.float32 else 0.15
 VOCAB = 64
 WINDOW = 5
 SMALL = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2,
@@ -53,7 +59,7 @@ def qwen2():
 
 def build(make, attn="sdpa", seed=0):
     torch.manual_seed(seed)
-    model = make().eval()
+    model = make().eval().to(DEVICE, DTYPE)
     model.set_attn_implementation(attn)
     return model
 
@@ -71,7 +77,7 @@ class Checked:
 
     @torch.no_grad()
     def reference(self, ids):
-        return self.model(input_ids=torch.tensor([ids]), use_cache=False).logits[0]
+        return self.model(input_ids=torch.tensor([ids], device=DEVICE), use_cache=False).logits[0]
 
     def forward(self, lengths, last_only):
         new = [self.tokens(n) for n in lengths]
@@ -83,7 +89,7 @@ class Checked:
                 continue  # meaningless logits by contract
             ref = self.reference(ids)
             got, want = (logits[i], ref[-1]) if last_only else (logits[i, : len(new[i])], ref[before[i]:])
-            torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(got, want, atol=TOL, rtol=TOL)
             self.checked += 1
 
     def scenario(self):
@@ -150,7 +156,7 @@ def check_branches(run: Checked, new, last_only: bool) -> None:
                 got, want = logits[i, b], ref[-1]
             else:
                 got, want = logits[i, starts[i][b] : starts[i][b] + len(toks)], ref[before[i][b]:]
-            torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(got, want, atol=TOL, rtol=TOL)
             run.checked += 1
 
 
@@ -245,7 +251,8 @@ def test_old_past_key_values_argument_still_works():
     assert rows.cache_arg == "past_key_values"
     rows.add_empty_rows(2)
     logits = rows.forward([[1, 2, 3], [4, 5]], last_only=True)
-    torch.testing.assert_close(logits[1], model(input_ids=torch.tensor([[4, 5]])).logits[0, -1], atol=1e-4, rtol=1e-4)
+    want = model(input_ids=torch.tensor([[4, 5]], device=DEVICE)).logits[0, -1]
+    torch.testing.assert_close(logits[1], want, atol=TOL, rtol=TOL)
 
 
 class IgnoresCache(OldForward):
@@ -350,6 +357,6 @@ def test_grouped_query_attention_folds_query_heads_instead_of_copying_keys(monke
     # transformers' masks, is still sdpa's: the same logits as a fresh sdpa copy of the model
     assert run.model.config._attn_implementation == kv_rows.FOLDED_SDPA
     fresh = build(llama)
-    ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
-    torch.testing.assert_close(run.model(input_ids=ids).logits, fresh(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
+    ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]], device=DEVICE)
+    torch.testing.assert_close(run.model(input_ids=ids).logits, fresh(input_ids=ids).logits, atol=TOL / 10, rtol=TOL / 10)
     assert fresh.config._attn_implementation == "sdpa"  # other models untouched
