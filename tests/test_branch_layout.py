@@ -108,3 +108,22 @@ def test_best_of_n_cache_grows_with_one_answer_not_with_n(strong, scorer, layout
     assert widest[None] <= prompt_tokens + tokens + 1
     assert widest[False] > 3 * widest[None]
     assert max(r.num_tokens for r in results) > tokens // 2  # the samples did run long
+
+
+def test_scoring_holds_the_logits_of_a_bounded_number_of_positions(tuned, untuned, monkeypatch):
+    """Every model call of a scoring forward returns the logits of at most ``KVRows.LOGIT_POSITIONS`` positions
+    (rows times columns), and the scores are those of an unbounded run."""
+    prompts, responses = ["The cat"] * 3 + ["What a"] * 3, ["sat on the mat and slept all day long"] * 6
+    finished = [True, False] * 3
+    want = w2s.LogRatioScorer(tuned, untuned).score(prompts, responses, finished)
+    sizes = []
+    hooks = [m.model.register_forward_hook(lambda module, args, kwargs, out: sizes.append(out.logits.shape[:2]),
+                                           with_kwargs=True) for m in (tuned, untuned)]
+    monkeypatch.setattr(KVRows, "LOGIT_POSITIONS", 8)
+    try:
+        got = w2s.LogRatioScorer(tuned, untuned).score(prompts, responses, finished)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert got == pytest.approx(want, abs=1e-4)
+    assert max(rows * columns for rows, columns in sizes) <= 8 and len(sizes) > 6

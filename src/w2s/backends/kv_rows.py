@@ -292,6 +292,9 @@ class KVRows:
     """
 
     GROWTH = 64  # spare columns allocated beyond what is asked for
+    # a forward that returns every position's logits (scoring) runs at most this many query positions per
+    # model call, so no logits tensor exceeds [LOGIT_POSITIONS, vocab] (200 MB for a 49k float32 vocabulary)
+    LOGIT_POSITIONS = 1024
 
     def __init__(self, model: torch.nn.Module, pad_id: int, cache_plan: dict | None = None, name: str = "the model",
                  max_tokens_per_forward: int | None = None):
@@ -483,6 +486,8 @@ class KVRows:
         assert width > 0
         self._check_context(segments)
         step = self._columns_per_call(rows, width)
+        if not last_only:
+            step = min(step, max(1, self.LOGIT_POSITIONS // rows))
         start = self.columns
         self.reserve(width)
         # per query: token, owner, position, shared positions seen (< keep); built as lists, moved once
