@@ -167,8 +167,9 @@ code-aligners: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s setup
 	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s setup $(CODER)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s data code-corrections --upstream $(CODER) --teacher $(CODER) \
-	  --out build/code-aligner/lines.jsonl --whole-out build/code-aligner/whole.jsonl --batch-size 4
-	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s train aligner --kind stream --records build/code-aligner/lines.jsonl \
+	  --out build/code-aligner/lines.jsonl --train-out build/code-aligner/train-lines.jsonl \
+	  --whole-out build/code-aligner/whole.jsonl --batch-size 4
+	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s train aligner --kind stream --records build/code-aligner/train-lines.jsonl \
 	  --out build/code-aligner-stream --max-length 768 $(ALIGNER_SFT)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s train aligner --kind whole --records build/code-aligner/whole.jsonl \
 	  --out build/code-aligner-whole --max-length 1024 $(ALIGNER_SFT)

@@ -150,7 +150,7 @@ def test_code_corrections_explain_lines_keep_the_code_and_resume(strong, tmp_pat
     """w2s data code-corrections (w2s.training.code_corrections): the Stream Aligner loop over training problems,
     line by line under the code guard, up to the end of the function's body; a teacher's correction that
     changes code is refused, with its reason."""
-    from w2s.training.code_corrections import CommentTeacher, build_code_corrections, note_of
+    from w2s.training.code_corrections import CommentTeacher, build_code_corrections, explained_once, note_of
 
     train = [{**p, "task_id": f"Mine/{int(p['task_id'].split('/')[1]) + 1}"} for p in PROBLEMS[:2]]
     def teacher(question, prefix, line):  # explains the first line, changes the code of the other
@@ -166,14 +166,22 @@ def test_code_corrections_explain_lines_keep_the_code_and_resume(strong, tmp_pat
     assert [r["correction"] for r in records] == ["    # note\n    y = x + 1", "    return (y,\n            y)"] * 2
     assert records[1]["prefix"] == "    # note\n    y = x + 1\n"  # what the upstream went on from
     before = out.read_text()
-    whole = tmp_path / "whole.jsonl"
-    assert build_code_corrections(BodyWriter(), teacher, train, out, whole_out_path=whole, **kw) == 4
+    whole, lines = tmp_path / "whole.jsonl", tmp_path / "train-lines.jsonl"
+    assert build_code_corrections(BodyWriter(), teacher, train, out, train_out_path=lines, whole_out_path=whole,
+                                  **kw) == 4
     assert out.read_text() == before  # resumed: nothing more to do
+    assert [json.loads(line) for line in lines.open()] == records  # no comment under a comment to drop
     assert [json.loads(line) for line in whole.open()][1] == {
         "question_index": 1, "question": train[1]["prompt"], "answer": "    y = x + 1\n    return (y,\n            y)",
         "correction": "    # note\n    y = x + 1\n    return (y,\n            y)"}
     with pytest.raises(ValueError, match="must be training problems"):
         build_code_corrections(BodyWriter(), teacher, PROBLEMS, tmp_path / "x.jsonl", **kw)
+
+    commented = [{"question_index": 0, "question": "Q", "prefix": p, "sentence": "    x = 1",
+                  "correction": "    # sets x\n    x = 1", "rejected": None}
+                 for p in ("    # one\n", "    # one\n\n", "    y = 2  # two\n", "")]
+    assert [r["correction"] for r in explained_once(commented)] == ["    x = 1", "    x = 1"] + [
+        "    # sets x\n    x = 1"] * 2  # under a comment line (blank lines skipped): the line unchanged
 
     assert note_of("The line `x = 1` is used to set x to one. Then it returns.") == "Set x to one."
     assert note_of("```\n# counts the items\n```") == "Counts the items"

@@ -122,8 +122,10 @@ class CodeCorrectionsOptions:
     Attributes:
         upstream: the coder whose answers are corrected (a model directory, a set-up name or a .gguf file).
         teacher: the coder that explains each line (the same kinds of name).
-        out: the line records {question, prefix, sentence, correction, rejected} (a rerun goes on with it).
-        whole_out: also whole-answer records {question, answer, correction} made of the line records (the Aligner's).
+        out: the loop's line records {question, prefix, sentence, correction, rejected} (a rerun goes on with it).
+        train_out: also the line aligner's training records: the line records without a comment added under
+            a comment line.
+        whole_out: also whole-answer records {question, answer, correction} made of those (the Aligner's).
         problems: a HumanEval-format JSONL file; none: HumanEval.  Its training split (even task numbers) is used.
         max_lines: logical lines per answer.
         temperature: the upstream's sampling temperature (top-p 0.95).
@@ -135,6 +137,7 @@ class CodeCorrectionsOptions:
     upstream: str
     teacher: str
     out: str
+    train_out: str | None = None
     whole_out: str | None = None
     problems: str | None = None
     max_lines: int = 24
@@ -279,7 +282,8 @@ def run_code_corrections(args) -> int:
 
     problems = code.split(code.load_problems(args.problems), "train")[: args.limit or None]
     upstream, teacher = (load(ModelSpec(path)).model for path in (args.upstream, args.teacher))
-    n = build_code_corrections(upstream, teacher, problems, args.out, whole_out_path=args.whole_out,
+    n = build_code_corrections(upstream, teacher, problems, args.out, train_out_path=args.train_out,
+                               whole_out_path=args.whole_out,
                                max_lines=args.max_lines, temperature=args.temperature, seed=args.seed,
                                batch_size=args.batch_size)
     print(f"{n} line records of {len(problems)} problems in {args.out} (sha256 {data_hash(args.out)})")

@@ -90,13 +90,14 @@ class CommentTeacher:
 
 
 def build_code_corrections(upstream, teacher, problems: Sequence[dict], out_path: str | Path, *,
-                           whole_out_path: str | Path | None = None, max_lines: int = 24, max_line_tokens: int = 64,
+                           train_out_path: str | Path | None = None, whole_out_path: str | Path | None = None,
+                           max_lines: int = 24, max_line_tokens: int = 64,
                            temperature: float = 0.8, seed: int = 0, batch_size: int = 4, progress: bool = True) -> int:
     """Write the sentence-level (line-level) records of the Stream Aligner loop over ``problems`` (training
-    problems only) to ``out_path``, and whole-answer records made of them (:func:`whole_records`) to
-    ``whole_out_path`` when given; ``teacher``
-    is a model (wrapped in :class:`CommentTeacher`) or a function ``(question, prefix, line) -> correction``.
-    Returns the number of line records."""
+    problems only) to ``out_path``, and the training records made of them (:func:`training_records`) to
+    ``train_out_path`` and ``whole_out_path`` when given; ``teacher`` is a model (wrapped in
+    :class:`CommentTeacher`) or a function ``(question, prefix, line) -> correction``.  Returns the number of
+    line records."""
     from ..aligner.data import build_corrections
     from ..aligner.stream import StreamAligner
     from ..backends.base import SamplingParams
@@ -109,23 +110,48 @@ def build_code_corrections(upstream, teacher, problems: Sequence[dict], out_path
         teacher = CommentTeacher(teacher, slots=batch_size)
     n = build_corrections(upstream, teacher, [p["prompt"] for p in problems], out_path, loop=loop,
                           upstream_template="{prompt}", seed=seed, batch_size=batch_size, progress=progress)
-    if whole_out_path is not None:
-        whole_records(out_path, whole_out_path)
+    training_records(out_path, train_out_path, whole_out_path)
     return n
 
 
-def whole_records(lines_path: str | Path, out_path: str | Path) -> int:
+def under_a_comment(record: dict) -> bool:
+    """Whether the line of ``record`` comes right under a comment line (the prefix's last non-blank line)."""
+    lines = [line for line in record["prefix"].split("\n") if line.strip()]
+    return bool(lines) and lines[-1].lstrip().startswith("#")
+
+
+def explained_once(records: Sequence[dict]) -> list[dict]:
+    """The line records an aligner trains on: where the teacher put a comment above a line that already
+    comes right under one (the upstream, continuing a commented prefix, writes comment lines of its own),
+    the correction is the line unchanged, so that no line gets two comments."""
+    return [{**r, "correction": r["sentence"]} if r["correction"] != r["sentence"] and under_a_comment(r) else r
+            for r in records]
+
+
+def training_records(lines_path: str | Path, train_out_path: str | Path | None = None,
+                     whole_out_path: str | Path | None = None) -> tuple[int, int]:
+    """Write the training records made of the loop's line records (:func:`explained_once`): the line
+    aligner's to ``train_out_path`` and the whole-answer aligner's (:func:`whole_records`) to
+    ``whole_out_path``; returns how many of each."""
+    from ..jsonl import dumps, read_complete
+
+    lines = explained_once(list(read_complete(Path(lines_path))))
+    if train_out_path is not None:
+        Path(train_out_path).write_text("".join(map(dumps, lines)), encoding="utf-8")
+    whole = whole_records(lines)
+    if whole_out_path is not None:
+        Path(whole_out_path).write_text("".join(map(dumps, whole)), encoding="utf-8")
+    return len(lines), len(whole)
+
+
+def whole_records(lines: Sequence[dict]) -> list[dict]:
     """Whole-answer records (the Aligner's) from line records: per question, ``answer`` is its lines as the
     upstream wrote them and ``correction`` the same lines as corrected, each joined by newlines (blank lines
     between them are not kept).  No second teacher pass: the answer is the one the loop streamed, written
-    after the corrected lines before each of its own.  Returns the number of records."""
-    from ..jsonl import dumps, read_complete
-
+    after the corrected lines before each of its own."""
     by_question: dict[int, list[dict]] = {}
-    for record in read_complete(Path(lines_path)):
+    for record in lines:
         by_question.setdefault(record["question_index"], []).append(record)
-    rows = [{"question_index": i, "question": records[0]["question"],
+    return [{"question_index": i, "question": records[0]["question"],
              "answer": "\n".join(r["sentence"] for r in records),
              "correction": "\n".join(r["correction"] for r in records)} for i, records in sorted(by_question.items())]
-    Path(out_path).write_text("".join(map(dumps, rows)), encoding="utf-8")
-    return len(rows)
