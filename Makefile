@@ -95,17 +95,17 @@ test-gpu:
 bench-gpu:
 	PYTHONPATH=src $(GPU_PY) benchmarks/gpu_check.py --out build/gpu --bench
 
-# rebuild the shipped sentiment guides (about 15 minutes on 2 cores): train, then copy the weights in
+# rebuild the shipped sentiment guides (about 30 minutes on 2 cores): train, then copy the weights in (model cards kept)
 GUIDES := src/w2s/weights/sentiment
 guides: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s train lm --out build/sentiment-untuned
 	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s train dpo --base build/sentiment-untuned --out build/sentiment-tuned
-	for m in untuned tuned; do rm -rf $(GUIDES)/$$m && mkdir -p $(GUIDES)/$$m && \
+	for m in untuned tuned; do mkdir -p $(GUIDES)/$$m && find $(GUIDES)/$$m -mindepth 1 ! -name README.md -delete && \
 	  cp build/sentiment-$$m/*.json build/sentiment-$$m/model.safetensors $(GUIDES)/$$m/; done
 
 # rebuild the shipped positive-rewrite aligners of the Stream Aligner demo task: the upstream's answers to
 # the training questions corrected by the teacher (w2s data corrections), plus Austen sentences, then SFT
-# of the untuned sentiment guide, sentence level and whole answer (see README: The Stream Aligner demo)
+# of SmolLM2-135M-Instruct (LoRA), sentence level and whole answer (see README: The Stream Aligner demo)
 ALIGNERS := src/w2s/weights/positive
 ALIGNER_SFT := --base $(HOME)/.cache/w2s/smollm2-135m-instruct --lora-rank 8 --epochs 1 --learning-rate 1e-3 \
   --batch-size 16 --save-steps 20
