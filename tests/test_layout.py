@@ -220,3 +220,26 @@ def test_every_documented_command_parses(line):
     argv = [word.strip("[]") for word in shlex.split(line)[1:]]
     args = build_parser().parse_args(argv)
     assert callable(args.func)
+
+
+def test_the_readme_layout_names_every_module_and_only_those():
+    """The README's Layout block lists every module of the package (by file name under its folder), and no
+    module that is not there."""
+    text = (PACKAGE.parent.parent / "README.md").read_text(encoding="utf-8")
+    block = text[text.index("```\nsrc/w2s/\n"):]
+    block = block[: block.index("\n```", 4)]
+    folder, named = "", set()
+    for line in block.splitlines()[2:]:
+        head = re.match(r"  (\w+)(/|\.py)\s", line)
+        if head:
+            folder = head.group(1) if head.group(2) == "/" else ""
+            if head.group(2) == ".py":
+                named.add(f"{head.group(1)}.py")
+        elif not line.startswith(" "):
+            break
+        for module in re.findall(r"\b(\w+\.py)\b", line[14:] if head else line):
+            named.add(f"{folder}/{module}" if folder else module)
+    modules_here = {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
+                    if not p.name.startswith("_") and "weights" not in p.parts}
+    assert modules_here - named == set(), "modules missing from the README's Layout"
+    assert named - modules_here == set(), "the README's Layout names modules that do not exist"
