@@ -88,6 +88,12 @@ def test_a_model_aligner_gets_the_authors_format_in_its_chat_template(scripted_u
     aligner.encode_prompt = lambda text, template: prompts.append(text) or encode(text, template)
     steps = list(w2s.StreamAligner().stream(scripted_upstream, aligner, "Q", upstream_template="{prompt}"))
     assert [s.corrected for s in steps][0] == " Yes"
+    written = len(ids) + 1  # " Yes" and the end token: what the aligner generated for each sentence
+    assert [s.aligner_tokens for s in steps] == [written] * len(steps)
+    whole = w2s.Aligner().run(scripted_upstream, aligner, ["Q"], upstream_template="{prompt}")[0]
+    assert whole.corrected == "Yes" and whole.aligner_tokens == written
+    answer = w2s.StreamAligner().run(scripted_upstream, aligner, ["Q"], upstream_template="{prompt}")[0]
+    assert answer.aligner_tokens == written * len(answer.steps)
     assert prompts[0] == aligner.render("chat", stream_aligner_input("Q", "", "The movie was wonderful!"))
     assert STREAM_ALIGNER_TEMPLATE.startswith("##Question: {question} | ##Answer_Prefix: {prefix}")
 

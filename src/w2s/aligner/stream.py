@@ -98,6 +98,7 @@ class StreamStep:
     elapsed: float
     drafted: bool = False  # the upstream sampled it speculatively while the previous sentence was corrected
     rejected: str | None = None  # why the aligner's correction was refused by the guard (the original was kept)
+    aligner_tokens: int = 0  # tokens the aligner model generated for it (0 for a function aligner)
 
 
 @dataclass
@@ -109,6 +110,7 @@ class AlignedAnswer:
     first_seconds: float = 0.0  # time to the first corrected text
     total_seconds: float = 0.0
     rejected: str | None = None  # (Aligner) why the guard refused the correction; the Stream Aligner's steps say it
+    aligner_tokens: int = 0  # tokens the aligner model generated for the answer (its steps' together)
 
 
 class _Correction:
@@ -134,10 +136,13 @@ class _Correction:
             return None
         return self.aligner.generator(n, SamplingParams(temperature=0.0), [0] * n, self.aligner_template)
 
-    def revise(self, generator: TextGenerator, asks: dict[int, str]) -> dict[int, str]:
-        """Aligner outputs for ``asks`` (row -> aligner input, before its template)."""
+    def revise(self, generator: TextGenerator, asks: dict[int, str]) -> dict[int, tuple[str, int]]:
+        """Aligner outputs for ``asks`` (row -> aligner input, before its template), each with the number of
+        tokens the aligner generated for it (its end token included)."""
         contexts = {i: self.aligner.render(self.aligner_template, text) for i, text in asks.items()}
-        return {i: text for i, (text, _) in generator.generate(contexts, self.max_correction_tokens).items()}
+        count = getattr(self.aligner, "encode", lambda text: text.split())
+        return {i: (text, len(count(text)) + ended)
+                for i, (text, ended) in generator.generate(contexts, self.max_correction_tokens).items()}
 
 
 def _check_common(config) -> None:
@@ -215,6 +220,7 @@ class StreamAligner:
             a.original += step.original
             a.corrected += step.corrected
             a.total_seconds = step.elapsed
+            a.aligner_tokens += step.aligner_tokens
             if step.index == 0:
                 a.first_seconds = step.elapsed
         return answers
@@ -266,8 +272,9 @@ class StreamAligner:
                 t2 = time.perf_counter()
                 for i in sorted(live):
                     original = originals[i]
-                    corrected, rejected = accept(self.guard, original, revisions[i]) if i in revisions else (original,
-                                                                                                           None)
+                    revision, tokens = revisions.get(i, (None, 0))
+                    corrected, rejected = (original, None) if revision is None else accept(self.guard, original,
+                                                                                           revision)
                     if i in drafts and corrected != original:  # the draft continued a sentence that changed
                         del drafts[i]
                         if saved is not None:  # sample as if it had never been drawn
@@ -277,7 +284,7 @@ class StreamAligner:
                         live.discard(i)
                     if original:
                         yield StreamStep(i, index, original, corrected, t1 - t0, t2 - t1, time.perf_counter() - start,
-                                         drafted=i in drafted, rejected=rejected)
+                                         drafted=i in drafted, rejected=rejected, aligner_tokens=tokens)
 
     def context_error(self, upstream, aligner, question: str, *, upstream_template: str = "chat",
                       aligner_template: str = "chat") -> str | None:
@@ -292,13 +299,16 @@ class StreamAligner:
 
     @staticmethod
     def _revisions(job: _Correction, aligner_rows: TextGenerator | None, questions, prefixes, units: dict[int, str]
-                   ) -> dict[int, str]:
-        """The aligner's revision of each unit (row -> the unit as :func:`shown`); a function aligner with a
-        ``many`` method gets all of a round's units in one call: ``many({row: (question, prefix, unit)})``."""
+                   ) -> dict[int, tuple[str, int]]:
+        """The aligner's revision of each unit (row -> the unit as :func:`shown`), with the tokens it took (0
+        for a function); a function aligner with a ``many`` method gets all of a round's units in one call:
+        ``many({row: (question, prefix, unit)})``."""
         if aligner_rows is None:
             if hasattr(job.aligner, "many"):
-                return job.aligner.many({i: (questions[i], prefixes[i], unit) for i, unit in units.items()})
-            return {i: job.aligner(questions[i], prefixes[i], unit) for i, unit in units.items()}
+                revised = job.aligner.many({i: (questions[i], prefixes[i], unit) for i, unit in units.items()})
+            else:
+                revised = {i: job.aligner(questions[i], prefixes[i], unit) for i, unit in units.items()}
+            return {i: (text, 0) for i, text in revised.items()}
         return job.revise(aligner_rows, {i: stream_aligner_input(questions[i], prefixes[i], unit)
                                          for i, unit in units.items()})
 
@@ -309,7 +319,7 @@ class StreamAligner:
         job = _Correction(None, aligner, self.sampling, self.max_correction_tokens, "chat", aligner_template)
         sentence = sentence.rstrip()
         revision = self._revisions(job, job.aligner_generator(1), [question], [prefix], {0: shown(self.unit, sentence)})
-        return accept(self.guard, sentence, revision[0])[0]
+        return accept(self.guard, sentence, revision[0][0])[0]
 
 
 @dataclass(frozen=True)
@@ -365,12 +375,13 @@ class Aligner:
             asks = {i: aligner_input(q, shown(self.unit, answers[i])) for i, q in enumerate(questions)}
             corrections = job.revise(job.aligner_generator(n), asks)
         else:
-            corrections = {i: aligner(q, shown(self.unit, answers[i])) for i, q in enumerate(questions)}
+            corrections = {i: (aligner(q, shown(self.unit, answers[i])), 0) for i, q in enumerate(questions)}
         total = time.perf_counter() - start
         out = []
         for i, q in enumerate(questions):
-            corrected, rejected = ((corrections[i].strip(), None) if self.guard is None else
-                                   accept(self.guard, answers[i].rstrip(), corrections[i]))
+            correction, tokens = corrections[i]
+            corrected, rejected = ((correction.strip(), None) if self.guard is None else
+                                   accept(self.guard, answers[i].rstrip(), correction))
             out.append(AlignedAnswer(q, answers[i], corrected, first_seconds=total, total_seconds=total,
-                                     rejected=rejected))
+                                     rejected=rejected, aligner_tokens=tokens))
         return out

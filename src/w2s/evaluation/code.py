@@ -153,7 +153,7 @@ def aligned_runs(strong, strong_template: str, aligner, whole_aligner, aligner_t
             out.append(SimpleNamespace(
                 prompt=answer.question, response=response, score=None, num_tokens=tokens,
                 sampled_tokens=len(strong.encode(original)) if hasattr(strong, "encode") else tokens,
-                guide_tokens=None, finished=True,
+                guide_tokens=answer.aligner_tokens, finished=True,
                 extra={"passed_original": verdict["passed"], "rejected": rejected,
                        "code_changed": code.changed_code(original, response) is not None,
                        "first_seconds": answer.first_seconds}))
@@ -209,15 +209,17 @@ def _summary_row(name: str, run: dict, n_problems: int, max_new_tokens: int) -> 
 def markdown_table(rows: list[dict], config: dict, notes: Sequence[str] = ()) -> str:
     num = report.num
     lines = ["| method | compute N | pass [95% CI] | aligned [95% CI] | comment rule [95% CI] | pass seed sd "
-             "| comment lines | loops | truncated | timeouts | response tokens | sampled tokens | s / problem "
+             "| comment lines | loops | truncated | timeouts | response tokens | sampled tokens | small-model tokens "
+             "| s / problem "
              "| first (s) | code changed | pass lost | problems | seeds |",
-             "|:--|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+             "|:--|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
     for r in rows:
         lines.append(f"| {r['method']} | {num(r['compute_N'], 0)} | {report.gold_cell(r, 'pass')} "
                      f"| {report.gold_cell(r, 'aligned')} | {report.gold_cell(r, 'commented')} "
                      f"| {num(r['pass_seed_sd'])} | {r['comment_lines']:.2f} | {report.share(r['looping'])} "
                      f"| {report.share(r['truncated'])} | {r['timeouts']} | {r['mean_tokens']:.1f} "
-                     f"| {r['sampled_tokens']:.0f} | {r['seconds_per_problem']:.2f} | {num(r['first_seconds'])} "
+                     f"| {r['sampled_tokens']:.0f} | {num(r['guide_tokens'], 0)} | {r['seconds_per_problem']:.2f} "
+                     f"| {num(r['first_seconds'])} "
                      f"| {report.share(r['code_changed'])} | {report.share(r['pass_lost'])} | {r['problems']} "
                      f"| {r['seeds']} |")
     base = next((r for r in rows if r["method"] == "base"), None)
@@ -227,7 +229,9 @@ def markdown_table(rows: list[dict], config: dict, notes: Sequence[str] = ()) ->
               f"repeated word trigrams; all {config['max_new_tokens']} tokens used without finishing). Timeouts: "
               "completions stopped at the sandbox's time limit. Compute N: strong-model samples per problem per "
               f"step (W·K for CBS, with line chunks capped at {config['chunk_length']} tokens; n for Best-of-N). "
-              "Sampled tokens: all the strong model drew per problem. First (s): seconds to the first corrected "
+              "Sampled tokens: all the strong model drew per problem. Small-model tokens: the tokens the guides "
+              "ran to score (search rows) or the aligner generated (aligner rows), per problem. First (s): seconds "
+              "to the first corrected "
               "text, code changed: answers whose final code differs from the upstream's own token for token, pass "
               "lost: answers whose upstream version passed and corrected version fails (the aligners' runs; the "
               "code guard refuses corrections that change code). Paired differences: `comparisons.md`."]
