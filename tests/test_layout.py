@@ -107,8 +107,8 @@ def test_nothing_outside_the_command_line_imports_it():
 
 
 # the direction imports go: a module imports only its own layer or lower ones
-LAYERS = {"cli": 5, "evaluation": 4, "serve": 4, "demo": 4, "training": 3, "search": 3, "aligner": 3, "tasks": 3,
-          "scoring": 2, "models": 1, "backends": 1, "names": 1, "configs": 0, "defaults": 0, "validation": 0, "jsonl": 0,
+LAYERS = {"cli": 5, "evaluation": 4, "serve": 4, "demo": 4, "lm_eval": 4, "training": 3, "search": 3, "aligner": 3,
+          "tasks": 3, "scoring": 2, "models": 1, "backends": 1, "names": 1, "configs": 0, "defaults": 0, "validation": 0, "jsonl": 0,
           "_lazy": 0}
 
 
@@ -136,7 +136,7 @@ COMMANDS = dict(leaf_parsers(build_parser()))
 def test_every_command_is_there():
     assert set(COMMANDS) == {"search", "demo", "setup", "train lm", "train dpo", "train aligner", "stream", "align",
                              "data corrections", "data code-pairs", "data code-corrections", "eval sentiment", "eval reviews", "eval stream", "eval code",
-                             "serve"}
+                             "serve", "lm-eval"}
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))

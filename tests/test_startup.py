@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-HEAVY = ("torch", "transformers", "peft", "trl", "datasets", "fastapi", "httpx")
+HEAVY = ("torch", "transformers", "peft", "trl", "datasets", "fastapi", "httpx", "lm_eval")
 
 
 def imported_after(code: str) -> list[str]:

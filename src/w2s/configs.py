@@ -161,3 +161,73 @@ def flatten(config) -> dict:
             value = getattr(config, f.name)
             out.update(flatten(value) if f.name in inner else {f.name: value})
     return out
+
+
+def declared_kind(kind) -> tuple[object, bool]:
+    """(the type inside ``X | None``, whether None is allowed) of a parameter's annotation."""
+    import types
+
+    args = typing.get_args(kind)
+    if typing.get_origin(kind) in (typing.Union, types.UnionType) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return (rest[0] if len(rest) == 1 else str), True
+    return kind, False
+
+
+def parse_value(p: Param, value, name: str | None = None):
+    """``value`` as the declared type of parameter ``p``, from text (``key=value`` lists: lm-evaluation-harness's
+    ``--model_args``) or from a value a caller already parsed out of such text (``"2"`` may arrive as ``2``,
+    ``"none"`` as ``None``).  ``none`` (and ``inf`` for a number) is None where the parameter allows it; a tuple
+    takes a list, or one value (numbers: several separated by spaces).  A value that is none of these is a
+    ``ValueError`` naming the parameter (``name``, by default ``p.name``); ranges are checked by the config."""
+    name = name or p.name
+    kind, allow_none = declared_kind(p.type)
+    numeric = kind in (int, float)
+    if allow_none and (value is None or (isinstance(value, str) and value.strip().lower() in
+                                         (("none", "inf", "infinity") if numeric else ("none",)))
+                       or (numeric and isinstance(value, float) and value == float("inf"))):
+        return None
+    if typing.get_origin(kind) is tuple:
+        item = typing.get_args(kind)[0]
+        if isinstance(value, str):
+            value = value.split() if item in (int, float) else [value]
+        elif not isinstance(value, (list, tuple)):
+            value = [value]
+        return tuple(_parse_scalar(item, v, name, False) for v in value)
+    return _parse_scalar(kind, value, name, allow_none)
+
+
+def _parse_scalar(kind, value, name: str, allow_none: bool):
+    none = " or none" if allow_none else ""
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("true", "1", "yes", "on"):
+            return True
+        if text in ("false", "0", "no", "off"):
+            return False
+        raise ValueError(f"{name} must be true or false, got {value!r}.")
+    if kind in (int, float):
+        what = "an integer" if kind is int else "a number"
+        if isinstance(value, bool):
+            raise ValueError(f"{name} must be {what}{none}, got {value!r}.")
+        if isinstance(value, int) or (kind is float and isinstance(value, float)):
+            return kind(value)
+        if isinstance(value, str):
+            try:
+                return kind(value.strip())
+            except ValueError:
+                pass
+        raise ValueError(f"{name} must be {what}{none}, got {value!r}.")
+    if kind is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (dict, list)):  # JSON text (extra_body) that the caller parsed
+            import json
+
+            return json.dumps(value)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ValueError(f"{name} must be text{none}, got {value!r}.")
+    return value

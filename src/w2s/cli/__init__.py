@@ -1,4 +1,4 @@
-"""The ``w2s`` command: ``search | demo | setup | train | eval | serve | stream | align | data``.
+"""The ``w2s`` command: ``search | demo | setup | train | eval | serve | stream | align | data | lm-eval``.
 
 One small module per command; every option comes from a config dataclass (:mod:`.flags`).  Nothing
 outside this package imports it.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import evaluate, search, serve, setup, stream, train
+from . import evaluate, lm_eval, search, serve, setup, stream, train
 from ..backends.base import RemoteError
 from .common import FAILED, PHASES, command_name, mark, release_outputs
 
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_parsers(sub)
     evaluate.add_parser(sub)
     serve.add_parser(sub)
+    lm_eval.add_parser(sub)
     return parser
 
 
