@@ -15,7 +15,7 @@ ENGINE_PKG := llama-cpp-python[server]==0.3.36
 X86_FLAGS := -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
 ENGINE_CMAKE := -DGGML_NATIVE=OFF $(if $(filter x86_64,$(shell uname -m)),$(X86_FLAGS))
 
-.PHONY: test test-slow test-vllm vllm-venv test-lowest bench bench-long test-gpu bench-gpu install demo guides aligners review-guides code-guides code-aligners clean
+.PHONY: test docs docs-serve test-slow test-vllm vllm-venv test-lowest bench bench-long test-gpu bench-gpu install demo guides aligners review-guides code-guides code-aligners clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -86,6 +86,12 @@ bench-long: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s setup
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_long.py --out benchmarks/results/long.json
 
+# the docs site (MkDocs, strict: a warning or a broken link fails), built into build/site, or served live
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict -d build/site
+docs-serve: $(STAMP)
+	$(VENV)/bin/mkdocs serve
+
 # the GPU check (issue 27), on a machine with CUDA and its own torch and transformers (no install, no weight
 # file: every model is built from a config): kv-rows, layouts, methods and the family zoo against CPU, then
 # the long-answer benchmark in bfloat16; results in build/gpu (see benchmarks/gpu_check.py)
@@ -105,7 +111,7 @@ guides: $(STAMP)
 
 # rebuild the shipped positive-rewrite aligners of the Stream Aligner demo task: the upstream's answers to
 # the training questions corrected by the teacher (w2s data corrections), plus Austen sentences, then SFT
-# of SmolLM2-135M-Instruct (LoRA), sentence level and whole answer (see README: The Stream Aligner demo)
+# of SmolLM2-135M-Instruct (LoRA), sentence level and whole answer (see docs/experiments/stream-aligner.md)
 ALIGNERS := src/w2s/weights/positive
 ALIGNER_SFT := --base $(HOME)/.cache/w2s/smollm2-135m-instruct --lora-rank 8 --epochs 1 --learning-rate 1e-3 \
   --batch-size 16 --save-steps 20

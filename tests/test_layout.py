@@ -198,9 +198,16 @@ def test_the_server_validates_its_w2s_block_with_the_same_configs():
         w2s.serve.ServeConfig(methods={"stream_aligner": {"temperature": -1}})
 
 
-def readme_commands() -> list[str]:
-    """The ``w2s ...`` command lines of the README's shell blocks (continuations joined, comments cut)."""
-    commands, language, lines = [], None, (PACKAGE.parent.parent / "README.md").read_text(encoding="utf-8")
+ROOT = PACKAGE.parent.parent
+# the pages that show `w2s` commands: the README and the documentation site (docs/, built by mkdocs.yml)
+DOCUMENTED = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+# the page whose Layout block names every module of the package
+LAYOUT_PAGE = ROOT / "docs" / "development.md"
+
+
+def commands_in(path: Path) -> list[str]:
+    """The ``w2s ...`` command lines of a Markdown page's shell blocks (continuations joined, comments cut)."""
+    commands, language, lines = [], None, path.read_text(encoding="utf-8")
     for line in lines.replace("\\\n", " ").splitlines():
         if line.startswith("```"):
             language = None if language is not None else (line[3:].strip() or "text")
@@ -211,21 +218,27 @@ def readme_commands() -> list[str]:
     return commands
 
 
-def test_the_readme_has_commands_to_check():
-    assert len(readme_commands()) >= 10
+def documented_commands() -> list[str]:
+    """Every ``w2s`` command shown in the README and the docs, each once, in page order."""
+    return list(dict.fromkeys(line for path in DOCUMENTED for line in commands_in(path)))
 
 
-@pytest.mark.parametrize("line", readme_commands())
+def test_the_docs_have_commands_to_check():
+    assert len(documented_commands()) >= 10
+    assert commands_in(ROOT / "README.md"), "the README's quick start shows no w2s command"
+
+
+@pytest.mark.parametrize("line", documented_commands(), ids=str)  # the id is the command, however long
 def test_every_documented_command_parses(line):
     argv = [word.strip("[]") for word in shlex.split(line)[1:]]
     args = build_parser().parse_args(argv)
     assert callable(args.func)
 
 
-def test_the_readme_layout_names_every_module_and_only_those():
-    """The README's Layout block lists every module of the package (by file name under its folder), and no
-    module that is not there."""
-    text = (PACKAGE.parent.parent / "README.md").read_text(encoding="utf-8")
+def test_the_layout_page_names_every_module_and_only_those():
+    """The Layout block of docs/development.md lists every module of the package (by file name under its
+    folder), and no module that is not there."""
+    text = LAYOUT_PAGE.read_text(encoding="utf-8")
     block = text[text.index("```\nsrc/w2s/\n"):]
     block = block[: block.index("\n```", 4)]
     folder, named = "", set()
@@ -241,5 +254,5 @@ def test_the_readme_layout_names_every_module_and_only_those():
             named.add(f"{folder}/{module}" if folder else module)
     modules_here = {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
                     if not p.name.startswith("_") and "weights" not in p.parts}
-    assert modules_here - named == set(), "modules missing from the README's Layout"
-    assert named - modules_here == set(), "the README's Layout names modules that do not exist"
+    assert modules_here - named == set(), f"modules missing from the Layout of {LAYOUT_PAGE.name}"
+    assert named - modules_here == set(), f"the Layout of {LAYOUT_PAGE.name} names modules that do not exist"

@@ -13,7 +13,7 @@ search, Best-of-N, plain sampling and the Stream Aligner run unchanged with the 
   the Stream Aligner's upstream really stops at the sentence end.
 - ``response_logprobs()`` scores texts with ``echo`` + ``logprobs`` where the engine gets them right, so
   a remote model can be a guide too.  A self-check refuses engines whose echoed log-probabilities are
-  not those of the tokens they are listed at (llama.cpp's server, see the README).
+  not those of the tokens they are listed at (llama.cpp's server, see docs/remote.md).
 
 All requests of a step are in flight at once, at most ``concurrency`` at a time, on a private event loop
 in a background thread (so the model works from sync code and from any thread).  Timeouts, connection
@@ -128,8 +128,9 @@ class RemoteModel:
         concurrency: requests in flight at once, at most.
         timeout: seconds per request (connect, and each read of a streamed response).
         max_retries: retries of a request after a timeout, a connection error, 429 or 5xx.
-        backoff_base, backoff_max: the retry delay before retry ``a`` is uniform in
+        backoff_base: the retry delay before retry ``a`` is uniform in
             ``[0, min(backoff_max, backoff_base * 2**a)]``, or ``Retry-After`` when the engine sends one.
+        backoff_max: the cap of that delay (see ``backoff_base``).
         tokenizer: a local tokenizer of the served model (a directory, a hub id, or a ``.gguf`` file);
             needed for the ``"chat"`` template and for scoring finished responses (its EOS token).
         extra_body: more request fields sent with every completion (engine-specific sampling settings);

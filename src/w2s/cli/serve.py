@@ -20,8 +20,8 @@ class ServeOptions:
     """Where ``w2s serve`` reads its settings.
 
     Attributes:
-        config: TOML file naming the models, the default method and its parameters (see the README's
-            Serving section); the flags given override it.
+        config: TOML file naming the models, the default method and its parameters (see
+            docs/serving.md); the flags given override it.
     """
 
     config: str | None = None

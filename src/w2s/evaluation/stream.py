@@ -48,10 +48,10 @@ ORIGINAL = " (its upstream answer)"  # the arm of a system's uncorrected answers
 
 
 def comparisons(names: Sequence[str]) -> list[tuple[str, str, tuple[str, ...]]]:
-    """The paired comparisons of the Stream Aligner table, as the README's findings make them: each
-    correcting system's VADER against its own uncorrected upstream answer, the Stream Aligner against the
-    whole-answer Aligner, the upstream alone and the teacher, and the speculative Stream Aligner against
-    the plain one (same answers, other latency)."""
+    """The paired comparisons of the Stream Aligner table, as its findings (docs/experiments/stream-aligner.md)
+    make them: each correcting system's VADER against its own uncorrected upstream answer, the Stream
+    Aligner against the whole-answer Aligner, the upstream alone and the teacher, and the speculative Stream
+    Aligner against the plain one (same answers, other latency)."""
     gold = ("vader", "content_f1", "teacher_f1")
     pairs = [(n, n + ORIGINAL, ("vader",)) for n in ("stream-aligner", "aligner", "teacher") if n in names]
     return pairs + [("stream-aligner", "aligner", (*gold, "first_seconds", "total_seconds")),
