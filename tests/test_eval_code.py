@@ -150,7 +150,8 @@ def test_code_corrections_explain_lines_keep_the_code_and_resume(strong, tmp_pat
     """w2s data code-corrections (w2s.training.code_corrections): the Stream Aligner loop over training problems,
     line by line under the code guard, up to the end of the function's body; a teacher's correction that
     changes code is refused, with its reason."""
-    from w2s.training.code_corrections import CommentTeacher, build_code_corrections, explained_once, note_of
+    from w2s.training.code_corrections import (CommentTeacher, build_code_corrections, explained_once, note_of,
+                                               training_records)
 
     train = [{**p, "task_id": f"Mine/{int(p['task_id'].split('/')[1]) + 1}"} for p in PROBLEMS[:2]]
     def teacher(question, prefix, line):  # explains the first line, changes the code of the other
@@ -182,6 +183,12 @@ def test_code_corrections_explain_lines_keep_the_code_and_resume(strong, tmp_pat
                  for p in ("    # one\n", "    # one\n\n", "    y = 2  # two\n", "")]
     assert [r["correction"] for r in explained_once(commented)] == ["    x = 1", "    x = 1"] + [
         "    # sets x\n    x = 1"] * 2  # under a comment line (blank lines skipped): the line unchanged
+    loop = tmp_path / "loop.jsonl"
+    loop.write_text("".join(json.dumps(r) + "\n" for r in [
+        {**commented[3], "sentence": "    # mine", "correction": "    # mine"}, commented[0]]))
+    assert training_records(loop, tmp_path / "t.jsonl", tmp_path / "w.jsonl") == (1, 1)  # the comment line: not
+    assert [json.loads(line)["sentence"] for line in (tmp_path / "t.jsonl").open()] == ["    x = 1"]  # asked
+    assert json.loads((tmp_path / "w.jsonl").read_text())["correction"] == "    # mine\n    x = 1"  # but in the whole
 
     assert note_of("The line `x = 1` is used to set x to one. Then it returns.") == "Set x to one."
     assert note_of("```\n# counts the items\n```") == "Counts the items"

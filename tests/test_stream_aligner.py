@@ -214,13 +214,18 @@ def test_the_code_guard_keeps_corrections_that_only_add_comments():
     assert accept("code", original, "return (total")[1].startswith("the correction: it does not tokenize")
     assert accept(None, original, "return total + 1") == ("\n    return total + 1", None)
 
+    asked = []
+
     def rewriting(question, prefix, line):  # changes the first line's code, comments the others
+        asked.append(line)
         return line.replace("sum", "max") if "sum" in line else "# next\n" + line
 
     guarded = w2s.StreamAligner(unit="line", guard="code").run(CodeUpstream(), rewriting, ["Q"],
                                                                upstream_template="{prompt}")[0]
     assert [s.rejected is not None for s in guarded.steps] == [True, False, False]
-    assert guarded.corrected == "    total = sum(a,\n                b)\n\n    # next\n    # done\n    # next\n    return total\n"
+    # the comment line is kept without asking the aligner
+    assert guarded.corrected == "    total = sum(a,\n                b)\n\n    # done\n    # next\n    return total\n"
+    assert asked == ["    total = sum(a,\n                b)", "    return total"]
     assert guarded.steps[0].rejected == "code changed at token 3: 'sum' became 'max'"
     free = w2s.StreamAligner(unit="line").run(CodeUpstream(), rewriting, ["Q"], upstream_template="{prompt}")[0]
     assert "max(a" in free.corrected and all(s.rejected is None for s in free.steps)

@@ -175,7 +175,7 @@ class StreamAligner:
             backslash continuations spanning lines stay together, :mod:`w2s.aligner.lines`).
         guard: what a correction may change: None, anything; ``code``, comments only (a correction that
             changes a code token, or does not tokenize, is refused and the original unit kept:
-            :func:`accept`).
+            :func:`accept`; a unit of comment lines only is kept without asking the aligner).
         function_body: (unit ``line``) the answer is the body of a function, written after its signature
             by raw completion: the first line that starts at column 0 ends it and is dropped (the rule of
             :data:`w2s.tasks.code.STOP`, which stop strings cannot apply once a line's newline is in the
@@ -258,7 +258,7 @@ class StreamAligner:
                     for i, text in originals.items():
                         if _BLANK_LINES.sub("", text)[:1].strip():
                             originals[i], sentences[i] = "", ("", True)
-                todo = [i for i in sorted(live) if originals[i].strip()]
+                todo = [i for i in sorted(live) if originals[i].strip() and not self._kept(originals[i])]
                 revising = pool.submit(self._revisions, job, aligner_rows, questions, prefixes,
                                        {i: shown(self.unit, originals[i]) for i in todo})
                 last_round = index + 1 == self.max_sentences
@@ -296,6 +296,16 @@ class StreamAligner:
                               who="the upstream model")
                 or context_error(aligner, aligner_template, stream_aligner_input(question, "", ""),
                                  prefix + self.max_sentence_tokens + self.max_correction_tokens, who="the aligner"))
+
+    def _kept(self, unit: str) -> bool:
+        """Whether ``unit`` is kept without asking the aligner: under the code guard, a unit of comment lines
+        only (the guard lets a correction add comments and nothing else; the aligner is not asked to comment
+        a comment)."""
+        if self.guard != "code":
+            return False
+        from ..tasks.code import only_comments
+
+        return only_comments(unit)
 
     @staticmethod
     def _revisions(job: _Correction, aligner_rows: TextGenerator | None, questions, prefixes, units: dict[int, str]

@@ -144,6 +144,12 @@ def comment_lines(completion: str) -> tuple[int, int]:
     return len(comments), len(code)
 
 
+def only_comments(text: str) -> bool:
+    """Whether every non-blank line of ``text`` is a comment line (a unit with no code in it)."""
+    lines = [line.strip() for line in text.split("\n") if line.strip()]
+    return bool(lines) and all(line.startswith("#") for line in lines)
+
+
 def code_tokens(text: str) -> list[tuple[str, str]]:
     """The tokens of a piece of code that make it run: everything but comments and line breaks, with the
     indentation it opens (ValueError when it does not tokenize, e.g. a bracket left open)."""

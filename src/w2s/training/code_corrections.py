@@ -121,9 +121,9 @@ def under_a_comment(record: dict) -> bool:
 
 
 def explained_once(records: Sequence[dict]) -> list[dict]:
-    """The line records an aligner trains on: where the teacher put a comment above a line that already
-    comes right under one (the upstream, continuing a commented prefix, writes comment lines of its own),
-    the correction is the line unchanged, so that no line gets two comments."""
+    """The line records as the aligners learn them: where the teacher put a comment above a line that
+    already comes right under one (the upstream, continuing a commented prefix, writes comment lines of its
+    own), the correction is the line unchanged, so that no line gets two comments."""
     return [{**r, "correction": r["sentence"]} if r["correction"] != r["sentence"] and under_a_comment(r) else r
             for r in records]
 
@@ -131,17 +131,18 @@ def explained_once(records: Sequence[dict]) -> list[dict]:
 def training_records(lines_path: str | Path, train_out_path: str | Path | None = None,
                      whole_out_path: str | Path | None = None) -> tuple[int, int]:
     """Write the training records made of the loop's line records (:func:`explained_once`): the line
-    aligner's to ``train_out_path`` and the whole-answer aligner's (:func:`whole_records`) to
-    ``whole_out_path``; returns how many of each."""
+    aligner's to ``train_out_path`` (the lines with code: under the code guard the loop keeps a line of
+    comments only without asking the aligner) and the whole-answer aligner's (:func:`whole_records`, of all
+    lines) to ``whole_out_path``; returns how many of each."""
     from ..jsonl import dumps, read_complete
 
     lines = explained_once(list(read_complete(Path(lines_path))))
-    if train_out_path is not None:
-        Path(train_out_path).write_text("".join(map(dumps, lines)), encoding="utf-8")
+    asked = [r for r in lines if not code.only_comments(r["sentence"])]
     whole = whole_records(lines)
-    if whole_out_path is not None:
-        Path(whole_out_path).write_text("".join(map(dumps, whole)), encoding="utf-8")
-    return len(lines), len(whole)
+    for path, records in ((train_out_path, asked), (whole_out_path, whole)):
+        if path is not None:
+            Path(path).write_text("".join(map(dumps, records)), encoding="utf-8")
+    return len(asked), len(whole)
 
 
 def whole_records(lines: Sequence[dict]) -> list[dict]:
