@@ -176,9 +176,9 @@ code-aligners: $(STAMP)
 	  --out build/code-aligner/lines.jsonl --train-out build/code-aligner/train-lines.jsonl \
 	  --whole-out build/code-aligner/whole.jsonl --batch-size 4
 	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s train aligner --kind stream --records build/code-aligner/train-lines.jsonl \
-	  --out build/code-aligner-stream --max-length 768 $(ALIGNER_SFT)
+	  --out build/code-aligner-stream --max-length 768 --micro-batch-size 4 $(ALIGNER_SFT)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s train aligner --kind whole --records build/code-aligner/whole.jsonl \
-	  --out build/code-aligner-whole --max-length 1024 $(ALIGNER_SFT)
+	  --out build/code-aligner-whole --max-length 1024 --micro-batch-size 4 $(ALIGNER_SFT)
 	for m in stream whole; do $(PY) -c "from w2s.backends.adapters import ship_adapter; \
 	  ship_adapter('build/code-aligner-$$m', '$(CODE_ALIGNERS)/$$m')"; done
 

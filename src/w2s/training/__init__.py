@@ -15,14 +15,24 @@ def check_schedule(config, integers: tuple[str, ...] = ()) -> None:
         check_range(name, getattr(config, name), low=1, integer=True)
 
 
+def check_micro_batch(config) -> None:
+    """``micro_batch_size``: none, or a positive divisor of ``batch_size``."""
+    micro = config.micro_batch_size
+    check_range("micro_batch_size", micro, low=1, integer=True, allow_none=True)
+    if micro is not None and config.batch_size % micro:
+        raise ValueError(f"micro_batch_size must divide batch_size ({config.batch_size}), got {micro}.")
+
+
 def schedule_args(config, out_dir, progress: bool) -> dict:
     """``TrainingArguments`` keywords shared by the recipes: cosine schedule, checkpoints in
     ``OUT/checkpoints`` every ``save_steps`` (the last one kept), progress bars."""
     import torch
 
+    micro = getattr(config, "micro_batch_size", None) or config.batch_size  # records per forward
     return dict(
         output_dir=str(Path(out_dir) / "checkpoints"), num_train_epochs=config.epochs,
-        per_device_train_batch_size=config.batch_size, learning_rate=config.learning_rate,
+        per_device_train_batch_size=micro, gradient_accumulation_steps=config.batch_size // micro,
+        learning_rate=config.learning_rate,
         lr_scheduler_type="cosine", warmup_steps=config.warmup_ratio,  # a float below 1 is a fraction of the steps
         weight_decay=getattr(config, "weight_decay", 0.0), save_steps=config.save_steps, save_total_limit=1,
         logging_steps=10, report_to="none", seed=config.seed, disable_tqdm=not progress,

@@ -16,7 +16,7 @@ from typing import Sequence
 from ..aligner.stream import aligner_input, stream_aligner_input
 from ..backends.base import chat_turn_end_id
 from ..validation import check_choice, check_range
-from . import check_lora, check_schedule, lora_config, no_checkpointing, schedule_args, train_and_save
+from . import check_lora, check_micro_batch, check_schedule, lora_config, no_checkpointing, schedule_args, train_and_save
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,9 @@ class AlignerTrainingConfig:
         warmup_ratio: the share of steps the learning rate warms up over.
         weight_decay: AdamW's weight decay.
         batch_size: records per step.
+        micro_batch_size: records per forward and backward pass, their gradients accumulated into a step
+            (bounds memory: long records at batch size 16 need over 24 GB on a CPU); none: batch_size.
+            batch_size must be a multiple of it.
         max_length: prompt + correction tokens kept per example.
         lora_rank: 0 fine-tunes every weight; above 0, a LoRA adapter of that rank on the attention and MLP
             projections is trained instead (the output directory then holds only the adapter, which
@@ -46,6 +49,7 @@ class AlignerTrainingConfig:
     warmup_ratio: float = 0.03
     weight_decay: float = 0.0
     batch_size: int = 8
+    micro_batch_size: int | None = None
     max_length: int = 512
     save_steps: int = 100
     seed: int = 0
@@ -57,6 +61,7 @@ class AlignerTrainingConfig:
         check_lora(self)
         check_range("weight_decay", self.weight_decay, low=0)
         check_schedule(self, ("max_length",))
+        check_micro_batch(self)
 
 
 def examples(records: Sequence[dict], kind: str, tokenizer) -> list[dict]:
