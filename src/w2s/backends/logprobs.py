@@ -15,7 +15,8 @@ parent, the old sequence of the same context whose response text is the longest 
 (what a search's candidate extends), and shares the prefix of token ids they have in common
 (re-tokenization may change the last tokens of the old text, so this is a prefix of ids, not of text).
 The parents become the rows of a fresh cache (one gather) and their children branches of them, which
-read the parent's keys and values once for all of them (:class:`KVRows`); only the tokens after the
+read the parent's keys and values once for all of them (:class:`KVRows`), or, when the children's new
+tokens outnumber what they share (whole answers: :func:`rows_beat_branches`), rows of their own; only the tokens after the
 shared prefix are forwarded (one before it when the parent's last tokens changed), and the shared
 tokens' log-probabilities are reused.  A token's log-probability is its logit minus the logsumexp of its
 row: no full-vocabulary log-softmax is written except for each sequence's next-token distribution.
@@ -164,8 +165,7 @@ class IncrementalLogProbs:
                     row_new.append(ids[keep:])
                 keeps.append(row_keeps)
                 new.append(row_new)
-            self._run(rows, None, keeps, new, seqs, responses, members,
-                      member_runs, None, token_logprobs)
+            self._run(rows, None, keeps, new, seqs, responses, members, member_runs, None, token_logprobs)
         for g, by_parent in children.items():  # children of one old group: branches of its parents
             group, parents = old[g], list(by_parent)
             members, member_runs, keeps, next_of_parent, from_next = [], [], [], [], []
