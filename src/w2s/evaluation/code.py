@@ -155,7 +155,8 @@ def aligned_runs(strong, strong_template: str, aligner, whole_aligner, aligner_t
                 sampled_tokens=len(strong.encode(original)) if hasattr(strong, "encode") else tokens,
                 guide_tokens=answer.aligner_tokens, finished=True,
                 extra={"passed_original": verdict["passed"], "rejected": rejected,
-                       "code_changed": code.changed_code(original, response) is not None,
+                       # (an answer that does not tokenize counts as changed unless it is the same text)
+                       "code_changed": response != original and code.changed_code(original, response) is not None,
                        "first_seconds": answer.first_seconds}))
         return out
 
