@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import types
 import typing
 
 from ..backends.base import SAMPLING_PRESETS, SamplingParams
-from ..configs import Param, build, param_names, params
+from ..configs import Param, build, declared_kind, param_names, params
 from ..models import PER_ROLE, REMOTE_FIELDS, ROLE_OVERRIDES, ModelSpec
 
 # field -> older flag names that stay accepted
@@ -30,15 +29,6 @@ def _sources(parser: argparse.ArgumentParser) -> list:
 
 def flag_name(name: str) -> str:
     return "--" + name.replace("_", "-")
-
-
-def _optional(kind) -> tuple[object, bool]:
-    """(the type inside ``X | None``, whether None is allowed)."""
-    args = typing.get_args(kind)
-    if typing.get_origin(kind) in (typing.Union, types.UnionType) and type(None) in args:
-        rest = [a for a in args if a is not type(None)]
-        return (rest[0] if len(rest) == 1 else str), True
-    return kind, False
 
 
 def _scalar(kind, name: str, allow_none: bool):
@@ -77,7 +67,7 @@ def add_param(parser, p: Param, *, dest: str | None = None, flag: str | None = N
     """One option for the parameter ``p`` (``dest`` and ``flag`` default to its name, ``help`` to its doc)."""
     dest = dest or p.name
     default = p.default if default is dataclasses.MISSING else default
-    kind, allow_none = _optional(p.type)
+    kind, allow_none = declared_kind(p.type)
     names = [flag or flag_name(p.name), *ALIASES.get(p.name, [])]
     kw: dict = {"dest": dest}
     if kind is bool:
