@@ -244,3 +244,12 @@ def test_aligner_rows_correct_the_strong_models_answer_under_the_code_guard(mode
     assert gold([problem["prompt"]], [line.response])[0]["aligned"]  # passes, and one comment per two lines
     whole, = runs["aligner"]([problem["prompt"]], seed=0)
     assert whole.response == body and whole.extra["rejected"] == 1 and not whole.extra["code_changed"]
+
+
+def test_code_changed_compares_code_and_never_flags_the_same_text():
+    from w2s.evaluation.code import code_changed
+
+    assert not code_changed("    x = 1\n", "    # one\n    x = 1\n")  # a comment added
+    assert code_changed("    x = 1\n", "    x = 2\n")
+    untokenizable = "    x = {'a': 1,\n"  # a literal cut at the line cap: the tokenizer fails on it
+    assert not code_changed(untokenizable, untokenizable) and code_changed(untokenizable, "    # a\n" + untokenizable)

@@ -155,12 +155,17 @@ def aligned_runs(strong, strong_template: str, aligner, whole_aligner, aligner_t
                 sampled_tokens=len(strong.encode(original)) if hasattr(strong, "encode") else tokens,
                 guide_tokens=answer.aligner_tokens, finished=True,
                 extra={"passed_original": verdict["passed"], "rejected": rejected,
-                       # (an answer that does not tokenize counts as changed unless it is the same text)
-                       "code_changed": response != original and code.changed_code(original, response) is not None,
+                       "code_changed": code_changed(original, response),
                        "first_seconds": answer.first_seconds}))
         return out
 
     return {name: (lambda batch, name=name, **kw: run(name, batch, **kw)) for name in loops}
+
+
+def code_changed(original: str, response: str) -> bool:
+    """Whether ``response``'s code differs from ``original``'s token for token; the same text never does, also
+    where it does not tokenize (then any other text counts as changed)."""
+    return response != original and code.changed_code(original, response) is not None
 
 
 def rewrite_from_raw(out_dir) -> list[dict]:
