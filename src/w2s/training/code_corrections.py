@@ -74,8 +74,7 @@ class CommentTeacher:
         (what the Stream Aligner loop calls with a round's lines)."""
         out, todo = {}, {}
         for key, (question, prefix, line) in asks.items():
-            stripped = line.strip()
-            if not stripped or stripped.startswith("#"):
+            if not line.strip() or code.only_comments(line):
                 out[key] = line
             else:
                 ask = ASK.format(code=(question + prefix).rstrip("\n") + "\n", line=line)
@@ -110,7 +109,8 @@ def build_code_corrections(upstream, teacher, problems: Sequence[dict], out_path
         teacher = CommentTeacher(teacher, slots=batch_size)
     n = build_corrections(upstream, teacher, [p["prompt"] for p in problems], out_path, loop=loop,
                           upstream_template="{prompt}", seed=seed, batch_size=batch_size, progress=progress)
-    training_records(out_path, train_out_path, whole_out_path)
+    if train_out_path is not None or whole_out_path is not None:
+        training_records(out_path, train_out_path, whole_out_path)
     return n
 
 
