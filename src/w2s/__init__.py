@@ -19,8 +19,8 @@ if TYPE_CHECKING:
     from .backends import ContextLengthError, Conversation, RemoteModel, SamplingParams, TransformersModel, load_model
     from .models import ModelSpec, load
     from .scoring import CallableScorer, LogRatioScorer, RewardModelScorer, Scorer
-    from .search import (AdaptiveSearch, Beam, BestOfN, ChunkBeamSearch, EmulatedFineTuning, PrunedBestOfN, Sampling,
-                         SearchResult)
+    from .search import (AdaptiveSearch, Beam, BestOfN, ChunkBeamSearch, EmulatedFineTuning, Nudging, NudgingResult,
+                         PrunedBestOfN, Sampling, SearchResult)
 
 __version__ = "0.1.0"
 
@@ -36,6 +36,8 @@ __all__ = [
     "EmulatedFineTuning",
     "LogRatioScorer",
     "ModelSpec",
+    "Nudging",
+    "NudgingResult",
     "PrunedBestOfN",
     "RemoteModel",
     "RewardModelScorer",
@@ -55,6 +57,6 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     ".backends": ("ContextLengthError", "Conversation", "RemoteModel", "SamplingParams", "TransformersModel", "load_model"),
     ".models": ("ModelSpec", "load"),
     ".scoring": ("CallableScorer", "LogRatioScorer", "RewardModelScorer", "Scorer"),
-    ".search": ("AdaptiveSearch", "Beam", "BestOfN", "ChunkBeamSearch", "EmulatedFineTuning", "PrunedBestOfN",
-                "Sampling", "SearchResult"),
+    ".search": ("AdaptiveSearch", "Beam", "BestOfN", "ChunkBeamSearch", "EmulatedFineTuning", "Nudging",
+                "NudgingResult", "PrunedBestOfN", "Sampling", "SearchResult"),
 })

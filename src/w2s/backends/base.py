@@ -379,6 +379,30 @@ class TextGenerator(Protocol):
         cut by ``stop`` or ``max_new_tokens`` is not an end).  Row ``i`` samples from its own seed."""
         ...
 
+    def generate_confident(self, contexts: dict[int, str], max_new_tokens: int, threshold: float,
+                           keep_first: bool = True) -> dict[int, "Confident"]:
+        """Continue each row while the model is sure: it stops before the first token (after its first, with
+        ``keep_first``) where the top probability of its raw next-token distribution is below
+        ``threshold``.  Generators that cannot tell (no log-probabilities) lack this method."""
+        ...
+
+
+@dataclass
+class Confident:
+    """What a row wrote while its model was sure (``generate_confident`` of a generator, what Nudging asks
+    of the large model).
+
+    ``text`` is what it wrote, ``ended`` true when that ended the response, ``top`` the top probability of
+    its raw next-token distribution before the first token (how sure it was where it started), and
+    ``tokens`` the tokens it drew (its end token included; those of an incomplete last character are held
+    back from ``text`` and carried into the row's next call).
+    """
+
+    text: str
+    ended: bool
+    top: float
+    tokens: int
+
 
 class ResponseLogProbs(Protocol):
     def __call__(

@@ -44,7 +44,7 @@ from typing import Sequence
 import httpx
 
 from ..validation import check_choice, check_range
-from .base import (Continuation, RemoteError, SamplingParams, chat_turn_end_id, check_interrupt, per_row,
+from .base import (Confident, Continuation, RemoteError, SamplingParams, chat_turn_end_id, check_interrupt, per_row,
                    render_prompt, stop_index)
 
 # SamplingParams' repetition control -> the request field each engine takes it as (a control missing: refused).
@@ -642,6 +642,51 @@ class RemoteGenerator:
             raise RemoteError("; ".join(f"row {i}: {r}" for i, r in failed), kind=failed[0][1].kind,
                               status=failed[0][1].status)
         return {i: (c.text, c.finish_reason == "stop") for i, c in zip(rows, results)}
+
+    def generate_confident(self, contexts: dict[int, str], max_new_tokens: int, threshold: float,
+                           keep_first: bool = True) -> dict[int, Confident]:
+        """As :meth:`IncrementalGenerator.generate_confident`, from the engine's top log-probs
+        (``logprobs: 1``; the highest of the entries it returns at a position is the top probability): one
+        request of ``max_new_tokens`` per row, cut before the first token (after the first, with
+        ``keep_first``) whose top probability is below ``threshold``.  The engine must return the model's
+        raw log-probs (vLLM's default; llama.cpp's server needs ``--logits_all true``)."""
+        if not contexts:
+            return {}
+        rows = sorted(contexts)
+        bodies = []
+        for i in rows:
+            bodies.append({**self.lm.completion_body(contexts[i], self.params, max_new_tokens, 1,
+                                                     derive_seed(self.seeds[i], self.calls[i])), "logprobs": 1})
+            self.calls[i] += 1
+
+        async def ask(body):
+            try:
+                return await self.lm.post("/completions", body)
+            except RemoteError as err:
+                return err
+
+        answers = self.lm.run(_gather([ask(b) for b in bodies]))
+        failed = [(i, r) for i, r in zip(rows, answers) if isinstance(r, RemoteError)]
+        if failed:
+            raise RemoteError("; ".join(f"row {i}: {r}" for i, r in failed), kind=failed[0][1].kind,
+                              status=failed[0][1].status)
+        return {i: self._confident(answer, threshold, keep_first) for i, answer in zip(rows, answers)}
+
+    def _confident(self, answer: dict, threshold: float, keep_first: bool) -> Confident:
+        choice = answer["choices"][0]
+        logprobs = choice.get("logprobs") or {}
+        tokens, tops = logprobs.get("tokens"), logprobs.get("top_logprobs")
+        if tokens is None or tops is None or (tokens and not all(tops)):
+            raise ValueError(f"the engine serving {self.lm.model!r} returned no top log-probs (logprobs: 1), which "
+                             "Nudging needs; llama.cpp's server gives them with --logits_all true.")
+        top = [math.exp(max(t.values())) for t in tops]
+        kept = next((k for k in range(len(tokens)) if (k > 0 or not keep_first) and top[k] < threshold),
+                    len(tokens))
+        whole = kept == len(tokens)
+        text = choice["text"] if whole else "".join(tokens[:kept])
+        # an engine that ends at once says nothing of how sure it was: taken as unsure (the authors' reading)
+        return Confident(text, whole and choice.get("finish_reason") == "stop", top[0] if top else 0.0,
+                         kept + (whole and choice.get("finish_reason") == "stop"))
 
 
 class RemoteLogProbs:

@@ -49,8 +49,8 @@ def uniforms(seeds: Sequence[int], counters: Sequence[int], lanes: Sequence[int]
 class Drawn:
     """What one row sampled: its tokens (without an end token), and why it stopped.  ``reason`` is ``"end"``
     (an end-of-sequence token), ``"stop"`` (a stop string: ``text`` is cut before it), ``"cut"`` (the stop
-    function cut ``text``) or ``"length"``; ``text`` is None unless stop strings or a stop function were
-    checked (then it is the text so far)."""
+    function cut ``text``), ``"held"`` (``hold`` stopped it before a token was drawn) or ``"length"``; ``text``
+    is None unless stop strings or a stop function were checked (then it is the text so far)."""
 
     ids: list[int]
     reason: str
@@ -173,6 +173,7 @@ def sample_rows(
     prefixes: Sequence[list[int]] | None = None,
     active: Sequence[bool] | None = None,
     stop: Callable[[str], int | None] | Sequence[Callable[[str], int | None] | None] | None = None,
+    hold: Callable[[int, torch.Tensor], Sequence[bool]] | None = None,
 ) -> list[Drawn | None]:
     """Sample up to ``max_tokens`` tokens for each row, all rows in lock step.
 
@@ -190,6 +191,9 @@ def sample_rows(
         active: which rows sample (default all); the others get None.
         stop: ``stop(text)`` -> where to cut the response text so far, or None to go on (one function for
             all rows, or one per row, None where a row has none).
+        hold: ``hold(step, logits)`` sees the raw ``[rows, vocab]`` logits before the ``step``-th token is
+            drawn and says, per row, whether the row ends there without drawing it (reason ``"held"``): how
+            Nudging hands over where the model is unsure, and entropy-cut chunks end.
     """
     rows = len(contexts)
     live = list(active) if active is not None else [True] * rows
@@ -211,6 +215,12 @@ def sample_rows(
                               logits.shape[-1], logits.device)
     for step in range(max(limits)):
         check_interrupt()
+        if hold is not None:
+            for i, held in enumerate(hold(step, logits)):
+                if held and reasons[i] is None:
+                    reasons[i] = "held"
+            if all(r is not None for r in reasons):
+                break
         u = uniforms(seeds, [c + step for c in counters], lanes)
         if penalties is not None:
             logits = penalties.apply(logits)

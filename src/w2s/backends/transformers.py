@@ -16,8 +16,8 @@ from typing import Iterable, Sequence
 import torch
 
 from ..validation import check_choice, check_range
-from .base import (ANCHOR_TOKENS, MAX_TOKENS_PER_FORWARD, Continuation, SamplingParams, chat_turn_end_id, context_length_of, per_row,
-                   render_prompt, special_token_ids)
+from .base import (ANCHOR_TOKENS, MAX_TOKENS_PER_FORWARD, Confident, Continuation, SamplingParams, chat_turn_end_id,
+                   context_length_of, per_row, render_prompt, special_token_ids)
 from .kv_rows import KVRows, check_model, rows_beat_branches
 from .logprobs import common_prefix_length
 from .sampling import sample_rows
@@ -507,6 +507,11 @@ class IncrementalGenerator:
         self.lm, self.params, self.template = lm, params, template
         self.seeds = [int(s) for s in seeds]
         self.draws = [0] * n_rows
+        # with own_tokens, a row whose new context is its last one plus text it wrote, up to one of its token
+        # boundaries, goes on from those tokens instead of the text encoded again (which may split it
+        # otherwise): Nudging's models continue their own writing as if never interrupted
+        self.own_tokens = False
+        self.written: dict[int, tuple[str, list[int], list[int]]] = {}  # row -> (context, its ids, drawn ids)
         self.rows = lm.new_rows()
         self.rows.add_empty_rows(n_rows)
         self.tokens_run = 0  # tokens forwarded over all calls: what the cache saves shows here
@@ -524,6 +529,26 @@ class IncrementalGenerator:
         returns row -> (new text, ended) where ``ended`` is true at end-of-sequence or at one of the sampling
         parameters' stop strings (cut off, as remote engines do); a cut by ``stop`` or by
         ``max_new_tokens`` is not an end."""
+        return {i: (text, drawn.ended) for i, (text, drawn) in self._draw(contexts, max_new_tokens, stop).items()}
+
+    def generate_confident(self, contexts: dict[int, str], max_new_tokens: int, threshold: float,
+                           keep_first: bool = True) -> dict[int, Confident]:
+        """Continue ``contexts`` while the model is sure: a row stops before the first token (after its first,
+        with ``keep_first``) at which its raw next-token distribution's top probability is below
+        ``threshold`` (see :class:`w2s.backends.base.Confident`)."""
+        tops: dict[int, float] = {}
+
+        def hold(step: int, logits: torch.Tensor) -> list[bool]:
+            top = logits.float().softmax(dim=-1).amax(dim=-1).tolist()
+            if step == 0:
+                tops.update({i: top[i] for i in contexts})
+            return [(step > 0 or not keep_first) and p < threshold for p in top]
+
+        return {i: Confident(text, drawn.ended, tops[i], len(drawn.ids) + (drawn.reason == "end"))
+                for i, (text, drawn) in self._draw(contexts, max_new_tokens, None, hold).items()}
+
+    def _draw(self, contexts: dict[int, str], max_new_tokens: int, stop=None, hold=None) -> dict[int, tuple]:
+        """row -> (new text, :class:`Drawn`) for :meth:`generate` and :meth:`generate_confident`."""
         if not contexts:
             return {}
         rows = self.rows
@@ -531,8 +556,14 @@ class IncrementalGenerator:
         new = [[] for _ in range(len(rows))]
         keep = [len(ids) for ids in rows.ids]
         context_ids = [[] for _ in range(len(rows))]
+        carried = [[] for _ in range(len(rows))]  # the tokens of an incomplete character the context ends in
         for i in order:
-            context_ids[i] = ids = self.lm.encode_prompt(contexts[i], self.template)
+            own = self._own_ids(i, contexts[i]) if self.own_tokens else None
+            if own is not None:
+                context_ids[i], carried[i] = own
+            else:
+                context_ids[i] = self.lm.encode_prompt(contexts[i], self.template)
+            ids = context_ids[i] + carried[i]
             # keep the shared prefix, but always re-run at least the last token: its logits start sampling
             keep[i] = min(common_prefix_length(ids, rows.ids[i]), len(ids) - 1)
             new[i] = ids[keep[i]:]
@@ -549,12 +580,33 @@ class IncrementalGenerator:
 
         active = [i in contexts for i in range(len(rows))]
         drawn = sample_rows(self.lm, self.params, logits, forward, (self.seeds, self.draws, [0] * len(rows)),
-                            context_ids, max_new_tokens, active=active, stop=stop)
+                            context_ids, max_new_tokens, prefixes=carried, active=active, stop=stop, hold=hold)
         result = {}
         for i in order:
             draw = drawn[i]
             self.draws[i] += len(draw.ids) + (draw.reason == "end")
             text = (draw.text if draw.reason in ("stop", "cut")
-                    else self.lm.response_text(context_ids[i], draw.ids, draw.ended))
-            result[i] = (text, draw.ended)
+                    else self.lm.response_text(context_ids[i], carried[i] + draw.ids, draw.ended))
+            result[i] = (text, draw)
+            self.written[i] = (contexts[i], context_ids[i], carried[i] + draw.ids)
         return result
+
+    def _own_ids(self, row: int, context: str) -> tuple[list[int], list[int]] | None:
+        """``context`` as the row's last context and the most of the tokens it wrote whose text is what follows
+        in ``context``: (those ids, the tokens of an incomplete character after them that the text held
+        back, if any); None when ``context`` does not continue the last one that way."""
+        if row not in self.written:
+            return None
+        last, last_ids, written = self.written[row]
+        if not context.startswith(last):
+            return None
+        rest, partial = context[len(last):], None
+        for j in range(len(written), -1, -1):
+            text = self.lm.decode_after(last_ids, written[:j])
+            if text == rest:
+                return last_ids + written[:j], written[j:partial] if partial else []
+            if partial is None and text.endswith("\ufffd") and text.rstrip("\ufffd") == rest:
+                partial = j  # the held-back bytes of a character: carried, to be completed
+            if len(text.rstrip("\ufffd")) < len(rest):  # shorter ones only get shorter
+                return None
+        return None

@@ -30,7 +30,8 @@ class SearchOptions:
 
     Attributes:
         method: cbs (chunk-level beam search), bon (Best-of-N), sampling (plain sampling; ``base`` is its
-            old name), eft (emulated fine-tuning), adaptive or pruned_bon.
+            old name), eft (emulated fine-tuning), adaptive, pruned_bon or nudging (the tuned model writes
+            where the strong model is unsure).
         prompts: JSONL with a 'prompt' field (a .jsonl file, or a first line starting with {), or one
             prompt per line; - for stdin.
         output: JSONL, one line per prompt in input order (its settings in OUTPUT.run.json); - for stdout.
@@ -97,7 +98,10 @@ def run(args) -> int:
     def rows(batch: list[dict], start: int):
         prompts = [r["prompt"] for r in batch]
         kw = dict(seed=args.seed, batch_size=len(batch), start_index=start)
-        if args.method == "eft":
+        if args.method == "nudging":
+            results = config.generate(m.strong.model, m.tuned.model, prompts, base_template=m.strong.template,
+                                      nudger_template=m.tuned.template, scorer=scorer, **kw)
+        elif args.method == "eft":
             results = config.generate(m.strong.model, m.tuned.model, m.untuned.model, prompts, scorer=scorer,
                                       strong_template=m.strong.template, tuned_template=m.tuned.template,
                                       untuned_template=m.untuned.template, **kw)
@@ -117,6 +121,8 @@ def result_row(index: int, record: dict, result) -> dict:
     row = {**record, "prompt": result.prompt, "response": result.response, "score": finite(result.score),
            "finished": result.finished, "num_tokens": result.num_tokens,
            "sampled_tokens": result.sampled_tokens, "guide_tokens": result.guide_tokens, "method": result.method}
+    if hasattr(result, "nudge_tokens"):  # Nudging: what each model wrote
+        row.update(base_tokens=result.base_tokens, nudge_tokens=result.nudge_tokens, rounds=result.rounds)
     if result.beams is not None:
         row["beams"] = [{"response": b.text, "score": finite(b.score), "finished": b.finished,
                          "num_tokens": b.num_tokens} for b in result.beams]

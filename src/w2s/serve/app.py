@@ -23,12 +23,13 @@ import secrets
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Literal
 
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -47,6 +48,11 @@ from .metrics import Metrics, MetricsMiddleware
 log = logging.getLogger("w2s.serve")
 MAX_SEED = 2**63 - 1  # OpenAI's seed is a signed 64-bit integer; w2s takes the non-negative ones
 RETRY_AFTER_S = 1  # what a 503 tells the client to wait
+PLAYGROUND = Path(__file__).with_name("playground")  # the page at / and its files, served from the package
+PLAYGROUND_FILES = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8",
+                    "favicon.svg": "image/svg+xml"}
+# the playground loads nothing from elsewhere (no CDN) and runs no inline script
+PLAYGROUND_HEADERS = {"Content-Security-Policy": "default-src 'self'", "X-Content-Type-Options": "nosniff"}
 
 try:  # what a chat template's raise_exception() raises (e.g. "roles must alternate user/assistant")
     from jinja2.exceptions import TemplateError
@@ -335,6 +341,9 @@ class Server:
             aligner = m[ALIGNER_ROLE[method]]
             return built.context_error(m.strong.model, aligner.model, prompt, upstream_template=template,
                                        aligner_template=aligner.template)
+        if method == "nudging":
+            return built.context_error(m.strong.model, m.tuned.model, prompt, base_template=template,
+                                       nudger_template=m.tuned.template)
         why = context_error(m.strong.model, template, prompt, built.max_new_tokens, who="the large model")
         guided = method == "eft" or built.max_rows > 1
         for role in ("tuned", "untuned") if guided else ():
@@ -383,7 +392,8 @@ def create_app(config: ServeConfig, models: Models) -> FastAPI:
     app = FastAPI(title="w2s", description="weak-to-strong alignment at generation time, OpenAI-compatible",
                   lifespan=lifespan, **docs)
     app.state.server = server
-    app.add_middleware(Guard, api_key=api_key, open_endpoints=config.open_endpoints,
+    page = ("/", *(f"/playground/{name}" for name in PLAYGROUND_FILES)) if config.playground else ()
+    app.add_middleware(Guard, api_key=api_key, open_endpoints=config.open_endpoints + page,
                        max_body_bytes=config.max_body_bytes, error=lambda e: APIError(*e).response(),
                        body_timeout=config.body_timeout_s)
     app.add_middleware(MetricsMiddleware, metrics=server.metrics)
@@ -430,11 +440,24 @@ def create_app(config: ServeConfig, models: Models) -> FastAPI:
     async def metrics():
         return Response(server.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
+    if config.playground:
+        @app.get("/", include_in_schema=False)
+        async def playground():
+            return HTMLResponse((PLAYGROUND / "index.html").read_text(encoding="utf-8"), headers=PLAYGROUND_HEADERS)
+
+        @app.get("/playground/{name}", include_in_schema=False)
+        async def playground_file(name: str):
+            if name not in PLAYGROUND_FILES:
+                raise StarletteHTTPException(404)
+            return Response((PLAYGROUND / name).read_bytes(), media_type=PLAYGROUND_FILES[name],
+                            headers=PLAYGROUND_HEADERS)
+
     @app.get("/v1/models")
     async def list_models():
         return {"object": "list", "data": [{
             "id": config.name, "object": "model", "created": int(time.time()), "owned_by": "w2s",
-            "w2s": {"default_method": config.method, "methods": server.methods()},
+            "w2s": {"default_method": config.method, "methods": server.methods(),
+                    "parameters": {m: sorted(method_fields(m)) for m in server.methods()}},
         }]}
 
     @app.post("/v1/completions")
@@ -554,10 +577,16 @@ class _Reply:
         prompt = sum(self.prompt_tokens)
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
+    @staticmethod
+    def costs(output: Output) -> dict:
+        """A choice's ``w2s`` block: its score and what it cost in each model's tokens."""
+        return {"score": finite(output.score), "sampled_tokens": output.sampled_tokens,
+                "small_tokens": output.small_tokens}
+
     def whole(self, outputs: list[Output]) -> dict:
         choices = []
         for i, o in enumerate(outputs):
-            choice = {"index": i, "finish_reason": self.finish_reason(o), "w2s": {"score": finite(o.score)}}
+            choice = {"index": i, "finish_reason": self.finish_reason(o), "w2s": self.costs(o)}
             if self.chat:
                 choice["message"] = {"role": "assistant", "content": o.text}
             else:
@@ -567,12 +596,17 @@ class _Reply:
         out.update(usage=self.usage(outputs), w2s={"method": self.method})
         return out
 
-    def chunk(self, index: int, text: str | None, finish: str | None = None, role: bool = False) -> dict:
+    def chunk(self, index: int, text: str | None, finished: Output | None = None, role: bool = False) -> dict:
+        """A stream chunk: ``text``, the role (chat's first chunk), or the last of a choice (``finished``: its
+        finish reason and ``w2s`` block)."""
+        finish = None if finished is None else self.finish_reason(finished)
         if self.chat:
             delta = {"role": "assistant", "content": ""} if role else ({"content": text} if text else {})
             choice = {"index": index, "delta": delta, "finish_reason": finish}
         else:
             choice = {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish}
+        if finished is not None:
+            choice["w2s"] = self.costs(finished)
         return self.envelope([choice], chunk=True)
 
 
@@ -604,7 +638,7 @@ async def _stream(server: Server, job: Job, events: asyncio.Queue, reply: _Reply
                 yield _sse(reply.chunk(index, payload))
             elif kind == "done":
                 outputs[index] = payload
-                yield _sse(reply.chunk(index, None, finish=reply.finish_reason(payload)))
+                yield _sse(reply.chunk(index, None, finished=payload))
         if reply.include_usage and len(outputs) == len(job.prompts):
             final = reply.envelope([], chunk=True)
             final["usage"] = reply.usage(list(outputs.values()))

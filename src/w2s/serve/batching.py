@@ -35,6 +35,7 @@ from ..search.cbs import prompt_seeds
 from .config import ALIGNER_METHODS, ALIGNER_ROLE, build_method
 
 log = logging.getLogger("w2s.serve")
+ONE_SEED = ("eft", "nudging")  # methods whose batch is one request's part: they take one seed per call
 
 
 class QueueFull(Exception):
@@ -57,6 +58,8 @@ class Output:
     finished: bool  # ended by itself (EOS, stop string, or the upstream's end), not by a length limit
     num_tokens: int
     score: float | None = None
+    sampled_tokens: int | None = None  # tokens the large model sampled for it (all beams, samples or drafts)
+    small_tokens: int | None = None  # tokens the small models read (guides) or wrote (aligners) for it
 
 
 @dataclass
@@ -91,9 +94,9 @@ class Job:
 
     @property
     def key(self):
-        """Jobs with equal keys run as one batch; EFT runs alone (its sampler takes one seed per call)."""
-        if self.method == "eft":
-            return ("eft", id(self))
+        """Jobs with equal keys run as one batch; EFT and Nudging run alone (they take one seed per call)."""
+        if self.method in ONE_SEED:
+            return (self.method, id(self))
         return (self.method, self.strong_template, tuple(sorted((k, _freeze(v)) for k, v in self.params.items())))
 
 
@@ -227,7 +230,7 @@ class Batcher:
             first = self._waiting.popleft()
             batch, size = [first], len(first.prompts)
             deadline = time.monotonic() + self.batch_window
-            while size < self.max_batch_size and first.job.method != "eft":
+            while size < self.max_batch_size and first.job.method not in ONE_SEED:
                 for part in list(self._waiting):
                     if part.job.key == first.job.key and size + len(part.prompts) <= self.max_batch_size:
                         self._waiting.remove(part)
@@ -333,21 +336,31 @@ class Batcher:
             templates = dict(upstream_template=template, aligner_template=aligner.template)
             if method == "aligner":
                 for row, answer in enumerate(config.run(*models, prompts, **templates)):
-                    finish(row, Output(answer.corrected, True, _count_tokens(strong, answer.corrected)))
+                    finish(row, Output(answer.corrected, True, _count_tokens(strong, answer.corrected),
+                                       sampled_tokens=_count_tokens(strong, answer.original),
+                                       small_tokens=answer.aligner_tokens))
                 return
             texts, steps = [""] * len(prompts), [0] * len(prompts)
+            originals, small = [""] * len(prompts), [0] * len(prompts)
             for step in config.steps(*models, prompts, **templates):  # one StreamStep per corrected sentence
+                originals[step.question_index] += step.original
+                small[step.question_index] += step.aligner_tokens
                 check_wanted()
                 texts[step.question_index] += step.corrected
                 steps[step.question_index] += 1
                 stream(step.question_index, texts[step.question_index])
             for row, text in enumerate(texts):
                 # a full max_sentences means the answer may have been cut
-                finish(row, Output(text, steps[row] < config.max_sentences, _count_tokens(strong, text)))
+                finish(row, Output(text, steps[row] < config.max_sentences, _count_tokens(strong, text),
+                                   sampled_tokens=_count_tokens(strong, originals[row]), small_tokens=small[row]))
             return
 
         tuned, untuned = m.tuned, m.untuned
-        if method == "eft":  # one part per batch (its sampler takes one seed)
+        if method == "nudging":  # one part per batch (it takes one seed); the tuned model nudges
+            results = config.generate(strong, tuned.model, prompts, seed=parts[0].job.seed,
+                                      start_index=parts[0].start, base_template=template,
+                                      nudger_template=tuned.template, batch_size=len(prompts))
+        elif method == "eft":  # one part per batch (its sampler takes one seed)
             results = config.generate(strong, tuned.model, untuned.model, prompts, seed=parts[0].job.seed,
                                       start_index=parts[0].start,
                                       strong_template=template, tuned_template=tuned.template,
@@ -365,7 +378,8 @@ class Batcher:
             results = config.generate(_Seeded(strong, seeds), scorer, prompts, template=template,
                                       batch_size=len(prompts), on_step=on_step, max_rows=None)  # checked before
         for row, result in enumerate(results):
-            finish(row, Output(result.response, result.finished, result.num_tokens, result.score), result)
+            finish(row, Output(result.response, result.finished, result.num_tokens, result.score,
+                               result.sampled_tokens, result.guide_tokens), result)
 
 
 def _count_tokens(model, text: str) -> int:

@@ -38,6 +38,7 @@ A TOML file (every key optional; a model left out is the demo's default one)::
     server_api_key_env = "W2S_API_KEY"   # clients must send Authorization: Bearer <its value>
     open_endpoints = ["/health"]         # reachable without the key (also "/metrics")
     docs = true                          # serve /docs and /openapi.json
+    playground = true                    # serve the playground page at /
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class _Methods(Mapping):
     _where = {"cbs": ("..search", "ChunkBeamSearch"), "bon": ("..search", "BestOfN"),
               "sampling": ("..search", "Sampling"), "eft": ("..search", "EmulatedFineTuning"),
               "adaptive": ("..search", "AdaptiveSearch"), "pruned_bon": ("..search", "PrunedBestOfN"),
+              "nudging": ("..search", "Nudging"),
               "stream_aligner": ("..aligner", "StreamAligner"), "aligner": ("..aligner", "Aligner")}
 
     def __getitem__(self, method: str):
@@ -92,7 +94,7 @@ REMOTE_KEYS = set(REMOTE_FIELDS) - set(PER_ROLE)  # concurrency, timeout, max_re
 OPENABLE = ("/health", "/metrics")  # endpoints that may be reachable without the API key
 SERVER_KEYS = ("host", "port", "queue_size", "batch_window_ms", "max_batch_size", "max_prompts", "max_rows",
                "max_body_bytes", "request_timeout_s", "header_timeout_s", "body_timeout_s", "server_api_key_env",
-               "open_endpoints", "docs")
+               "open_endpoints", "docs", "playground")
 
 
 def method_fields(method: str) -> dict[str, object]:
@@ -137,6 +139,8 @@ class ServeConfig:
             "Authorization: Bearer KEY" (401 otherwise); none: no key.
         open_endpoints: endpoints reachable without the API key.
         docs: serve the interactive API docs (/docs, /openapi.json).
+        playground: serve the playground at / (a prompt, three methods streaming side by side, each with its
+            score and tokens; its page and files need no key, its requests send the key the user types).
     """
 
     name: str = "w2s"
@@ -158,6 +162,7 @@ class ServeConfig:
     server_api_key_env: str | None = None
     open_endpoints: tuple[str, ...] = field(default=("/health",), metadata={"choices": OPENABLE})
     docs: bool = True
+    playground: bool = True
 
     def __post_init__(self) -> None:
         self.method = canonical_method(self.method)
