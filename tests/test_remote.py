@@ -593,3 +593,16 @@ def test_nudging_a_remote_base_with_a_local_nudger(proxy, tuned):
     assert {who for who, _ in mixed.pieces} == {"base", "nudger"}
     assert mixed.response == "".join(text for _, text in mixed.pieces) != alone
     assert mixed.base_tokens > 0 and mixed.nudge_tokens > 0 and mixed.sampled_tokens >= mixed.base_tokens
+
+
+def test_entropy_cut_chunks_from_the_engines_top_logprobs(proxy):
+    """Entropy 0 is reached at every position: each chunk ends at its 4th token; a threshold no distribution
+    over the top 20 log-probs reaches (ln 21 < 3.1) never cuts."""
+    from w2s.backends.base import ENTROPY_MIN_TOKENS
+
+    lm = remote(proxy)
+    params = w2s.SamplingParams(temperature=0.0, top_k=0)
+    cut = lm.open(["The movie was"], params, [0]).expand([0], 2, 12, entropy=0.0)
+    assert [c.drawn for c in cut] == [ENTROPY_MIN_TOKENS] * 2 and not any(c.finished for c in cut)
+    whole = lm.open(["The movie was"], params, [0]).expand([0], 1, 12, entropy=3.1)[0]
+    assert whole.drawn == 12 and whole.text.startswith(cut[0].text)

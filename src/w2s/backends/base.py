@@ -9,6 +9,7 @@ whatever it can reuse (a local model keeps its KV cache rows; a remote engine ke
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence, runtime_checkable
@@ -23,6 +24,8 @@ MAX_TOKENS_PER_FORWARD = 4096
 
 # context tokens decoded in front of a response to recover its leading space (TransformersModel.decode_after)
 ANCHOR_TOKENS = 4
+ENTROPY_MIN_TOKENS = 4  # a chunk cut where the entropy rises has at least this many tokens (CARDS' rule)
+TOP_LOGPROBS = 20  # the top log-probs asked of an engine to estimate an entropy (vLLM's default maximum)
 TRANSCRIPT_ROLES = {"system": "System", "developer": "System", "user": "User", "assistant": "Assistant"}
 
 
@@ -159,6 +162,15 @@ def context_error(model, template: str, prompt: str, new_tokens: int, who: str |
         return None
     return (f"{who or model.name}'s context is {limit} tokens; the prompt has {n} and up to {new_tokens} more are "
             "needed; shorten the prompt or lower the token limits.")
+
+
+def top_entropy(logprobs: Sequence[float]) -> float:
+    """The entropy (nats) of a distribution known by its top log-probs: those outcomes, and the rest of the
+    mass as one more.  A lower bound of the whole vocabulary's entropy, close when the top ones hold most
+    of the mass."""
+    probs = [math.exp(x) for x in logprobs]
+    rest = max(0.0, 1.0 - sum(probs))
+    return -sum(p * math.log(p) for p in (*probs, rest) if p > 0)
 
 
 def stop_index(text: str, stop: Sequence[str]) -> int | None:
@@ -324,13 +336,16 @@ class SearchSession(Protocol):
     """A batch of prompts being generated, with a set of live (unfinished) beams per prompt."""
 
     def expand(self, parents: Sequence[int], n: int | Sequence[int], max_tokens: int | Sequence[int],
-               end: Callable[[str], int | None] | None = None) -> list[Continuation]:
+               end: Callable[[str], int | None] | None = None, entropy: float | None = None) -> list[Continuation]:
         """Sample ``n`` continuations of at most ``max_tokens`` tokens for each live beam in ``parents``.
 
         ``parents`` index the live beams (initially one empty beam per prompt, index = prompt index).
         ``n`` and ``max_tokens`` are one number for all parents or one per parent.  ``end(new_text)``, when
         given, ends a continuation's chunk early: it sees the text sampled in this expansion and returns
         where to cut it (the continuation's text then ends exactly there, unfinished) or None to go on.
+        ``entropy``, when given, ends a chunk before the token at which the model's next-token entropy (nats)
+        reaches it, once the chunk has :data:`ENTROPY_MIN_TOKENS` tokens (remotely, estimated from the
+        engine's top log-probs: :func:`top_entropy`).
         Returns ``sum(n)`` continuations, grouped by parent in the order given.
         """
         ...

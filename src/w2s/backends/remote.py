@@ -44,8 +44,8 @@ from typing import Sequence
 import httpx
 
 from ..validation import check_choice, check_range
-from .base import (Confident, Continuation, RemoteError, SamplingParams, chat_turn_end_id, check_interrupt, per_row,
-                   render_prompt, stop_index)
+from .base import (ENTROPY_MIN_TOKENS, TOP_LOGPROBS, Confident, Continuation, RemoteError, SamplingParams,
+                   chat_turn_end_id, check_interrupt, per_row, render_prompt, stop_index, top_entropy)
 
 # SamplingParams' repetition control -> the request field each engine takes it as (a control missing: refused).
 # vLLM 0.32 (entrypoints/openai/completion/protocol.py) and llama-cpp-python's server (server/types.py) take
@@ -321,12 +321,16 @@ class RemoteModel:
 
         return await self._with_retries(f"{'GET' if body is None else 'POST'} {path}", once)
 
-    async def stream_completion(self, body: dict, stop) -> CompletionChoice:
+    async def stream_completion(self, body: dict, stop, entropy: float | None = None) -> CompletionChoice:
         """One streamed completion.  ``stop(text)`` is asked after each delta; a cut closes the stream at
         once (finish reason ``"cut"``).  The body's stop strings are checked here too (an end, ``"stop"``, as
         in local sampling), whatever the engine does with them.  The token count is the number of deltas
-        that carried text (engines stream one token per delta).  A stream that breaks off (no
-        finish_reason) is retried from the start."""
+        that carried text (engines stream one token per delta).  With ``entropy``, the engine's top
+        log-probs are asked for and the stream is cut before the token whose distribution's entropy
+        (:func:`top_entropy`) reaches it, once :data:`ENTROPY_MIN_TOKENS` tokens came (finish reason
+        ``"cut"``).  A stream that breaks off (no finish_reason) is retried from the start."""
+        if entropy is not None:
+            body = {**body, "logprobs": TOP_LOGPROBS}
         stop_strings = body.get("stop") or ()
         url = f"{self.base_url}/completions"
 
@@ -350,6 +354,13 @@ class RemoteModel:
                         if "error" in chunk and not chunk.get("choices"):
                             raise _Retryable(f"error event in the stream: {chunk['error']}")
                         choice = chunk["choices"][0]
+                        if entropy is not None and deltas >= ENTROPY_MIN_TOKENS and choice.get("text"):
+                            tops = (choice.get("logprobs") or {}).get("top_logprobs") or [None]
+                            if tops[0] is None:
+                                raise ValueError(f"the engine serving {self.model!r} streamed no top log-probs "
+                                                 "(logprobs), which entropy-cut chunks need.")
+                            if top_entropy(list(tops[0].values())) >= entropy:
+                                return CompletionChoice(text, "cut", deltas)
                         delta = choice.get("text") or ""
                         text, deltas = text + delta, deltas + bool(delta)
                         finish = choice.get("finish_reason") or finish
@@ -436,17 +447,18 @@ class RemoteModel:
         return self.detected
 
     async def sample_choices(self, prompt: str, params: SamplingParams, max_tokens: int, n: int,
-                             seed_keys: tuple[int, ...], end=None) -> list[CompletionChoice]:
+                             seed_keys: tuple[int, ...], end=None, entropy: float | None = None
+                             ) -> list[CompletionChoice]:
         """``n`` continuations of ``prompt``; sample k is seeded with ``derive_seed(*seed_keys, k)``.  With a
-        chunk-end rule ``end`` each sample is its own stream, closed where ``end`` cuts it."""
+        chunk-end rule ``end`` (or an ``entropy`` cut) each sample is its own stream, closed where it is cut."""
         def request(choices: int, k: int):  # asks for ``choices`` samples, seeded as sample k
             return self.post("/completions", self.completion_body(prompt, params, max_tokens, choices,
                                                                   derive_seed(*seed_keys, k)))
 
-        if end is not None:
+        if end is not None or entropy is not None:
             return list(await asyncio.gather(*[
                 self.stream_completion(self.completion_body(prompt, params, max_tokens, 1, derive_seed(*seed_keys, k)),
-                                       end) for k in range(n)]))
+                                       end, entropy) for k in range(n)]))
 
         if self.n_supported is False or n == 1:
             singles = [request(1, k) for k in range(n)]
@@ -555,7 +567,7 @@ class RemoteSearchSession:
         self.live = [Continuation(p, p, "", False, 0) for p in range(len(contexts))]
         self.candidates: list[Continuation] = []
 
-    def expand(self, parents: Sequence[int], n, max_tokens, end=None) -> list[Continuation]:
+    def expand(self, parents: Sequence[int], n, max_tokens, end=None, entropy=None) -> list[Continuation]:
         ns, limits = per_row(n, len(parents)), per_row(max_tokens, len(parents))
         assert parents and min(ns) >= 1 and min(limits) >= 1
         beams = [self.live[i] for i in parents]
@@ -571,7 +583,7 @@ class RemoteSearchSession:
         async def sample_beam(beam: Continuation, keys: tuple[int, ...], n: int, max_tokens: int):
             try:
                 return await self.lm.sample_choices(self.contexts[beam.prompt_index] + beam.text, self.params,
-                                                    max_tokens, n, keys, end)
+                                                    max_tokens, n, keys, end, entropy)
             except RemoteError as err:
                 return err
 

@@ -16,8 +16,8 @@ from typing import Iterable, Sequence
 import torch
 
 from ..validation import check_choice, check_range
-from .base import (ANCHOR_TOKENS, MAX_TOKENS_PER_FORWARD, Confident, Continuation, SamplingParams, chat_turn_end_id,
-                   context_length_of, per_row, render_prompt, special_token_ids)
+from .base import (ANCHOR_TOKENS, ENTROPY_MIN_TOKENS, MAX_TOKENS_PER_FORWARD, Confident, Continuation, SamplingParams,
+                   chat_turn_end_id, context_length_of, per_row, render_prompt, special_token_ids)
 from .kv_rows import KVRows, check_model, rows_beat_branches
 from .logprobs import common_prefix_length
 from .sampling import sample_rows
@@ -359,7 +359,7 @@ class LocalSearchSession:
         for rows in self.stream_rows:
             rows.regroup(sources, reserve=reserve)
 
-    def expand(self, parents: Sequence[int], n, max_tokens, end=None) -> list[Continuation]:
+    def expand(self, parents: Sequence[int], n, max_tokens, end=None, entropy=None) -> list[Continuation]:
         if self.candidates:
             raise RuntimeError("select the survivors of the last expansion before expanding again.")
         parents = list(parents)
@@ -417,7 +417,7 @@ class LocalSearchSession:
         stops = None if end is None else [_chunk_end(end, len(self.response_texts[r])) for r, _ in places]
         drawn = sample_rows(self.lm, self.params, self.next_logits[[r for r, _ in places]], forward, keys, contexts,
                             [limits[r] for r, _ in places], prefixes=[self.response_ids[r] for r, _ in places],
-                            stop=stops)
+                            stop=stops, hold=None if entropy is None else entropy_hold(entropy))
         self.candidates, self.candidate_places = [], []
         for i, ((r, k), draw) in enumerate(zip(places, drawn)):
             ids = self.response_ids[r] + draw.ids
@@ -475,6 +475,19 @@ class LocalSearchSession:
         self.draws = [self.candidate_places[i][4] for i in indices]
         self.next_logits = self.next_logits.new_zeros(len(indices), self.next_logits.shape[-1])  # every row is pending
         self.candidates = []
+
+
+def entropy_hold(threshold: float):
+    """A ``hold`` of :func:`sample_rows` that ends a chunk before the token at which the next-token entropy
+    (nats, over the whole vocabulary) reaches ``threshold``, once the chunk has ENTROPY_MIN_TOKENS tokens."""
+    def hold(step: int, logits: torch.Tensor) -> list[bool]:
+        if step < ENTROPY_MIN_TOKENS:
+            return [False] * logits.shape[0]
+        logp = logits.float().log_softmax(dim=-1)
+        entropy = -(logp.exp() * logp.nan_to_num(neginf=0.0)).sum(dim=-1)
+        return (entropy >= threshold).tolist()
+
+    return hold
 
 
 def _chunk_end(end, start: int):

@@ -103,6 +103,10 @@ class ChunkBeamSearch:
             sentence, by the Stream Aligner's streaming rule), ``"line"`` (after a newline),
             ``"paragraph"`` (after a blank line), or any other text, a delimiter of your own (kept in the
             chunk); None: chunks of exactly L tokens.
+        chunk_entropy: a chunk also ends before the token at which the large model's next-token entropy (in
+            nats, over its whole vocabulary) reaches this, once it has 4 tokens (CARDS' segments; L caps
+            it).  Remotely the entropy is estimated from the engine's top 20 log-probs (a lower bound).
+            None: off.
         max_new_tokens: length limit of a response, in large-model tokens.
         sampling: the large model's sampling: temperature, top_p, top_k and stop strings (the authors'
             settings by default: 0.7, 1.0, 50).
@@ -113,6 +117,7 @@ class ChunkBeamSearch:
     successors_per_beam: int = 4
     chunk_length: int | None = 5
     chunk_end: str | None = None
+    chunk_entropy: float | None = None
     max_new_tokens: int = 50
     sampling: SamplingParams = field(default_factory=SamplingParams)
     return_beams: bool = False
@@ -127,6 +132,7 @@ class ChunkBeamSearch:
         if self.chunk_end is not None and (not isinstance(self.chunk_end, str) or not self.chunk_end):
             raise ValueError(f"chunk_end must be 'sentence', 'line', 'paragraph', a delimiter (a non-empty string) "
                              f"or None, got {self.chunk_end!r}.")
+        check_range("chunk_entropy", self.chunk_entropy, low=0.0, allow_none=True)
         check_sampling(self.sampling)
         if not isinstance(self.return_beams, bool):
             raise ValueError(f"return_beams must be true or false, got {self.return_beams!r}.")
@@ -278,6 +284,8 @@ class ChunkBeamSearch:
         beams = [[Beam("", False, 0, row=p, prompt=p)] for p in range(n_prompts)]  # W copies of the prompt, as one
         end = chunk_end_rule(self.chunk_end)
         chunk_end = {} if end is None else {"end": end}  # (sessions that know no chunk ends are called as before)
+        if self.chunk_entropy is not None:
+            chunk_end["entropy"] = self.chunk_entropy
         errors: dict[int, str] = {}  # prompt -> why a remote model could not sample for it: it ends there
         sampled = [0] * n_prompts  # large-model tokens drawn per prompt
         guide: list[int | None] = [0] * n_prompts  # guide tokens run per prompt (None: the scorer cannot tell)
@@ -437,6 +445,7 @@ class BestOfN(ChunkBeamSearch):
     successors_per_beam: int = field(default=16, init=False)
     chunk_length: int | None = field(default=None, init=False)
     chunk_end: str | None = field(default=None, init=False)
+    chunk_entropy: float | None = field(default=None, init=False)
 
     method = "bon"
     rows_formula = "n"
@@ -455,5 +464,6 @@ class Sampling(ChunkBeamSearch):
     successors_per_beam: int = field(default=1, init=False)
     chunk_length: int | None = field(default=None, init=False)
     chunk_end: str | None = field(default=None, init=False)
+    chunk_entropy: float | None = field(default=None, init=False)
 
     method = "sampling"
