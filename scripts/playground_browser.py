@@ -120,7 +120,7 @@ def main() -> None:
         wait(up, 300, "start")
         if server.poll() is not None:
             sys.exit(f"w2s serve exited with {server.returncode}")
-        driver = browser()
+        driver = browser(height=1000)  # the whole page: three columns and their figures
         try:
             for column in ask(driver, f"http://127.0.0.1:{port}/", args.prompt, args.max_tokens, timeout=600):
                 print(column)
