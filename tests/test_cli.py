@@ -32,6 +32,7 @@ PROMPTS = [{"prompt": "The cat", "id": 1}, {"prompt": "What a", "id": 2}, {"prom
                   "--schedule", "3", "1", "--patience", "1"]),
     ("pruned_bon", ["--n", "4", "--checkpoints", "2", "4", "--prune-fraction", "0.5"]),
     ("nudging", ["--gamma", "0.3", "--nudge-tokens", "4"]),  # the tuned model nudges
+    ("tree", ["--children", "2", "--chunk-length", "3", "--simulations", "2"]),
 ])
 def test_search_writes_one_scored_line_per_prompt_in_order(model_dirs, tmp_path, method, extra):
     prompts = tmp_path / "prompts.jsonl"

@@ -107,13 +107,13 @@ def _choice_costs(c: openai.OpenAI, method: str, stream: bool) -> dict:
     return {"text": text, **costs}
 
 
-@pytest.mark.parametrize("method", METHODS + ["bon", "aligner", "nudging"])
+@pytest.mark.parametrize("method", METHODS + ["bon", "aligner", "nudging", "tree"])
 def test_each_choice_says_its_score_and_tokens_streamed_or_not(keyed, method):
     c = openai.OpenAI(base_url=keyed + "/v1", api_key=KEY, max_retries=0)
     whole, streamed = _choice_costs(c, method, stream=False), _choice_costs(c, method, stream=True)
     assert whole == streamed
     assert whole["sampled_tokens"] >= 1
-    if method in ("cbs", "bon"):  # several samples of the large model, scored by both guides
+    if method in ("cbs", "bon", "tree"):  # several samples of the large model, scored by both guides
         assert whole["sampled_tokens"] > len(whole["text"]) // 10 and whole["small_tokens"] > 0
         assert isinstance(whole["score"], float)
     elif method == "sampling":

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from .models import ModelSpec, load
     from .scoring import CallableScorer, LogRatioScorer, RewardModelScorer, Scorer
     from .search import (AdaptiveSearch, Beam, BestOfN, ChunkBeamSearch, EmulatedFineTuning, Nudging, NudgingResult,
-                         PrunedBestOfN, Sampling, SearchResult)
+                         PrunedBestOfN, Sampling, SearchResult, TreeSearch)
 
 __version__ = "0.1.0"
 
@@ -47,6 +47,7 @@ __all__ = [
     "SearchResult",
     "StreamAligner",
     "TransformersModel",
+    "TreeSearch",
     "load",
     "load_model",
     "split_sentences",
@@ -58,5 +59,5 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     ".models": ("ModelSpec", "load"),
     ".scoring": ("CallableScorer", "LogRatioScorer", "RewardModelScorer", "Scorer"),
     ".search": ("AdaptiveSearch", "Beam", "BestOfN", "ChunkBeamSearch", "EmulatedFineTuning", "Nudging",
-                "NudgingResult", "PrunedBestOfN", "Sampling", "SearchResult"),
+                "NudgingResult", "PrunedBestOfN", "Sampling", "SearchResult", "TreeSearch"),
 })

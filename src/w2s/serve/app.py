@@ -297,7 +297,8 @@ class Server:
             try:
                 built.check_rows(self.config.max_rows, "this server's max_rows")
             except ValueError as err:
-                raise APIError(400, str(err), param="w2s.n" if built.rows_formula == "n" else "w2s.beam_width") from None
+                raise APIError(400, str(err), param="w2s." + {"n": "n", "children": "children"}.get(
+                    built.rows_formula, "beam_width")) from None
         prompt_tokens = []
         for i, prompt in enumerate(prompts):
             where = prompt_param if len(prompts) == 1 or prompt_param == "messages" else f"{prompt_param}.{i}"

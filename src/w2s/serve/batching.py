@@ -35,7 +35,7 @@ from ..search.cbs import prompt_seeds
 from .config import ALIGNER_METHODS, ALIGNER_ROLE, build_method
 
 log = logging.getLogger("w2s.serve")
-ONE_SEED = ("eft", "nudging")  # methods whose batch is one request's part: they take one seed per call
+ONE_SEED = ("eft", "nudging", "tree")  # methods whose batch is one request's part: they take one seed per call
 
 
 class QueueFull(Exception):
@@ -360,6 +360,12 @@ class Batcher:
             results = config.generate(strong, tuned.model, prompts, seed=parts[0].job.seed,
                                       start_index=parts[0].start, base_template=template,
                                       nudger_template=tuned.template, batch_size=len(prompts))
+        elif method == "tree":  # one part per batch (its rows' seeds are its own): the answer grows a chunk a step
+            results = config.generate(strong, LogRatioScorer(tuned.model, untuned.model, tuned.template,
+                                                             untuned.template),
+                                      prompts, seed=parts[0].job.seed, start_index=parts[0].start, template=template,
+                                      batch_size=len(prompts), max_rows=None,
+                                      on_step=lambda row, texts: (check_wanted(), stream(row, texts[0])))
         elif method == "eft":  # one part per batch (its sampler takes one seed)
             results = config.generate(strong, tuned.model, untuned.model, prompts, seed=parts[0].job.seed,
                                       start_index=parts[0].start,

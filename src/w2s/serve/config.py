@@ -63,7 +63,7 @@ class _Methods(Mapping):
     _where = {"cbs": ("..search", "ChunkBeamSearch"), "bon": ("..search", "BestOfN"),
               "sampling": ("..search", "Sampling"), "eft": ("..search", "EmulatedFineTuning"),
               "adaptive": ("..search", "AdaptiveSearch"), "pruned_bon": ("..search", "PrunedBestOfN"),
-              "nudging": ("..search", "Nudging"),
+              "nudging": ("..search", "Nudging"), "tree": ("..search", "TreeSearch"),
               "stream_aligner": ("..aligner", "StreamAligner"), "aligner": ("..aligner", "Aligner")}
 
     def __getitem__(self, method: str):
