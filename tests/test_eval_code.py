@@ -253,3 +253,17 @@ def test_code_changed_compares_code_and_never_flags_the_same_text():
     assert code_changed("    x = 1\n", "    x = 2\n")
     untokenizable = "    x = {'a': 1,\n"  # a literal cut at the line cap: the tokenizer fails on it
     assert not code_changed(untokenizable, untokenizable) and code_changed(untokenizable, "    # a\n" + untokenizable)
+
+
+def test_peer_rows_run_on_the_code_gold(model_dirs, tmp_path):
+    """Issue 29 item 4: Nudging, CBS with entropy-cut chunks and tree search at CBS 2x2's per-step budget."""
+    strong, tuned, untuned = (w2s.load_model(model_dirs[r]) for r in ("strong", "tuned", "untuned"))
+    names = ("base", "cbs-2x2", "cbs-2x2-entropy", "tree-2x2", "nudging")
+    rows = code_eval.evaluate_code(tmp_path, strong, tuned, untuned, PROBLEMS, seeds=(0,), max_new_tokens=6,
+                                   methods=names, batch_size=3, limits=code.Limits(timeout=2), progress=False)
+    assert [r["method"] for r in rows] == ["base", "cbs-2x2", "cbs-2x2-entropy", "tree-2x2", "nudging"]
+    nudged = [json.loads(line) for line in (tmp_path / "raw" / "nudging" / "seed0.jsonl").open()]
+    assert all({"passed", "nudge_tokens", "base_tokens"} <= set(r) for r in nudged)
+    comparisons = (tmp_path / "comparisons.md").read_text()
+    for pair in ("tree-2x2 − cbs-2x2", "cbs-2x2-entropy − cbs-2x2", "nudging − base", "nudging − cbs-2x2"):
+        assert f"| {pair} |" in comparisons

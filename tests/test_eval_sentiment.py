@@ -227,3 +227,21 @@ def test_method_table_covers_the_paper_settings_and_the_budget_variants():
         4, 4, 5, 0.7, 50, 1.0)
     assert make_search("bon-16", 16, 50, chunk_length=5).samples_per_step == 16
     assert make_search("eft", 1, 50, chunk_length=5).beta == 1.0
+
+
+def test_peer_rows_run_with_their_compute_and_comparisons(strong, tuned, untuned, tmp_path):
+    """Issue 29 item 4: Nudging (the tuned guide nudges), CBS with entropy-cut chunks and tree search at CBS
+    4x4's per-step budget, paired with CBS 4x4 and base."""
+    names = ["base", "cbs-4x4", "cbs-4x4-entropy", "tree-4x4", "nudging"]
+    rows = evaluate_sentiment(tmp_path, strong, tuned, untuned, PROMPTS[:2], seeds=(0,), max_new_tokens=8,
+                              methods=names, progress=False)
+    got = {r["method"]: r for r in rows}
+    assert list(got) == [n for n in SENTIMENT_RUNS if n in names]
+    assert got["tree-4x4"]["compute_N"] == 16 and got["nudging"]["compute_N"] == 1
+    nudged = raw(tmp_path, "nudging", 0)
+    assert all(r["nudge_tokens"] > 0 and r["guide_tokens"] >= r["nudge_tokens"] for r in nudged)  # the nudger's
+    assert all(r["sampled_tokens"] >= r["base_tokens"] for r in nudged)
+    assert got["tree-4x4"]["sampled_tokens"] > got["cbs-4x4"]["sampled_tokens"] / 4 > 0
+    comparisons = (tmp_path / "comparisons.md").read_text()
+    for pair in ("tree-4x4 − cbs-4x4", "cbs-4x4-entropy − cbs-4x4", "nudging − cbs-4x4", "nudging − base"):
+        assert f"| {pair} |" in comparisons

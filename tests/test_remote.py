@@ -606,3 +606,12 @@ def test_entropy_cut_chunks_from_the_engines_top_logprobs(proxy):
     assert [c.drawn for c in cut] == [ENTROPY_MIN_TOKENS] * 2 and not any(c.finished for c in cut)
     whole = lm.open(["The movie was"], params, [0]).expand([0], 1, 12, entropy=3.1)[0]
     assert whole.drawn == 12 and whole.text.startswith(cut[0].text)
+
+
+def test_tree_search_over_a_remote_large_model(proxy, scorer):
+    lm = remote(proxy)
+    search = w2s.TreeSearch(children=2, chunk_length=4, simulations=2, max_new_tokens=8)
+    result = next(iter(search.generate(lm, scorer, ["The movie was"], seed=1)))
+    assert result.error is None and 0 < result.num_tokens <= 8 and result.response
+    assert result.sampled_tokens <= 2 * 2 * 2 * 4 and result.score == pytest.approx(
+        scorer.score("The movie was", [result.response], [result.finished])[0], abs=1e-4)

@@ -121,8 +121,7 @@ def result_row(index: int, record: dict, result) -> dict:
     row = {**record, "prompt": result.prompt, "response": result.response, "score": finite(result.score),
            "finished": result.finished, "num_tokens": result.num_tokens,
            "sampled_tokens": result.sampled_tokens, "guide_tokens": result.guide_tokens, "method": result.method}
-    if hasattr(result, "nudge_tokens"):  # Nudging: what each model wrote
-        row.update(base_tokens=result.base_tokens, nudge_tokens=result.nudge_tokens, rounds=result.rounds)
+    row.update(getattr(result, "extra", {}))  # (Nudging: what each model wrote)
     if result.beams is not None:
         row["beams"] = [{"response": b.text, "score": finite(b.score), "finished": b.finished,
                          "num_tokens": b.num_tokens} for b in result.beams]

@@ -33,7 +33,8 @@ from .common import (SAMPLING, SEARCH_MODELS_CHECKED, check_runs, draw_lines, fi
                      model_settings, run_prompts, start_run, write_summary)
 
 CODE_RUNS = {"greedy": 1, "base": 1, "bon-4": 4, "bon-16": 16, "cbs-2x2": 4, "cbs-4x4": 16, "tuned-alone": 1,
-             "untuned-alone": 1, "stream-aligner": 1, "stream-aligner-speculative": 1, "aligner": 1}
+             "untuned-alone": 1, "stream-aligner": 1, "stream-aligner-speculative": 1, "aligner": 1,
+             "cbs-2x2-entropy": 4, "tree-2x2": 4, "nudging": 1}
 # the runs that correct the strong model's answer with an aligner (issue 26) instead of steering its sampling
 ALIGNER_RUNS = ("stream-aligner", "stream-aligner-speculative", "aligner")
 CHUNK_LENGTH = 32  # strong-model tokens a line chunk may run to before it is cut anyway
@@ -55,7 +56,8 @@ def comparisons(names: Sequence[str]) -> list[tuple[str, str, tuple[str, ...]]]:
              ("cbs-2x2", "bon-4"), ("cbs-4x4", "bon-16"), ("cbs-2x2", "tuned-alone"), ("cbs-4x4", "tuned-alone"),
              ("bon-4", "base"), ("bon-16", "base"), ("tuned-alone", "untuned-alone"), ("base", "greedy"),
              ("stream-aligner", "base"), ("aligner", "base"), ("stream-aligner", "aligner"),
-             ("stream-aligner", "cbs-2x2"), ("stream-aligner-speculative", "stream-aligner")]
+             ("stream-aligner", "cbs-2x2"), ("stream-aligner-speculative", "stream-aligner"),
+             ("cbs-2x2-entropy", "cbs-2x2"), ("tree-2x2", "cbs-2x2"), ("nudging", "base"), ("nudging", "cbs-2x2")]
     return [(a, b, GOLD) for a, b in pairs if a in names and b in names]
 
 
@@ -107,6 +109,10 @@ def evaluate_code(out_dir, strong, tuned, untuned, problems: Sequence[dict], *, 
             who = name.removesuffix("-alone") if name.endswith("-alone") else "strong"
 
             def generate(batch, search=search, who=who, **kw):
+                if search.method == "nudging":  # the tuned guide nudges the strong model
+                    return search.generate(models["strong"], models["tuned"], batch, scorer=scorer,
+                                           base_template=templates["strong"], nudger_template=templates["tuned"],
+                                           **kw)
                 return search.generate(models[who], scorer, batch, template=templates[who], **kw)
 
         for seed in seeds:

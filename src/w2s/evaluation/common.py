@@ -114,11 +114,17 @@ def make_search(name: str, compute: int, max_new_tokens: int, chunk_length: int,
       end at sentence ends, capped at twice that;
     - ``front-WxK``: CBS with the front-loaded schedule of successors (the same budget as ``cbs-WxK``);
       ``adaptive-WxK``: that, plus the adaptive stop after :data:`PATIENCE` chunks of a stable best beam;
+    - ``cbs-WxK-entropy``: chunks that end where the strong model's entropy reaches :data:`CHUNK_ENTROPY`
+      (CARDS' segments), capped at twice ``chunk_length``;
+    - ``tree-WxK``: tree search with K children of ``chunk_length`` tokens and W simulations per step (the
+      per-step budget of ``cbs-WxK``);
+    - ``nudging``: Nudging by the tuned model, greedy as its authors ran it, gamma :data:`NUDGING_GAMMA`;
     - ``eft``: EFT with beta 1;
     - ``X-norepeat``: run ``X`` with :data:`REPETITION_CONTROL`.
     """
     from ..backends.base import SamplingParams
-    from ..search import AdaptiveSearch, BestOfN, ChunkBeamSearch, EmulatedFineTuning, PrunedBestOfN, Sampling
+    from ..search import (AdaptiveSearch, BestOfN, ChunkBeamSearch, EmulatedFineTuning, Nudging, PrunedBestOfN,
+                          Sampling, TreeSearch)
 
     sampling = SAMPLING
     if name.endswith(NO_REPEAT):  # the same run with the evaluations' repetition control
@@ -130,13 +136,21 @@ def make_search(name: str, compute: int, max_new_tokens: int, chunk_length: int,
         return BestOfN(n=compute, **kw)
     if name.startswith("pruned-bon-"):
         return PrunedBestOfN(n=compute, checkpoints=prune_checkpoints(max_new_tokens), prune_fraction=0.5, **kw)
+    if name == "nudging":
+        return Nudging(gamma=NUDGING_GAMMA, max_new_tokens=max_new_tokens,
+                       sampling=SamplingParams(temperature=0.0, top_k=0, stop=stop))
     family, _, rest = name.partition("-")
+    if family == "tree":
+        width, successors = map(int, rest.split("x"))
+        return TreeSearch(children=successors, simulations=width, chunk_length=chunk_length, **kw)
     if family in ("cbs", "front", "adaptive"):
         shape, _, chunks = rest.partition("-")
         width, successors = map(int, shape.split("x"))
         kw.update(beam_width=width, successors_per_beam=successors, chunk_length=chunk_length, chunk_end=chunk_end)
         if chunks == "sentence":
             kw.update(chunk_end="sentence", chunk_length=2 * chunk_length)
+        if chunks == "entropy":
+            kw.update(chunk_entropy=CHUNK_ENTROPY, chunk_length=2 * chunk_length)
         if family == "cbs":
             return ChunkBeamSearch(**kw)
         return AdaptiveSearch(patience=PATIENCE if family == "adaptive" else None, **kw)
@@ -144,6 +158,8 @@ def make_search(name: str, compute: int, max_new_tokens: int, chunk_length: int,
 
 
 PATIENCE = 2  # chunks of a stable best beam after which the evaluations' adaptive CBS stops searching
+CHUNK_ENTROPY = 3.0  # nats: where the evaluations' entropy-cut chunks end (CARDS' threshold)
+NUDGING_GAMMA = 0.4  # the evaluations' Nudging threshold (the paper's examples)
 
 
 def prune_checkpoints(max_new_tokens: int) -> tuple[int, ...]:
@@ -154,7 +170,9 @@ def prune_checkpoints(max_new_tokens: int) -> tuple[int, ...]:
 
 # the budget variants on the reward-against-tokens plots: run -> (marker, label)
 VARIANT_MARKERS = {"pruned-bon-16": ("v", "pruned Best-of-16"), "cbs-4x4-sentence": ("P", "CBS 4x4, sentence chunks"),
-                   "front-4x4": (">", "CBS 4x4, front-loaded"), "adaptive-4x4": ("X", "CBS 4x4, front-loaded + stop")}
+                   "front-4x4": (">", "CBS 4x4, front-loaded"), "adaptive-4x4": ("X", "CBS 4x4, front-loaded + stop"),
+                   "cbs-4x4-entropy": ("*", "CBS 4x4, entropy chunks"), "tree-4x4": ("D", "tree search 4x4"),
+                   "nudging": ("s", "Nudging")}
 
 
 def draw_lines(ax, got: dict, families, column: str) -> int:

@@ -31,7 +31,8 @@ from .common import (NO_REPEAT, SAMPLING, SEARCH_MODELS_CHECKED, VARIANT_MARKERS
 
 # name: compute N, i.e. strong-model samples per prompt per step (W*K for CBS, n for Best-of-N)
 SENTIMENT_RUNS = {"base": 1, "bon-4": 4, "bon-16": 16, "cbs-2x2": 4, "cbs-4x4": 16, "eft": 1, "tuned-alone": 1,
-                  "pruned-bon-16": 16, "cbs-4x4-sentence": 16, "front-4x4": 16, "adaptive-4x4": 16}
+                  "pruned-bon-16": 16, "cbs-4x4-sentence": 16, "front-4x4": 16, "adaptive-4x4": 16,
+                  "cbs-4x4-entropy": 16, "tree-4x4": 16, "nudging": 1}
 SENTIMENT_RUNS.update({f"{name}{NO_REPEAT}": SENTIMENT_RUNS[name]  # with the repetition control
                        for name in ("base", "bon-4", "bon-16", "cbs-2x2", "cbs-4x4", "cbs-4x4-sentence", "front-4x4",
                                     "adaptive-4x4")})
@@ -41,7 +42,7 @@ COLUMNS = ("method", "compute_N", "gold_reward_mean", "gold_reward_low", "gold_r
            "looping", "padded", "distinct2", "truncated", "mean_tokens", "sampled_tokens", "guide_tokens", "seconds_per_prompt",
            "prompts", "seeds", "skipped")
 GOLD_COLUMNS = {"gold_reward": "gold reward (VADER)"}
-CBS_VARIANTS = ("cbs-4x4-sentence", "front-4x4", "adaptive-4x4")
+CBS_VARIANTS = ("cbs-4x4-sentence", "front-4x4", "adaptive-4x4", "cbs-4x4-entropy", "tree-4x4")
 
 
 def comparisons(names: Sequence[str]) -> list[tuple[str, str, tuple[str, ...]]]:
@@ -50,7 +51,8 @@ def comparisons(names: Sequence[str]) -> list[tuple[str, str, tuple[str, ...]]]:
     gold = tuple(GOLD_COLUMNS)
     pairs = [("cbs-2x2", "bon-4"), ("cbs-4x4", "bon-16"), ("pruned-bon-16", "bon-16"), ("pruned-bon-16", "cbs-2x2"),
              *((v, "cbs-4x4") for v in CBS_VARIANTS), ("adaptive-4x4", "front-4x4"), ("adaptive-4x4", "cbs-2x2"),
-             ("cbs-4x4", "tuned-alone"), *((n, "base") for n in names if n != "base")]
+             ("cbs-4x4", "tuned-alone"), ("nudging", "cbs-4x4"), ("nudging", "tuned-alone"),
+             *((n, "base") for n in names if n != "base")]
     return [(a, b, gold) for a, b in pairs] + report.norepeat_pairs(names, gold)
 
 
@@ -131,7 +133,11 @@ def write_report(out: Path, names: Sequence[str], runs: dict, n_prompts: int, ma
 
 def _run(path: Path, name, search, models, templates, scorer, prompts, seed, batch_size, progress) -> None:
     """Generate the prompts that ``path`` does not hold yet, appending one line per prompt per batch."""
-    if name == "eft":
+    if name == "nudging":  # the tuned guide nudges the strong model
+        def generate(batch, **kw):
+            return search.generate(models["strong"], models["tuned"], batch, scorer=scorer,
+                                   base_template=templates["strong"], nudger_template=templates["tuned"], **kw)
+    elif name == "eft":
         def generate(batch, **kw):
             return search.generate(models["strong"], models["tuned"], models["untuned"], batch, scorer=scorer,
                                    **{f"{who}_template": t for who, t in templates.items()}, **kw)

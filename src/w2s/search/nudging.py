@@ -54,6 +54,11 @@ class NudgingResult(SearchResult):
     pieces: list[tuple[str, str]] = field(default_factory=list, repr=False)
 
     @property
+    def extra(self) -> dict:
+        """What an output line adds for Nudging (the command line's and the evaluations')."""
+        return {"base_tokens": self.base_tokens, "nudge_tokens": self.nudge_tokens, "rounds": self.rounds}
+
+    @property
     def nudged_share(self) -> float:
         """The share of the answer's tokens the nudger wrote."""
         total = self.base_tokens + self.nudge_tokens
