@@ -218,3 +218,22 @@ def test_an_n_gram_ban_is_refused_before_vllm_sees_a_request(proxy, setting):
         list(search.generate(strong, None, PROMPTS))
     assert proxy.log == []
     strong.close()
+
+
+def test_nudging_and_entropy_chunks_and_tree_search_on_vllm(proxy, local_strong, tuned, untuned):
+    """Issue 29: the large model's top probabilities and entropies from vLLM's top log-probs (it returns the
+    sampled token's entry beside the top ones: the highest is taken), against the same checkpoint locally."""
+    strong = remote(proxy)
+    own = w2s.Nudging(gamma=0.0, max_new_tokens=16, base_chunk_tokens=16)
+    on_vllm = [r.response for r in own.generate(strong, tuned, PROMPTS, nudger_template="{prompt}")]
+    local = [r.response for r in own.generate(local_strong, tuned, PROMPTS, nudger_template="{prompt}")]
+    assert on_vllm == local  # gamma 0: the large model's own greedy answer, on both
+    sure = strong.generator(1, GREEDY, [0]).generate_confident({0: PROMPTS[0]}, 8, 0.0)[0]
+    here = local_strong.generator(1, GREEDY, [0]).generate_confident({0: PROMPTS[0]}, 8, 0.0)[0]
+    assert sure.text == here.text and sure.top == pytest.approx(here.top, abs=1e-3)
+    cut = strong.open(PROMPTS[:1], GREEDY, [0]).expand([0], 1, 12, entropy=0.0)[0]
+    assert cut.drawn == 4 and not cut.finished  # every position reaches entropy 0: cut at the 4th token
+    tree = w2s.TreeSearch(children=2, chunk_length=4, simulations=2, max_new_tokens=8)
+    result = next(iter(tree.generate(strong, w2s.LogRatioScorer(tuned, untuned), PROMPTS[:1], seed=1)))
+    assert result.error is None and 0 < result.num_tokens <= 8
+    strong.close()
