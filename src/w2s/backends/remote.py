@@ -633,27 +633,8 @@ class RemoteGenerator:
         self.calls = [0] * len(seeds)
 
     def generate(self, contexts: dict[int, str], max_new_tokens: int, stop=None) -> dict[int, tuple[str, bool]]:
-        if not contexts:
-            return {}
-        rows = sorted(contexts)
-        bodies = []
-        for i in rows:
-            bodies.append(self.lm.completion_body(contexts[i], self.params, max_new_tokens, 1,
-                                                  derive_seed(self.seeds[i], self.calls[i])))
-            self.calls[i] += 1
-
-        async def stream_row(body):
-            try:
-                return await self.lm.stream_completion(body, stop)
-            except RemoteError as err:
-                return err
-
-        results = self.lm.run(_gather([stream_row(b) for b in bodies]))
-        failed = [(i, r) for i, r in zip(rows, results) if isinstance(r, RemoteError)]
-        if failed:
-            raise RemoteError("; ".join(f"row {i}: {r}" for i, r in failed), kind=failed[0][1].kind,
-                              status=failed[0][1].status)
-        return {i: (c.text, c.finish_reason == "stop") for i, c in zip(rows, results)}
+        got = self._requests(contexts, max_new_tokens, lambda body: self.lm.stream_completion(body, stop))
+        return {i: (c.text, c.finish_reason == "stop") for i, c in got.items()}
 
     def generate_confident(self, contexts: dict[int, str], max_new_tokens: int, threshold: float,
                            keep_first: bool = True) -> dict[int, Confident]:
@@ -662,27 +643,33 @@ class RemoteGenerator:
         request of ``max_new_tokens`` per row, cut before the first token (after the first, with
         ``keep_first``) whose top probability is below ``threshold``.  The engine must return the model's
         raw log-probs (vLLM's default; llama.cpp's server needs ``--logits_all true``)."""
-        if not contexts:
-            return {}
+        got = self._requests(contexts, max_new_tokens, lambda body: self.lm.post("/completions", body),
+                             {"logprobs": 1})
+        return {i: self._confident(answer, threshold, keep_first) for i, answer in got.items()}
+
+    def _requests(self, contexts: dict[int, str], max_new_tokens: int, send, extra: dict | None = None) -> dict:
+        """row -> the answer of its request (all in flight at once; ``send(body)`` awaits one), each row's
+        seed derived from its calls so far.  A row whose request fails for good raises :class:`RemoteError`
+        once the others are done."""
         rows = sorted(contexts)
         bodies = []
         for i in rows:
             bodies.append({**self.lm.completion_body(contexts[i], self.params, max_new_tokens, 1,
-                                                     derive_seed(self.seeds[i], self.calls[i])), "logprobs": 1})
+                                                     derive_seed(self.seeds[i], self.calls[i])), **(extra or {})})
             self.calls[i] += 1
 
-        async def ask(body):
+        async def one(body):
             try:
-                return await self.lm.post("/completions", body)
+                return await send(body)
             except RemoteError as err:
                 return err
 
-        answers = self.lm.run(_gather([ask(b) for b in bodies]))
+        answers = self.lm.run(_gather([one(b) for b in bodies])) if bodies else []
         failed = [(i, r) for i, r in zip(rows, answers) if isinstance(r, RemoteError)]
         if failed:
             raise RemoteError("; ".join(f"row {i}: {r}" for i, r in failed), kind=failed[0][1].kind,
                               status=failed[0][1].status)
-        return {i: self._confident(answer, threshold, keep_first) for i, answer in zip(rows, answers)}
+        return dict(zip(rows, answers))
 
     def _confident(self, answer: dict, threshold: float, keep_first: bool) -> Confident:
         choice = answer["choices"][0]

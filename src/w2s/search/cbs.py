@@ -214,14 +214,8 @@ class ChunkBeamSearch:
             raise ValueError(f"{type(self).__name__} ranks up to {self.max_rows} samples and needs a scorer.")
         prompts = list(prompts)
         self.check_tokens_per_forward(model, min(batch_size, len(prompts)))
-        bar = _progress_bar(len(prompts), progress, type(self).__name__)
-        for start in range(0, len(prompts), batch_size):
-            batch = prompts[start : start + batch_size]
-            step = None if on_step is None else (lambda p, texts, start=start: on_step(start + p, texts))
-            yield from self._isolated(model, scorer, batch, prompt_seeds(seed, start_index + start, len(batch)),
-                                      template, step)
-            bar.update(len(batch))
-        bar.close()
+        yield from in_batches(prompts, batch_size, seed, start_index, progress, type(self).__name__, on_step,
+                              lambda batch, seeds, step: self._isolated(model, scorer, batch, seeds, template, step))
 
     def context_error(self, model, scorer, prompt: str, template: str = "{prompt}") -> str | None:
         """Why ``prompt`` cannot be searched, or None: it and ``max_new_tokens`` must fit the large model's
@@ -424,6 +418,20 @@ def _distinct(pool: list[Beam]) -> list[Beam]:
             seen.add((b.text, b.finished))
             out.append(b)
     return out
+
+
+def in_batches(prompts: list[str], batch_size: int, seed: int, start_index: int, progress: bool, desc: str,
+               on_step, run) -> Iterator:
+    """``run(batch, seeds, on_step)``'s results over ``prompts``, ``batch_size`` at a time, in order: each prompt
+    with its own seed (:func:`prompt_seeds`, by its place in the whole run), ``on_step``'s prompt index into
+    ``prompts``, and a progress bar."""
+    bar = _progress_bar(len(prompts), progress, desc)
+    for start in range(0, len(prompts), batch_size):
+        batch = prompts[start:start + batch_size]
+        step = None if on_step is None else (lambda p, texts, start=start: on_step(start + p, texts))
+        yield from run(batch, prompt_seeds(seed, start_index + start, len(batch)), step)
+        bar.update(len(batch))
+    bar.close()
 
 
 def _progress_bar(total: int, enabled: bool, desc: str):

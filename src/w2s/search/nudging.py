@@ -34,7 +34,7 @@ from typing import Iterator, Sequence
 from ..backends.base import SamplingParams, check_sampling, context_error, stop_index
 from ..scoring import as_scorer
 from ..validation import check_range, check_template
-from .cbs import SearchResult, _progress_bar, prompt_seeds
+from .cbs import SearchResult, in_batches
 
 GREEDY = SamplingParams(temperature=0.0, top_p=1.0, top_k=0)
 REPEAT_WORDS = 5  # a base piece of more words than this that the answer already holds is a loop (the authors')
@@ -113,20 +113,17 @@ class Nudging:
         check_template("base_template", base_template)
         check_template("nudger_template", nudger_template)
         check_range("batch_size", batch_size, low=1, integer=True)
-        prompts = list(prompts)
-        bar = _progress_bar(len(prompts), progress, "nudging")
-        for start in range(0, len(prompts), batch_size):
-            batch = prompts[start:start + batch_size]
-            seeds = prompt_seeds(seed, start_index + start, len(batch))
+
+        def run(batch, seeds, _):
             results = _Batch(self, base, nudger, batch, seeds, base_template, nudger_template).run()
             if scorer is not None:
                 scores = as_scorer(scorer).score([r.prompt for r in results], [r.response for r in results],
                                                  [r.finished for r in results])
                 for result, score in zip(results, scores):
                     result.score = score
-            yield from results
-            bar.update(len(batch))
-        bar.close()
+            return results
+
+        yield from in_batches(list(prompts), batch_size, seed, start_index, progress, "Nudging", None, run)
 
     def context_error(self, base, nudger, prompt: str, *, base_template: str = "{prompt}",
                       nudger_template: str = "chat") -> str | None:

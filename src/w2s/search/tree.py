@@ -29,7 +29,7 @@ from typing import Iterator, Sequence
 from ..backends.base import SamplingParams, check_sampling, context_error
 from ..scoring import as_scorer
 from ..validation import check_range, check_template
-from .cbs import MAX_ROWS, SearchResult, _progress_bar, prompt_seeds
+from .cbs import MAX_ROWS, SearchResult, in_batches
 
 
 @dataclass(eq=False)
@@ -103,15 +103,8 @@ class TreeSearch:
         check_range("batch_size", batch_size, low=1, integer=True)
         self.check_rows(max_rows)
         scorer = as_scorer(scorer)
-        prompts = list(prompts)
-        bar = _progress_bar(len(prompts), progress, type(self).__name__)
-        for start in range(0, len(prompts), batch_size):
-            batch = prompts[start:start + batch_size]
-            step = None if on_step is None else (lambda p, texts, start=start: on_step(start + p, texts))
-            yield from self._search(model, scorer, batch, prompt_seeds(seed, start_index + start, len(batch)),
-                                    template, step)
-            bar.update(len(batch))
-        bar.close()
+        yield from in_batches(list(prompts), batch_size, seed, start_index, progress, type(self).__name__, on_step,
+                              lambda batch, seeds, step: self._search(model, scorer, batch, seeds, template, step))
 
     def context_error(self, model, scorer, prompt: str, template: str = "{prompt}") -> str | None:
         """Why ``prompt`` and ``max_new_tokens`` would not fit the large model's context, or None."""
