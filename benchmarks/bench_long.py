@@ -3,7 +3,8 @@
 Each configuration runs in its own process, so that its peak resident memory is its own: Best-of-16, CBS
 (4, 4, chunks of 16) and ``generate(do_sample=True, num_return_sequences=16)`` with a static cache, for each
 answer length T, on the default strong model (SmolLM2-135M-Instruct) and the shipped sentiment guides, with
-the end tokens banned so that every row runs the full T tokens.  Figures, per method and T:
+the end tokens banned so that every row runs the full T tokens (the shipped guides know 1024 positions; for
+longer answers they run on past them, rotary positions costing the same).  Figures, per method and T:
 ``ms_per_token`` (seconds per sampled token), ``peak_mb`` (peak resident memory), ``growth`` (ms per token
 over its value at the smallest T), ``memory_growth`` and ``over_generate`` (seconds over ``generate``'s at the
 same T).  Targets
@@ -90,7 +91,11 @@ def one(method: str, tokens: int, n_prompts: int, device: str = "cpu", dtype: st
         load = lambda name: w2s.load_model(paths[name], device=device, dtype=dtype)  # noqa: E731
         strong = load("strong")
         strong.banned_ids = sorted(set(strong.banned_ids) | set(strong.eos_ids))  # every row runs T tokens
-        scorer = w2s.LogRatioScorer(tuned=load("tuned"), untuned=load("untuned"))
+        guides = [load("tuned"), load("untuned")]
+        for guide in guides:  # the shipped guides know 1024 positions: beyond, RoPE runs on at the same cost
+            if guide.context_length is not None and guide.context_length < tokens + 64:
+                guide.context_length = strong.context_length
+        scorer = w2s.LogRatioScorer(*guides)
         sampling = w2s.SamplingParams(temperature=0.7, top_k=50)
         search = (w2s.BestOfN(n=16, max_new_tokens=tokens, sampling=sampling) if method == "bon" else
                   w2s.ChunkBeamSearch(beam_width=4, successors_per_beam=4, chunk_length=16, max_new_tokens=tokens,
@@ -99,6 +104,9 @@ def one(method: str, tokens: int, n_prompts: int, device: str = "cpu", dtype: st
         results = list(search.generate(strong, scorer, prompts, seed=0))
         sync()
         seconds = time.perf_counter() - start
+        failed = [r.error for r in results if r.error is not None]
+        if failed:  # (a figure of nothing sampled is no figure)
+            raise SystemExit(f"{method} at T={tokens}: {failed[0]}")
         sampled = sum(r.sampled_tokens for r in results)
     peak = (torch.cuda.max_memory_allocated() / 2**20 if cuda
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)

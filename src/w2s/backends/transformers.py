@@ -450,6 +450,10 @@ class LocalSearchSession:
             return candidate, text
         return ids[: k + 1], self.lm.response_text(context, ids[: k + 1], finished=False)
 
+    def close(self) -> None:
+        """Free the cache: nothing will be expanded again (the continuations already returned keep their text)."""
+        self.stream_rows, self.next_logits = [], None
+
     def select(self, indices: Sequence[int]) -> None:
         for i in indices:
             if self.candidates[i].finished:

@@ -296,6 +296,9 @@ class ChunkBeamSearch:
             continuations = session.expand(rows, _uniform(counts), _uniform([self._limit(b.num_tokens) for b in live]),
                                            **chunk_end)
             parents = [b for b, k in zip(live, counts) for _ in range(k)]
+            if hasattr(session, "close") and all(c.finished or c.num_tokens >= self.max_new_tokens
+                                                 for c in continuations):
+                session.close()  # nothing is expanded again: the large model's cache goes before the guides run
 
             # candidates = finished beams (and any at the length limit) carried once + all new continuations,
             # without duplicates
