@@ -119,6 +119,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", help="the JSON file to write (the whole run)")
     ap.add_argument("--lengths", type=int, nargs="+", default=[128, 256, 512, 1024, 2048])
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
+                    help="the configurations to run at each length (those --out holds are kept)")
     ap.add_argument("--prompts", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
@@ -146,27 +148,33 @@ def main() -> None:
     kept = json.loads(out.read_text(encoding="utf-8")) if out.exists() else {}
     done = {(r["method"], r["tokens"]): r for r in kept.get("runs", [])
             if all(kept.get(k) == v for k, v in setting.items())}
-    runs = []
+    lengths = sorted(set(args.lengths) | {t for _, t in done})
+
+    def save() -> None:
+        runs = [done[(m, t)] for t in lengths for m in METHODS if (m, t) in done]
+        write(out, {**setting, "lengths": lengths, "runs": ratios(runs)})
+
     for tokens in args.lengths:
-        for method in METHODS:
+        for method in args.methods:
             if (method, tokens) not in done:
                 line = subprocess.run([sys.executable, __file__, "--one", method, str(tokens), *options], env=env,
                                       check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
                 done[(method, tokens)] = json.loads(line)
                 print(line, flush=True)
-            runs.append(done[(method, tokens)])
-            write(out, {**setting, "lengths": args.lengths, "runs": runs})
-    write(out, {**setting, "lengths": args.lengths, "runs": ratios(runs, min(args.lengths))})
+                save()
+    save()
 
 
-def ratios(runs: list[dict], first: int) -> list[dict]:
-    """Each run with its growth over the smallest T and its time over ``generate``'s at the same T."""
+def ratios(runs: list[dict]) -> list[dict]:
+    """Each run with its growth over its method's smallest T and its time over ``generate``'s at the same T
+    (None where that run is missing)."""
     at = {(r["method"], r["tokens"]): r for r in runs}
     for r in runs:
-        base, generate = at[(r["method"], first)], at[("generate", r["tokens"])]
+        base = at[(r["method"], min(t for m, t in at if m == r["method"]))]
+        generate = at.get(("generate", r["tokens"]))
         r.update(growth=round(r["ms_per_token"] / base["ms_per_token"], 3),
                  memory_growth=round(r["peak_mb"] / base["peak_mb"], 3),
-                 over_generate=round(r["seconds"] / generate["seconds"], 3))
+                 over_generate=round(r["seconds"] / generate["seconds"], 3) if generate else None)
     return runs
 
 

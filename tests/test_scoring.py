@@ -208,3 +208,15 @@ def test_a_guide_pair_with_one_tokenizer_tokenizes_each_response_once(tuned, unt
     got = shared.score(prompts, responses, [False, False, True])
     assert len(calls) == 2  # the context once, the responses once
     assert got == pytest.approx(apart.score(prompts, responses, [False, False, True]), abs=1e-6)
+
+
+def test_a_models_context_length_is_the_bound_its_rows_keep(model_dirs):
+    """The model's ``context_length`` (its config's unless set) bounds every row it runs, scoring included:
+    setting it lifts or lowers the bound (bench_long.py runs the 1024-position guides past it)."""
+    guide = w2s.load_model(model_dirs["shared_tuned"])
+    scorer = w2s.LogRatioScorer(guide, w2s.load_model(model_dirs["shared_untuned"]))
+    text = " the cat sat on the mat" * 4
+    assert scorer.score("The cat", [text], [False])  # fits the config's context
+    guide.context_length = 8
+    with pytest.raises(w2s.ContextLengthError, match="context is 8 tokens"):
+        w2s.LogRatioScorer(guide, w2s.load_model(model_dirs["shared_untuned"])).score("The cat", [text], [False])

@@ -297,14 +297,15 @@ class KVRows:
     LOGIT_POSITIONS = 1024
 
     def __init__(self, model: torch.nn.Module, pad_id: int, cache_plan: dict | None = None, name: str = "the model",
-                 max_tokens_per_forward: int | None = None):
+                 max_tokens_per_forward: int | None = None, context_length: int | None = None):
         """``cache_plan``: what :func:`check_model` returned for ``model`` (checked here when not given);
         ``name`` names the model in errors; ``max_tokens_per_forward``: the most query tokens (rows times
         new columns) one model call may run; a call that appends more columns runs as several calls of
-        fewer columns each, which attend to the earlier ones through the cache (None: no bound)."""
+        fewer columns each, which attend to the earlier ones through the cache (None: no bound);
+        ``context_length``: the longest sequence allowed (default: the model config's)."""
         self.model, self.name = model, name
         self.max_tokens_per_forward = max_tokens_per_forward
-        self.context_length = context_length_of(model.config)
+        self.context_length = context_length or context_length_of(model.config)
         self.pad_id = pad_id
         self.device = next(model.parameters()).device
         plan = cache_plan or check_model(model)

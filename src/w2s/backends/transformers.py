@@ -265,7 +265,7 @@ class TransformersModel:
 
     def new_rows(self) -> KVRows:
         return KVRows(self.model, self.pad_id, self.cache_plan, name=self.name,
-                      max_tokens_per_forward=self.max_tokens_per_forward)
+                      max_tokens_per_forward=self.max_tokens_per_forward, context_length=self.context_length)
 
     def generator(self, n_rows: int, params: SamplingParams, seeds: Sequence[int], template: str = "{prompt}"
                   ) -> "IncrementalGenerator":
