@@ -208,7 +208,7 @@ def test_cli_defaults_come_from_w2s_defaults(model_dirs, tmp_path, monkeypatch, 
 def test_method_table_covers_the_paper_settings_and_the_budget_variants():
     paper_and_variants = {"base": 1, "bon-4": 4, "bon-16": 16, "cbs-2x2": 4, "cbs-4x4": 16, "eft": 1,
                           "tuned-alone": 1, "pruned-bon-16": 16, "cbs-4x4-sentence": 16, "front-4x4": 16,
-                          "adaptive-4x4": 16}
+                          "adaptive-4x4": 16, "cbs-4x4-entropy": 16, "tree-4x4": 16, "nudging": 1}
     assert dict(list(SENTIMENT_RUNS.items())[: len(paper_and_variants)]) == paper_and_variants
     # the rest are repetition-controlled reruns, each with its run's compute
     rest = {n: c for n, c in SENTIMENT_RUNS.items() if n not in paper_and_variants}
@@ -216,6 +216,12 @@ def test_method_table_covers_the_paper_settings_and_the_budget_variants():
                         for n, c in rest.items())
     pruned = make_search("pruned-bon-16", 16, 50, chunk_length=5)
     assert (pruned.n, pruned.checkpoints, pruned.prune_fraction) == (16, (10, 20), 0.5)
+    cut = make_search("cbs-4x4-entropy", 16, 50, chunk_length=5)
+    assert (cut.chunk_entropy, cut.chunk_length, cut.chunk_end) == (3.0, 10, None)
+    tree = make_search("tree-4x4", 16, 50, chunk_length=5)
+    assert (tree.simulations, tree.children, tree.chunk_length, tree.method) == (4, 4, 5, "tree")
+    nudge = make_search("nudging", 1, 50, chunk_length=5)
+    assert (nudge.gamma, nudge.sampling.temperature, nudge.max_new_tokens) == (0.4, 0.0, 50)
     steps = make_search("cbs-4x4-sentence", 16, 50, chunk_length=5)
     assert (steps.beam_width, steps.successors_per_beam, steps.chunk_end, steps.chunk_length) == (4, 4, "sentence", 10)
     front, adaptive = make_search("front-4x4", 16, 50, 5), make_search("adaptive-4x4", 16, 50, 5)
