@@ -278,12 +278,13 @@ port = 9001
 def test_models_health_and_each_method(main, model_dirs):
     c = client(main)
     [model] = c.models.list().data
-    assert model.id == "tiny" and set(model.model_extra["w2s"]["methods"]) == {
-        "cbs", "bon", "sampling", "eft", "stream_aligner", "aligner", "adaptive", "pruned_bon"}
+    methods = ("cbs", "bon", "sampling", "eft", "stream_aligner", "aligner", "adaptive", "pruned_bon", "nudging", "tree")
+    assert model.id == "tiny" and set(model.model_extra["w2s"]["methods"]) == set(methods)
     assert httpx.get(main + "/health").json()["status"] == "ok"
     extra = {"bon": {"n": 3}, "pruned_bon": {"n": 4, "checkpoints": [2], "prune_fraction": 0.5},
-             "adaptive": {"schedule": [3, 1], "patience": 1}, "cbs": {"chunk_end": " "}}
-    for method in ("cbs", "bon", "sampling", "eft", "stream_aligner", "aligner", "adaptive", "pruned_bon"):
+             "adaptive": {"schedule": [3, 1], "patience": 1}, "cbs": {"chunk_end": " "},
+             "tree": {"children": 2, "simulations": 2, "chunk_length": 4}, "nudging": {"max_new_tokens": 12}}
+    for method in methods:
         block = {"method": method, **extra.get(method, {})}
         r = complete(c, **block)
         assert r.object == "text_completion" and r.model_extra["w2s"]["method"] == method
